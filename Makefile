@@ -1,0 +1,37 @@
+# The two commands of the contract: `make up` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install test lint typecheck pytest up down clean
+
+install: $(STAMP)
+
+# Re-installs only when the dependency declaration or the lock changes.
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	@touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install
+	$(BIN)/mypy
+
+pytest: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+up: install
+	$(BIN)/hitl up $(if $(CATALOG),--catalog $(CATALOG))
+
+down:
+	$(BIN)/hitl down
+
+clean:
+	rm -rf $(VENV) .hitl .pytest_cache .mypy_cache .ruff_cache

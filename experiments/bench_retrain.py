@@ -1,0 +1,246 @@
+"""Benchmark: correction received -> new champion serving, with 2k and 20k labels, frozen-encoder head, CPU.
+
+What is timed (wall clock, per repetition): a correction is stored (as the webhook stores it) -> the
+retrain worker notices it (every-N trigger with N = 1, polling every 0.2 s) -> collects the labels, reads
+their embeddings, trains the head + temperature + thresholds, evaluates challenger and champion on the
+holdout, logs the run and registers the model in MLflow (sqlite), passes the gate, moves the alias ->
+the serving `ModelHolder` has swapped to the new version. Plots are logged after the swap and are not
+in the latency.
+
+Embeddings are synthetic (384-d Gaussian clusters, one per category of the synthetic catalog), served
+from memory like cache hits: the encoder is frozen and every labelled item was embedded when it was
+predicted, so a retrain never runs the encoder for them. The gate tolerances are relaxed (the benchmark
+measures the promoted path, not the gate).
+
+    .venv/bin/python -m experiments.bench_retrain [--sizes 2000 20000] [--repeats 3]
+
+Writes experiments/results/bench_retrain.json and .png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hitl.settings import LearnerSettings, RetrainSettings, ServingSettings, Settings
+from labeling.webhooks import CorrectionEvent
+from learner.data import item_text, label_of
+from learner.synthetic import generate_catalog
+from serving.model import ModelHolder
+from serving.retrain import RetrainWorker, add_seed_labels
+from serving.store import NewPrediction, Store
+
+DIM = 384
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class SyntheticEncoder:
+    """Text -> a fixed 384-d vector near its category's centre (looked up like a cache hit)."""
+
+    encoder_id = "synthetic-clusters-384"
+    encoder_ref = "synthetic"
+    dim = DIM
+
+    def __init__(self, vectors: dict[str, NDArray[np.float32]]) -> None:
+        self.vectors = vectors
+        self._fallback = np.zeros(DIM, dtype=np.float32)
+        self._fallback[0] = 1.0
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return np.stack([self.vectors.get(t, self._fallback) for t in texts]).astype(np.float32)
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return self.encode(texts)
+
+
+def synthetic_vectors(
+    texts: Sequence[str], labels: Sequence[str], seed: int = 0
+) -> dict[str, NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    classes = sorted(set(labels))
+    centres = rng.standard_normal((len(classes), DIM))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    index = {c: i for i, c in enumerate(classes)}
+    out: dict[str, NDArray[np.float32]] = {}
+    for text, label in zip(texts, labels, strict=True):
+        v = 0.5 * centres[index[label]] + rng.standard_normal(DIM) / np.sqrt(DIM)
+        out[text] = (v / np.linalg.norm(v)).astype(np.float32)
+    return out
+
+
+def bench_size(n_labels: int, repeats: int, workdir: Path) -> dict[str, Any]:
+    catalog = generate_catalog(n_labels + repeats, seed=7)
+    texts = [item_text(p) for p in catalog]
+    labels = [label_of(p, 2) for p in catalog]
+    encoder = SyntheticEncoder(synthetic_vectors(texts, labels))
+    settings = Settings(
+        state_dir=workdir,
+        learner=LearnerSettings(device="cpu", encoder="synthetic"),
+        serving=ServingSettings(model_source="registry", model_poll_interval_s=0, outbox_enabled=False),
+        retrain=RetrainSettings(
+            retrain_every_n_corrections=1,
+            poll_interval_s=0.2,
+            escalation_log_interval_s=0,
+            accuracy_tolerance=0.5,
+            coverage_tolerance=0.5,
+        ),
+    )
+    store = Store(settings.database_url)
+    store.create_all()
+    seed, extra = catalog[:n_labels], catalog[n_labels:]
+    add_seed_labels(store, seed, level=2)
+    first = RetrainWorker(settings, store, None, embedder=encoder, auto=False)
+    first.trigger("seed")
+    first.run_next()
+    holder = ModelHolder(settings, encoder_factory=lambda _ref: encoder)
+    holder.refresh()
+    if holder.current is None:
+        raise RuntimeError(f"the first model did not load: {holder.last_error}")
+    holder.on_swap.append(
+        lambda m: store.register_model_version(
+            m.version, source=m.source, encoder_id=m.bundle.encoder_id, n_labels=len(m.labels), details={}
+        )
+    )
+    store.register_model_version(
+        holder.current.version, source="registry", encoder_id=encoder.encoder_id, n_labels=0, details={}
+    )
+    worker = RetrainWorker(settings, store, holder, embedder=encoder, auto=True)
+    worker.start()
+    latencies: list[float] = []
+    runs: list[dict[str, Any]] = []
+    try:
+        for i, product in enumerate(extra):
+            before = holder.current.version if holder.current else None
+            store.record_predictions(
+                before or "none",
+                [
+                    NewPrediction(
+                        item_id=product.id,
+                        title=product.title,
+                        description=product.description,
+                        brand=product.brand,
+                        price=None,
+                        category_hint=None,
+                        label=labels[n_labels + i],
+                        confidence=0.4,
+                        threshold=None,
+                        top_k=[],
+                        decision="escalated",
+                        reasons=["below_threshold"],
+                        priority=0.6,
+                    )
+                ],
+            )
+            now = datetime.now(UTC)
+            started = time.perf_counter()
+            store.record_correction(
+                CorrectionEvent(
+                    action="created",
+                    annotation_id=10_000 + i,
+                    task_id=10_000 + i,
+                    project_id=None,
+                    item_id=product.id,
+                    label=labels[n_labels + i],
+                    raw_label=labels[n_labels + i],
+                    reviewer_id=1,
+                    created_at=now,
+                    updated_at=now,
+                    lead_time=1.0,
+                    was_cancelled=False,
+                    predicted_label=None,
+                    model_version=before,
+                    model_score=None,
+                    source="webhook",
+                )
+            )
+            deadline = started + 600
+            while (holder.current.version if holder.current else None) == before:
+                if time.perf_counter() > deadline:
+                    raise TimeoutError(f"no new champion after 600 s at {n_labels} labels")
+                time.sleep(0.01)
+            latencies.append(time.perf_counter() - started)
+            record = worker.runs(1)[0]
+            while not record.finished:
+                time.sleep(0.1)
+                record = worker.runs(1)[0]
+            runs.append(
+                {
+                    "version": record.version,
+                    "status": record.status,
+                    "latency_s": latencies[-1],
+                    "training_time_s": record.metrics.get("training_time_s"),
+                    "accuracy": record.metrics.get("accuracy"),
+                    "n_labels": record.metrics.get("n_labels"),
+                }
+            )
+            print(f"  {n_labels} labels, run {i + 1}: {latencies[-1]:.2f} s ({record.status})", flush=True)
+    finally:
+        worker.stop()
+        holder.close()
+        store.close()
+    return {"n_labels": n_labels, "median_latency_s": statistics.median(latencies), "runs": runs}
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    sizes = [str(r["n_labels"]) for r in results]
+    ax.bar(sizes, [r["median_latency_s"] for r in results], color="C0", alpha=0.7, label="median")
+    for i, r in enumerate(results):
+        ax.scatter([i] * len(r["runs"]), [x["latency_s"] for x in r["runs"]], color="black", s=12, zorder=3)
+    ax.axhline(10.0, color="C3", linestyle="--", linewidth=1, label="target 10 s")
+    ax.set_xlabel("labels")
+    ax.set_ylabel("correction -> new champion serving (s)")
+    ax.set_title("retrain latency, frozen-encoder head, CPU")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    results = []
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory(prefix=f"bench-retrain-{size}-") as tmp:
+            results.append(bench_size(size, args.repeats, Path(tmp)))
+        print(f"{size} labels: median {results[-1]['median_latency_s']:.2f} s", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "benchmark": "correction received -> new champion serving",
+        "device": "cpu",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
+        "created_at": datetime.now(UTC).isoformat(),
+        "results": results,
+    }
+    (args.out / "bench_retrain.json").write_text(json.dumps(payload, indent=2))
+    plot(results, args.out / "bench_retrain.png")
+    print(f"wrote {args.out / 'bench_retrain.json'} and .png")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""hitl: the composition root (settings and the `hitl` command line)."""

@@ -1,0 +1,66 @@
+"""The `hitl` command line. Each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from hitl.settings import ConfigFileError, Settings, load_settings
+
+app = typer.Typer(
+    name="hitl",
+    help="Active-learning annotation platform: calibrated product categories with humans in the loop.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+err_console = Console(stderr=True)
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="YAML config (default: $HITL_CONFIG or configs/default.yaml)"),
+    ] = None,
+) -> None:
+    try:
+        ctx.obj = load_settings(config)
+    except (ConfigFileError, ValidationError) as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def settings_from(ctx: typer.Context) -> Settings:
+    """The settings the root callback read once for this invocation."""
+    settings = ctx.find_root().obj
+    if not isinstance(settings, Settings):  # pragma: no cover - the root callback always sets it
+        raise RuntimeError("settings were not loaded")
+    return settings
+
+
+def _register() -> None:
+    # Imported here, not at module top, so `hitl --help` stays fast and groups stay independent.
+    from hitl import cli_keys, cli_labelstudio, cli_learner, cli_serve
+
+    app.add_typer(cli_learner.catalog_app, name="catalog")
+    app.add_typer(cli_learner.learner_app, name="learner")
+    app.add_typer(cli_labelstudio.app, name="labelstudio")
+    app.add_typer(cli_serve.app, name="serve")
+    app.add_typer(cli_keys.app, name="keys")
+    from hitl import cli_models, cli_up
+
+    app.command("up")(cli_up.up)
+    app.command("down")(cli_up.down)
+    app.command("retrain")(cli_models.retrain)
+    app.command("retrain-status")(cli_models.retrain_status)
+    app.add_typer(cli_models.models_app, name="models")
+
+
+def main() -> None:
+    _register()
+    app()

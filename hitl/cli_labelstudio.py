@@ -1,0 +1,194 @@
+"""`hitl labelstudio ...`: run the project's Label Studio, bootstrap its project, reconcile corrections."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from hitl.cli import settings_from
+from hitl.settings import Settings
+from labeling.client import LabelStudioClient
+from labeling.config import Taxonomy
+from labeling.exceptions import LabelingError
+from labeling.project import bootstrap_project, webhook_url
+from labeling.server import LabelStudioServer
+from labeling.sync import sync_project
+from serving.store import Store
+
+app = typer.Typer(help="The Label Studio where merchandisers correct predictions.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(exc: Exception, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code)
+
+
+def _server(settings: Settings) -> LabelStudioServer:
+    return LabelStudioServer(settings.labelstudio, settings.state_dir)
+
+
+def _spinner() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
+
+
+def load_taxonomy(path: Path) -> Taxonomy:
+    """A taxonomy file: JSON or YAML list of paths (strings or lists), else one `A > B` path per line."""
+    if not path.is_file():
+        raise LabelingError(f"taxonomy file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    entries: Any
+    if path.suffix in (".json", ".yaml", ".yml"):
+        entries = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        if not isinstance(entries, list):
+            raise LabelingError(f"{path}: expected a list of category paths")
+    else:
+        entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    try:
+        return Taxonomy.from_paths(entries)
+    except ValueError as exc:
+        raise LabelingError(f"{path}: {exc}") from None
+
+
+@app.command()
+def install(ctx: typer.Context) -> None:
+    """Install Label Studio into its own venv (first time only)."""
+    server = _server(settings_from(ctx))
+    try:
+        with _spinner() as progress:
+            task = progress.add_task("checking", total=None)
+            changed = server.install(lambda msg: progress.update(task, description=msg))
+    except LabelingError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"Label Studio {server.settings.version} {'installed' if changed else 'already'} in {server.venv}"
+    )
+
+
+@app.command()
+def start(ctx: typer.Context) -> None:
+    """Install if needed, start Label Studio on its configured host/port, and wait until healthy."""
+    settings = settings_from(ctx)
+    if settings.labelstudio.url:
+        console.print(f"Using the external Label Studio at {settings.labelstudio.base_url}: nothing to start")
+        return
+    server = _server(settings)
+    started = time.monotonic()
+    try:
+        with _spinner() as progress:
+            task = progress.add_task("checking", total=None)
+            server.install(lambda msg: progress.update(task, description=msg))
+            status = server.start(lambda msg: progress.update(task, description=msg))
+    except LabelingError as exc:
+        raise _fail(exc) from None
+    console.print(
+        f"Label Studio is up at {status.url} (PID {status.pid}, {time.monotonic() - started:.0f} s); "
+        f"log: {status.log_file}"
+    )
+
+
+@app.command()
+def stop(ctx: typer.Context) -> None:
+    """Stop the Label Studio started by `hitl labelstudio start` (only its recorded PID)."""
+    server = _server(settings_from(ctx))
+    pid = server.recorded_pid()
+    if server.stop():
+        console.print(f"stopped Label Studio (PID {pid})")
+    else:
+        console.print("Label Studio was not running")
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Is the local Label Studio running and healthy? Exit 1 when not."""
+    settings = settings_from(ctx)
+    if settings.labelstudio.url:
+        with LabelStudioClient.from_settings(settings.labelstudio) as client:
+            try:
+                me = client.whoami()
+            except LabelingError as exc:
+                raise _fail(exc) from None
+        console.print(
+            f"external Label Studio at {settings.labelstudio.base_url}: reachable as {me.get('email')}"
+        )
+        return
+    current = _server(settings).status()
+    if current.running and current.healthy:
+        console.print(f"running at {current.url} (PID {current.pid}), healthy; data: {current.data_dir}")
+        return
+    state = "running but not healthy" if current.running else "not running"
+    err_console.print(f"Label Studio is {state} ({current.url})")
+    raise typer.Exit(1)
+
+
+@app.command()
+def bootstrap(
+    ctx: typer.Context,
+    taxonomy: Annotated[
+        Path, typer.Option("--taxonomy", "-t", help="JSON/YAML list or one `A > B` per line")
+    ],
+    model_version: Annotated[str | None, typer.Option(help="show this model version in the project")] = None,
+) -> None:
+    """Create (or update) the project and its webhook; safe to run again."""
+    settings = settings_from(ctx)
+    try:
+        tax = load_taxonomy(taxonomy)
+        store = Store(settings.database_url)
+        store.create_all()
+        with LabelStudioClient.from_settings(settings.labelstudio) as client:
+            info = bootstrap_project(
+                client,
+                tax,
+                title=settings.labelstudio.project_title,
+                webhook_url=webhook_url(settings.serving.base_url),
+                webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
+                model_version=model_version,
+            )
+        store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, tax)
+        store.close()
+    except LabelingError as exc:
+        raise _fail(exc) from None
+    verb = "created" if info.project_created else "up to date" if not info.config_updated else "updated"
+    console.print(
+        f"project {info.project_id} ({len(tax)} categories) {verb}; webhook {info.webhook_id} "
+        f"{'created' if info.webhook_created else 'kept'} -> {webhook_url(settings.serving.base_url)}"
+    )
+
+
+@app.command()
+def sync(ctx: typer.Context) -> None:
+    """Pull annotations from Label Studio and store every correction a webhook did not deliver."""
+    settings = settings_from(ctx)
+    store = Store(settings.database_url)
+    store.create_all()
+    project_id = store.project_by_title(settings.labelstudio.project_title)
+    if project_id is None:
+        store.close()
+        raise _fail(LabelingError(f"project {settings.labelstudio.project_title!r} is not bootstrapped yet"))
+    try:
+        with _spinner() as progress, LabelStudioClient.from_settings(settings.labelstudio) as client:
+            task = progress.add_task("reading annotations", total=None)
+            report = sync_project(
+                client,
+                store,
+                project_id,
+                store.taxonomy(project_id),
+                progress=lambda n: progress.update(task, description=f"{n} annotations read"),
+            )
+        store.record_sync(project_id, report.recorded, report.deleted)
+    except LabelingError as exc:
+        raise _fail(exc) from None
+    finally:
+        store.close()
+    console.print(
+        f"project {project_id}: {report.annotations_seen} annotations read, {report.recorded} recorded "
+        f"({report.rejected} rejected), {report.deleted} deletions recorded"
+    )

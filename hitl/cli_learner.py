@@ -1,0 +1,153 @@
+"""`hitl catalog ...` and `hitl learner ...`: catalogs and offline training of a model bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from numpy.typing import NDArray
+from rich.console import Console
+from rich.table import Table
+
+from hitl.settings import Settings
+
+catalog_app = typer.Typer(
+    help="Product catalogs: generate a synthetic one, validate a file.", no_args_is_help=True
+)
+learner_app = typer.Typer(
+    help="Train and inspect model bundles (frozen encoder + calibrated head).", no_args_is_help=True
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from hitl.cli import settings_from
+
+    return settings_from(ctx)
+
+
+@catalog_app.command("generate")
+def generate(
+    out: Annotated[Path, typer.Option(help="JSONL file to write")],
+    n_items: Annotated[int, typer.Option("--n", min=1, help="number of products")] = 2000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """Write a seeded synthetic catalog (about 20 categories) for offline demos and tests."""
+    from learner.synthetic import generate_catalog, write_catalog
+
+    products = generate_catalog(n_items, seed=seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_catalog(products, out)
+    n_classes = len({" > ".join(p.category or []) for p in products})
+    console.print(f"wrote {len(products)} products in {n_classes} categories to {out}")
+
+
+@catalog_app.command("validate")
+def validate(path: Annotated[Path, typer.Argument(help="JSONL or CSV catalog")]) -> None:
+    """Report every bad record with its line number; exit 1 when there is any."""
+    from learner.data import load_catalog
+    from learner.exceptions import LearnerError
+
+    try:
+        catalog = load_catalog(path, require_category=False, strict=False)
+    except (LearnerError, OSError, ValueError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    for problem in catalog.problems:
+        err_console.print(f"{path}:{problem.line}: {problem.reason}")
+    console.print(f"{len(catalog.products)} good record(s), {len(catalog.problems)} bad")
+    if catalog.problems:
+        raise typer.Exit(1)
+
+
+@learner_app.command("train")
+def train(
+    ctx: typer.Context,
+    catalog: Annotated[Path, typer.Option(help="labelled JSONL or CSV catalog")],
+    out: Annotated[
+        Path | None, typer.Option(help="bundle directory (default: <state_dir>/models/<timestamp>)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=10, help="use only the first N labelled items")] = None,
+) -> None:
+    """Train a bundle (head, temperature, per-class thresholds) and report test metrics."""
+    from datetime import UTC, datetime
+
+    from learner.cache import EmbeddingCache
+    from learner.data import build_dataset, group_split, load_catalog
+    from learner.encoder import HFEncoder
+    from learner.exceptions import LearnerError
+    from learner.training import TrainingConfig, train_bundle
+
+    settings = _settings(ctx)
+    cfg = settings.learner
+    try:
+        products = load_catalog(catalog).products
+        if limit is not None:
+            products = [p for p in products if p.category][:limit]
+        dataset = build_dataset(products, level=cfg.label_level, min_class_size=cfg.min_class_size)
+        split = group_split(
+            dataset,
+            calibration_fraction=cfg.calibration_fraction,
+            test_fraction=cfg.test_fraction,
+            seed=cfg.seed,
+        )
+        encoder = HFEncoder(
+            cfg.encoder,
+            device=cfg.device,
+            batch_size=cfg.encode_batch_size,
+            max_length=cfg.max_length,
+            progress=True,
+        )
+        cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder)
+        embeddings = cache.embed(list(dataset.texts))
+        labels = [str(label) for label in dataset.labels]
+
+        def part(indices: NDArray[np.int64]) -> tuple[NDArray[np.float32], list[str]]:
+            return embeddings[indices], [labels[i] for i in indices]
+
+        x_tr, y_tr = part(split.train)
+        x_cal, y_cal = part(split.calibration)
+        x_te, y_te = part(split.test)
+        result = train_bundle(
+            x_tr,
+            y_tr,
+            x_cal,
+            y_cal,
+            config=TrainingConfig(
+                hidden_dim=cfg.head.hidden_dim,
+                epochs=cfg.head.epochs,
+                learning_rate=cfg.head.learning_rate,
+                weight_decay=cfg.head.weight_decay,
+                batch_size=cfg.head.batch_size,
+                class_weight=cfg.head.class_weight,
+                device=cfg.device,
+                seed=cfg.seed,
+                target_accuracy=cfg.target_accuracy,
+                delta=cfg.delta,
+                min_calibration_per_class=cfg.min_calibration_per_class,
+            ),
+            encoder_ref=cfg.encoder,
+            encoder_id=encoder.encoder_id,
+            x_test=x_te,
+            y_test=y_te,
+            metadata={"catalog": catalog.name, "label_level": cfg.label_level},
+        )
+    except (LearnerError, OSError) as exc:
+        err_console.print(f"[red]training failed:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+    target_dir = out or settings.models_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    result.bundle.save(target_dir)
+    summary = result.summary()
+    (target_dir / "training_report.json").write_text(json.dumps(summary, indent=2, default=float))
+    table = Table(title=f"bundle written to {target_dir}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    console.print(f"embedding cache: {cache.hits} hit(s), {cache.misses} miss(es)")

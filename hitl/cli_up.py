@@ -1,0 +1,452 @@
+"""`hitl up` / `hitl down`: the whole loop on loopback, from a clean clone.
+
+`up` starts (or reuses) Label Studio, a lean MLflow server and the serving API, then bootstraps a demo:
+seed labels from the catalog -> first model (registered as champion) -> Label Studio project + webhook ->
+API keys -> the rest of the catalog streamed through `/v1/predict`, so escalations appear in Label Studio.
+Every step is skipped when already done (state under ``<state_dir>/up``), so re-running resumes.
+`down` stops only the processes `up` started (their PIDs are recorded under ``<state_dir>/up``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from hitl.settings import Settings, load_settings
+
+console = Console()
+err_console = Console(stderr=True)
+KEY_ROLES = ("service", "ml_engineer", "product_owner", "merchandiser")
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from hitl.cli import settings_from
+
+    return settings_from(ctx)
+
+
+def serving_app() -> Any:
+    """`uvicorn --factory hitl.cli_up:serving_app`: the app with settings from the config and env."""
+    from serving.app import create_app
+
+    return create_app(load_settings())
+
+
+def _up_dir(settings: Settings) -> Path:
+    path = (settings.state_dir / "up").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _mlflow_url(settings: Settings) -> str:
+    return f"http://{settings.retrain.mlflow_host}:{settings.retrain.mlflow_port}"
+
+
+def _stack_settings(settings: Settings) -> Settings:
+    """The settings every process of the stack shares: tracking through the MLflow server."""
+    if settings.mlflow.tracking_uri:
+        return settings
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": _mlflow_url(settings)})
+    return settings.model_copy(update={"mlflow": mlflow, "state_dir": settings.state_dir.resolve()})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _recorded(pid_file: Path, marker: str) -> int | None:
+    """The PID in `pid_file` when that process is alive and its command line contains `marker`."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) and marker in _cmdline(pid) else None
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _spawn(cmd: list[str], *, env: dict[str, str], log: Path, pid_file: Path, health: str, what: str) -> int:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+            raise RuntimeError(f"{what} exited with code {proc.returncode}; last lines of {log}:\n{tail}")
+        if _healthy(health):
+            return proc.pid
+        time.sleep(0.5)
+    raise RuntimeError(f"{what} was not healthy after 180 s; see {log}")
+
+
+def _stop_pid(pid_file: Path, marker: str) -> bool:
+    pid = _recorded(pid_file, marker)
+    if pid is None:
+        pid_file.unlink(missing_ok=True)
+        return False
+    os.killpg(pid, signal.SIGTERM) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _state(up: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((up / "state.json").read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _save_state(up: Path, state: dict[str, Any]) -> None:
+    (up / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def up(
+    ctx: typer.Context,
+    catalog: Annotated[
+        Path | None, typer.Option(help="JSONL/CSV catalog (default: the synthetic one)")
+    ] = None,
+) -> None:
+    """Start Label Studio, MLflow and the serving API on loopback and bootstrap the demo loop."""
+    base = _settings(ctx)
+    settings = _stack_settings(base)
+    up_dir = _up_dir(settings)
+    state = _state(up_dir)
+    started: dict[str, bool] = state.setdefault("started", {})
+    env = dict(os.environ)
+    env.update(
+        {
+            "HITL_STATE_DIR": str(settings.state_dir),
+            "HITL_MLFLOW__TRACKING_URI": settings.tracking_uri,
+            "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+            "TRANSFORMERS_OFFLINE": env.get("TRANSFORMERS_OFFLINE", "1"),
+        }
+    )
+    config = ctx.find_root().params.get("config")
+    if config:
+        env["HITL_CONFIG"] = str(Path(config).resolve())
+    os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
+    try:
+        _up(settings, up_dir, state, started, env, catalog)
+    except Exception as exc:
+        _save_state(up_dir, state)
+        err_console.print(f"[red]hitl up failed:[/red] {type(exc).__name__}: {exc}")
+        err_console.print("fix the cause and run `make up` again: finished steps are skipped")
+        raise typer.Exit(1) from exc
+    _save_state(up_dir, state)
+
+
+def _up(
+    settings: Settings,
+    up_dir: Path,
+    state: dict[str, Any],
+    started: dict[str, bool],
+    env: dict[str, str],
+    catalog_path: Path | None,
+) -> None:
+    from labeling.server import LabelStudioServer
+
+    # 1. Label Studio
+    if settings.labelstudio.url:
+        console.print(f"Label Studio: external, {settings.labelstudio.base_url}")
+    else:
+        server = LabelStudioServer(settings.labelstudio, settings.state_dir)
+        was_running = server.status().running
+        with console.status("Label Studio: installing / starting (first start ~1-2 min)") as status:
+            server.install(lambda msg: status.update(f"Label Studio: {msg}"))
+            server.start(lambda msg: status.update(f"Label Studio: {msg}"))
+        started["labelstudio"] = started.get("labelstudio", False) or not was_running
+        console.print(f"[green]✓[/green] Label Studio at {server.url}")
+
+    # 2. MLflow server (lean: 1 worker, no job execution)
+    mlflow_pid_file = up_dir / "mlflow.pid"
+    if settings.mlflow.tracking_uri and not settings.tracking_uri.startswith(_mlflow_url(settings)):
+        console.print(f"MLflow: configured tracking URI {settings.tracking_uri}")
+    elif _recorded(mlflow_pid_file, "mlflow") or _healthy(_mlflow_url(settings) + "/health"):
+        console.print(f"[green]✓[/green] MLflow already running at {_mlflow_url(settings)}")
+    else:
+        artifacts = (settings.state_dir / "mlartifacts").resolve()
+        artifacts.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{(settings.state_dir / 'mlflow.db').resolve()}",
+            "--default-artifact-root",
+            artifacts.as_uri(),
+            "--host",
+            settings.retrain.mlflow_host,
+            "--port",
+            str(settings.retrain.mlflow_port),
+            "--workers",
+            "1",
+        ]
+        with console.status("MLflow: starting a lean server (~10 s)"):
+            _spawn(
+                cmd,
+                env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                log=up_dir / "mlflow.log",
+                pid_file=mlflow_pid_file,
+                health=_mlflow_url(settings) + "/health",
+                what="MLflow",
+            )
+        started["mlflow"] = True
+        console.print(f"[green]✓[/green] MLflow at {_mlflow_url(settings)}")
+
+    # 3. Catalog, seed labels, first model
+    from learner.data import load_catalog
+    from serving import registry
+    from serving.retrain import RetrainWorker, add_seed_labels, seed_count
+    from serving.store import Store
+
+    path = catalog_path
+    if path is None:
+        path = up_dir / "catalog.jsonl"
+        if not path.is_file():
+            from learner.synthetic import generate_catalog, write_catalog
+
+            write_catalog(
+                generate_catalog(settings.retrain.demo_catalog_size, seed=settings.learner.seed), path
+            )
+    products = load_catalog(path).products
+    labelled = [p for p in products if p.category]
+    seed = labelled[: settings.retrain.seed_size]
+    seed_ids = {p.id for p in seed}
+    store = Store(settings.database_url)
+    store.create_all()
+    try:
+        if seed_count(store) == 0:
+            added = add_seed_labels(store, seed, level=settings.learner.label_level)
+            console.print(f"[green]✓[/green] {added} seed labels from {path.name}")
+        if registry.champion_version(settings) is None:
+            worker = RetrainWorker(settings, store, None, auto=False)
+            run_id = worker.trigger("seed").run_id
+            with console.status("training the first model on the seed (encoder load + embeddings)"):
+                worker.run_next()
+            worker.stop()
+            record = worker.get(run_id)
+            if record is None or record.status != "promoted":
+                raise RuntimeError(
+                    f"the first model was not promoted: {record.error if record else 'no run'}"
+                )
+            console.print(f"[green]✓[/green] first model: version {record.version} (champion)")
+
+        # 4. Serving API
+        serving_pid_file = up_dir / "serving.pid"
+        api = settings.serving.base_url
+        if _recorded(serving_pid_file, "uvicorn") and _healthy(api + "/v1/health"):
+            console.print(f"[green]✓[/green] serving API already running at {api}")
+        else:
+            cmd = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                "hitl.cli_up:serving_app",
+                "--host",
+                settings.serving.host,
+                "--port",
+                str(settings.serving.port),
+                "--log-level",
+                "warning",
+            ]
+            with console.status("serving API: starting (loads the champion)"):
+                _spawn(
+                    cmd,
+                    env=env,
+                    log=up_dir / "serving.log",
+                    pid_file=serving_pid_file,
+                    health=api + "/v1/health",
+                    what="the serving API",
+                )
+            started["serving"] = True
+            console.print(f"[green]✓[/green] serving API at {api}")
+
+        # 5. Label Studio project + webhook
+        from labeling.client import LabelStudioClient
+        from labeling.config import Taxonomy
+        from labeling.project import bootstrap_project, webhook_url
+        from learner.data import label_of
+
+        taxonomy = Taxonomy.from_paths(sorted({label_of(p, settings.learner.label_level) for p in labelled}))
+        champion = registry.champion_version(settings)
+        with LabelStudioClient.from_settings(settings.labelstudio) as client:
+            info = bootstrap_project(
+                client,
+                taxonomy,
+                title=settings.labelstudio.project_title,
+                webhook_url=webhook_url(api),
+                webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
+                model_version=registry.version_label(settings, champion) if champion else None,
+            )
+        store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, taxonomy)
+        state["project_id"] = info.project_id
+        console.print(f"[green]✓[/green] Label Studio project {info.project_id} with webhook -> {api}")
+
+        # 6. API keys (kept in a 0600 file so that re-running prints them again)
+        keys = _keys(store, up_dir)
+
+        # 7. Stream the catalog through /v1/predict
+        stream = [p for p in products if p.id not in seed_ids]
+        done = int(state.get("streamed", 0))
+        if done < len(stream):
+            _stream(settings, stream, done, keys["service"], state, up_dir)
+        console.print(
+            f"[green]✓[/green] {len(stream)} items streamed; escalated: {state.get('escalated', '?')}"
+        )
+    finally:
+        store.close()
+    _summary(settings, keys, state)
+
+
+def _keys(store: Any, up_dir: Path) -> dict[str, str]:
+    from serving.keys import create_key
+
+    path = up_dir / "keys.json"
+    try:
+        keys: dict[str, str] = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        keys = {}
+    for role in KEY_ROLES:
+        if role not in keys:
+            keys[role] = create_key(store, f"hitl-up-{role}", role)[1]
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(json.dumps(keys, indent=2))
+    return keys
+
+
+def _stream(
+    settings: Settings, stream: list[Any], done: int, key: str, state: dict[str, Any], up_dir: Path
+) -> None:
+    batch = min(100, settings.serving.max_batch_size)
+    escalated = int(state.get("escalated", 0))
+    with (
+        httpx.Client(
+            base_url=settings.serving.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120.0
+        ) as client,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("streaming the catalog through /v1/predict"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress,
+    ):
+        task = progress.add_task("stream", total=len(stream), completed=done)
+        for start in range(done, len(stream), batch):
+            items = [
+                {
+                    "id": p.id,
+                    "title": p.title,
+                    "description": p.description,
+                    "brand": p.brand,
+                    "price": p.price,
+                }
+                for p in stream[start : start + batch]
+            ]
+            answer = client.post("/v1/predict", json={"items": items})
+            answer.raise_for_status()
+            escalated += sum(p["decision"] == "escalated" for p in answer.json()["predictions"])
+            state["streamed"], state["escalated"] = start + len(items), escalated
+            _save_state(up_dir, state)
+            progress.update(task, completed=start + len(items))
+
+
+def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) -> None:
+    ls = settings.labelstudio
+    project = state.get("project_id")
+    console.rule("[bold]hitl is up")
+    console.print(f"Label Studio  {ls.base_url}/projects/{project or ''}")
+    console.print(f"   login      {ls.username} / {ls.password.get_secret_value()}  (local dev login)")
+    console.print(f"MLflow UI     {_mlflow_url(settings)}  (experiment '{settings.mlflow.experiment}')")
+    console.print(f"Serving API   {settings.serving.base_url}/docs")
+    console.print(f"API keys      {settings.state_dir / 'up' / 'keys.json'} (file mode 0600)")
+    console.print("   export HITL_API_KEY=$(python3 -c \"import json;print(json.load(open('"
+                  f"{settings.state_dir / 'up' / 'keys.json'}'))['ml_engineer'])\")")  # fmt: skip
+    console.print("Next:")
+    console.print(
+        "  1. Open the project in Label Studio, click 'Label All Tasks', pick the right category, Submit."
+    )
+    console.print(
+        f"  2. After {settings.retrain.retrain_every_n_corrections} corrections a retrain starts by itself "
+        "(or: .venv/bin/hitl retrain)."
+    )
+    console.print("  3. Watch the run in MLflow; `hitl models list` shows versions and the gate's decisions.")
+    console.print(
+        "  4. GET /v1/metrics/escalation (product_owner key) shows the escalation rate per version."
+    )
+    console.print("  Stop everything with `make down`.")
+
+
+def down(ctx: typer.Context) -> None:
+    """Stop what `hitl up` started (and nothing else)."""
+    from labeling.server import LabelStudioServer
+
+    settings = _settings(ctx)
+    up_dir = _up_dir(settings)
+    state = _state(up_dir)
+    started: dict[str, bool] = state.get("started", {})
+    if _stop_pid(up_dir / "serving.pid", "uvicorn"):
+        console.print("stopped the serving API")
+    if _stop_pid(up_dir / "mlflow.pid", "mlflow"):
+        console.print("stopped MLflow")
+    if (
+        started.get("labelstudio")
+        and not settings.labelstudio.url
+        and LabelStudioServer(settings.labelstudio, settings.state_dir).stop()
+    ):
+        console.print("stopped Label Studio")
+    state["started"] = {}
+    _save_state(up_dir, state)
+    console.print("down.")

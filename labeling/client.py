@@ -1,0 +1,332 @@
+"""The one place that speaks to Label Studio's HTTP API.
+
+Plain httpx against the documented REST API (the same endpoints label-studio-sdk 2.1.2 calls): JSON in,
+JSON out, every non-2xx turned into `LabelStudioApiError` with the status code. The SDK's generated
+models are not needed for the handful of calls below and would add a second layer of types to keep in
+step with the server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from hitl.settings import LabelStudioSettings
+from labeling.exceptions import LabelingError, LabelStudioApiError, LabelStudioUnavailableError
+
+WEBHOOK_PATH = "/v1/webhooks/label-studio"
+WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+
+# How merchandisers get their next task. Label Studio 1.23 open source (projects/functions/next_task.py):
+#   "Sequential sampling"  -> lowest task id first (import order);
+#   "Uniform sampling"     -> random;
+#   "Uncertainty sampling" -> among tasks whose prediction has the project's current `model_version`,
+#                             LOWEST `predictions.score` first (with more than one annotator it picks at
+#                             random among the first n_annotators + 1 to avoid collisions); if no task has a
+#                             current prediction it falls back to random.
+# We use uncertainty sampling and push `score = 1 - priority` (see `labeling.push`), so the most useful
+# item is always served first, across batches, whatever the strategy that computed the priority; and we
+# keep the project's `model_version` equal to the promoted model so the ordering never falls back to random.
+SAMPLING = "Uncertainty sampling"
+
+
+@dataclass(frozen=True)
+class ProjectInfo:
+    project_id: int
+    webhook_id: int
+    project_created: bool
+    webhook_created: bool
+    config_updated: bool
+
+
+@dataclass(frozen=True)
+class ReviewerAccount:
+    user_id: int
+    email: str
+    token: str
+
+
+class LabelStudioClient:
+    """A thin, typed client. Build it with `from_settings`; close it (or use `with`)."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        # Legacy tokens ("Token <t>"); JWT personal access tokens would need a refresh flow.
+        self._http = httpx.Client(
+            base_url=self.base_url, headers={"Authorization": f"Token {token}"}, timeout=timeout
+        )
+
+    @classmethod
+    def from_settings(cls, settings: LabelStudioSettings) -> LabelStudioClient:
+        return cls(settings.base_url, settings.token.get_secret_value(), timeout=settings.request_timeout_s)
+
+    def __enter__(self) -> LabelStudioClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ core
+    def _request(self, method: str, path: str, operation: str, **kwargs: Any) -> Any:
+        try:
+            answer = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise LabelStudioUnavailableError(
+                f"Label Studio at {self.base_url} did not answer {operation}: {type(exc).__name__}"
+            ) from None
+        if answer.status_code >= 400:
+            raise LabelStudioApiError(operation, answer.status_code, answer.text)
+        if answer.status_code == 204 or not answer.content:
+            return None
+        return answer.json()
+
+    def whoami(self) -> dict[str, Any]:
+        me: dict[str, Any] = self._request("GET", "/api/current-user/whoami", "whoami")
+        return me
+
+    # -------------------------------------------------------------- projects
+    def find_project(self, title: str) -> dict[str, Any] | None:
+        page = 1
+        while True:
+            body = self._request(
+                "GET",
+                "/api/projects/",
+                "list projects",
+                params={"title": title, "page": page, "page_size": 100},
+            )
+            results = body.get("results", []) if isinstance(body, dict) else body
+            matches = [p for p in results if p.get("title") == title]
+            if matches:
+                return dict(min(matches, key=lambda p: int(p["id"])))
+            if not (isinstance(body, dict) and body.get("next")):
+                return None
+            page += 1
+
+    def get_project(self, project_id: int) -> dict[str, Any]:
+        project: dict[str, Any] = self._request(
+            "GET", f"/api/projects/{project_id}/", f"get project {project_id}"
+        )
+        return project
+
+    def create_project(
+        self, title: str, label_config: str, *, model_version: str | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "title": title,
+            "label_config": label_config,
+            "sampling": SAMPLING,
+            "show_skip_button": True,
+            "maximum_annotations": 1,
+        }
+        if model_version:
+            body["model_version"] = model_version
+        project: dict[str, Any] = self._request("POST", "/api/projects/", "create project", json=body)
+        return project
+
+    def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
+        project: dict[str, Any] = self._request(
+            "PATCH", f"/api/projects/{project_id}/", f"update project {project_id}", json=fields
+        )
+        return project
+
+    def set_model_version(self, project_id: int, model_version: str) -> None:
+        """Show `model_version` as the project's current model (later imports do not switch it)."""
+        self.update_project(project_id, model_version=model_version)
+
+    # -------------------------------------------------------------- webhooks
+    def list_webhooks(self, project_id: int) -> list[dict[str, Any]]:
+        hooks = self._request("GET", "/api/webhooks/", "list webhooks", params={"project": project_id})
+        return [h for h in hooks if h.get("project") == project_id]
+
+    def ensure_webhook(self, project_id: int, url: str, secret: str, secret_header: str) -> tuple[int, bool]:
+        """One webhook per (project, url), with our actions and secret header; returns (id, created)."""
+        wanted = {
+            "url": url,
+            "actions": list(WEBHOOK_ACTIONS),
+            "headers": {secret_header: secret},
+            "send_payload": True,
+            "send_for_all_actions": False,
+            "is_active": True,
+        }
+        existing = sorted(
+            (h for h in self.list_webhooks(project_id) if h.get("url") == url), key=lambda h: h["id"]
+        )
+        if not existing:
+            hook = self._request(
+                "POST", "/api/webhooks/", "create webhook", json={**wanted, "project": project_id}
+            )
+            return int(hook["id"]), True
+        hook = existing[0]
+        for extra in existing[1:]:  # left over by an interrupted run
+            self._request("DELETE", f"/api/webhooks/{extra['id']}/", f"delete webhook {extra['id']}")
+        same = (
+            sorted(hook.get("actions") or []) == sorted(WEBHOOK_ACTIONS)
+            and (hook.get("headers") or {}) == wanted["headers"]
+            and hook.get("send_payload") is True
+            and hook.get("is_active") is True
+        )
+        if not same:
+            # PATCH always carries `actions`: without them Label Studio silently drops every action.
+            self._request(
+                "PATCH", f"/api/webhooks/{hook['id']}/", f"update webhook {hook['id']}", json=wanted
+            )
+        return int(hook["id"]), False
+
+    # ----------------------------------------------------------------- tasks
+    def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        """Import tasks (with predictions) and return their ids, in order."""
+        body = self._request(
+            "POST",
+            f"/api/projects/{project_id}/import",
+            f"import {len(tasks)} tasks into project {project_id}",
+            params={"return_task_ids": "true"},
+            json=list(tasks),
+        )
+        ids = [int(i) for i in (body or {}).get("task_ids", [])]
+        if len(ids) != len(tasks):
+            raise LabelingError(
+                f"Label Studio returned {len(ids)} task ids for {len(tasks)} imported tasks in project "
+                f"{project_id} (an asynchronous import? only synchronous imports are supported)"
+            )
+        return ids
+
+    def iter_tasks(
+        self, project_id: int, *, annotated_only: bool = False, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """All tasks with their annotations and predictions (`only_annotated` is ignored by the server)."""
+        query: dict[str, Any] = {}
+        if annotated_only:
+            # Tasks with an annotation, cancelled (skipped) ones included: `total_annotations` omits those.
+            query["filters"] = {
+                "conjunction": "or",
+                "items": [
+                    {"filter": f"filter:tasks:{column}", "operator": "greater", "type": "Number", "value": 0}
+                    for column in ("total_annotations", "cancelled_annotations")
+                ],
+            }
+        page = 1
+        while True:
+            params: dict[str, Any] = {
+                "project": project_id,
+                "fields": "all",
+                "page": page,
+                "page_size": page_size,
+            }
+            if query:
+                params["query"] = json.dumps(query)
+            try:
+                body = self._request(
+                    "GET", "/api/tasks/", f"list tasks of project {project_id}", params=params
+                )
+            except LabelStudioApiError as exc:
+                if exc.status == 404 and page > 1:  # past the last page
+                    return
+                raise
+            tasks = body.get("tasks", []) if isinstance(body, dict) else body
+            yield from tasks
+            total = body.get("total") if isinstance(body, dict) else None
+            if not tasks or len(tasks) < page_size or (total is not None and page * page_size >= int(total)):
+                return
+            page += 1
+
+    def get_task(self, task_id: int) -> dict[str, Any]:
+        task: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/", f"get task {task_id}")
+        return task
+
+    # ----------------------------------------------------------- annotations
+    def create_annotation(
+        self,
+        task_id: int,
+        result: Sequence[Mapping[str, Any]],
+        *,
+        lead_time: float | None = None,
+        was_cancelled: bool = False,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"result": list(result), "was_cancelled": was_cancelled}
+        if lead_time is not None:
+            body["lead_time"] = lead_time
+        annotation: dict[str, Any] = self._request(
+            "POST", f"/api/tasks/{task_id}/annotations/", f"annotate task {task_id}", json=body
+        )
+        return annotation
+
+    def update_annotation(self, annotation_id: int, result: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        annotation: dict[str, Any] = self._request(
+            "PATCH",
+            f"/api/annotations/{annotation_id}/",
+            f"update annotation {annotation_id}",
+            json={"result": list(result)},
+        )
+        return annotation
+
+    def delete_annotation(self, annotation_id: int) -> None:
+        self._request("DELETE", f"/api/annotations/{annotation_id}/", f"delete annotation {annotation_id}")
+
+    # ----------------------------------------------------------------- users
+    def invite_token(self) -> str:
+        body = self._request("GET", "/api/invite", "get the organization invite")
+        return str(body["token"])
+
+    def ensure_reviewer(self, email: str, password: str) -> ReviewerAccount:
+        """Sign up (through the organization's invite link) or log in `email`, and return its API token.
+
+        Open-source Label Studio has no admin API that hands out another user's token, so this goes
+        through the same forms a merchandiser would use.
+        """
+        invite = self.invite_token()
+        with httpx.Client(base_url=self.base_url, timeout=self._http.timeout, follow_redirects=False) as web:
+            if not _form_login(web, "/user/login/", email, password):
+                signed = _form_post(
+                    web, f"/user/signup/?token={invite}", {"email": email, "password": password}
+                )
+                if signed.status_code not in (301, 302) or not _logged_in(web):
+                    raise LabelStudioApiError(
+                        f"sign up reviewer {email}", signed.status_code, _form_errors(signed)
+                    )
+            try:
+                token = web.get("/api/current-user/token").json()["token"]
+                me = web.get("/api/current-user/whoami").json()
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                raise LabelStudioUnavailableError(
+                    f"could not read the token of reviewer {email}: {exc}"
+                ) from None
+        return ReviewerAccount(user_id=int(me["id"]), email=email, token=str(token))
+
+
+def _csrf(web: httpx.Client, path: str) -> str:
+    web.get(path)
+    return str(web.cookies.get("csrftoken", ""))
+
+
+def _form_post(web: httpx.Client, path: str, fields: Mapping[str, str]) -> httpx.Response:
+    token = _csrf(web, path)
+    return web.post(
+        path,
+        data={**fields, "csrfmiddlewaretoken": token},
+        headers={"Referer": f"{web.base_url}{path}", "X-CSRFToken": token},
+    )
+
+
+def _logged_in(web: httpx.Client) -> bool:
+    return web.get("/api/current-user/whoami").status_code == 200
+
+
+def _form_login(web: httpx.Client, path: str, email: str, password: str) -> bool:
+    answer = _form_post(web, path, {"email": email, "password": password})
+    return answer.status_code in (301, 302) and _logged_in(web)
+
+
+def _form_errors(answer: httpx.Response) -> str:
+    errors = re.findall(r'class="[^"]*error[^"]*"[^>]*>([^<]{3,200})<', answer.text)
+    return "; ".join(e.strip() for e in errors[:3]) or f"unexpected answer ({len(answer.content)} bytes)"
+
+
+Outcome = Literal["created", "unchanged", "updated"]

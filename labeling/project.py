@@ -1,0 +1,46 @@
+"""Idempotent project bootstrap: one project per title, one webhook per (project, URL)."""
+
+from __future__ import annotations
+
+from labeling.client import SAMPLING, WEBHOOK_PATH, LabelStudioClient, ProjectInfo
+from labeling.config import Taxonomy, build_label_config
+from labeling.webhooks import SECRET_HEADER
+
+
+def webhook_url(serving_base_url: str) -> str:
+    return serving_base_url.rstrip("/") + WEBHOOK_PATH
+
+
+def bootstrap_project(
+    client: LabelStudioClient,
+    taxonomy: Taxonomy,
+    *,
+    title: str,
+    webhook_url: str,
+    webhook_secret: str,
+    model_version: str | None = None,
+) -> ProjectInfo:
+    """Create or update the project (config from `taxonomy`, uncertainty sampling) and its webhook.
+
+    Running it again changes nothing but what differs; it never creates a second project or webhook.
+    """
+    label_config = build_label_config(taxonomy)
+    project = client.find_project(title)
+    created = project is None
+    config_updated = False
+    if project is None:
+        project = client.create_project(title, label_config, model_version=model_version)
+    else:
+        changes: dict[str, object] = {}
+        if (project.get("label_config") or "").strip() != label_config.strip():
+            changes["label_config"] = label_config
+        if project.get("sampling") != SAMPLING:
+            changes["sampling"] = SAMPLING
+        if model_version and project.get("model_version") != model_version:
+            changes["model_version"] = model_version
+        if changes:
+            client.update_project(int(project["id"]), **changes)
+            config_updated = "label_config" in changes
+    project_id = int(project["id"])
+    hook_id, hook_created = client.ensure_webhook(project_id, webhook_url, webhook_secret, SECRET_HEADER)
+    return ProjectInfo(project_id, hook_id, created, hook_created, config_updated)

@@ -1,0 +1,135 @@
+"""Reconciliation: Label Studio sends each webhook once, so pull annotations and fill what was missed."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from labeling.client import LabelStudioClient
+from labeling.config import Taxonomy
+from labeling.exceptions import LabelingError
+from labeling.webhooks import (
+    AnnotationPayload,
+    CorrectionEvent,
+    DeletionEvent,
+    TaskPayload,
+    correction_from,
+    utc,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CorrectionSink(Protocol):
+    """Where corrections go (serving's store implements it)."""
+
+    def record_correction(self, event: CorrectionEvent) -> bool:
+        """Store one annotation state; False when that exact state was already stored."""
+        ...
+
+    def record_deletion(self, event: DeletionEvent) -> int:
+        """Record deletions; returns how many were new."""
+        ...
+
+    def annotation_versions(self, project_id: int) -> dict[int, datetime]:
+        """Live (not deleted) annotation id -> latest stored `updated_at` (UTC)."""
+        ...
+
+
+@dataclass
+class SyncReport:
+    annotations_seen: int = 0
+    recorded: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    skipped_malformed: int = 0
+
+
+def _with_prediction(task: dict[str, Any]) -> dict[str, Any]:
+    # Fall back on the task's first prediction when the annotation does not carry one.
+    meta = dict(task.get("meta") or {})
+    predictions = task.get("predictions") or []
+    if predictions and isinstance(predictions[0], dict):
+        first = predictions[0]
+        meta.setdefault("model_version", first.get("model_version"))
+    return meta
+
+
+def sync_project(
+    client: LabelStudioClient,
+    sink: CorrectionSink,
+    project_id: int,
+    taxonomy: Taxonomy | None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> SyncReport:
+    """Record every annotation state the store lacks, and deletions of annotations gone from Label Studio."""
+    report = SyncReport()
+    known = {aid: utc(ts) for aid, ts in sink.annotation_versions(project_id).items()}
+    present: set[int] = set()
+    for task in client.iter_tasks(project_id, annotated_only=True):
+        task_model = TaskPayload(id=int(task["id"]), data=task.get("data") or {}, meta=_with_prediction(task))
+        for raw in task.get("annotations") or []:
+            try:
+                annotation = AnnotationPayload.model_validate(
+                    {"task": task_model.id, "project": project_id, **raw}
+                )
+            except ValidationError:
+                report.skipped_malformed += 1
+                logger.warning("sync: skipped a malformed annotation in task %d", task_model.id)
+                continue
+            report.annotations_seen += 1
+            present.add(annotation.id)
+            previous = known.get(annotation.id)
+            if previous is not None and previous == utc(annotation.updated_at):
+                continue
+            event = correction_from(
+                annotation,
+                task_model,
+                taxonomy,
+                updated=previous is not None,
+                source="sync",
+                project_id=project_id,
+            )
+            if sink.record_correction(event):
+                report.recorded += 1
+                report.rejected += event.action == "rejected"
+            if progress is not None:
+                progress(report.annotations_seen)
+    gone = tuple(sorted(set(known) - present))
+    if gone:
+        report.deleted = sink.record_deletion(DeletionEvent(gone, project_id, "sync"))
+    return report
+
+
+class PeriodicSync:
+    """Runs `job` every `interval_s` s in a daemon thread until `stop()`; errors are logged, not raised."""
+
+    def __init__(self, job: Callable[[], object], interval_s: float) -> None:
+        self._job = job
+        self._interval = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="labelstudio-sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._job()
+            except LabelingError as exc:
+                logger.warning("periodic Label Studio sync failed: %s", exc)
+            except Exception:  # keep the loop alive; the next run retries
+                logger.exception("periodic Label Studio sync crashed")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)

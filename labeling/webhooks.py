@@ -1,0 +1,273 @@
+"""Label Studio webhooks: typed payloads, the shared-secret check, and the rules that turn them into events.
+
+Label Studio sends each webhook once, synchronously, with no signature; we add a shared secret as a
+custom header when we create the webhook (`SECRET_HEADER`). Payloads carry the project's token: never log
+them whole (errors below name fields, never values).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+from labeling.config import Taxonomy, label_from_result
+from labeling.exceptions import WebhookAuthError, WebhookPayloadError
+
+SECRET_HEADER = "X-HITL-Webhook-Secret"
+ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+Source = Literal["webhook", "sync"]
+CorrectionAction = Literal["created", "updated", "cancelled", "rejected"]
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC (naive values are taken as UTC)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class PredictionPayload(_Payload):
+    model_version: str | None = None
+    score: float | None = None
+    result: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class AnnotationPayload(_Payload):
+    id: int
+    task: int
+    project: int | None = None
+    result: list[dict[str, Any]] = Field(default_factory=list)
+    completed_by: int | None = None
+    updated_by: int | None = None
+    created_at: datetime
+    updated_at: datetime
+    lead_time: float | None = None
+    was_cancelled: bool = False
+    prediction: PredictionPayload | None = None
+
+    @field_validator("completed_by", "updated_by", mode="before")
+    @classmethod
+    def _user_id(cls, value: Any) -> Any:
+        # The tasks API may expand users to objects; webhooks send ids.
+        return value.get("id") if isinstance(value, Mapping) else value
+
+    @field_validator("prediction", mode="before")
+    @classmethod
+    def _empty_prediction(cls, value: Any) -> Any:
+        return value or None
+
+
+class TaskPayload(_Payload):
+    id: int
+    data: dict[str, Any] = Field(default_factory=dict)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProjectRef(_Payload):
+    """Only the id: the rest of Label Studio's project object (token included) is dropped here."""
+
+    id: int
+
+
+class AnnotationEventPayload(_Payload):
+    action: Literal["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
+    annotation: AnnotationPayload
+    task: TaskPayload
+    project: ProjectRef | None = None
+
+
+class DeletedAnnotationRef(_Payload):
+    id: int
+
+
+class AnnotationsDeletedPayload(_Payload):
+    action: Literal["ANNOTATIONS_DELETED"]
+    annotations: list[DeletedAnnotationRef] = Field(min_length=1)
+    project: ProjectRef | None = None
+
+
+WebhookPayload = Annotated[AnnotationEventPayload | AnnotationsDeletedPayload, Field(discriminator="action")]
+_ADAPTER: TypeAdapter[AnnotationEventPayload | AnnotationsDeletedPayload] = TypeAdapter(WebhookPayload)
+
+
+@dataclass(frozen=True)
+class CorrectionEvent:
+    """One state of one annotation, as the store records it (append-only)."""
+
+    action: CorrectionAction
+    annotation_id: int
+    task_id: int
+    project_id: int | None
+    item_id: str | None
+    label: str | None  # the category when action is created/updated; else None
+    raw_label: str | None  # what the reviewer chose, even when rejected
+    reviewer_id: int | None
+    created_at: datetime
+    updated_at: datetime
+    lead_time: float | None
+    was_cancelled: bool
+    predicted_label: str | None
+    model_version: str | None
+    model_score: float | None
+    source: Source
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DeletionEvent:
+    annotation_ids: tuple[int, ...]
+    project_id: int | None
+    source: Source
+
+
+def check_secret(provided: str | None, expected: str) -> None:
+    """Constant-time comparison of the shared-secret header; raises `WebhookAuthError`."""
+    if not expected:
+        raise WebhookAuthError("no webhook secret is configured: refusing every webhook")
+    if provided is None:
+        raise WebhookAuthError(f"missing {SECRET_HEADER} header")
+    if not hmac.compare_digest(provided.encode("utf-8"), expected.encode("utf-8")):
+        raise WebhookAuthError(f"wrong {SECRET_HEADER} header")
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    # Only location and reason: pydantic's `input` could echo the project token.
+    return [
+        {"loc": ".".join(str(p) for p in err["loc"]) or "body", "msg": err["msg"], "type": err["type"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def parse_payload(
+    body: bytes | str | Mapping[str, Any],
+) -> AnnotationEventPayload | AnnotationsDeletedPayload:
+    """Validate a webhook body; `WebhookPayloadError.errors` lists one reason per field."""
+    try:
+        raw: Any = json.loads(body) if isinstance(body, bytes | str) else dict(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WebhookPayloadError(
+            [{"loc": "body", "msg": f"not JSON: {exc}", "type": "json_invalid"}]
+        ) from None
+    if not isinstance(raw, dict):
+        raise WebhookPayloadError([{"loc": "body", "msg": "expected a JSON object", "type": "dict_type"}])
+    action = raw.get("action")
+    if action not in ACTIONS:
+        raise WebhookPayloadError(
+            [
+                {
+                    "loc": "action",
+                    "msg": f"unsupported action; expected one of {', '.join(ACTIONS)}",
+                    "type": "action",
+                }
+            ]
+        )
+    try:
+        return _ADAPTER.validate_python(raw)
+    except ValidationError as exc:
+        raise WebhookPayloadError(_field_errors(exc)) from None
+
+
+def _prediction_from(
+    annotation: AnnotationPayload, task_meta: Mapping[str, Any]
+) -> tuple[str | None, str | None, float | None]:
+    """The model's original prediction: from the annotation, else from the meta we pushed with the task."""
+    predicted = label_from_result(annotation.prediction.result) if annotation.prediction else None
+    version = annotation.prediction.model_version if annotation.prediction else None
+    score = annotation.prediction.score if annotation.prediction else None
+    meta_score = task_meta.get("model_score")
+    return (
+        predicted or task_meta.get("predicted_label"),
+        version or task_meta.get("model_version"),
+        score if score is not None else (float(meta_score) if meta_score is not None else None),
+    )
+
+
+def correction_from(
+    annotation: AnnotationPayload,
+    task: TaskPayload | None,
+    taxonomy: Taxonomy | None,
+    *,
+    updated: bool,
+    source: Source,
+    project_id: int | None = None,
+) -> CorrectionEvent:
+    """Apply the rules: cancelled -> recorded, not a label; label outside the taxonomy -> rejected."""
+    data = task.data if task else {}
+    meta = task.meta if task else {}
+    item_id = meta.get("item_id", data.get("item_id"))
+    predicted, version, score = _prediction_from(annotation, meta)
+    raw_label = label_from_result(annotation.result)
+    action: CorrectionAction = "updated" if updated else "created"
+    label: str | None = raw_label
+    error: str | None = None
+    if annotation.was_cancelled:
+        action, label = "cancelled", None
+    elif raw_label is None:
+        action, label, error = "rejected", None, f"annotation {annotation.id}: no category was chosen"
+    elif taxonomy is None:
+        action, label = "rejected", None
+        error = f"annotation {annotation.id}: project {project_id} has no known taxonomy (bootstrap it first)"
+    elif raw_label not in taxonomy:
+        action, label = "rejected", None
+        error = (
+            f"annotation {annotation.id}: label {raw_label!r} is not one of the taxonomy's "
+            f"{len(taxonomy)} categories"
+        )
+    return CorrectionEvent(
+        action=action,
+        annotation_id=annotation.id,
+        task_id=annotation.task,
+        project_id=project_id if project_id is not None else annotation.project,
+        item_id=str(item_id) if item_id is not None else None,
+        label=label,
+        raw_label=raw_label,
+        reviewer_id=annotation.completed_by,
+        created_at=utc(annotation.created_at),
+        updated_at=utc(annotation.updated_at),
+        lead_time=annotation.lead_time,
+        was_cancelled=annotation.was_cancelled,
+        predicted_label=predicted,
+        model_version=version,
+        model_score=score,
+        source=source,
+        error=error,
+    )
+
+
+def events_from(
+    payload: AnnotationEventPayload | AnnotationsDeletedPayload, taxonomy: Taxonomy | None
+) -> CorrectionEvent | DeletionEvent:
+    """The typed event for one webhook payload."""
+    project_id = payload.project.id if payload.project else None
+    if isinstance(payload, AnnotationsDeletedPayload):
+        return DeletionEvent(tuple(a.id for a in payload.annotations), project_id, "webhook")
+    return correction_from(
+        payload.annotation,
+        payload.task,
+        taxonomy,
+        updated=payload.action == "ANNOTATION_UPDATED",
+        source="webhook",
+        project_id=project_id,
+    )
+
+
+def project_id_of(payload: AnnotationEventPayload | AnnotationsDeletedPayload) -> int | None:
+    if payload.project is not None:
+        return payload.project.id
+    if isinstance(payload, AnnotationEventPayload):
+        return payload.annotation.project
+    return None
+
+
+def rejected(events: Sequence[CorrectionEvent]) -> list[CorrectionEvent]:
+    return [e for e in events if e.action == "rejected"]

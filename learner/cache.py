@@ -1,0 +1,166 @@
+"""On-disk embedding cache: each distinct (encoder, masked text) pair is encoded once, ever.
+
+Keys are sha256(encoder_id + NUL + masked text); the text itself is never stored, and it is masked
+before hashing, so neither the key nor the row derives from raw personal data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from numpy.typing import NDArray
+
+from learner.encoder import TextEncoder
+from learner.exceptions import LearnerError
+from learner.pii import mask_pii
+
+DB_NAME = "embeddings.sqlite3"
+# SQLite's default host-parameter limit is 32766 on current builds but 999 on old ones.
+_SQL_CHUNK = 900
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS embeddings (
+    key BLOB PRIMARY KEY,
+    encoder_id TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    vector BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS embeddings_encoder ON embeddings (encoder_id);
+"""
+_FLOAT = np.dtype("<f4")  # fixed byte order: the file may move between machines
+
+
+def cache_key(encoder_id: str, masked_text: str) -> bytes:
+    """32-byte key of one already-masked text under one encoder."""
+    return hashlib.sha256(f"{encoder_id}\x00{masked_text}".encode()).digest()
+
+
+class EmbeddingCache:
+    """Embeddings persisted in ``directory/embeddings.sqlite3`` (WAL mode, safe across processes).
+
+    Parameters
+    ----------
+    directory : Path
+        Created if missing. Several encoders may share one directory; rows are keyed per encoder.
+    encoder : TextEncoder
+        Called only for texts not in the cache, once per `embed` call, with deduplicated masked texts.
+
+    Attributes
+    ----------
+    hits, misses : int
+        Distinct texts per `embed` call served from disk / sent to the encoder, summed over calls.
+    """
+
+    def __init__(self, directory: Path, encoder: TextEncoder) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder
+        self.encoder_id = encoder.encoder_id
+        self.dim = encoder.dim
+        self.hits = 0
+        self.misses = 0
+        self._lock = threading.Lock()
+        # One connection shared by threads (FastAPI workers); the lock serialises its use.
+        self._conn = sqlite3.connect(self.directory / DB_NAME, timeout=30.0, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Embeddings for `texts`, encoding only those never seen before.
+
+        Parameters
+        ----------
+        texts : (n,) sequence of str
+
+        Returns
+        -------
+        (n, dim) float32, rows in input order
+        """
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts, not a single str")
+        masked = [mask_pii(t) for t in texts]
+        keys = [cache_key(self.encoder_id, m) for m in masked]
+        out = np.empty((len(keys), self.dim), dtype=np.float32)
+        if not keys:
+            return out
+        unique: dict[bytes, str] = dict(zip(keys, masked, strict=True))
+        with self._lock:
+            found = self._lookup(list(unique))
+            missing = [k for k in unique if k not in found]
+            if missing:
+                vectors = np.asarray(self.encoder.encode([unique[k] for k in missing]), dtype=np.float32)
+                if vectors.shape != (len(missing), self.dim):
+                    raise LearnerError(
+                        f"encoder {self.encoder_id!r} returned shape {vectors.shape} for "
+                        f"{len(missing)} texts; expected ({len(missing)}, {self.dim})"
+                    )
+                self._store(missing, vectors)
+                found.update(zip(missing, vectors, strict=True))
+            self.hits += len(unique) - len(missing)
+            self.misses += len(missing)
+        out[:] = np.stack([found[key] for key in keys])
+        return out
+
+    def _lookup(self, keys: list[bytes]) -> dict[bytes, NDArray[np.float32]]:
+        found: dict[bytes, NDArray[np.float32]] = {}
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = keys[start : start + _SQL_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT key, dim, vector FROM embeddings WHERE key IN ({marks})", chunk
+            ).fetchall()
+            for key, dim, blob in rows:
+                # A torn or foreign row is re-encoded (and overwritten) instead of poisoning results.
+                if dim == self.dim and len(blob) == dim * _FLOAT.itemsize:
+                    found[bytes(key)] = np.frombuffer(blob, dtype=_FLOAT).astype(np.float32)
+        return found
+
+    def _store(self, keys: list[bytes], vectors: NDArray[np.float32]) -> None:
+        rows = [
+            (key, self.encoder_id, self.dim, np.ascontiguousarray(vec, dtype=_FLOAT).tobytes())
+            for key, vec in zip(keys, vectors, strict=True)
+        ]
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (key, encoder_id, dim, vector) VALUES (?, ?, ?, ?)", rows
+            )
+
+    def __len__(self) -> int:
+        """Number of cached embeddings for this cache's encoder."""
+        with self._lock:
+            (count,) = self._conn.execute(
+                "SELECT COUNT(*) FROM embeddings WHERE encoder_id = ?", (self.encoder_id,)
+            ).fetchone()
+        return int(count)
+
+    def __contains__(self, text: object) -> bool:
+        if not isinstance(text, str):
+            return False
+        key = cache_key(self.encoder_id, mask_pii(text))
+        with self._lock:
+            row = self._conn.execute("SELECT 1 FROM embeddings WHERE key = ?", (key,)).fetchone()
+        return row is not None
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> EmbeddingCache:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"EmbeddingCache({str(self.directory)!r}, encoder_id={self.encoder_id!r})"

@@ -1,0 +1,262 @@
+"""Per-class confidence thresholds with a finite-sample accuracy guarantee."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy.stats import beta as beta_dist
+from scipy.stats import binom
+
+from learner.calibration import check_labels, check_proba
+
+
+@dataclass(frozen=True)
+class ClassThresholds:
+    """Auto-accept rule: an item predicted as class c is accepted when its confidence >= thresholds[c].
+
+    `np.inf` means the class is never auto-accepted (too little calibration data, or no threshold passed
+    the test).
+    """
+
+    thresholds: NDArray[np.float64]  # (n_classes,)
+    target: float
+    delta: float
+    n_calibration: NDArray[np.int64]  # (n_classes,) calibration items predicted as each class
+    method: str = "fixed_sequence_clopper_pearson"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def accept_mask(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.bool_]:
+        """(n, n_classes) calibrated probabilities -> (n,) True where the item is auto-accepted."""
+        predicted = np.argmax(proba, axis=1)
+        confidence = proba[np.arange(len(proba)), predicted]
+        return np.asarray(confidence >= self.thresholds[predicted], dtype=np.bool_)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "thresholds": [None if not np.isfinite(t) else float(t) for t in self.thresholds],
+            "target": self.target,
+            "delta": self.delta,
+            "n_calibration": [int(n) for n in self.n_calibration],
+            "method": self.method,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ClassThresholds:
+        return cls(
+            thresholds=np.array([np.inf if t is None else t for t in data["thresholds"]], dtype=np.float64),
+            target=float(data["target"]),
+            delta=float(data["delta"]),
+            n_calibration=np.array(data["n_calibration"], dtype=np.int64),
+            method=str(data["method"]),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+def default_candidates() -> NDArray[np.float64]:
+    """The fixed candidate grid, strictest first: steps of 0.005 on [0, 1] plus log-spaced points up to
+    ``1 - 1e-6``, where softmax confidences of a good model crowd.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_candidates,)
+        Strictly decreasing, from 1.0 to 0.0.
+    """
+    grid = np.concatenate([np.linspace(0.0, 1.0, 201), 1.0 - np.logspace(-6.0, -2.0, 17)])
+    # Rounding merges 1 - 1e-2 with the linear grid's 0.99 instead of keeping two points 1e-16 apart.
+    out: NDArray[np.float64] = np.unique(np.round(grid, 12))[::-1].copy()
+    return out
+
+
+def min_accepted_to_pass(target: float, delta: float) -> int:
+    """Fewest accepted calibration items with which any threshold can pass: even zero errors among
+    fewer items leave ``P(0 errors | error rate = 1 - target) = target**n > delta``.
+
+    Returns
+    -------
+    int
+        ``ceil(log(delta) / log(target))``, e.g. 59 for target 0.95, delta 0.05.
+    """
+    _check_level(target, "target")
+    _check_level(delta, "delta")
+    n = max(1, math.ceil(math.log(delta) / math.log(target)))
+    # Guard the ceil against log round-off on either side of an exact power.
+    while n > 1 and target ** (n - 1) <= delta:
+        n -= 1
+    while target**n > delta:
+        n += 1
+    return n
+
+
+def _check_level(value: float, name: str) -> None:
+    if not (isinstance(value, int | float | np.floating) and 0.0 < float(value) < 1.0):
+        raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
+
+
+def _check_candidates(candidates: ArrayLike | None) -> NDArray[np.float64]:
+    if candidates is None:
+        return default_candidates()
+    c = np.asarray(candidates, dtype=np.float64)
+    if c.ndim != 1 or c.size == 0 or not np.all(np.isfinite(c)):
+        raise ValueError(f"candidates must be a non-empty 1-D array of finite numbers, got shape {c.shape}")
+    out: NDArray[np.float64] = np.unique(c)[::-1].copy()
+    return out
+
+
+def fit_class_thresholds(
+    proba: ArrayLike,
+    y: ArrayLike,
+    *,
+    target: float = 0.95,
+    delta: float = 0.05,
+    min_samples: int = 20,
+    candidates: ArrayLike | None = None,
+) -> ClassThresholds:
+    """Fit per-class auto-accept thresholds by Learn-then-Test fixed-sequence testing.
+
+    For each class ``c``, only calibration items *predicted* as ``c`` are used. Candidate thresholds
+    ``t`` are walked from strict (high) to lenient (low). At each, with ``n_t`` items of confidence
+    ``>= t`` of which ``e_t`` are wrong, the null hypothesis ``H_t: 1 - acc_c(t) > 1 - target`` is
+    tested with the exact binomial p-value ``P(Binom(n_t, 1 - target) <= e_t)`` (equivalently: the
+    one-sided ``1 - delta`` Clopper–Pearson upper bound on the error rate is ``<= 1 - target``) and
+    rejected when the p-value is ``<= delta``. The walk stops at the first non-rejection; the last
+    rejected ``t`` is the class threshold. Testing in an order fixed before seeing the data needs no
+    multiplicity correction, because no true null can be rejected unless the first one in the order is.
+
+    Candidates accepting fewer than ``min_accepted_to_pass(target, delta)`` items cannot be rejected
+    even with zero errors; they are skipped instead of ending the walk, since otherwise the strictest
+    candidates, which accept almost nothing, would end every walk at once.
+
+    Parameters
+    ----------
+    proba : array_like, shape (n_items, n_classes)
+        Probabilities on a held-out calibration set (not the training set, and preferably not the
+        temperature-fitting set), from exactly the model and temperature that will be thresholded.
+    y : array_like of int, shape (n_items,)
+        True class indices.
+    target : float
+        Required accuracy of accepted items, in (0, 1).
+    delta : float
+        Allowed probability (over calibration draws) that a class misses ``target``, in (0, 1).
+    min_samples : int
+        Classes with fewer calibration predictions get ``np.inf`` without testing.
+    candidates : array_like, shape (n_candidates,), optional
+        Threshold grid; defaults to `default_candidates`. It must not be derived from this calibration
+        data, or the guarantee is void.
+
+    Returns
+    -------
+    ClassThresholds
+        ``thresholds[c]`` is ``np.inf`` (never auto-accept) when the class has fewer than
+        ``min_samples`` or ``min_accepted_to_pass`` predictions, or when the strictest testable
+        candidate is not rejected. ``extra["per_class"][c]`` records ``n_predicted``, ``n_accepted``,
+        ``accepted_accuracy`` (empirical, on calibration), ``error_upper_bound`` (Clopper–Pearson, at
+        ``1 - delta``) and ``reason``.
+
+    Notes
+    -----
+    **What is guaranteed.** Let ``acc_c(t) = P(Y = c | predicted c, confidence >= t)`` under the
+    distribution the calibration items come from, and ``t_c`` the returned threshold. Assume
+
+    1. calibration items are i.i.d. from that distribution, and so are the items the rule is applied
+       to later (no drift, same model and temperature);
+    2. ``acc_c(t)`` does not decrease as ``t`` increases along the grid (higher confidence is not less
+       accurate). Only the skipping of untestable strict candidates needs this; the plain fixed
+       sequence is valid without it.
+
+    Then for each class ``c`` separately, over the draw of the calibration set::
+
+        P( t_c < inf  and  acc_c(t_c) < target )  <=  delta
+
+    exactly, for any calibration size (it even holds conditionally on the number of items predicted
+    as ``c``), and whether or not ``proba`` is calibrated. It is about the *population* accuracy of
+    items accepted for ``c``; the accuracy realised on a finite batch fluctuates around it.
+
+    It is a *per-class* statement. The chance that some class misses is only bounded by
+    ``n_classes * delta``; pass ``delta / n_classes`` for a simultaneous one. If every class meets the
+    target, so does the pooled accuracy of all auto-accepted items.
+
+    References: Angelopoulos, Bates, Candès, Jordan, Lei, "Learn then Test: Calibrating Predictive
+    Algorithms to Achieve Risk Control" (2021); Clopper & Pearson (1934).
+    """
+    p = check_proba(proba)
+    labels = check_labels(y, p.shape[0], p.shape[1])
+    _check_level(target, "target")
+    _check_level(delta, "delta")
+    if isinstance(min_samples, bool) or not isinstance(min_samples, int | np.integer) or min_samples < 1:
+        raise ValueError(f"min_samples must be a positive integer, got {min_samples!r}")
+    grid = _check_candidates(candidates)
+    eps = 1.0 - float(target)
+    n_min = min_accepted_to_pass(target, delta)
+    n_classes = p.shape[1]
+
+    pred = np.argmax(p, axis=1)
+    conf = p[np.arange(p.shape[0]), pred]
+    wrong = pred != labels
+    n_calibration = np.bincount(pred, minlength=n_classes).astype(np.int64)
+
+    thresholds = np.full(n_classes, np.inf, dtype=np.float64)
+    per_class: list[dict[str, Any]] = []
+    for c in range(n_classes):
+        info: dict[str, Any] = {
+            "class": c,
+            "n_predicted": int(n_calibration[c]),
+            "threshold": None,
+            "n_accepted": 0,
+            "accepted_accuracy": None,
+            "error_upper_bound": None,
+        }
+        per_class.append(info)
+        if n_calibration[c] < min_samples:
+            info["reason"] = f"fewer than min_samples={min_samples} calibration predictions"
+            continue
+        if n_calibration[c] < n_min:
+            info["reason"] = f"fewer than {n_min} calibration predictions, too few to ever pass"
+            continue
+        order = np.argsort(-conf[pred == c], kind="stable")
+        conf_desc = conf[pred == c][order]
+        errors_desc = np.concatenate([[0], np.cumsum(wrong[pred == c][order])])
+        # Items with confidence >= t are exactly the first n_t of the descending order, ties included.
+        n_t = np.searchsorted(-conf_desc, -grid, side="right")
+        e_t = errors_desc[n_t]
+        testable = n_t >= n_min
+        if not testable.any():
+            info["reason"] = f"no candidate accepts the {n_min} items needed to pass (lowest: {grid[-1]:.6g})"
+            continue
+        # n_t grows as t falls, so the untestable candidates form a prefix.
+        first = int(np.argmax(testable))
+        rejected = binom.cdf(e_t[first:], n_t[first:], eps) <= delta
+        n_rejected = int(np.argmin(rejected)) if not rejected.all() else int(rejected.size)
+        if n_rejected == 0:
+            info["reason"] = (
+                f"strictest testable threshold {grid[first]:.6g} not rejected "
+                f"({int(e_t[first])} errors in {int(n_t[first])})"
+            )
+            continue
+        k = first + n_rejected - 1
+        n_acc, e_acc = int(n_t[k]), int(e_t[k])
+        thresholds[c] = grid[k]
+        info.update(
+            threshold=float(grid[k]),
+            n_accepted=n_acc,
+            accepted_accuracy=1.0 - e_acc / n_acc,
+            error_upper_bound=float(beta_dist.ppf(1.0 - delta, e_acc + 1, n_acc - e_acc)),
+            reason="passed",
+        )
+
+    return ClassThresholds(
+        thresholds=thresholds,
+        target=float(target),
+        delta=float(delta),
+        n_calibration=n_calibration,
+        extra={
+            "per_class": per_class,
+            "min_samples": int(min_samples),
+            "min_accepted_to_pass": n_min,
+            "n_candidates": int(grid.size),
+        },
+    )

@@ -1,0 +1,169 @@
+"""Train a calibrated, thresholded model bundle on cached embeddings.
+
+Pipeline: fit the head on the train split -> fit a temperature on the calibration split -> choose
+per-class thresholds on the calibrated calibration probabilities -> evaluate on the test split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from learner.bundle import ModelBundle
+from learner.calibration import expected_calibration_error, fit_temperature, softmax
+from learner.evaluation import EvaluationReport, evaluate
+from learner.exceptions import LearnerError
+from learner.head import ClassWeight, TorchHeadClassifier
+from learner.thresholds import fit_class_thresholds
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Everything the training pipeline needs; mapped from `Settings.learner` by the caller."""
+
+    hidden_dim: int = 0
+    epochs: int = 200
+    learning_rate: float = 0.01
+    weight_decay: float = 1e-4
+    batch_size: int = 512
+    class_weight: ClassWeight = "balanced"
+    device: str = "auto"
+    seed: int = 0
+    target_accuracy: float = 0.95
+    delta: float = 0.05
+    min_calibration_per_class: int = 20
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    bundle: ModelBundle
+    ece_before: float
+    ece_after: float
+    n_train: int
+    n_calibration: int
+    dropped_calibration: int  # calibration items whose label the head never saw in training
+    train_seconds: float
+    test_report: EvaluationReport | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "n_train": self.n_train,
+            "n_calibration": self.n_calibration,
+            "dropped_calibration": self.dropped_calibration,
+            "n_classes": len(self.bundle.labels),
+            "temperature": self.bundle.temperature,
+            "ece_before": self.ece_before,
+            "ece_after": self.ece_after,
+            "train_seconds": self.train_seconds,
+            "classes_auto_accepted": int(np.isfinite(self.bundle.thresholds.thresholds).sum()),
+        }
+        if self.test_report is not None:
+            out.update({f"test_{k}": v for k, v in self.test_report.to_dict().items()})
+        return out
+
+
+def _label_indices(labels: Sequence[str], classes: Sequence[str]) -> NDArray[np.int64]:
+    """Map label strings to head class indices; -1 for labels the head does not know."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(label, -1) for label in labels], dtype=np.int64)
+
+
+def train_bundle(
+    x_train: NDArray[np.float32],
+    y_train: Sequence[str],
+    x_calibration: NDArray[np.float32],
+    y_calibration: Sequence[str],
+    *,
+    config: TrainingConfig,
+    encoder_ref: str,
+    encoder_id: str,
+    x_test: NDArray[np.float32] | None = None,
+    y_test: Sequence[str] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TrainingResult:
+    """Train head, temperature and thresholds.
+
+    Parameters
+    ----------
+    x_train, x_calibration, x_test : (n, d) float32 embeddings
+    y_train, y_calibration, y_test : (n,) category labels (strings)
+    """
+    if len(x_train) != len(y_train) or len(x_calibration) != len(y_calibration):
+        raise LearnerError(
+            f"features and labels differ in length: train {len(x_train)} vs {len(y_train)}, "
+            f"calibration {len(x_calibration)} vs {len(y_calibration)}"
+        )
+    if len(set(y_train)) < 2:
+        raise LearnerError(f"training needs at least 2 classes, got {len(set(y_train))}")
+    started = time.perf_counter()
+    head = TorchHeadClassifier(
+        hidden_dim=config.hidden_dim,
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        class_weight=config.class_weight,
+        device=config.device,
+        seed=config.seed,
+    )
+    head.fit(x_train, np.asarray(y_train))
+    classes = [str(c) for c in head.classes_]
+
+    y_cal = _label_indices(y_calibration, classes)
+    known = y_cal >= 0
+    if not known.any():
+        raise LearnerError(f"none of the {len(y_cal)} calibration labels occur in training")
+    cal_logits = head.logits(x_calibration[known])
+    y_cal = y_cal[known]
+    ece_before = expected_calibration_error(softmax(cal_logits), y_cal)
+    temperature = fit_temperature(cal_logits, y_cal)
+    cal_proba = softmax(cal_logits, temperature)
+    ece_after = expected_calibration_error(cal_proba, y_cal)
+    thresholds = fit_class_thresholds(
+        cal_proba,
+        y_cal,
+        target=config.target_accuracy,
+        delta=config.delta,
+        min_samples=config.min_calibration_per_class,
+    )
+    train_seconds = time.perf_counter() - started
+
+    bundle = ModelBundle(
+        encoder_ref=encoder_ref,
+        encoder_id=encoder_id,
+        head=head,
+        temperature=float(temperature),
+        thresholds=thresholds,
+        labels=classes,
+        metadata={
+            "created_at": datetime.now(UTC).isoformat(),
+            "n_labels": len(y_train),
+            "n_calibration": int(known.sum()),
+            "seed": config.seed,
+            "target_accuracy": config.target_accuracy,
+            "delta": config.delta,
+            **(metadata or {}),
+        },
+    )
+    report = None
+    if x_test is not None and y_test is not None and len(y_test) > 0:
+        y_idx = _label_indices(y_test, classes)
+        seen = y_idx >= 0
+        report = evaluate(bundle.predict_proba(x_test[seen]), y_idx[seen], thresholds, config.target_accuracy)
+    return TrainingResult(
+        bundle=bundle,
+        ece_before=float(ece_before),
+        ece_after=float(ece_after),
+        n_train=len(y_train),
+        n_calibration=int(known.sum()),
+        dropped_calibration=int((~known).sum()),
+        train_seconds=train_seconds,
+        test_report=report,
+    )

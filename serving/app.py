@@ -1,0 +1,227 @@
+"""The serving application factory. Nothing is created at import time."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from hitl.settings import Settings
+from labeling.client import LabelStudioClient
+from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadError
+from labeling.sync import PeriodicSync, sync_project
+from serving.metrics import ServingMetrics
+from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError
+from serving.outbox import OutboxWorker
+from serving.routers import audit, escalations, health, items, keys, ml_backend, predict, webhooks
+from serving.routers import retrain as retrain_router
+from serving.service import BackendHolder
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def sync_known_project(settings: Settings, store: Store) -> None:
+    """One reconciliation pass over the configured project (a no-op until it was bootstrapped)."""
+    project_id = store.project_by_title(settings.labelstudio.project_title)
+    if project_id is None:
+        return
+    with LabelStudioClient.from_settings(settings.labelstudio) as client:
+        report = sync_project(client, store, project_id, store.taxonomy(project_id))
+    store.record_sync(project_id, report.recorded, report.deleted)
+    if report.recorded or report.deleted:
+        logger.info("sync: %d recorded, %d deleted", report.recorded, report.deleted)
+
+
+def _error(error: Any) -> dict[str, Any]:
+    """One validation error as strict JSON: loc, msg, type, and the input only when it is JSON-safe
+    (a NaN price must be reported, not crash the encoder)."""
+    out: dict[str, Any] = {
+        "loc": [p if isinstance(p, int | str) else str(p) for p in error.get("loc", ())],
+        "msg": str(error.get("msg", "")),
+        "type": str(error.get("type", "value_error")),
+    }
+    try:
+        json.dumps(error.get("input"), allow_nan=False)
+        if "input" in error:
+            out["input"] = error["input"]
+    except (TypeError, ValueError):
+        pass
+    return out
+
+
+class LatencyMiddleware:
+    """Records every HTTP request's duration by method, route template and status (plain ASGI: cheap)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status_code = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            self.metrics.request_latency.labels(scope["method"], template, str(status_code)).observe(
+                time.perf_counter() - started
+            )
+
+
+def _register_version(store: Store, metrics: ServingMetrics) -> Any:
+    def callback(model: LoadedModel) -> None:
+        store.register_model_version(
+            model.version,
+            source=model.source,
+            encoder_id=model.bundle.encoder_id,
+            n_labels=len(model.labels),
+            details={
+                "created_at": model.bundle.metadata.get("created_at"),
+                "classes_auto_accepted": int(
+                    sum(t is not None for t in model.bundle.thresholds.to_dict()["thresholds"])
+                ),
+            },
+        )
+        metrics.model_swaps.labels(model.version).inc()
+
+    return callback
+
+
+def create_app(
+    settings: Settings, *, store: Store | None = None, model: ModelHolder | None = None
+) -> FastAPI:
+    """Build the app. The lifespan opens the store, loads the model (and starts watching its source),
+    starts the outbox worker and the periodic Label Studio sync, and closes them all.
+
+    `store` and `model` may be passed in (tests, benchmarks); the app then leaves closing them to the caller.
+    """
+    metrics = ServingMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        own_store, own_model = store is None, model is None
+        active = store or Store(settings.database_url)
+        await run_in_threadpool(active.create_all)
+        holder = model or ModelHolder(settings)
+        holder.on_swap.append(_register_version(active, metrics))
+        if holder.current is not None:  # loaded before the app started: record its version now
+            _register_version(active, metrics)(holder.current)
+        app.state.settings = settings
+        app.state.store = active
+        app.state.model = holder
+        app.state.model_holder = BackendHolder(holder)  # the ML-backend router's view of it
+        app.state.metrics = metrics
+        if holder.current is None:
+            try:
+                await run_in_threadpool(holder.refresh)
+            except ModelLoadError as exc:
+                if holder.source == "bundle":  # a configured local bundle that cannot load is fatal
+                    raise
+                logger.error("no model yet: %s", exc)
+        holder.start()
+        worker = None
+        if settings.serving.outbox_enabled:
+            worker = OutboxWorker(active, settings)
+            worker.start()
+        periodic: PeriodicSync | None = None
+        if settings.labelstudio.sync_interval_s > 0:
+            periodic = PeriodicSync(
+                lambda: sync_known_project(settings, active), settings.labelstudio.sync_interval_s
+            )
+            periodic.start()
+        retrainer = None  # the retraining loop (serving.retrain): one worker thread, coalescing triggers
+        if settings.retrain.enabled:
+            from serving.retrain import RetrainWorker
+
+            retrainer = RetrainWorker(settings, active, holder, auto=holder.source == "registry")
+            retrainer.start()
+            app.state.retrain_worker = retrainer
+            app.state.retrain_trigger = retrainer.trigger
+        try:
+            yield
+        finally:
+            if retrainer is not None:
+                retrainer.stop()
+            if periodic is not None:
+                periodic.stop()
+            if worker is not None:
+                worker.stop()
+            holder.on_swap.clear()
+            if own_model:
+                holder.close()
+            else:
+                holder.stop()
+            if own_store:
+                active.close()
+
+    app = FastAPI(
+        title="hitl serving",
+        version="0.1.0",
+        description="Product category predictions with calibrated auto-accept and human review.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    app.include_router(items.router)
+    app.include_router(escalations.router)
+    app.include_router(audit.router)
+    app.include_router(keys.router)
+    app.include_router(webhooks.router)
+    app.include_router(ml_backend.router)
+    app.include_router(retrain_router.router)
+
+    @app.get("/v1/health", include_in_schema=False)
+    def health_v1() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": [_error(e) for e in exc.errors()]})
+
+    @app.exception_handler(ModelNotReadyError)
+    async def _not_ready(_: Request, exc: ModelNotReadyError) -> JSONResponse:
+        return JSONResponse(
+            status_code=503, content={"detail": "no model is loaded yet"}, headers={"Retry-After": "5"}
+        )
+
+    @app.exception_handler(WebhookAuthError)
+    async def _unauthorized(_: Request, exc: WebhookAuthError) -> JSONResponse:
+        return JSONResponse(status_code=401, content={"detail": str(exc)})
+
+    @app.exception_handler(WebhookPayloadError)
+    async def _malformed(_: Request, exc: WebhookPayloadError) -> JSONResponse:
+        detail = [{"loc": e["loc"].split("."), "msg": e["msg"], "type": e["type"]} for e in exc.errors]
+        return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(LabelingError)
+    async def _labeling(_: Request, exc: LabelingError) -> JSONResponse:
+        return JSONResponse(status_code=502, content={"detail": str(exc)})
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled %s in a request", type(exc).__name__)
+        return JSONResponse(status_code=500, content={"detail": "internal error"})
+
+    return app

@@ -1,0 +1,421 @@
+"""The outbox of escalations to Label Studio: written with the prediction, delivered in the background.
+
+`enqueue_escalations` only adds rows to the caller's session, so an escalation exists exactly when the
+prediction that caused it was committed. `OutboxWorker.run_once` takes due pending rows (highest priority
+first), pushes them with `labeling.push.push_escalations` (whose ledger, the store's pushed tasks, stops a
+second import of the same item and model version) and marks them delivered with their task id.
+
+Failures never lose an entry:
+- Label Studio down, 5xx, 401/403/404/408/429 -> the entry stays `pending`, `attempts` + 1, and
+  `next_attempt_at` moves by an exponential backoff with jitter (`outbox_base_backoff_s` doubling up to
+  `outbox_max_backoff_s`);
+- a label outside the project's taxonomy, or an import Label Studio refuses on its own (400/413/422 for
+  that single entry) -> `dead`, with `last_error`; it stays in the table for an operator;
+- the project not bootstrapped yet -> nothing is attempted, entries stay pending (logged once).
+
+One worker per database: two processes running workers may import the same entry twice in the window
+between Label Studio's answer and the ledger write.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from hitl.settings import Settings
+from labeling.client import LabelStudioClient
+from labeling.config import Taxonomy
+from labeling.exceptions import LabelingError, LabelStudioApiError
+from labeling.push import Escalation, push_escalations
+from serving.store import Base, PushedTask, Store
+
+logger = logging.getLogger(__name__)
+
+Status = Literal["pending", "delivered", "dead"]
+PENDING: Status = "pending"
+DELIVERED: Status = "delivered"
+DEAD: Status = "dead"
+
+# Label Studio answers that retrying will not fix (for a single task); everything else is retried.
+PERMANENT_STATUSES = frozenset({400, 413, 422})
+MAX_ERROR_CHARS = 300
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class OutboxEntry(Base):
+    """One escalation waiting for (or done with) delivery to Label Studio. Timestamps are naive UTC."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("item_id", "model_version", name="uq_outbox_item_version"),
+        Index("ix_outbox_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(255))
+    priority: Mapped[float] = mapped_column(Float)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # `Escalation.model_dump(mode="json")`
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+
+
+def enqueue_escalations(session: Session, escalations: Sequence[Escalation], model_version: str) -> int:
+    """Add the escalations of one prediction run to `session` (no commit); returns how many are new.
+
+    An (item, model version) already in the outbox, or repeated in `escalations`, is skipped. On SQLite
+    and PostgreSQL the insert is also `ON CONFLICT DO NOTHING`, so a concurrent transaction enqueueing the
+    same item cannot make the caller's commit fail.
+    """
+    wrong = sorted({e.model_version for e in escalations} - {model_version})
+    if wrong:
+        raise ValueError(
+            f"{len(wrong)} escalation model version(s) differ from {model_version!r}: {wrong[:3]}"
+        )
+    fresh: dict[str, Escalation] = {}
+    for esc in escalations:
+        if esc.item_id not in fresh or esc.priority > fresh[esc.item_id].priority:
+            fresh[esc.item_id] = esc
+    ids = list(fresh)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        for known in session.scalars(
+            select(OutboxEntry.item_id).where(
+                OutboxEntry.model_version == model_version, OutboxEntry.item_id.in_(chunk)
+            )
+        ).all():
+            fresh.pop(known, None)
+    if not fresh:
+        return 0
+    now = _now()
+    rows = [
+        {
+            "item_id": esc.item_id,
+            "model_version": model_version,
+            "priority": esc.priority,
+            "payload": esc.model_dump(mode="json"),
+            "status": PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "created_at": now,
+        }
+        for esc in fresh.values()
+    ]
+    dialect = session.get_bind().dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
+        for start in range(0, len(rows), 500):
+            statement = insert(OutboxEntry).on_conflict_do_nothing(
+                index_elements=["item_id", "model_version"]
+            )
+            session.execute(statement, rows[start : start + 500])
+    else:
+        session.add_all(OutboxEntry(**row) for row in rows)
+    return len(rows)
+
+
+def backoff_delay(attempts: int, base_s: float, cap_s: float, rng: random.Random) -> float:
+    """Seconds to wait after the `attempts`-th failure: "equal jitter" over `min(cap, base * 2^(n-1))`.
+
+    Always within [ceiling / 2, ceiling], so retries spread out without ever retrying immediately.
+    """
+    ceiling = min(cap_s, base_s * 2.0 ** max(0, attempts - 1))
+    return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
+
+
+@dataclass
+class DeliveryReport:
+    """What one `run_once` did."""
+
+    attempted: int = 0
+    delivered: int = 0
+    failed: int = 0  # still pending, retried later
+    dead: int = 0
+    waiting_for_project: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Due:
+    id: int
+    attempts: int
+    escalation: Escalation
+
+
+def _short(exc: BaseException) -> str:
+    # Our client's errors name the operation and status, never the token; still keep it short.
+    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+
+
+def _permanent(exc: BaseException) -> bool:
+    return isinstance(exc, LabelStudioApiError) and exc.status in PERMANENT_STATUSES
+
+
+class OutboxWorker:
+    """Delivers due outbox entries; `run_once()` for one pass, `start()`/`stop()` for a background thread.
+
+    `client_factory` builds a Label Studio client per pass (closed afterwards); `clock` and `rng` are
+    injectable so tests can check the retry schedule.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        client_factory: Callable[[], LabelStudioClient] | None = None,
+        *,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.client_factory = client_factory or (
+            lambda: LabelStudioClient.from_settings(settings.labelstudio)
+        )
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned_no_project = False
+
+    # ------------------------------------------------------------ one pass
+    def run_once(self) -> DeliveryReport:
+        with self._lock:
+            return self._run_once()
+
+    def _run_once(self) -> DeliveryReport:
+        report = DeliveryReport()
+        now = self.clock()
+        due = self._due(now)
+        if not due:
+            return report
+        title = self.settings.labelstudio.project_title
+        project_id = self.store.project_by_title(title)
+        taxonomy = self.store.taxonomy(project_id) if project_id is not None else None
+        if project_id is None or taxonomy is None:
+            report.waiting_for_project = True
+            if not self._warned_no_project:
+                logger.warning(
+                    "outbox: %d escalation(s) wait: Label Studio project %r is not bootstrapped yet",
+                    len(due),
+                    title,
+                )
+                self._warned_no_project = True
+            return report
+        self._warned_no_project = False
+
+        deliverable = [d for d in due if d.escalation.predicted_label in taxonomy]
+        for entry in due:
+            if entry.escalation.predicted_label not in taxonomy:
+                self._mark_dead(entry, f"label not in the project's {len(taxonomy)} categories", now)
+                report.dead += 1
+        if not deliverable:
+            return report
+        batch_size = self.settings.labelstudio.push_batch_size
+        client = self.client_factory()
+        try:
+            for start in range(0, len(deliverable), batch_size):
+                chunk = deliverable[start : start + batch_size]
+                self._deliver(client, project_id, taxonomy, chunk, report, split=True)
+        finally:
+            client.close()
+        if report.failed:
+            logger.warning(
+                "outbox: %d delivered, %d will be retried (%s)",
+                report.delivered,
+                report.failed,
+                report.errors[-1] if report.errors else "",
+            )
+        elif report.delivered or report.dead:
+            logger.info("outbox: %d delivered, %d dead", report.delivered, report.dead)
+        return report
+
+    def _due(self, now: datetime) -> list[_Due]:
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(OutboxEntry)
+                .where(OutboxEntry.status == PENDING, OutboxEntry.next_attempt_at <= now)
+                .order_by(OutboxEntry.priority.desc(), OutboxEntry.id)
+                .limit(self.settings.serving.outbox_batch_size)
+            ).all()
+            return [_Due(row.id, row.attempts, Escalation.model_validate(row.payload)) for row in rows]
+
+    def _deliver(
+        self,
+        client: LabelStudioClient,
+        project_id: int,
+        taxonomy: Taxonomy,
+        chunk: list[_Due],
+        report: DeliveryReport,
+        *,
+        split: bool,
+    ) -> None:
+        report.attempted += len(chunk)
+        try:
+            push = push_escalations(
+                client,
+                self.store,
+                project_id,
+                taxonomy,
+                [d.escalation for d in chunk],
+                batch_size=len(chunk),
+            )
+        except Exception as exc:  # any failure keeps the entries; only the kind decides retry vs dead
+            if not isinstance(exc, LabelingError | OSError | ValueError):
+                logger.error("outbox: unexpected %s while pushing %d entries", type(exc).__name__, len(chunk))
+            if _permanent(exc) and split and len(chunk) > 1:
+                # One bad task refuses the whole import: find it by pushing one at a time.
+                report.attempted -= len(chunk)
+                for entry in chunk:
+                    self._deliver(client, project_id, taxonomy, [entry], report, split=False)
+                return
+            error = _short(exc)
+            report.errors.append(error)
+            now = self.clock()
+            for entry in chunk:
+                if _permanent(exc):
+                    self._mark_dead(entry, error, now)
+                    report.dead += 1
+                else:
+                    self._mark_retry(entry, error, now)
+                    report.failed += 1
+            return
+        task_ids = dict(push.task_ids)
+        missing = [d for d in chunk if d.escalation.item_id not in task_ids]
+        if missing:  # pushed earlier (e.g. before a crash): the ledger knows their task ids
+            task_ids.update(self._ledger_task_ids(missing))
+        self._mark_delivered(chunk, task_ids)
+        report.delivered += len(chunk)
+
+    # ------------------------------------------------------------ state changes
+    def _ledger_task_ids(self, entries: list[_Due]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        with self.store.session() as session:
+            for entry in entries:
+                task_id = session.scalars(
+                    select(PushedTask.task_id).where(
+                        PushedTask.item_id == entry.escalation.item_id,
+                        PushedTask.model_version == entry.escalation.model_version,
+                    )
+                ).first()
+                if task_id is not None:
+                    found[entry.escalation.item_id] = task_id
+        return found
+
+    def _mark_delivered(self, entries: list[_Due], task_ids: dict[str, int]) -> None:
+        now = self.clock()
+        with self.store.session() as session:
+            for entry in entries:
+                session.execute(
+                    update(OutboxEntry)
+                    .where(OutboxEntry.id == entry.id)
+                    .values(
+                        status=DELIVERED,
+                        attempts=entry.attempts + 1,
+                        delivered_at=now,
+                        task_id=task_ids.get(entry.escalation.item_id),
+                        last_error=None,
+                    )
+                )
+
+    def _mark_retry(self, entry: _Due, error: str, now: datetime) -> None:
+        attempts = entry.attempts + 1
+        delay = backoff_delay(
+            attempts,
+            self.settings.serving.outbox_base_backoff_s,
+            self.settings.serving.outbox_max_backoff_s,
+            self.rng,
+        )
+        with self.store.session() as session:
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == entry.id)
+                .values(
+                    attempts=attempts,
+                    next_attempt_at=now + timedelta(seconds=delay),
+                    last_error=error,
+                )
+            )
+
+    def _mark_dead(self, entry: _Due, error: str, now: datetime) -> None:
+        with self.store.session() as session:
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == entry.id)
+                .values(status=DEAD, attempts=entry.attempts + 1, last_error=error[:MAX_ERROR_CHARS])
+            )
+        logger.warning(
+            "outbox: entry %d (item %s) is dead: %s", entry.id, entry.escalation.item_id, error[:120]
+        )
+
+    # ------------------------------------------------------------ background thread
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="hitl-outbox", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._thread = None
+
+    def _loop(self) -> None:
+        interval = self.settings.serving.outbox_interval_s
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:  # the loop must survive a database hiccup
+                logger.error("outbox pass failed: %s", _short(exc))
+            self._stop.wait(interval)
+
+
+def outbox_counts(store: Store) -> dict[str, int]:
+    """Entries per status (for metrics and tests)."""
+    with store.session() as session:
+        rows = session.execute(select(OutboxEntry.status, func.count()).group_by(OutboxEntry.status)).all()
+    counts: dict[str, int] = {PENDING: 0, DELIVERED: 0, DEAD: 0}
+    counts.update({status: int(n) for status, n in rows})
+    return counts
+
+
+__all__ = [
+    "DeliveryReport",
+    "OutboxEntry",
+    "OutboxWorker",
+    "backoff_delay",
+    "enqueue_escalations",
+    "outbox_counts",
+]

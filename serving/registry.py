@@ -1,0 +1,147 @@
+"""The MLflow model registry: log a bundle, move the champion alias, find and download the champion.
+
+The only module that imports mlflow, and only inside functions (``import mlflow`` costs ~2 s). The
+tracking URI always comes from settings (never MLflow's cwd default), and experiments are created with
+an explicit artifact location under the state dir, so nothing lands in ``./mlruns``.
+
+A bundle is logged as a pyfunc model whose artifacts are the bundle folder; `pip_requirements` is
+explicit (MLflow's inference of it costs seconds per call). `download` fetches the folder back and
+returns the bundle path inside it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hitl.settings import Settings
+
+BUNDLE_ARTIFACT = "bundle"
+MODEL_NAME_IN_RUN = "model"
+
+
+def _client(settings: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def _pip_requirements() -> list[str]:
+    from importlib import metadata
+
+    pins = []
+    for dist in ("mlflow", "numpy", "torch", "transformers"):
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
+            pins.append(dist)
+    return pins
+
+
+def _experiment_id(settings: Settings) -> str:
+    client = _client(settings)
+    found = client.get_experiment_by_name(settings.mlflow.experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    artifacts = (settings.state_dir / "mlartifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return str(client.create_experiment(settings.mlflow.experiment, artifact_location=artifacts.as_uri()))
+
+
+def log_bundle(
+    settings: Settings,
+    bundle_dir: Path,
+    *,
+    alias: str | None = None,
+    metrics: dict[str, float] | None = None,
+    params: dict[str, str] | None = None,
+) -> str:
+    """Log `bundle_dir` as a new version of `mlflow.registered_model`; point `alias` at it when given.
+
+    Returns the registered version (a string, as MLflow numbers them: "1", "2", ...).
+    """
+    import mlflow
+
+    from serving.pyfunc import BundlePythonModel
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    with mlflow.start_run(experiment_id=_experiment_id(settings)) as run:
+        if params:
+            mlflow.log_params(params)
+        if metrics:
+            mlflow.log_metrics(metrics)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=BundlePythonModel(),
+            artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
+            pip_requirements=_pip_requirements(),
+        )
+        run_id = run.info.run_id
+    client = _client(settings)
+    name = settings.mlflow.registered_model
+    try:
+        client.get_registered_model(name)
+    except Exception:  # RESOURCE_DOES_NOT_EXIST
+        client.create_registered_model(name)
+    source = info.model_uri if getattr(info, "model_uri", None) else f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
+    version = str(client.create_model_version(name, source, run_id=run_id).version)
+    if alias:
+        set_alias(settings, version, alias)
+    return version
+
+
+def set_alias(settings: Settings, version: str, alias: str | None = None) -> None:
+    """Point `alias` (default: the served alias, `serving.model_alias`) at `version`."""
+    _client(settings).set_registered_model_alias(
+        settings.mlflow.registered_model, alias or settings.serving.model_alias, version
+    )
+
+
+def champion_version(settings: Settings, alias: str | None = None) -> str | None:
+    """The version the served alias points to, or None when the model or alias does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = _client(settings).get_model_version_by_alias(
+            settings.mlflow.registered_model, alias or settings.serving.model_alias
+        )
+    except MlflowException:
+        return None
+    return str(found.version)
+
+
+def version_label(settings: Settings, version: str) -> str:
+    """The model version string we show and store: ``<registered model>:v<version>``."""
+    return f"{settings.mlflow.registered_model}:v{version}"
+
+
+def download(settings: Settings, version: str) -> Path:
+    """Fetch a registered version's bundle into ``state_dir/models/registry/<name>/<version>``.
+
+    Returns the bundle folder. A version already downloaded is not fetched again (versions are
+    immutable); a half-finished download is never visible under the final name.
+    """
+    import mlflow
+
+    target = settings.models_dir / "registry" / settings.mlflow.registered_model / str(version)
+    if (target / "manifest.json").is_file():
+        return target
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version}-"))
+    try:
+        uri = f"models:/{settings.mlflow.registered_model}/{version}"
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
+        bundle = next((p.parent for p in local.rglob("manifest.json")), None)
+        if bundle is None:
+            raise FileNotFoundError(f"{uri} holds no model bundle (no manifest.json)")
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.move(str(bundle), str(target))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,259 @@
+"""Retraining, model versions and the escalation-rate metric.
+
+- `POST /v1/retrain` (ml_engineer): queue a run (or fold into the waiting one); 202 with its id. Training
+  happens in the retrain worker's thread, never in the request.
+- `GET /v1/retrain`, `GET /v1/retrain/{id}` (ml_engineer, product_owner): recent runs / one run.
+- `GET /v1/models` (ml_engineer, product_owner): registered versions, the champion and gate outcomes.
+- `POST /v1/models/{version}/promote|rollback` (ml_engineer): move the champion alias by hand (hot swap,
+  Label Studio model_version, re-score open escalations).
+- `GET /v1/metrics/escalation` (product_owner, ml_engineer): escalated / predicted per model version and
+  time window, by reason.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, cast
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, Field
+
+from serving.deps import SettingsDep, StoreDep
+from serving.retrain import RetrainWorker, RunRecord, escalation_windows
+from serving.security import Principal, Role, require_roles
+
+router = APIRouter(prefix="/v1", tags=["retrain"])
+
+EngineerDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))]
+ReaderDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.PRODUCT_OWNER))]
+
+
+class RetrainRequest(BaseModel):
+    reason: str = Field("api", min_length=1, max_length=200)
+
+
+class TriggerOut(BaseModel):
+    run_id: int
+    status: str
+
+
+class RunOut(BaseModel):
+    id: int
+    status: str
+    stage: str
+    reasons: list[str]
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    n_labels: int | None
+    mlflow_run_id: str | None
+    version: str | None
+    promoted: bool
+    gate_reason: str | None
+    error: str | None
+    metrics: dict[str, float]
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RunOut:
+        return cls(**{k: getattr(record, k) for k in cls.model_fields})
+
+
+class ModelVersionOut(BaseModel):
+    version: str
+    aliases: list[str]
+    run_id: str | None
+    created_at: datetime | None
+    gate: str | None
+    gate_reason: str | None
+    promoted_by: str | None
+
+
+class ModelsOut(BaseModel):
+    registered_model: str
+    champion: str | None
+    serving: str | None
+    versions: list[ModelVersionOut]
+
+
+class PromotionOut(BaseModel):
+    version: str
+    swapped: bool
+    labelstudio_updated: bool
+    auto_resolved: int
+    reprioritized: int
+
+
+class EscalationWindowOut(BaseModel):
+    model_version: str
+    window_start: datetime
+    window_s: int
+    predicted: int
+    escalated: int
+    rate: float
+    by_reason: dict[str, int]
+
+
+class EscalationOut(BaseModel):
+    window_s: int
+    windows: list[EscalationWindowOut]
+    by_version: dict[str, EscalationWindowOut]
+
+
+def _worker(request: Request) -> RetrainWorker:
+    worker = getattr(request.app.state, "retrain_worker", None)
+    if worker is None:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, detail="retraining is disabled")
+    return cast(RetrainWorker, worker)
+
+
+@router.post("/retrain", status_code=status.HTTP_202_ACCEPTED, response_model=TriggerOut)
+async def retrain(request: Request, principal: EngineerDep, body: RetrainRequest | None = None) -> TriggerOut:
+    """Queue a retrain (coalesced with one already waiting)."""
+    worker = _worker(request)
+    reason = f"api:{principal.name}:{(body or RetrainRequest()).reason}"
+    result = await run_in_threadpool(worker.trigger, reason)
+    return TriggerOut(run_id=result.run_id, status=result.status)
+
+
+@router.get("/retrain", response_model=list[RunOut])
+async def runs(
+    request: Request, _: ReaderDep, limit: Annotated[int, Query(ge=1, le=200)] = 20
+) -> list[RunOut]:
+    worker = _worker(request)
+    return [RunOut.of(r) for r in await run_in_threadpool(worker.runs, limit)]
+
+
+@router.get("/retrain/{run_id}", response_model=RunOut)
+async def run(request: Request, run_id: int, _: ReaderDep) -> RunOut:
+    record = await run_in_threadpool(_worker(request).get, run_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no retrain run {run_id}")
+    return RunOut.of(record)
+
+
+def _versions(request: Request) -> ModelsOut:
+    from serving import registry, tracking
+
+    settings = request.app.state.settings
+    name = settings.mlflow.registered_model
+    client = tracking.client(settings)
+    try:
+        found = client.search_model_versions(f"name='{name}'")
+    except Exception:  # no registry yet
+        found = []
+    out = []
+    for mv in sorted(found, key=lambda v: int(v.version), reverse=True):
+        tags = dict(mv.tags or {})
+        out.append(
+            ModelVersionOut(
+                version=str(mv.version),
+                aliases=list(getattr(mv, "aliases", []) or []),
+                run_id=mv.run_id,
+                created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000)
+                if mv.creation_timestamp
+                else None,
+                gate=tags.get("hitl.gate"),
+                gate_reason=tags.get("hitl.gate_reason"),
+                promoted_by=tags.get("hitl.promoted_by"),
+            )
+        )
+    current = request.app.state.model.current
+    return ModelsOut(
+        registered_model=name,
+        champion=registry.champion_version(settings),
+        serving=None if current is None else current.version,
+        versions=out,
+    )
+
+
+@router.get("/models", response_model=ModelsOut)
+async def models(request: Request, _: ReaderDep) -> ModelsOut:
+    return await run_in_threadpool(_versions, request)
+
+
+async def _move_champion(request: Request, version: str, principal: Principal, action: str) -> PromotionOut:
+    worker = _worker(request)
+    settings = request.app.state.settings
+
+    def move() -> PromotionOut:
+        from serving import tracking
+
+        try:
+            tracking.client(settings).get_model_version(settings.mlflow.registered_model, version)
+        except Exception as exc:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, detail=f"no registered version {version!r}"
+            ) from exc
+        report = worker.promoter.promote(
+            version, reason=action, actor=f"{principal.role.value}:{principal.name}"
+        )
+        return PromotionOut(
+            version=report.version,
+            swapped=report.swapped,
+            labelstudio_updated=report.labelstudio_updated,
+            auto_resolved=report.auto_resolved,
+            reprioritized=report.reprioritized,
+        )
+
+    return await run_in_threadpool(move)
+
+
+@router.post("/models/{version}/promote", response_model=PromotionOut)
+async def promote(request: Request, version: str, principal: EngineerDep) -> PromotionOut:
+    """Make `version` the champion (bypasses the gate: an engineer's decision, recorded on the version)."""
+    return await _move_champion(request, version, principal, "manual promote")
+
+
+@router.post("/models/{version}/rollback", response_model=PromotionOut)
+async def rollback(request: Request, version: str, principal: EngineerDep) -> PromotionOut:
+    """Point the champion back at an earlier `version`."""
+    return await _move_champion(request, version, principal, "rollback")
+
+
+@router.get("/metrics/escalation", response_model=EscalationOut)
+async def escalation(
+    store: StoreDep,
+    settings: SettingsDep,
+    _: ReaderDep,
+    window_s: Annotated[int | None, Query(ge=60, le=30 * 86400)] = None,
+    since: datetime | None = None,
+    model_version: str | None = None,
+) -> EscalationOut:
+    """Escalated / predicted per model version and time window (re-scores after a promotion excluded)."""
+    window = window_s or settings.retrain.escalation_window_s
+    windows = await run_in_threadpool(
+        escalation_windows, store, window_s=window, since=since, model_version=model_version
+    )
+
+    def out(w: Any) -> EscalationWindowOut:
+        return EscalationWindowOut(
+            model_version=w.model_version,
+            window_start=datetime.fromtimestamp(w.window_start).astimezone(),
+            window_s=w.window_s,
+            predicted=w.predicted,
+            escalated=w.escalated,
+            rate=w.rate,
+            by_reason=w.by_reason,
+        )
+
+    totals: dict[str, list[Any]] = {}
+    for w in windows:
+        t = totals.setdefault(w.model_version, [w.window_start, 0, 0, {}])
+        t[1] += w.predicted
+        t[2] += w.escalated
+        for reason, count in w.by_reason.items():
+            t[3][reason] = t[3].get(reason, 0) + count
+    by_version = {
+        version: EscalationWindowOut(
+            model_version=version,
+            window_start=datetime.fromtimestamp(start).astimezone(),
+            window_s=window,
+            predicted=n,
+            escalated=e,
+            rate=e / n if n else 0.0,
+            by_reason=r,
+        )
+        for version, (start, n, e, r) in totals.items()
+    }
+    return EscalationOut(window_s=window, windows=[out(w) for w in windows], by_version=by_version)

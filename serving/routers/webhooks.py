@@ -1,0 +1,60 @@
+"""`POST /v1/webhooks/label-studio`: corrections coming back from merchandisers.
+
+Checks the shared secret (constant time) before reading anything, validates the payload, stores it
+idempotently and returns. Label Studio waits for this answer inside the merchandiser's request (1 s
+timeout by default), so nothing slow happens here: retraining is someone else's job.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from labeling.client import WEBHOOK_PATH
+from labeling.webhooks import (
+    SECRET_HEADER,
+    CorrectionEvent,
+    DeletionEvent,
+    check_secret,
+    events_from,
+    parse_payload,
+    project_id_of,
+)
+from serving.deps import SettingsDep, StoreDep
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["webhooks"])
+
+
+def _persist(store: Store, payload_event: CorrectionEvent | DeletionEvent) -> dict[str, Any]:
+    if isinstance(payload_event, DeletionEvent):
+        new = store.record_deletion(payload_event)
+        return {"status": "stored" if new else "duplicate", "deleted": new}
+    stored = store.record_correction(payload_event)
+    return {"status": "stored" if stored else "duplicate", "action": payload_event.action}
+
+
+@router.post(WEBHOOK_PATH)
+async def label_studio_webhook(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
+    check_secret(request.headers.get(SECRET_HEADER), settings.labelstudio.webhook_secret.get_secret_value())
+    payload = parse_payload(await request.body())
+    project_id = project_id_of(payload)
+    taxonomy = await run_in_threadpool(store.taxonomy, project_id) if project_id is not None else None
+    event = events_from(payload, taxonomy)
+    outcome = await run_in_threadpool(_persist, store, event)
+    # Log ids and outcome only: the payload carries the project's token.
+    logger.info("webhook %s project=%s -> %s", payload.action, project_id, outcome["status"])
+    if isinstance(event, CorrectionEvent) and event.action == "rejected":
+        return JSONResponse(
+            status_code=422,
+            content={
+                "detail": [{"loc": ["annotation", "result"], "msg": event.error, "type": "label_rejected"}],
+                "recorded": True,
+            },
+        )
+    return JSONResponse(status_code=200, content=outcome)

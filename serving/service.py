@@ -1,0 +1,123 @@
+"""Scoring and recording predictions: what `POST /v1/predict` (and the ML backend) run.
+
+`score_items` is side-effect free (embed, calibrated probabilities, routing); `predict_and_record`
+also stores items, predictions, audit rows and outbox entries in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hitl.settings import RoutingSettings
+from learner.data import Product, item_text
+from serving.model import LoadedModel, ModelHolder
+from serving.outbox import enqueue_escalations
+from serving.routers import ml_backend
+from serving.routing import Routed, RouteInput, centroid_similarity, route
+from serving.schemas import ItemIn
+from serving.store import EscalationHook, NewPrediction, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scored:
+    item: ItemIn
+    routed: Routed
+
+
+def model_text(item: ItemIn) -> str:
+    """The exact text the model was trained on (`learner.data.item_text`): cache keys match training."""
+    product = Product(id=item.id, title=item.title, description=item.description, brand=item.brand)
+    return item_text(product)
+
+
+def score_items(model: LoadedModel, items: Sequence[ItemIn], policy: RoutingSettings) -> list[Scored]:
+    embeddings = model.embed([model_text(i) for i in items])
+    proba = model.predict_proba(embeddings)
+    similarity = None if model.centroids is None else centroid_similarity(embeddings, model.centroids)
+    routed = route(
+        proba,
+        model.labels,
+        model.bundle.thresholds.thresholds,
+        [RouteInput(i.id, i.price, i.brand, i.category_hint) for i in items],
+        policy,
+        similarity=similarity,
+    )
+    return [Scored(i, r) for i, r in zip(items, routed, strict=True)]
+
+
+def outbox_hook() -> EscalationHook:
+    """Escalations go to the outbox in the transaction that stores them (delivered by `OutboxWorker`)."""
+    return enqueue_escalations
+
+
+def predict_and_record(
+    model: LoadedModel,
+    store: Store,
+    items: Sequence[ItemIn],
+    policy: RoutingSettings,
+    *,
+    requested_by: str | None,
+    on_escalated: EscalationHook | None,
+) -> tuple[list[Scored], list[int]]:
+    scored = score_items(model, items, policy)
+    rows = [
+        NewPrediction(
+            item_id=s.item.id,
+            title=s.item.title,
+            description=s.item.description,
+            brand=s.item.brand,
+            price=s.item.price,
+            category_hint=s.item.category_hint,
+            label=s.routed.label,
+            confidence=s.routed.confidence,
+            threshold=s.routed.threshold,
+            top_k=s.routed.top_k,
+            decision=s.routed.decision.value,
+            reasons=[r.value for r in s.routed.reasons],
+            priority=s.routed.priority,
+        )
+        for s in scored
+    ]
+    ids = store.record_predictions(model.version, rows, requested_by=requested_by, on_escalated=on_escalated)
+    return scored, ids
+
+
+class _BackendPredictor:
+    """One `LoadedModel` as the ML-backend router's `Predictor` (label + calibrated confidence)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+
+    @property
+    def model_version(self) -> str:
+        return self._model.version
+
+    def predict_items(self, items: Sequence[ml_backend.ItemText]) -> list[ml_backend.ItemPrediction]:
+        if not items:
+            return []
+        texts = [
+            item_text(
+                Product(id="ls", title=i.title or " ", description=i.description, brand=i.brand or None)
+            )
+            for i in items
+        ]
+        labels, confidence, _ = self._model.bundle.predict(self._model.embed(texts))
+        return [
+            ml_backend.ItemPrediction(label=label, confidence=float(c))
+            for label, c in zip(labels, confidence, strict=True)
+        ]
+
+
+class BackendHolder:
+    """`app.state.model_holder` for the ML-backend router: the current model, or None."""
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+
+    def current(self) -> _BackendPredictor | None:
+        model = self._holder.current
+        return None if model is None else _BackendPredictor(model)

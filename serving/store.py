@@ -1,0 +1,842 @@
+"""The serving database: items, predictions with their routing decision, model versions, corrections
+(append-only history), an append-only audit trail, pushed tasks, and bootstrapped projects.
+
+SQLAlchemy 2.x; SQLite by default (`settings.database_url`), PostgreSQL by URL with the same code.
+Timestamps are stored as naive UTC. The audit table refuses UPDATE and DELETE twice: in the ORM (a
+flush that would change or delete a row raises) and in the database (triggers on SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    DDL,
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    exists,
+    func,
+    select,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from labeling.config import Taxonomy
+from labeling.push import Escalation
+from labeling.webhooks import EPOCH, CorrectionEvent, DeletionEvent, utc
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _naive(value: datetime) -> datetime:
+    return utc(value).replace(tzinfo=None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Correction(Base):
+    """One state of one annotation. Never updated: a new state is a new row."""
+
+    __tablename__ = "corrections"
+    __table_args__ = (UniqueConstraint("annotation_id", "updated_at", "action", name="uq_correction_state"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(16))  # created/updated/deleted/cancelled/rejected
+    source: Mapped[str] = mapped_column(String(16))  # webhook/sync
+    project_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    item_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    task_id: Mapped[int | None] = mapped_column(Integer)
+    annotation_id: Mapped[int] = mapped_column(Integer, index=True)
+    label: Mapped[str | None] = mapped_column(Text)
+    raw_label: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    reviewer_id: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime | None] = mapped_column(DateTime)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+    lead_time: Mapped[float | None] = mapped_column(Float)
+    was_cancelled: Mapped[bool] = mapped_column(Boolean, default=False)
+    predicted_label: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(255))
+    model_score: Mapped[float | None] = mapped_column(Float)
+    received_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class PushedTask(Base):
+    __tablename__ = "pushed_tasks"
+    __table_args__ = (UniqueConstraint("item_id", "model_version", name="uq_pushed_item_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(255))
+    model_version: Mapped[str] = mapped_column(String(255))
+    project_id: Mapped[int] = mapped_column(Integer)
+    task_id: Mapped[int] = mapped_column(Integer)
+    priority: Mapped[float] = mapped_column(Float)
+    pushed_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class LabelingProject(Base):
+    """A bootstrapped Label Studio project and the taxonomy its config was generated from."""
+
+    __tablename__ = "labeling_projects"
+
+    project_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    title: Mapped[str] = mapped_column(String(255))
+    webhook_id: Mapped[int | None] = mapped_column(Integer)
+    taxonomy: Mapped[list[list[str]]] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now, onupdate=_now)
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    project_id: Mapped[int] = mapped_column(Integer, ForeignKey("labeling_projects.project_id"))
+    finished_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    recorded: Mapped[int] = mapped_column(Integer)
+    deleted: Mapped[int] = mapped_column(Integer)
+
+
+class Item(Base):
+    """The latest content seen for an item id (what a reviewer needs to see)."""
+
+    __tablename__ = "items"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    title: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+    brand: Mapped[str | None] = mapped_column(Text)
+    price: Mapped[float | None] = mapped_column(Float)
+    category_hint: Mapped[str | None] = mapped_column(Text)
+    first_seen_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(255), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    encoder_id: Mapped[str] = mapped_column(Text)
+    n_labels: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    first_loaded_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class Prediction(Base):
+    """One prediction of one item by one model version, with the routing decision and its reasons."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str] = mapped_column(String(255), ForeignKey("items.id"), index=True)
+    model_version: Mapped[str] = mapped_column(String(255), ForeignKey("model_versions.version"))
+    label: Mapped[str] = mapped_column(Text)
+    confidence: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float | None] = mapped_column(Float)
+    top_k: Mapped[list[list[Any]]] = mapped_column(JSON)
+    decision: Mapped[str] = mapped_column(String(16), index=True)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    priority: Mapped[float] = mapped_column(Float)
+    requested_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class AuditEvent(Base):
+    """Append-only: every model decision and every review, with what changed."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    item_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    prediction_id: Mapped[int | None] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))  # model_decision | review
+    actor: Mapped[str] = mapped_column(String(255))  # model:<version> | reviewer:<id>
+    action: Mapped[str] = mapped_column(String(32))  # auto_accepted/escalated/approved/corrected/rejected/...
+    before: Mapped[str | None] = mapped_column(Text)
+    after: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+class AppendOnlyError(RuntimeError):
+    """Something tried to change or delete an audit row."""
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_audit_changes(session: Session, _context: object, _instances: object) -> None:
+    for obj in (*session.dirty, *session.deleted):
+        if isinstance(obj, AuditEvent) and (obj in session.deleted or session.is_modified(obj)):
+            raise AppendOnlyError("audit_events is append-only")
+
+
+for _op in ("UPDATE", "DELETE"):
+    event.listen(
+        AuditEvent.__table__,
+        "after_create",
+        DDL(  # type: ignore[no-untyped-call]
+            f"CREATE TRIGGER audit_events_no_{_op.lower()} BEFORE {_op} ON audit_events "
+            "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+        ).execute_if(dialect="sqlite"),
+    )
+event.listen(
+    AuditEvent.__table__,
+    "after_create",
+    DDL(  # type: ignore[no-untyped-call]
+        "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger AS $$ "
+        "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END; $$ LANGUAGE plpgsql; "
+        "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
+        "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();"
+    ).execute_if(dialect="postgresql"),
+)
+
+
+@dataclass(frozen=True)
+class CorrectionRecord:
+    action: str
+    source: str
+    project_id: int | None
+    item_id: str | None
+    task_id: int | None
+    annotation_id: int
+    label: str | None
+    raw_label: str | None
+    error: str | None
+    reviewer_id: int | None
+    created_at: datetime | None
+    updated_at: datetime
+    lead_time: float | None
+    was_cancelled: bool
+    predicted_label: str | None
+    model_version: str | None
+    model_score: float | None
+    received_at: datetime
+
+    @classmethod
+    def of(cls, row: Correction) -> CorrectionRecord:
+        return cls(
+            action=row.action,
+            source=row.source,
+            project_id=row.project_id,
+            item_id=row.item_id,
+            task_id=row.task_id,
+            annotation_id=row.annotation_id,
+            label=row.label,
+            raw_label=row.raw_label,
+            error=row.error,
+            reviewer_id=row.reviewer_id,
+            created_at=row.created_at.replace(tzinfo=UTC) if row.created_at else None,
+            updated_at=row.updated_at.replace(tzinfo=UTC),
+            lead_time=row.lead_time,
+            was_cancelled=row.was_cancelled,
+            predicted_label=row.predicted_label,
+            model_version=row.model_version,
+            model_score=row.model_score,
+            received_at=row.received_at.replace(tzinfo=UTC),
+        )
+
+
+@dataclass(frozen=True)
+class NewPrediction:
+    """One routed prediction to store, with the item content it was made on."""
+
+    item_id: str
+    title: str
+    description: str
+    brand: str | None
+    price: float | None
+    category_hint: str | None
+    label: str
+    confidence: float
+    threshold: float | None
+    top_k: list[tuple[str, float]]
+    decision: str
+    reasons: list[str]
+    priority: float
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    id: int
+    item_id: str
+    model_version: str
+    label: str
+    confidence: float
+    threshold: float | None
+    top_k: list[tuple[str, float]]
+    decision: str
+    reasons: list[str]
+    priority: float
+    requested_by: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Prediction) -> PredictionRecord:
+        return cls(
+            id=row.id,
+            item_id=row.item_id,
+            model_version=row.model_version,
+            label=row.label,
+            confidence=row.confidence,
+            threshold=row.threshold,
+            top_k=[(str(c), float(p)) for c, p in row.top_k],
+            decision=row.decision,
+            reasons=list(row.reasons),
+            priority=row.priority,
+            requested_by=row.requested_by,
+            created_at=row.created_at.replace(tzinfo=UTC),
+        )
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    id: int
+    item_id: str | None
+    prediction_id: int | None
+    kind: str
+    actor: str
+    action: str
+    before: str | None
+    after: str | None
+    model_version: str | None
+    details: dict[str, Any]
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: AuditEvent) -> AuditRecord:
+        return cls(
+            id=row.id,
+            item_id=row.item_id,
+            prediction_id=row.prediction_id,
+            kind=row.kind,
+            actor=row.actor,
+            action=row.action,
+            before=row.before,
+            after=row.after,
+            model_version=row.model_version,
+            details=dict(row.details or {}),
+            created_at=row.created_at.replace(tzinfo=UTC),
+        )
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    id: str
+    title: str
+    description: str
+    brand: str | None
+    price: float | None
+    category_hint: str | None
+    first_seen_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ItemHistory:
+    item: ItemRecord
+    predictions: list[PredictionRecord] = field(default_factory=list)
+    corrections: list[CorrectionRecord] = field(default_factory=list)
+    audit: list[AuditRecord] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class OpenEscalation:
+    prediction: PredictionRecord
+    title: str
+    brand: str | None
+    price: float | None
+
+
+# Called inside the transaction that stores the predictions (the outbox enqueues there: nothing is lost).
+EscalationHook = Callable[[Session, list[Escalation], str], object]
+
+_REVIEW_ACTION = {"cancelled": "skipped", "rejected": "rejected"}
+
+
+def review_action(action: str, label: str | None, predicted: str | None) -> str:
+    """approved (the reviewer kept the model's label) / corrected / rejected / skipped / deleted."""
+    if action in ("created", "updated"):
+        return "approved" if predicted is not None and label == predicted else "corrected"
+    return _REVIEW_ACTION.get(action, action)
+
+
+class Store:
+    """Implements `labeling.push.PushLedger` and `labeling.sync.CorrectionSink`."""
+
+    def __init__(self, database_url: str, *, echo: bool = False) -> None:
+        url = make_url(database_url)
+        kwargs: dict[str, object] = {"echo": echo, "future": True}
+        if url.get_backend_name() == "sqlite":
+            if url.database and url.database != ":memory:":
+                Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        self.engine: Engine = create_engine(url, **kwargs)
+        if url.get_backend_name() == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create_all(self) -> None:
+        try:  # the outbox table lives with its worker (serving.outbox), on this Base
+            importlib.import_module("serving.outbox")
+        except ModuleNotFoundError as exc:
+            if exc.name != "serving.outbox":
+                raise
+        Base.metadata.create_all(self.engine)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # ------------------------------------------------------------ corrections
+    def record_correction(self, event: CorrectionEvent) -> bool:
+        row = Correction(
+            action=event.action,
+            source=event.source,
+            project_id=event.project_id,
+            item_id=event.item_id,
+            task_id=event.task_id,
+            annotation_id=event.annotation_id,
+            label=event.label,
+            raw_label=event.raw_label,
+            error=event.error,
+            reviewer_id=event.reviewer_id,
+            created_at=_naive(event.created_at),
+            updated_at=_naive(event.updated_at),
+            lead_time=event.lead_time,
+            was_cancelled=event.was_cancelled,
+            predicted_label=event.predicted_label,
+            model_version=event.model_version,
+            model_score=event.model_score,
+        )
+        return self._insert_once(row)
+
+    def _insert_once(self, row: Correction) -> bool:
+        """Insert a correction state and its audit row together; False for a repeated delivery."""
+        try:
+            with self.session() as session:
+                session.add(row)
+                session.flush()
+                session.add(self._review_audit(session, row))
+        except IntegrityError:  # the same (annotation, updated_at, action): a repeated delivery
+            return False
+        return True
+
+    @staticmethod
+    def _review_audit(session: Session, row: Correction) -> AuditEvent:
+        predicted, version = row.predicted_label, row.model_version
+        if row.item_id is not None and predicted is None:
+            last = session.scalars(
+                select(Prediction).where(Prediction.item_id == row.item_id).order_by(Prediction.id.desc())
+            ).first()
+            if last is not None:
+                predicted, version = last.label, last.model_version
+        action = "deleted" if row.action == "deleted" else review_action(row.action, row.label, predicted)
+        return AuditEvent(
+            item_id=row.item_id,
+            kind="review",
+            actor=f"reviewer:{row.reviewer_id}" if row.reviewer_id is not None else "reviewer:unknown",
+            action=action,
+            before=predicted,
+            after=row.label if row.action != "deleted" else None,
+            model_version=version,
+            details={
+                "annotation_id": row.annotation_id,
+                "task_id": row.task_id,
+                "source": row.source,
+                "correction_action": row.action,
+                **({"error": row.error} if row.error else {}),
+            },
+        )
+
+    def record_deletion(self, event: DeletionEvent) -> int:
+        new = 0
+        for annotation_id in event.annotation_ids:
+            latest = self._latest(annotation_id)
+            if latest is not None and latest.action == "deleted":
+                continue
+            row = Correction(
+                action="deleted",
+                source=event.source,
+                project_id=event.project_id
+                if event.project_id is not None
+                else (latest.project_id if latest else None),
+                item_id=latest.item_id if latest else None,
+                task_id=latest.task_id if latest else None,
+                annotation_id=annotation_id,
+                reviewer_id=latest.reviewer_id if latest else None,
+                created_at=latest.created_at if latest else None,
+                # The key of a deletion is the last state it deletes: a repeated delivery collides.
+                updated_at=latest.updated_at if latest else _naive(EPOCH),
+                was_cancelled=False,
+                predicted_label=latest.predicted_label if latest else None,
+                model_version=latest.model_version if latest else None,
+                model_score=latest.model_score if latest else None,
+            )
+            new += self._insert_once(row)
+        return new
+
+    def _latest(self, annotation_id: int) -> Correction | None:
+        with self.session() as session:
+            return session.scalars(
+                select(Correction)
+                .where(Correction.annotation_id == annotation_id)
+                .order_by(Correction.id.desc())
+            ).first()
+
+    def annotation_versions(self, project_id: int) -> dict[int, datetime]:
+        latest = (
+            select(Correction.annotation_id, func.max(Correction.id).label("last_id"))
+            .where(Correction.project_id == project_id)
+            .group_by(Correction.annotation_id)
+            .subquery()
+        )
+        with self.session() as session:
+            rows = session.execute(
+                select(Correction.annotation_id, Correction.updated_at, Correction.action).join(
+                    latest, Correction.id == latest.c.last_id
+                )
+            ).all()
+        return {aid: ts.replace(tzinfo=UTC) for aid, ts, action in rows if action != "deleted"}
+
+    def history(self, annotation_id: int) -> list[CorrectionRecord]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(Correction).where(Correction.annotation_id == annotation_id).order_by(Correction.id)
+            ).all()
+            return [CorrectionRecord.of(r) for r in rows]
+
+    def corrections(self, *, project_id: int | None = None) -> list[CorrectionRecord]:
+        """Every stored state, oldest first."""
+        query = select(Correction).order_by(Correction.id)
+        if project_id is not None:
+            query = query.where(Correction.project_id == project_id)
+        with self.session() as session:
+            return [CorrectionRecord.of(r) for r in session.scalars(query).all()]
+
+    def current_labels(self, *, project_id: int | None = None) -> dict[str, CorrectionRecord]:
+        """item id -> its newest usable correction (created/updated, not later deleted/cancelled/rejected)."""
+        latest: dict[int, CorrectionRecord] = {}
+        for record in self.corrections(project_id=project_id):
+            latest[record.annotation_id] = record
+        by_item: dict[str, CorrectionRecord] = {}
+        for record in sorted(latest.values(), key=lambda r: (r.updated_at, r.annotation_id)):
+            if record.action in ("created", "updated") and record.item_id is not None and record.label:
+                by_item[record.item_id] = record
+        return by_item
+
+    # ------------------------------------------------------------ predictions
+    def register_model_version(
+        self, version: str, *, source: str, encoder_id: str, n_labels: int, details: dict[str, Any]
+    ) -> None:
+        """Remember a served model version (first load wins; later loads of it change nothing)."""
+        with self.session() as session:
+            values = {
+                "version": version,
+                "source": source,
+                "encoder_id": encoder_id,
+                "n_labels": n_labels,
+                "details": details,
+                "first_loaded_at": _now(),
+            }
+            if self.dialect in ("sqlite", "postgresql"):
+                insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+                session.execute(insert(ModelVersion).values(**values).on_conflict_do_nothing())
+            elif session.get(ModelVersion, version) is None:
+                session.add(ModelVersion(**values))
+
+    def record_predictions(
+        self,
+        model_version: str,
+        rows: Sequence[NewPrediction],
+        *,
+        requested_by: str | None = None,
+        on_escalated: EscalationHook | None = None,
+    ) -> list[int]:
+        """Store items, predictions and their audit rows (and hand escalations to `on_escalated`) in
+        ONE transaction: either all of it is stored or none. Returns the prediction ids in order."""
+        now = _now()
+        with self.session() as session:
+            self._upsert_items(session, rows, now)
+            predictions = [
+                Prediction(
+                    item_id=r.item_id,
+                    model_version=model_version,
+                    label=r.label,
+                    confidence=r.confidence,
+                    threshold=r.threshold,
+                    top_k=[[c, p] for c, p in r.top_k],
+                    decision=r.decision,
+                    reasons=list(r.reasons),
+                    priority=r.priority,
+                    requested_by=requested_by,
+                    created_at=now,
+                )
+                for r in rows
+            ]
+            session.add_all(predictions)
+            session.flush()
+            session.add_all(
+                AuditEvent(
+                    item_id=r.item_id,
+                    prediction_id=p.id,
+                    kind="model_decision",
+                    actor=f"model:{model_version}",
+                    action=r.decision,
+                    before=None,
+                    after=r.label,
+                    model_version=model_version,
+                    details={
+                        "reasons": list(r.reasons),
+                        "confidence": r.confidence,
+                        "threshold": r.threshold,
+                        "requested_by": requested_by,
+                    },
+                    created_at=now,
+                )
+                for r, p in zip(rows, predictions, strict=True)
+            )
+            escalated = [
+                Escalation(
+                    item_id=r.item_id,
+                    title=r.title,
+                    description=r.description,
+                    brand=r.brand or "",
+                    price=r.price,
+                    predicted_label=r.label,
+                    confidence=min(max(r.confidence, 0.0), 1.0),
+                    priority=r.priority,
+                    reasons=list(r.reasons),
+                    model_version=model_version,
+                )
+                for r in rows
+                if r.decision == "escalated"
+            ]
+            if escalated and on_escalated is not None:
+                on_escalated(session, escalated, model_version)
+            return [p.id for p in predictions]
+
+    def _upsert_items(self, session: Session, rows: Sequence[NewPrediction], now: datetime) -> None:
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            latest[r.item_id] = {
+                "id": r.item_id,
+                "title": r.title,
+                "description": r.description,
+                "brand": r.brand,
+                "price": r.price,
+                "category_hint": r.category_hint,
+                "first_seen_at": now,
+                "updated_at": now,
+            }
+        if not latest:
+            return
+        if self.dialect in ("sqlite", "postgresql"):
+            insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+            stmt = insert(Item).values(list(latest.values()))
+            changed = ("title", "description", "brand", "price", "category_hint", "updated_at")
+            session.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[Item.id], set_={c: getattr(stmt.excluded, c) for c in changed}
+                )
+            )
+            return
+        for values in latest.values():  # pragma: no cover - other dialects
+            row = session.get(Item, values["id"])
+            if row is None:
+                session.add(Item(**values))
+            else:
+                for key, value in values.items():
+                    if key != "first_seen_at":
+                        setattr(row, key, value)
+
+    def item_history(self, item_id: str) -> ItemHistory | None:
+        with self.session() as session:
+            item = session.get(Item, item_id)
+            if item is None:
+                return None
+            predictions = session.scalars(
+                select(Prediction).where(Prediction.item_id == item_id).order_by(Prediction.id)
+            ).all()
+            corrections = session.scalars(
+                select(Correction).where(Correction.item_id == item_id).order_by(Correction.id)
+            ).all()
+            audit = session.scalars(
+                select(AuditEvent).where(AuditEvent.item_id == item_id).order_by(AuditEvent.id)
+            ).all()
+            return ItemHistory(
+                item=ItemRecord(
+                    id=item.id,
+                    title=item.title,
+                    description=item.description,
+                    brand=item.brand,
+                    price=item.price,
+                    category_hint=item.category_hint,
+                    first_seen_at=item.first_seen_at.replace(tzinfo=UTC),
+                    updated_at=item.updated_at.replace(tzinfo=UTC),
+                ),
+                predictions=[PredictionRecord.of(p) for p in predictions],
+                corrections=[CorrectionRecord.of(c) for c in corrections],
+                audit=[AuditRecord.of(a) for a in audit],
+            )
+
+    def open_escalations(
+        self, *, limit: int = 100, offset: int = 0, reason: str | None = None
+    ) -> list[OpenEscalation]:
+        """Items whose newest prediction was escalated and that no reviewer has labelled since,
+        most useful (highest priority) first."""
+        newest = select(func.max(Prediction.id).label("last_id")).group_by(Prediction.item_id).subquery()
+        reviewed = exists().where(
+            Correction.item_id == Prediction.item_id,
+            Correction.action.in_(("created", "updated")),
+            Correction.received_at >= Prediction.created_at,
+        )
+        query = (
+            select(Prediction, Item.title, Item.brand, Item.price)
+            .join(newest, Prediction.id == newest.c.last_id)
+            .join(Item, Item.id == Prediction.item_id)
+            .where(Prediction.decision == "escalated", ~reviewed)
+            .order_by(Prediction.priority.desc(), Prediction.id)
+        )
+        with self.session() as session:
+            rows = session.execute(query).all()
+        out = [
+            OpenEscalation(PredictionRecord.of(p), title, brand, price)
+            for p, title, brand, price in rows
+            if reason is None or reason in p.reasons
+        ]
+        return out[offset : offset + limit]
+
+    def audit_trail(
+        self, *, item_id: str | None = None, limit: int = 100, after_id: int = 0
+    ) -> list[AuditRecord]:
+        query = select(AuditEvent).where(AuditEvent.id > after_id).order_by(AuditEvent.id).limit(limit)
+        if item_id is not None:
+            query = query.where(AuditEvent.item_id == item_id)
+        with self.session() as session:
+            return [AuditRecord.of(a) for a in session.scalars(query).all()]
+
+    def count(self, table: type[Base]) -> int:
+        with self.session() as session:
+            return int(session.scalar(select(func.count()).select_from(table)) or 0)
+
+    def ping(self) -> None:
+        """Raise when the database cannot be reached."""
+        with self.session() as session:
+            session.execute(select(1))
+
+    # ------------------------------------------------------------ pushed tasks
+    def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]:
+        found: set[str] = set()
+        ids = list(dict.fromkeys(item_ids))
+        with self.session() as session:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                found.update(
+                    session.scalars(
+                        select(PushedTask.item_id).where(
+                            PushedTask.model_version == model_version, PushedTask.item_id.in_(chunk)
+                        )
+                    ).all()
+                )
+        return found
+
+    def record_pushed(
+        self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, float]]
+    ) -> None:
+        with self.session() as session:
+            session.add_all(
+                PushedTask(
+                    item_id=i, model_version=model_version, project_id=project_id, task_id=t, priority=p
+                )
+                for i, t, p in rows
+            )
+
+    def pushed_tasks(self, model_version: str | None = None) -> dict[tuple[str, str], int]:
+        query = select(PushedTask)
+        if model_version is not None:
+            query = query.where(PushedTask.model_version == model_version)
+        with self.session() as session:
+            return {(r.item_id, r.model_version): r.task_id for r in session.scalars(query).all()}
+
+    # ---------------------------------------------------------------- projects
+    def save_project(self, project_id: int, title: str, webhook_id: int | None, taxonomy: Taxonomy) -> None:
+        with self.session() as session:
+            row = session.get(LabelingProject, project_id)
+            paths = [list(p) for p in taxonomy.paths]
+            if row is None:
+                session.add(
+                    LabelingProject(project_id=project_id, title=title, webhook_id=webhook_id, taxonomy=paths)
+                )
+            else:
+                row.title, row.webhook_id, row.taxonomy = title, webhook_id, paths
+
+    def taxonomy(self, project_id: int) -> Taxonomy | None:
+        with self.session() as session:
+            row = session.get(LabelingProject, project_id)
+            return Taxonomy.from_paths(row.taxonomy) if row is not None else None
+
+    def project_by_title(self, title: str) -> int | None:
+        with self.session() as session:
+            return session.scalars(
+                select(LabelingProject.project_id).where(LabelingProject.title == title)
+            ).first()
+
+    def record_sync(self, project_id: int, recorded: int, deleted: int) -> None:
+        with self.session() as session:
+            session.add(SyncRun(project_id=project_id, recorded=recorded, deleted=deleted))
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+__all__ = [
+    "AppendOnlyError",
+    "AuditEvent",
+    "AuditRecord",
+    "Correction",
+    "CorrectionRecord",
+    "EscalationHook",
+    "Item",
+    "ItemHistory",
+    "LabelingProject",
+    "ModelVersion",
+    "NewPrediction",
+    "OpenEscalation",
+    "Prediction",
+    "PredictionRecord",
+    "PushedTask",
+    "Store",
+]

@@ -1,0 +1,336 @@
+"""MLflow run logging for the retraining loop: params, metrics, PNG artifacts, the model, escalation rates.
+
+Every call goes through an explicit `MlflowClient` built from settings (never MLflow's cwd default), so
+nothing here touches the fluent API's global "active run" except `log_model_version`, which must (MLflow
+logs a model into the active run) and does so inside the calling thread only. ``import mlflow`` costs
+~2 s, so it happens inside functions.
+
+Runs are tagged ``hitl.kind`` = ``retrain`` (one per training attempt; a crash ends it ``FAILED``).
+Escalation rates go into the training run of the version that made the predictions, one metric point
+per time window (``step`` = window index since the epoch, ``timestamp`` = window start), so the MLflow UI
+charts them per version.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hitl.settings import Settings
+
+KIND_TAG = "hitl.kind"
+TRIGGER_TAG = "hitl.trigger"
+ERROR_TAG = "hitl.error"
+MAX_PARAM_CHARS = 500
+
+
+def client(settings: Settings) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+
+
+def experiment_id(settings: Settings) -> str:
+    """The configured experiment, created with its artifacts under the state dir when missing."""
+    mlflow_client = client(settings)
+    found = mlflow_client.get_experiment_by_name(settings.mlflow.experiment)
+    if found is not None:
+        return str(found.experiment_id)
+    artifacts = (settings.state_dir / "mlartifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    try:
+        return str(
+            mlflow_client.create_experiment(settings.mlflow.experiment, artifact_location=artifacts.as_uri())
+        )
+    except Exception:  # created concurrently by another process
+        again = mlflow_client.get_experiment_by_name(settings.mlflow.experiment)
+        if again is None:
+            raise
+        return str(again.experiment_id)
+
+
+def start_run(settings: Settings, *, run_name: str, trigger: str, params: Mapping[str, Any]) -> str:
+    """Open a training run (status RUNNING) with its params; returns the run id."""
+    mlflow_client = client(settings)
+    run = mlflow_client.create_run(
+        experiment_id(settings), run_name=run_name, tags={KIND_TAG: "retrain", TRIGGER_TAG: trigger[:250]}
+    )
+    run_id = str(run.info.run_id)
+    log_params(settings, run_id, params)
+    return run_id
+
+
+def log_params(settings: Settings, run_id: str, params: Mapping[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    if params:
+        client(settings).log_batch(
+            run_id, params=[Param(str(k), str(v)[:MAX_PARAM_CHARS]) for k, v in params.items()]
+        )
+
+
+def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Numbers only, NaN/inf and None dropped (MLflow refuses or mis-plots them)."""
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | np.floating | np.integer):
+            continue
+        if math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
+
+
+def log_metrics(
+    settings: Settings,
+    run_id: str,
+    metrics: Mapping[str, Any],
+    *,
+    step: int = 0,
+    timestamp_ms: int | None = None,
+) -> None:
+    from mlflow.entities import Metric
+
+    stamp = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+    values = finite_metrics(metrics)
+    if values:
+        client(settings).log_batch(
+            run_id, metrics=[Metric(k, v, stamp, step) for k, v in sorted(values.items())]
+        )
+
+
+def end_run(settings: Settings, run_id: str, *, failed: bool = False, error: str | None = None) -> None:
+    """Terminate the run FINISHED, or FAILED with a one-line error tag (no traceback, no secrets)."""
+    mlflow_client = client(settings)
+    if error:
+        mlflow_client.set_tag(run_id, ERROR_TAG, error[:MAX_PARAM_CHARS])
+    mlflow_client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
+
+
+def _pip_requirements() -> list[str]:
+    from importlib import metadata
+
+    pins = []
+    for dist in ("mlflow", "numpy", "torch", "transformers"):
+        try:
+            pins.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
+            pins.append(dist)
+    return pins
+
+
+def log_model_version(settings: Settings, run_id: str, bundle_dir: Path, *, tags: Mapping[str, str]) -> str:
+    """Log `bundle_dir` as a pyfunc model (explicit pip requirements) into `run_id` and register it.
+
+    Returns the new version of `mlflow.registered_model` (no alias is moved here).
+    """
+    import mlflow
+
+    from serving.pyfunc import BundlePythonModel
+    from serving.registry import BUNDLE_ARTIFACT, MODEL_NAME_IN_RUN
+
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)
+    with mlflow.start_run(run_id=run_id, nested=False) as run:
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=BundlePythonModel(),
+            artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
+            pip_requirements=_pip_requirements(),
+        )
+        del run  # leaving the block ends the run FINISHED; it is re-opened below
+        mlflow_client = client(settings)
+        name = settings.mlflow.registered_model
+        try:
+            mlflow_client.get_registered_model(name)
+        except Exception:  # RESOURCE_DOES_NOT_EXIST
+            try:
+                mlflow_client.create_registered_model(name)
+            except Exception:  # created concurrently
+                mlflow_client.get_registered_model(name)
+        source = getattr(info, "model_uri", None) or f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
+        version = str(
+            mlflow_client.create_model_version(name, source, run_id=run_id, tags=dict(tags)).version
+        )
+    mlflow_client.update_run(run_id, status="RUNNING")  # still open: gate and artifacts follow
+    return version
+
+
+def set_version_tags(settings: Settings, version: str, tags: Mapping[str, str]) -> None:
+    mlflow_client = client(settings)
+    for key, value in tags.items():
+        mlflow_client.set_model_version_tag(settings.mlflow.registered_model, version, key, value[:5000])
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_png(
+    y: NDArray[np.int64], pred: NDArray[np.int64], labels: Sequence[str], path: Path
+) -> Path:
+    """Row-normalised confusion matrix (true rows, predicted columns)."""
+    plt = _pyplot()
+    n = len(labels)
+    matrix = np.zeros((n, n), dtype=np.float64)
+    np.add.at(matrix, (y, pred), 1.0)
+    rows = matrix.sum(axis=1, keepdims=True)
+    norm = np.divide(matrix, rows, out=np.zeros_like(matrix), where=rows > 0)
+    size = max(4.0, 0.35 * n + 2.0)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
+    short = [label.split(" > ")[-1][:24] for label in labels]
+    ax.set_xticks(range(n), short, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), short, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix (holdout, n={len(y)})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def reliability_png(proba: NDArray[np.float64], y: NDArray[np.int64], path: Path, n_bins: int = 10) -> Path:
+    from learner.calibration import reliability_curve
+
+    plt = _pyplot()
+    curve = reliability_curve(proba, y, n_bins=n_bins)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    seen = curve.count > 0
+    centers = (curve.bin_edges[:-1] + curve.bin_edges[1:]) / 2
+    ax.bar(centers[seen], curve.accuracy[seen], width=1.0 / n_bins, alpha=0.6, edgecolor="black")
+    ax.plot(curve.mean_confidence[seen], curve.accuracy[seen], marker="o", color="C1")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reliability (holdout)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def risk_coverage_png(proba: NDArray[np.float64], y: NDArray[np.int64], target: float, path: Path) -> Path:
+    from learner.evaluation import risk_coverage_curve
+
+    plt = _pyplot()
+    coverage, risk = risk_coverage_curve(proba, y)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.step(coverage, risk, where="post")
+    ax.axhline(1.0 - target, linestyle="--", color="C3", linewidth=1, label=f"risk at target {target:.2f}")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, max(0.05, float(risk.max()) * 1.1))
+    ax.set_xlabel("coverage")
+    ax.set_ylabel("selective risk")
+    ax.set_title("risk-coverage (holdout)")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def log_evaluation_figures(
+    settings: Settings,
+    run_id: str,
+    proba: NDArray[np.float64],
+    y: NDArray[np.int64],
+    labels: Sequence[str],
+    target: float,
+) -> list[str]:
+    """Confusion matrix, reliability diagram and risk-coverage curve as PNG artifacts of `run_id`."""
+    if len(y) == 0:
+        return []
+    mlflow_client = client(settings)
+    with tempfile.TemporaryDirectory(prefix="hitl-plots-") as tmp:
+        folder = Path(tmp)
+        paths = [
+            confusion_matrix_png(y, np.argmax(proba, axis=1), labels, folder / "confusion_matrix.png"),
+            reliability_png(proba, y, folder / "reliability_diagram.png"),
+            risk_coverage_png(proba, y, target, folder / "risk_coverage.png"),
+        ]
+        for path in paths:
+            mlflow_client.log_artifact(run_id, str(path), artifact_path="plots")
+    return [f"plots/{p.name}" for p in paths]
+
+
+# -------------------------------------------------------------------------------------- escalation rate
+
+
+@dataclass(frozen=True)
+class EscalationWindow:
+    """Escalation rate of one model version in one time window."""
+
+    model_version: str
+    window_start: float  # epoch seconds
+    window_s: int
+    predicted: int
+    escalated: int
+    by_reason: dict[str, int]
+
+    @property
+    def rate(self) -> float:
+        return self.escalated / self.predicted if self.predicted else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        out = {
+            "escalation_rate": self.rate,
+            "predicted_count": float(self.predicted),
+            "escalated_count": float(self.escalated),
+        }
+        for reason, count in self.by_reason.items():
+            out[f"escalation_rate_{reason}"] = count / self.predicted if self.predicted else 0.0
+        return out
+
+
+def registered_version_of(settings: Settings, model_version: str) -> str | None:
+    """``<registered model>:v<N>`` -> ``N``; None for other names (local bundles)."""
+    prefix = f"{settings.mlflow.registered_model}:v"
+    return model_version[len(prefix) :] if model_version.startswith(prefix) else None
+
+
+def log_escalation_windows(settings: Settings, windows: Sequence[EscalationWindow]) -> int:
+    """Log each window's rates into the training run of its (registered) version; returns points logged."""
+    mlflow_client = client(settings)
+    run_ids: dict[str, str | None] = {}
+    logged = 0
+    for window in windows:
+        version = registered_version_of(settings, window.model_version)
+        if version is None:
+            continue
+        if version not in run_ids:
+            try:
+                found = mlflow_client.get_model_version(settings.mlflow.registered_model, version)
+                run_ids[version] = str(found.run_id) if found.run_id else None
+            except Exception:
+                run_ids[version] = None
+        run_id = run_ids[version]
+        if run_id is None:
+            continue
+        log_metrics(
+            settings,
+            run_id,
+            window.metrics(),
+            step=int(window.window_start // window.window_s),
+            timestamp_ms=int(window.window_start * 1000),
+        )
+        logged += 1
+    return logged

@@ -1,0 +1,256 @@
+"""Acceptance for issue #3 against a real Label Studio and the real serving app."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from hitl.settings import Settings
+from labeling.client import LabelStudioClient, ReviewerAccount
+from labeling.push import Escalation, push_escalations
+from labeling.sync import sync_project
+from labeling.webhooks import SECRET_HEADER
+from serving.store import CorrectionRecord, Store
+from tests.integration.conftest import TAXONOMY, Receiver
+
+pytestmark = pytest.mark.integration
+
+
+def _escalations(prefix: str, n: int, version: str, *, label: str = "Sports > Running") -> list[Escalation]:
+    return [
+        Escalation(
+            item_id=f"{prefix}-{i}",
+            title=f"Item {i} & co <b>",
+            description="A thing",
+            brand="Acme",
+            price=10.0 + i,
+            predicted_label=label,
+            confidence=0.4,
+            priority=(i + 1) / (n + 1),
+            reasons=["low_confidence"],
+            model_version=version,
+        )
+        for i in range(n)
+    ]
+
+
+def _wait_for(
+    check: Callable[[], list[CorrectionRecord]], count: int, timeout: float = 10.0
+) -> list[CorrectionRecord]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def _push_one(ls_client: LabelStudioClient, store: Store, project_id: int, item: str) -> int:
+    report = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations(item, 1, "v-annot"))
+    return report.task_ids[f"{item}-0"]
+
+
+def test_bootstrap_twice_gives_one_project_and_one_webhook(
+    ls_client: LabelStudioClient, settings: Settings, project_id: int, receiver: Receiver
+) -> None:
+    from labeling.project import bootstrap_project, webhook_url
+
+    for _ in range(2):
+        again = bootstrap_project(
+            ls_client,
+            TAXONOMY,
+            title=settings.labelstudio.project_title,
+            webhook_url=webhook_url(settings.serving.base_url),
+            webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
+        )
+        assert again.project_id == project_id
+        assert not again.project_created
+        assert not again.webhook_created
+    body = ls_client._request("GET", "/api/projects/", "list", params={"page_size": 100})
+    titles = [p["title"] for p in body["results"]]
+    assert titles.count(settings.labelstudio.project_title) == 1
+    hooks = ls_client.list_webhooks(project_id)
+    assert len(hooks) == 1
+    assert sorted(hooks[0]["actions"]) == ["ANNOTATIONS_DELETED", "ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
+    assert hooks[0]["headers"] == {SECRET_HEADER: settings.labelstudio.webhook_secret.get_secret_value()}
+    assert ls_client.get_project(project_id)["sampling"] == "Uncertainty sampling"
+
+
+def test_push_50_read_back_never_twice_and_most_useful_first(
+    ls_client: LabelStudioClient, reviewer_client: LabelStudioClient, store: Store, project_id: int
+) -> None:
+    items = _escalations("push", 50, "v-push")
+    first = push_escalations(ls_client, store, project_id, TAXONOMY, items, batch_size=20)
+    assert (first.pushed, first.skipped) == (50, 0)
+    again = push_escalations(ls_client, store, project_id, TAXONOMY, items)
+    assert (again.pushed, again.skipped) == (0, 50)
+
+    tasks = {t["meta"].get("item_id"): t for t in ls_client.iter_tasks(project_id, page_size=30)}
+    pushed = {k: v for k, v in tasks.items() if k and k.startswith("push-")}
+    assert len(pushed) == 50
+    sample = pushed["push-7"]
+    assert sample["data"]["title"] == "Item 7 & co <b>"
+    assert sample["meta"]["reasons"] == ["low_confidence"]
+    (prediction,) = sample["predictions"]
+    assert prediction["model_version"] == "v-push"
+    assert prediction["result"][0]["value"]["taxonomy"] == [["Sports", "Running"]]
+    assert prediction["score"] == pytest.approx(1 - 8 / 51, abs=1e-5)
+
+    # Label Studio serves the most useful item first once the project shows this model version.
+    ls_client.set_model_version(project_id, "v-push")
+    assert ls_client.get_project(project_id)["model_version"] == "v-push"
+    nxt = reviewer_client._request("GET", f"/api/projects/{project_id}/next", "next task")
+    assert nxt["meta"]["item_id"] == "push-49"
+
+
+def test_webhook_stores_correction_once_even_if_delivered_twice(
+    ls_client: LabelStudioClient,
+    reviewer_client: LabelStudioClient,
+    reviewer: ReviewerAccount,
+    store: Store,
+    project_id: int,
+    receiver: Receiver,
+    settings: Settings,
+) -> None:
+    task_id = _push_one(ls_client, store, project_id, "hook")
+    result = TAXONOMY.result_for("Home & Kitchen > Cookware")
+    annotation = reviewer_client.create_annotation(task_id, result, lead_time=4.5)
+    rows = _wait_for(lambda: store.history(annotation["id"]), 1)
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row.action, row.source, row.label) == ("created", "webhook", "Home & Kitchen > Cookware")
+    assert row.reviewer_id == reviewer.user_id
+    assert row.item_id == "hook-0"
+    assert row.lead_time == pytest.approx(4.5)
+    assert (row.predicted_label, row.model_version) == ("Sports > Running", "v-annot")
+
+    # Deliver the same event again, as Label Studio would: stored once.
+    payload: dict[str, Any] = {
+        "action": "ANNOTATION_CREATED",
+        "annotation": ls_client._request("GET", f"/api/annotations/{annotation['id']}/", "get annotation"),
+        "task": ls_client.get_task(task_id),
+        "project": {"id": project_id, "token": "not-to-be-logged"},
+    }
+    answer = httpx.post(
+        f"{receiver.url}/v1/webhooks/label-studio",
+        json=payload,
+        headers={SECRET_HEADER: settings.labelstudio.webhook_secret.get_secret_value()},
+    )
+    assert answer.status_code == 200
+    assert answer.json()["status"] == "duplicate"
+    assert len(store.history(annotation["id"])) == 1
+
+
+def test_update_changes_label_and_keeps_history_then_delete_is_recorded(
+    ls_client: LabelStudioClient,
+    reviewer_client: LabelStudioClient,
+    store: Store,
+    project_id: int,
+    receiver: Receiver,
+) -> None:
+    task_id = _push_one(ls_client, store, project_id, "upd")
+    annotation = reviewer_client.create_annotation(task_id, TAXONOMY.result_for("Sports > Cycling"))
+    _wait_for(lambda: store.history(annotation["id"]), 1)
+    reviewer_client.update_annotation(annotation["id"], TAXONOMY.result_for("Toys <3+> > Games"))
+    history = _wait_for(lambda: store.history(annotation["id"]), 2)
+    assert [(r.action, r.label) for r in history] == [
+        ("created", "Sports > Cycling"),
+        ("updated", "Toys <3+> > Games"),
+    ]
+    assert store.current_labels(project_id=project_id)["upd-0"].label == "Toys <3+> > Games"
+
+    ls_client.delete_annotation(annotation["id"])
+    history = _wait_for(lambda: store.history(annotation["id"]), 3)
+    assert [r.action for r in history] == ["created", "updated", "deleted"]
+    assert "upd-0" not in store.current_labels(project_id=project_id)
+
+
+def test_sync_recovers_corrections_missed_while_receiver_was_down(
+    ls_client: LabelStudioClient,
+    reviewer_client: LabelStudioClient,
+    store: Store,
+    project_id: int,
+    receiver: Receiver,
+) -> None:
+    tasks = [_push_one(ls_client, store, project_id, f"down{i}") for i in range(3)]
+    receiver.stop()
+    try:
+        made = [
+            reviewer_client.create_annotation(t, TAXONOMY.result_for("Sports > Running")) for t in tasks[:2]
+        ]
+        cancelled = reviewer_client.create_annotation(tasks[2], [], was_cancelled=True)
+    finally:
+        receiver.start()
+    ids = [a["id"] for a in [*made, cancelled]]
+    assert all(store.history(i) == [] for i in ids)
+
+    report = sync_project(ls_client, store, project_id, TAXONOMY)
+    assert report.recorded >= 3
+    for annotation in made:
+        (row,) = store.history(annotation["id"])
+        assert (row.action, row.source, row.label) == ("created", "sync", "Sports > Running")
+        assert row.predicted_label == "Sports > Running"
+    (skipped,) = store.history(cancelled["id"])
+    assert (skipped.action, skipped.label, skipped.was_cancelled) == ("cancelled", None, True)
+
+    assert sync_project(ls_client, store, project_id, TAXONOMY).recorded == 0
+
+
+@pytest.mark.parametrize("secret", [None, "wrong-secret"])
+def test_bad_secret_is_401_and_stores_nothing(
+    receiver: Receiver, store: Store, project_id: int, secret: str | None
+) -> None:
+    before = len(store.corrections())
+    headers = {SECRET_HEADER: secret} if secret else {}
+    body = {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 999999}], "project": {"id": project_id}}
+    answer = httpx.post(f"{receiver.url}/v1/webhooks/label-studio", json=body, headers=headers)
+    assert answer.status_code == 401
+    assert len(store.corrections()) == before
+
+
+def test_malformed_payload_is_422_with_reasons_and_stores_nothing(
+    receiver: Receiver, store: Store, settings: Settings
+) -> None:
+    before = len(store.corrections())
+    body = {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {"id": "not-a-number", "task": 1},
+        "project": {"id": 1},
+    }
+    answer = httpx.post(
+        f"{receiver.url}/v1/webhooks/label-studio",
+        json=body,
+        headers={SECRET_HEADER: settings.labelstudio.webhook_secret.get_secret_value()},
+    )
+    assert answer.status_code == 422
+    locs = {".".join(map(str, d["loc"])) for d in answer.json()["detail"]}
+    assert {"ANNOTATION_CREATED.annotation.id", "ANNOTATION_CREATED.task"} <= locs
+    assert "Traceback" not in answer.text
+    assert len(store.corrections()) == before
+
+
+def test_cli_status_bootstrap_and_sync(
+    settings: Settings, project_id: int, receiver: Receiver, tmp_path: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from hitl import cli_labelstudio
+
+    runner = CliRunner()
+    status = runner.invoke(cli_labelstudio.app, ["status"], obj=settings)
+    assert status.exit_code == 0, status.output
+    assert "healthy" in status.output
+    taxonomy = tmp_path / "taxonomy.txt"
+    taxonomy.write_text("\n".join(TAXONOMY.labels))
+    boot = runner.invoke(cli_labelstudio.app, ["bootstrap", "--taxonomy", str(taxonomy)], obj=settings)
+    assert boot.exit_code == 0, boot.output
+    assert f"project {project_id}" in boot.output
+    assert "up to date" in boot.output
+    assert "kept" in boot.output
+    synced = runner.invoke(cli_labelstudio.app, ["sync"], obj=settings)
+    assert synced.exit_code == 0, synced.output
+    assert "0 recorded" in synced.output

@@ -1,0 +1,233 @@
+"""The acceptance test of the loop, on real Label Studio + MLflow (sqlite) + uvicorn + MiniLM:
+
+stream items -> escalations become Label Studio tasks with pre-annotations -> a reviewer annotates k of
+them with the true labels -> webhooks -> automatic retrain after N -> a new registered version, promoted
+-> serving reports it -> the escalation rate on the next fresh batch is lower than on the first.
+Then: a crashing run and a deliberately worse model both leave serving on the champion.
+
+Sized to make the effect certain and the test lean: 5 categories, 100 seed labels (too few calibration
+items per class for any class to earn an auto-accept threshold at target 0.85 / delta 0.2, so the first
+model escalates everything), then 60 corrections, after which classes earn thresholds.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+import pytest
+
+from hitl.settings import (
+    LearnerSettings,
+    RetrainSettings,
+    RoutingSettings,
+    ServingSettings,
+    Settings,
+)
+from labeling.client import LabelStudioClient
+from labeling.config import Taxonomy
+from labeling.project import bootstrap_project, webhook_url
+from labeling.server import LabelStudioServer, free_port
+from learner.data import Product, label_of
+from learner.synthetic import generate_catalog
+from learner.training import TrainingResult
+from serving import registry
+from serving.keys import Role, create_key
+from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
+from serving.store import Store
+from tests.integration.conftest import Receiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+N_CORRECTIONS = 60
+BATCH = 250
+TITLE = "Loop e2e"
+
+
+@dataclass
+class Loop:
+    settings: Settings
+    store: Store
+    receiver: Receiver
+    http: httpx.Client
+    keys: dict[Role, str]
+    project_id: int
+    taxonomy: Taxonomy
+    truth: dict[str, str]
+    fresh: list[Product]
+
+
+@pytest.fixture(scope="module")
+def loop(
+    settings: Settings,
+    label_studio: LabelStudioServer,
+    ls_client: LabelStudioClient,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Loop]:
+    state = tmp_path_factory.mktemp("loop-state")
+    loop_settings = Settings(
+        state_dir=state,
+        labelstudio=settings.labelstudio.model_copy(update={"project_title": TITLE}),
+        learner=LearnerSettings(
+            device="cpu",
+            target_accuracy=0.85,
+            delta=0.2,
+            min_calibration_per_class=10,
+            calibration_fraction=0.5,
+        ),
+        serving=ServingSettings(
+            port=free_port(),
+            model_source="registry",
+            model_poll_interval_s=0,  # promotion swaps directly; no polling needed
+            outbox_interval_s=0.5,
+        ),
+        routing=RoutingSettings(spot_check_rate=0.0, high_value_price=None, novelty_min_similarity=-1.0),
+        retrain=RetrainSettings(
+            retrain_every_n_corrections=N_CORRECTIONS,
+            poll_interval_s=0.5,
+            escalation_log_interval_s=0,
+            accuracy_tolerance=0.02,
+        ),
+    )
+    catalog = generate_catalog(100 + 2 * BATCH + 100, seed=11, n_categories=5)
+    truth = {p.id: label_of(p, 2) for p in catalog}
+    seed, fresh = catalog[:100], catalog[100:]
+    store = Store(loop_settings.database_url)
+    store.create_all()
+    add_seed_labels(store, seed, level=2)
+    first = RetrainWorker(loop_settings, store, None, auto=False)
+    run_id = first.trigger("seed").run_id
+    first.run_next()
+    first.stop()
+    record = first.get(run_id)
+    assert record is not None
+    assert record.status == "promoted", record.error
+    taxonomy = Taxonomy.from_paths(sorted(set(truth.values())))
+    info = bootstrap_project(
+        ls_client,
+        taxonomy,
+        title=TITLE,
+        webhook_url=webhook_url(loop_settings.serving.base_url),
+        webhook_secret=loop_settings.labelstudio.webhook_secret.get_secret_value(),
+    )
+    store.save_project(info.project_id, TITLE, info.webhook_id, taxonomy)
+    receiver = Receiver(loop_settings, store)
+    receiver.start()
+    keys = {role: create_key(store, f"loop-{role.value}", role)[1] for role in Role}
+    with httpx.Client(base_url=receiver.url, timeout=120.0) as http:
+        yield Loop(loop_settings, store, receiver, http, keys, info.project_id, taxonomy, truth, fresh)
+    receiver.stop()
+    store.close()
+
+
+def predict(loop: Loop, products: list[Product]) -> tuple[str, float]:
+    items = [{"id": p.id, "title": p.title, "description": p.description, "brand": p.brand} for p in products]
+    answer = loop.http.post(
+        "/v1/predict", json={"items": items}, headers={"Authorization": f"Bearer {loop.keys[Role.SERVICE]}"}
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    rate = sum(p["decision"] == "escalated" for p in body["predictions"]) / len(items)
+    return str(body["model_version"]), rate
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def engineer(loop: Loop) -> dict[str, str]:
+    return {"Authorization": f"Bearer {loop.keys[Role.ML_ENGINEER]}"}
+
+
+def test_corrections_retrain_promote_and_lower_the_escalation_rate(
+    loop: Loop, reviewer_client: LabelStudioClient
+) -> None:
+    v1 = registry.version_label(loop.settings, "1")
+    version, first_rate = predict(loop, loop.fresh[:BATCH])
+    assert version == v1
+    assert first_rate > 0.5
+
+    # Escalations become tasks with the model's pre-annotation.
+    tasks = wait_for(
+        lambda: (lambda ts: ts if len(ts) >= N_CORRECTIONS else None)(
+            list(reviewer_client.iter_tasks(loop.project_id))
+        ),
+        90,
+        "the outbox to deliver escalations",
+    )
+    assert all(t["predictions"] and t["predictions"][0]["model_version"] == v1 for t in tasks)
+
+    # A reviewer annotates k of them with the true labels; webhooks bring the corrections back.
+    for task in tasks[:N_CORRECTIONS]:
+        item_id = task["data"]["item_id"]
+        reviewer_client.create_annotation(task["id"], loop.taxonomy.result_for(loop.truth[item_id]))
+
+    # The N-th correction triggers a retrain, which is promoted and hot-swapped.
+    def finished_run() -> dict[str, Any] | None:
+        runs = loop.http.get("/v1/retrain", headers=engineer(loop)).json()
+        done = [r for r in runs if r["id"] > 1 and r["status"] in ("promoted", "rejected", "failed")]
+        return done[0] if done else None
+
+    run = wait_for(finished_run, 180, "the automatic retrain")
+    assert run["reasons"][0].startswith("corrections:"), run
+    assert run["status"] == "promoted", run
+    assert run["version"] == "2"
+    models = loop.http.get("/v1/models", headers=engineer(loop)).json()
+    v2 = registry.version_label(loop.settings, "2")
+    assert models["champion"] == "2"
+    assert models["serving"] == v2
+    project = LabelStudioClient.from_settings(loop.settings.labelstudio).get_project(loop.project_id)
+    assert project["model_version"] == v2
+
+    version, second_rate = predict(loop, loop.fresh[BATCH : 2 * BATCH])
+    assert version == v2
+    assert second_rate < first_rate, (first_rate, second_rate)
+
+    metrics = loop.http.get(
+        "/v1/metrics/escalation", headers={"Authorization": f"Bearer {loop.keys[Role.PRODUCT_OWNER]}"}
+    ).json()
+    assert metrics["by_version"][v1]["rate"] == pytest.approx(first_rate)
+    assert metrics["by_version"][v2]["rate"] == pytest.approx(second_rate)
+
+
+def crash(inputs: TrainingInputs) -> TrainingResult:
+    raise RuntimeError("simulated crash in training")
+
+
+def shuffled(inputs: TrainingInputs) -> TrainingResult:
+    labels = list(inputs.y_train)
+    random.Random(1).shuffle(labels)
+    return default_train(replace(inputs, y_train=labels))
+
+
+@pytest.mark.parametrize(("train_fn", "status"), [(crash, "failed"), (shuffled, "rejected")])
+def test_a_crash_or_a_worse_model_leaves_serving_on_the_champion(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch, train_fn: Any, status: str
+) -> None:
+    worker = loop.receiver._server.config.app.state.retrain_worker  # type: ignore[union-attr]
+    champion = registry.champion_version(loop.settings)
+    monkeypatch.setattr(worker, "train_fn", train_fn)
+    answer = loop.http.post("/v1/retrain", json={"reason": status}, headers=engineer(loop))
+    assert answer.status_code == 202
+    record = worker.wait(answer.json()["run_id"], timeout=120)
+    assert record.status == status, record
+    assert registry.champion_version(loop.settings) == champion
+    version, _ = predict(loop, loop.fresh[2 * BATCH :][:10])
+    assert version == registry.version_label(loop.settings, str(champion))
+
+
+def test_the_retrain_endpoints_need_an_ml_engineer(loop: Loop) -> None:
+    merch = {"Authorization": f"Bearer {loop.keys[Role.MERCHANDISER]}"}
+    assert loop.http.post("/v1/retrain", headers=merch).status_code == 403
+    assert loop.http.post("/v1/retrain").status_code == 401
+    assert loop.http.post("/v1/models/1/promote", headers=merch).status_code == 403

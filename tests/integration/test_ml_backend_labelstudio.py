@@ -1,0 +1,102 @@
+"""Our ML backend connected to the real Label Studio: health/setup checks pass, training is handed over."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from hitl.settings import Settings
+from labeling.client import LabelStudioClient
+from labeling.exceptions import LabelStudioApiError
+from labeling.server import free_port
+from serving.routers.ml_backend import ItemPrediction, ItemText, ml_backend_url, router
+from serving.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class FakeModel:
+    model_version: str = "v-ml-it"
+
+    def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]:
+        return [ItemPrediction("Sports > Running", 0.6) for _ in items]
+
+
+class Holder:
+    def current(self) -> FakeModel:
+        return FakeModel()
+
+
+@dataclass
+class Backend:
+    url: str
+    trainings: list[str]
+
+
+@pytest.fixture(scope="module")
+def backend(settings: Settings, store: Store) -> Iterator[Backend]:
+    app = FastAPI()
+    app.include_router(router)
+    trainings: list[str] = []
+    app.state.settings, app.state.store = settings, store
+    app.state.model_holder = Holder()
+    app.state.retrain_trigger = trainings.append
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"uvicorn did not start on port {port}")
+        time.sleep(0.05)
+    yield Backend(ml_backend_url(f"http://127.0.0.1:{port}"), trainings)
+    server.should_exit = True
+    thread.join(10)
+
+
+def _connect(ls_client: LabelStudioClient, project_id: int, url: str, password: str) -> dict[str, object]:
+    body = {
+        "url": url,
+        "project": project_id,
+        "title": "hitl",
+        "auth_method": "BASIC_AUTH",
+        "basic_auth_user": "labelstudio",
+        "basic_auth_pass": password,
+    }
+    created: dict[str, object] = ls_client._request("POST", "/api/ml", "connect ML backend", json=body)
+    return created
+
+
+def test_label_studio_connects_to_our_ml_backend_and_starts_training(
+    ls_client: LabelStudioClient, project_id: int, backend: Backend, settings: Settings
+) -> None:
+    with pytest.raises(LabelStudioApiError) as refused:
+        _connect(ls_client, project_id, backend.url, "wrong-password")
+    assert refused.value.status == 400
+    assert "authentication" in refused.value.detail
+
+    password = settings.serving.ml_backend_password.get_secret_value()
+    created = _connect(ls_client, project_id, backend.url, password)
+    ml_id = created["id"]
+    try:
+        assert created["model_version"] == "v-ml-it"  # from our /setup
+        state = ls_client._request("GET", f"/api/ml/{ml_id}", "get ML backend")
+        assert state["state"] == "CO"  # connected: health and setup passed with basic auth
+        assert password not in str(state)
+
+        ls_client._request("POST", f"/api/ml/{ml_id}/train", "train", json={})
+        assert backend.trainings == ["label-studio"]
+    finally:
+        ls_client._request("DELETE", f"/api/ml/{ml_id}", "delete ML backend")
+        # Label Studio created a webhook to <url>/webhook for the backend; leave the project as we found it.
+        for hook in ls_client.list_webhooks(project_id):
+            if str(hook.get("url", "")).startswith(backend.url):
+                ls_client._request("DELETE", f"/api/webhooks/{hook['id']}/", "delete webhook")

@@ -1,0 +1,119 @@
+"""The escalation outbox against the real Label Studio: nothing lost while it is down, nothing duplicated."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+from hitl.settings import Settings
+from labeling.client import LabelStudioClient
+from labeling.push import Escalation
+from labeling.server import free_port
+from serving.outbox import OutboxEntry, OutboxWorker, enqueue_escalations
+from serving.store import Store
+from tests.integration.conftest import TAXONOMY
+
+pytestmark = pytest.mark.integration
+
+VERSION = "v-outbox-it"
+PREFIX = "outbox-it"
+
+
+def _later() -> datetime:
+    # Past any backoff: every pending entry is due.
+    return datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
+
+
+def _entries(store: Store) -> list[OutboxEntry]:
+    with store.session() as session:
+        return list(session.scalars(select(OutboxEntry).where(OutboxEntry.model_version == VERSION)).all())
+
+
+def _our_tasks(ls_client: LabelStudioClient, project_id: int) -> list[dict[str, Any]]:
+    return [
+        t for t in ls_client.iter_tasks(project_id) if str(t["data"].get("item_id", "")).startswith(PREFIX)
+    ]
+
+
+@pytest.fixture
+def outbox_store(tmp_path: Path, settings: Settings, project_id: int) -> Iterator[Store]:
+    """A database of its own: the session's serving app (when started) runs an outbox worker on `store`."""
+    db = Store(f"sqlite:///{tmp_path / 'outbox.db'}")
+    db.create_all()
+    db.save_project(project_id, settings.labelstudio.project_title, None, TAXONOMY)
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def escalations() -> list[Escalation]:
+    return [
+        Escalation(
+            item_id=f"{PREFIX}-{i}",
+            title=f"Outbox item {i}",
+            brand="Acme",
+            price=5.0 + i,
+            predicted_label="Home & Kitchen > Cookware" if i % 2 else "Sports > Cycling",
+            confidence=0.5,
+            priority=(i + 1) / 21,
+            reasons=["low_confidence"],
+            model_version=VERSION,
+        )
+        for i in range(20)
+    ]
+
+
+def test_outbox_survives_label_studio_down_and_delivers_once(
+    settings: Settings,
+    outbox_store: Store,
+    project_id: int,
+    ls_client: LabelStudioClient,
+    escalations: list[Escalation],
+) -> None:
+    store = outbox_store
+    with store.session() as session:
+        assert enqueue_escalations(session, escalations, VERSION) == 20
+    token = settings.labelstudio.token.get_secret_value()
+    dead_port = free_port()  # nothing listens there: "Label Studio is down"
+    down = OutboxWorker(
+        store, settings, lambda: LabelStudioClient(f"http://127.0.0.1:{dead_port}", token, timeout=2.0)
+    )
+    report = down.run_once()
+    assert (report.attempted, report.failed, report.delivered) == (20, 20, 0)
+    rows = _entries(store)
+    assert len(rows) == 20
+    assert all(r.status == "pending" and r.attempts == 1 for r in rows)
+    assert all(token not in (r.last_error or "") for r in rows)
+    assert _our_tasks(ls_client, project_id) == []
+
+    up = OutboxWorker(store, settings, clock=_later, rng=random.Random(0))  # the real Label Studio
+    report = up.run_once()
+    assert (report.delivered, report.failed, report.dead) == (20, 0, 0)
+    rows = _entries(store)
+    assert all(r.status == "delivered" and r.attempts == 2 and r.task_id for r in rows)
+
+    tasks = _our_tasks(ls_client, project_id)
+    assert len(tasks) == 20
+    assert {t["id"] for t in tasks} == {r.task_id for r in rows}
+    for task in tasks:
+        predictions = task["predictions"]
+        assert isinstance(predictions, list)
+        assert len(predictions) == 1
+        assert predictions[0]["model_version"] == VERSION
+        assert predictions[0]["result"]
+
+    # A crash after the import but before "delivered" was written: the ledger stops a second import.
+    with store.session() as session:
+        session.execute(
+            update(OutboxEntry).where(OutboxEntry.model_version == VERSION).values(status="pending")
+        )
+    again = up.run_once()
+    assert again.delivered == 20
+    assert len(_our_tasks(ls_client, project_id)) == 20
+    assert up.run_once().attempted == 0

@@ -1,0 +1,219 @@
+"""The role matrix (issue #4): every endpoint x every role, no key and a wrong key.
+
+Endpoints are ENUMERATED from the app, not listed here: any route whose dependencies include a
+`require_roles(...)` dependency is checked against the roles it declares, so a new endpoint is covered
+the day it lands. And every `/v1` route must be protected, except the few PUBLIC ones below: a new
+endpoint that forgets its `require_roles` fails `test_every_v1_route_is_protected`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from hitl.settings import LabelStudioSettings, ServingSettings, Settings
+from labeling.client import WEBHOOK_PATH
+from serving.app import create_app
+from serving.keys import KEY_PREFIX, Role
+from serving.security import allowed_roles_of
+from tests.integration.auth_app import RunningApp, running_app
+
+# Unauthenticated on purpose: Label Studio authenticates with the shared webhook secret; liveness.
+PUBLIC = {WEBHOOK_PATH: "Label Studio's shared secret", "/v1/health": "liveness probe"}
+WRONG_KEY = KEY_PREFIX + "not-a-key-" + "x" * 32
+NO_BODY = {"GET", "DELETE", "HEAD", "OPTIONS"}
+ROLE_NAMES = {role.value for role in Role}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    allowed: frozenset[Role] | None  # None: no `require_roles` dependency
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """Every concrete route, through included routers (FastAPI keeps those lazily in this version)."""
+    for route in routes:
+        candidates = getattr(route, "effective_candidates", None)
+        if callable(candidates):
+            yield from _routes(candidates())
+        elif getattr(route, "original_router", None) is not None:  # pragma: no cover - other FastAPI layout
+            yield from _routes(route.original_router.routes)
+        else:
+            yield route
+
+
+def _allowed(dependant: Any) -> frozenset[Role] | None:
+    """The union of roles admitted by the `require_roles` dependencies anywhere under `dependant`."""
+    found: frozenset[Role] | None = None
+    for dependency in dependant.dependencies:
+        roles = allowed_roles_of(dependency.call)
+        if roles is not None:
+            # Several role checks on one route: a caller must pass all of them.
+            found = roles if found is None else found & roles
+        inner = _allowed(dependency)
+        if inner is not None:
+            found = inner if found is None else found & inner
+    return found
+
+
+def endpoints(app: Any) -> list[Endpoint]:
+    found = []
+    for route in _routes(app.router.routes):
+        dependant = getattr(route, "dependant", None)
+        if dependant is None:  # docs, openapi.json, static routes
+            continue
+        for method in sorted(set(route.methods or ()) - {"HEAD", "OPTIONS"}):
+            found.append(Endpoint(method, route.path_format or route.path, _allowed(dependant)))
+    return found
+
+
+def app_for_collection() -> Any:
+    # Building the app runs no lifespan: nothing is opened; only the route table is read.
+    return create_app(
+        Settings(
+            labelstudio=LabelStudioSettings(sync_interval_s=0), serving=ServingSettings(model_source="none")
+        )
+    )
+
+
+ALL = endpoints(app_for_collection())
+PROTECTED = [e for e in ALL if e.allowed is not None]
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:
+    with running_app(tmp_path_factory.mktemp("roles")) as app:
+        yield app
+
+
+# ------------------------------------------------------------------ minimal requests from the schema
+def _resolve(schema: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        node: Any = spec
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def example(schema: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """A small value that satisfies simple schemas (enough to get past validation most of the time)."""
+    schema = _resolve(schema, spec)
+    if "example" in schema:
+        return schema["example"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "const" in schema:
+        return schema["const"]
+    for combinator in ("anyOf", "oneOf", "allOf"):
+        if combinator in schema:
+            options = [s for s in schema[combinator] if _resolve(s, spec).get("type") != "null"]
+            return example((options or schema[combinator])[0], spec)
+    kind = schema.get("type")
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        return {name: example(props[name], spec) for name in schema.get("required", []) if name in props}
+    if kind == "array":
+        return [example(schema.get("items", {}), spec) for _ in range(max(1, schema.get("minItems", 1)))]
+    if kind == "integer":
+        # Large ids: an allowed caller gets 404, never touches a real row (e.g. revokes a matrix key).
+        return max(int(schema.get("minimum", 0)), 10**6) if schema.get("maximum", 10**7) >= 10**6 else 1
+    if kind == "number":
+        return float(schema.get("minimum", 1.0))
+    if kind == "boolean":
+        return False
+    return "matrix-probe".ljust(int(schema.get("minLength", 0)), "x")
+
+
+def request_for(endpoint: Endpoint, spec: dict[str, Any]) -> dict[str, Any]:
+    operation = spec["paths"].get(endpoint.path, {}).get(endpoint.method.lower(), {})
+    path, params = endpoint.path, {}
+    for parameter in operation.get("parameters", []):
+        value = example(parameter.get("schema", {}), spec)
+        if parameter["in"] == "path":
+            path = path.replace("{" + parameter["name"] + "}", str(value))
+        elif parameter["in"] == "query" and parameter.get("required"):
+            params[parameter["name"]] = value
+    for name in endpoint.path.split("{")[1:]:  # a path parameter the schema does not describe
+        path = path.replace("{" + name.split("}")[0] + "}", "matrix-probe")
+    kwargs: dict[str, Any] = {"params": params}
+    body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+    if body is not None:
+        kwargs["json"] = example(body.get("schema", {}), spec)
+    elif endpoint.method not in NO_BODY:
+        kwargs["json"] = {}
+    return {"method": endpoint.method, "url": path, **kwargs}
+
+
+# ------------------------------------------------------------------ the tests
+def test_routes_are_found_and_match_the_openapi_document() -> None:
+    """Guards the enumeration itself: if it silently found nothing, the matrix would pass vacuously."""
+    spec = app_for_collection().openapi()
+    documented = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    walked = {(e.method, e.path) for e in ALL}
+    assert documented <= walked
+    keys_routes = {(e.method, e.path): e.allowed for e in PROTECTED if e.path.startswith("/v1/keys")}
+    assert keys_routes == {
+        ("POST", "/v1/keys"): {Role.ADMIN},
+        ("GET", "/v1/keys"): {Role.ADMIN},
+        ("DELETE", "/v1/keys/{key_id}"): {Role.ADMIN},
+    }
+
+
+def test_every_v1_route_is_protected() -> None:
+    unprotected = [
+        str(e) for e in ALL if e.path.startswith("/v1/") and e.allowed is None and e.path not in PUBLIC
+    ]
+    assert unprotected == [], f"add Depends(require_roles(...)) to: {unprotected}"
+
+
+@pytest.mark.parametrize("endpoint", PROTECTED, ids=str)
+def test_role_matrix(endpoint: Endpoint, running: RunningApp) -> None:
+    assert endpoint.allowed is not None
+    request = request_for(endpoint, running.app.openapi())
+    callers: dict[str, dict[str, str]] = {
+        "no key": {},
+        "wrong key": {"Authorization": f"Bearer {WRONG_KEY}"},
+        "wrong key (X-API-Key)": {"X-API-Key": WRONG_KEY},
+        "not a bearer": {"Authorization": f"Basic {WRONG_KEY}"},
+    }
+    callers.update({role.value: {"Authorization": f"Bearer {key}"} for role, key in running.keys.items()})
+    table = {}
+    for caller, headers in callers.items():
+        response = running.client.request(**request, headers=headers)
+        table[caller] = response.status_code
+        assert WRONG_KEY not in response.text
+        assert all(key not in response.text for key in running.keys.values())
+        if caller in ROLE_NAMES and Role(caller) in endpoint.allowed:
+            assert response.status_code not in (401, 403), f"{caller}: {response.text}"
+        elif caller in ROLE_NAMES:
+            assert response.status_code == 403, f"{caller}: {response.text}"
+        else:
+            assert response.status_code == 401, f"{caller}: {response.text}"
+            assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.status_code < 500, f"{caller}: {response.text}"
+    assert table["admin"] not in (401, 403)  # admin passes every check
+
+
+def test_admin_is_allowed_everywhere_and_nothing_else_is_allowed_everywhere() -> None:
+    assert PROTECTED, "no protected endpoint found"
+    assert all(Role.ADMIN in e.allowed for e in PROTECTED if e.allowed is not None)
+    for role in set(Role) - {Role.ADMIN}:
+        assert any(e.allowed is not None and role not in e.allowed for e in PROTECTED), role
+
+
+def test_public_routes_need_no_key(running: RunningApp) -> None:
+    assert running.client.get("/v1/health").status_code == 200
+    # The webhook is guarded by its own secret, not by an API key: a key alone does not open it.
+    response = running.client.post(
+        WEBHOOK_PATH, json={}, headers={"Authorization": f"Bearer {running.keys[Role.ADMIN]}"}
+    )
+    assert response.status_code == 401

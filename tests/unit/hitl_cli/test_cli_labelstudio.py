@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from hitl import cli_labelstudio
+from hitl.settings import LabelStudioSettings, Settings
+from labeling.exceptions import LabelingError
+from labeling.server import free_port
+
+
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        state_dir=tmp_path, labelstudio=LabelStudioSettings(port=free_port(), venv=tmp_path / "v")
+    )
+
+
+def test_status_exits_1_when_not_running(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli_labelstudio.app, ["status"], obj=settings(tmp_path))
+    assert result.exit_code == 1
+    assert "not running" in result.output
+
+
+def test_bootstrap_with_a_missing_taxonomy_is_a_clean_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli_labelstudio.app, ["bootstrap", "--taxonomy", str(tmp_path / "nope.txt")], obj=settings(tmp_path)
+    )
+    assert result.exit_code == 1
+    assert "taxonomy file not found" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_load_taxonomy_formats(tmp_path: Path) -> None:
+    lines = tmp_path / "t.txt"
+    lines.write_text("# comment\nHome & Kitchen > Cookware\n\nSports > Running\n")
+    as_json = tmp_path / "t.json"
+    as_json.write_text('[["Home & Kitchen", "Cookware"], "Sports > Running"]')
+    assert cli_labelstudio.load_taxonomy(lines) == cli_labelstudio.load_taxonomy(as_json)
+    bad = tmp_path / "t.yaml"
+    bad.write_text("a: b\n")
+    with pytest.raises(LabelingError, match="expected a list"):
+        cli_labelstudio.load_taxonomy(bad)

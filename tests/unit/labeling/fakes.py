@@ -1,0 +1,29 @@
+"""Tiny hand-written fakes of the Label Studio client (no mocks)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+
+class FakeLabelStudio:
+    def __init__(self) -> None:
+        self.imports: list[list[dict[str, Any]]] = []
+        self.tasks: list[dict[str, Any]] = []
+        self._next_id = 100
+
+    def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+        batch = [dict(t) for t in tasks]
+        self.imports.append(batch)
+        ids = list(range(self._next_id, self._next_id + len(batch)))
+        self._next_id += len(batch)
+        for task_id, task in zip(ids, batch, strict=True):
+            self.tasks.append({"id": task_id, **task, "annotations": []})
+        return ids
+
+    def iter_tasks(
+        self, project_id: int, *, annotated_only: bool = False, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        for task in self.tasks:
+            if task["annotations"] or not annotated_only:
+                yield task

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+import pytest
+
+from labeling.client import LabelStudioClient
+from labeling.config import Taxonomy
+from labeling.push import Escalation, push_escalations, sampling_score
+from tests.unit.labeling.fakes import FakeLabelStudio
+
+TAX = Taxonomy.from_paths(["Shoes", "Hats & Caps"])
+
+
+class MemoryLedger:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], int] = {}
+
+    def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]:
+        return {i for i in item_ids if (i, model_version) in self.rows}
+
+    def record_pushed(
+        self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, float]]
+    ) -> None:
+        for item, task, _ in rows:
+            self.rows[(item, model_version)] = task
+
+
+def esc(item: str, priority: float, version: str = "v1", label: str = "Shoes") -> Escalation:
+    return Escalation(
+        item_id=item,
+        title=f"t {item}",
+        predicted_label=label,
+        confidence=0.3,
+        priority=priority,
+        reasons=["low_confidence", "high_price"],
+        model_version=version,
+        price=12.5,
+    )
+
+
+def test_most_useful_first_in_batches_with_prediction_and_meta() -> None:
+    fake, ledger = FakeLabelStudio(), MemoryLedger()
+    items = [esc("a", 0.1), esc("b", 0.9), esc("c", 0.5)]
+    report = push_escalations(cast(LabelStudioClient, fake), ledger, 1, TAX, items, batch_size=2)
+    assert report.pushed == 3
+    assert [len(b) for b in fake.imports] == [2, 1]
+    assert [t["meta"]["item_id"] for t in fake.tasks] == ["b", "c", "a"]
+    first: dict[str, Any] = fake.tasks[0]
+    assert first["predictions"][0] == {
+        "model_version": "v1",
+        "score": pytest.approx(0.1),
+        "result": [
+            {"from_name": "category", "to_name": "title", "type": "choices", "value": {"choices": ["Shoes"]}}
+        ],
+    }
+    assert first["meta"]["reasons"] == ["low_confidence", "high_price"]
+    assert first["data"]["price"] == "12.50"
+    assert first["data"]["reason"] == "low_confidence, high_price"
+    assert ledger.rows[("b", "v1")] == report.task_ids["b"]
+
+
+def test_same_item_never_pushed_twice_for_a_model_version() -> None:
+    fake, ledger = FakeLabelStudio(), MemoryLedger()
+    client = cast(LabelStudioClient, fake)
+    push_escalations(client, ledger, 1, TAX, [esc("a", 0.5), esc("a", 0.7)])
+    assert len(fake.tasks) == 1
+    assert fake.tasks[0]["meta"]["priority"] == 0.7
+    again = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5), esc("b", 0.2)])
+    assert (again.pushed, again.skipped) == (1, 1)
+    newer = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5, version="v2")])
+    assert newer.pushed == 1
+
+
+def test_a_label_outside_the_taxonomy_sends_nothing() -> None:
+    fake = FakeLabelStudio()
+    with pytest.raises(ValueError, match="not one of"):
+        push_escalations(
+            cast(LabelStudioClient, fake), MemoryLedger(), 1, TAX, [esc("a", 0.5), esc("b", 0.4, label="X")]
+        )
+    assert fake.imports == []
+
+
+def test_sampling_score_orders_like_priority() -> None:
+    scores = [sampling_score(esc("x", p)) for p in (0.9, 0.5, 0.1)]
+    assert scores == sorted(scores)  # Label Studio serves the lowest score first

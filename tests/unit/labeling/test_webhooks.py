@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from labeling.config import Taxonomy
+from labeling.exceptions import WebhookAuthError, WebhookPayloadError
+from labeling.webhooks import (
+    AnnotationsDeletedPayload,
+    CorrectionEvent,
+    DeletionEvent,
+    check_secret,
+    events_from,
+    parse_payload,
+)
+
+TAX = Taxonomy.from_paths(["Sports > Running", "Home & Kitchen > Cookware"])
+
+
+def created(label: list[str] | None = None, **annotation: Any) -> dict[str, Any]:
+    result = (
+        []
+        if label is None
+        else [
+            {"from_name": "category", "to_name": "title", "type": "taxonomy", "value": {"taxonomy": [label]}}
+        ]
+    )
+    body: dict[str, Any] = {
+        "action": "ANNOTATION_CREATED",
+        "annotation": {
+            "id": 7,
+            "task": 3,
+            "project": 1,
+            "result": result,
+            "completed_by": 2,
+            "created_at": "2025-01-01T10:00:00.123456Z",
+            "updated_at": "2025-01-01T10:00:00.123456Z",
+            "lead_time": 3.5,
+            "was_cancelled": False,
+            "prediction": {},
+        },
+        "task": {
+            "id": 3,
+            "data": {"item_id": "sku-1"},
+            "meta": {
+                "item_id": "sku-1",
+                "predicted_label": "Sports > Running",
+                "model_version": "v1",
+                "model_score": 0.4,
+            },
+        },
+        "project": {"id": 1, "token": "secret-project-token"},
+    }
+    body["annotation"].update(annotation)
+    return body
+
+
+def test_secret_check() -> None:
+    check_secret("s3cret", "s3cret")
+    with pytest.raises(WebhookAuthError, match="missing"):
+        check_secret(None, "s3cret")
+    with pytest.raises(WebhookAuthError, match="wrong"):
+        check_secret("s3cre", "s3cret")
+    with pytest.raises(WebhookAuthError, match="no webhook secret"):
+        check_secret("", "")
+
+
+def test_correction_keeps_reviewer_times_and_original_prediction() -> None:
+    event = events_from(parse_payload(created(["Home & Kitchen", "Cookware"])), TAX)
+    assert isinstance(event, CorrectionEvent)
+    assert (event.action, event.label, event.item_id, event.reviewer_id) == (
+        "created",
+        "Home & Kitchen > Cookware",
+        "sku-1",
+        2,
+    )
+    assert event.updated_at.isoformat() == "2025-01-01T10:00:00.123456+00:00"
+    assert (event.predicted_label, event.model_version, event.model_score) == ("Sports > Running", "v1", 0.4)
+    assert event.lead_time == 3.5
+
+
+def test_prediction_on_the_annotation_wins_over_task_meta() -> None:
+    body = created(["Sports", "Running"])
+    body["annotation"]["prediction"] = {
+        "model_version": "v2",
+        "score": 0.9,
+        "result": [{"from_name": "category", "value": {"taxonomy": [["Home & Kitchen", "Cookware"]]}}],
+    }
+    event = events_from(parse_payload(body), TAX)
+    assert isinstance(event, CorrectionEvent)
+    assert (event.predicted_label, event.model_version, event.model_score) == (
+        "Home & Kitchen > Cookware",
+        "v2",
+        0.9,
+    )
+
+
+def test_update_cancel_and_rejection_rules() -> None:
+    body = created(["Sports", "Running"])
+    body["action"] = "ANNOTATION_UPDATED"
+    assert events_from(parse_payload(body), TAX).action == "updated"  # type: ignore[union-attr]
+
+    cancelled = events_from(parse_payload(created(["Sports", "Running"], was_cancelled=True)), TAX)
+    assert isinstance(cancelled, CorrectionEvent)
+    assert (cancelled.action, cancelled.label, cancelled.raw_label) == ("cancelled", None, "Sports > Running")
+
+    outside = events_from(parse_payload(created(["Garden", "Hoses"])), TAX)
+    assert isinstance(outside, CorrectionEvent)
+    assert (outside.action, outside.label, outside.raw_label) == ("rejected", None, "Garden > Hoses")
+    assert outside.error is not None
+    assert "not one of the taxonomy's 2 categories" in outside.error
+
+    empty = events_from(parse_payload(created(None)), TAX)
+    assert empty.action == "rejected"  # type: ignore[union-attr]
+    unknown_project = events_from(parse_payload(created(["Sports", "Running"])), None)
+    assert unknown_project.action == "rejected"  # type: ignore[union-attr]
+
+
+def test_deletion_payload() -> None:
+    payload = parse_payload(
+        b'{"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 4}, {"id": 5}], "project": {"id": 1}}'
+    )
+    assert isinstance(payload, AnnotationsDeletedPayload)
+    assert events_from(payload, TAX) == DeletionEvent((4, 5), 1, "webhook")
+
+
+@pytest.mark.parametrize(
+    ("mutate", "loc"),
+    [
+        (lambda b: b["annotation"].pop("id"), "ANNOTATION_CREATED.annotation.id"),
+        (
+            lambda b: b["annotation"].update(updated_at="yesterday"),
+            "ANNOTATION_CREATED.annotation.updated_at",
+        ),
+        (lambda b: b.pop("task"), "ANNOTATION_CREATED.task"),
+        (lambda b: b.update(action="PROJECT_DELETED"), "action"),
+    ],
+)
+def test_malformed_payloads_name_the_field_but_never_echo_values(mutate: Any, loc: str) -> None:
+    body = copy.deepcopy(created(["Sports", "Running"]))
+    mutate(body)
+    with pytest.raises(WebhookPayloadError) as info:
+        parse_payload(body)
+    assert loc in {e["loc"] for e in info.value.errors}
+    assert "secret-project-token" not in str(info.value)
+
+
+@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", '"text"'])
+def test_non_object_bodies_are_malformed(raw: bytes | str) -> None:
+    with pytest.raises(WebhookPayloadError):
+        parse_payload(raw)

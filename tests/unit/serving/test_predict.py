@@ -1,0 +1,181 @@
+"""`POST /v1/predict` through the real app with a real (small) model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from hitl.settings import RoutingSettings, ServingSettings, Settings
+from learner.encoder import HFEncoder
+from serving.app import create_app
+from serving.model import ModelHolder
+from serving.outbox import OutboxEntry
+from serving.security import Role
+from serving.store import AuditEvent, Item, Prediction, Store
+from tests.unit.serving.support import auth, catalog_items
+
+pytestmark = pytest.mark.slow
+
+
+def make_settings(tmp_path: Path, bundle_dir: Path, embedding_dir: Path, **routing: Any) -> Settings:
+    return Settings(
+        state_dir=tmp_path,
+        serving=ServingSettings(
+            bundle_path=bundle_dir,
+            model_poll_interval_s=0,
+            outbox_enabled=False,
+            max_batch_size=64,
+            max_text_length=300,
+        ),
+        routing=RoutingSettings(**({"spot_check_rate": 0.0, "high_value_price": 1000.0} | routing)),
+        labelstudio={"sync_interval_s": 0},  # type: ignore[arg-type]
+    ).model_copy(update={"state_dir": tmp_path})
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
+    db.create_all()
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def app_client(
+    tmp_path: Path, bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder, store: Store
+) -> Iterator[TestClient]:
+    settings = make_settings(tmp_path, bundle_dir, embedding_dir, always_review_brands=["Reviewme"])
+    # The session's embedding cache: embeddings of the training catalog are already there.
+    settings = settings.model_copy(update={"state_dir": embedding_dir.parent})
+    holder = ModelHolder(settings, encoder_factory=lambda _ref: minilm_encoder)
+    app = create_app(settings, store=store, model=holder)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        client.headers.update(auth(store, Role.SERVICE, "svc"))
+        yield client
+    holder.close()
+
+
+def test_predicts_routes_and_records_everything(app_client: TestClient, store: Store) -> None:
+    items = catalog_items(20)
+    items[0] |= {"price": 5000.0}
+    items[1] |= {"brand": "Reviewme"}
+    items[2] |= {"category_hint": "Garden > Lawn Mowers"}
+    answer = app_client.post("/v1/predict", json={"items": items})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    predictions = body["predictions"]
+    assert [p["id"] for p in predictions] == [i["id"] for i in items]
+    for p in predictions:
+        assert 0 < p["confidence"] <= 1
+        assert p["category"] == " > ".join(p["category_path"])
+        assert p["top_k"][0]["category"] == p["category"]
+        assert len(p["top_k"]) == 3
+        assert p["model_version"] == body["model_version"].strip()
+        assert p["model_version"].startswith("local:")
+        assert (p["decision"] == "auto_accepted") == (p["reasons"] == ["above_threshold"])
+    assert "high_value" in predictions[0]["reasons"]
+    assert "always_review_brand" in predictions[1]["reasons"]
+    assert "unknown_category_hint" in predictions[2]["reasons"]
+    decisions = {p["decision"] for p in predictions}
+    assert decisions == {"auto_accepted", "escalated"}, "a real model auto-accepts some clean items"
+
+    # one item row, one prediction row and one audit row per item; escalations in the outbox
+    assert store.count(Item) == store.count(Prediction) == store.count(AuditEvent) == 20
+    escalated = [p for p in predictions if p["decision"] == "escalated"]
+    assert store.count(OutboxEntry) == len(escalated)
+    audit = app_client.get("/v1/audit")
+    assert audit.status_code == 403  # a service key cannot read the audit trail
+
+
+def test_item_history_escalations_and_audit(app_client: TestClient, store: Store) -> None:
+    items = catalog_items(6, seed=11)
+    items[0] |= {"price": 5000.0}
+    assert app_client.post("/v1/predict", json={"items": items}).status_code == 200
+    app_client.headers.update(auth(store, Role.ML_ENGINEER))
+    history = app_client.get(f"/v1/items/{items[0]['id']}").json()
+    assert history["item"]["price"] == 5000.0
+    assert history["predictions"][0]["decision"] == "escalated"
+    assert history["audit"][0]["kind"] == "model_decision"
+    assert history["audit"][0]["actor"].startswith("model:local:")
+    assert history["audit"][0]["details"]["requested_by"] == "svc"
+    queue = app_client.get("/v1/escalations").json()
+    assert items[0]["id"] in {e["item_id"] for e in queue["escalations"]}
+    only_high = app_client.get("/v1/escalations", params={"reason": "high_value"}).json()
+    assert [e["item_id"] for e in only_high["escalations"]] == [items[0]["id"]]
+    trail = app_client.get("/v1/audit", params={"item": items[1]["id"]}).json()
+    assert trail["count"] == 1
+    assert trail["events"][0]["item_id"] == items[1]["id"]
+    page = app_client.get("/v1/audit", params={"limit": 2}).json()
+    rest = app_client.get("/v1/audit", params={"after_id": page["next_after_id"]}).json()
+    assert page["count"] + rest["count"] == 6
+    assert app_client.get("/v1/items/nope").status_code == 404
+
+
+def test_repredicting_is_stable_and_appends(app_client: TestClient, store: Store) -> None:
+    items = catalog_items(5, seed=12)
+    first = app_client.post("/v1/predict", json={"items": items}).json()["predictions"]
+    second = app_client.post("/v1/predict", json={"items": items}).json()["predictions"]
+    assert [(p["category"], p["decision"]) for p in first] == [(p["category"], p["decision"]) for p in second]
+    assert store.count(Item) == 5
+    assert store.count(Prediction) == 10
+    assert store.count(AuditEvent) == 10
+
+
+BAD: list[tuple[str, Any, tuple[Any, ...]]] = [
+    ("empty title", {"items": [{"id": "a", "title": ""}]}, ("body", "items", 0, "title")),
+    ("whitespace title", {"items": [{"id": "a", "title": "  \t "}]}, ("body", "items", 0, "title")),
+    ("long title", {"items": [{"id": "a", "title": "x" * 301}]}, ("body", "items", 0, "title")),
+    ("negative price", {"items": [{"id": "a", "title": "t", "price": -1}]}, ("body", "items", 0, "price")),
+    ("string price", {"items": [{"id": "a", "title": "t", "price": "12"}]}, ("body", "items", 0, "price")),
+    ("int id", {"items": [{"id": 5, "title": "t"}]}, ("body", "items", 0, "id")),
+    ("blank id", {"items": [{"id": " ", "title": "t"}]}, ("body", "items", 0, "id")),
+    (
+        "unknown field",
+        {"items": [{"id": "a", "title": "t", "colour": "red"}]},
+        ("body", "items", 0, "colour"),
+    ),
+    ("no items", {"items": []}, ("body", "items")),
+    ("oversized batch", {"items": [{"id": str(i), "title": "t"} for i in range(65)]}, ("body", "items")),
+    (
+        "duplicate ids",
+        {"items": [{"id": "a", "title": "t"}, {"id": "a", "title": "u"}]},
+        ("body", "items", 1, "id"),
+    ),
+    ("not a list", {"items": {"id": "a"}}, ("body", "items")),
+]
+
+
+@pytest.mark.parametrize(("case", "body", "loc"), BAD, ids=[c for c, _, _ in BAD])
+def test_bad_input_is_422_per_field_and_stores_nothing(
+    app_client: TestClient, store: Store, case: str, body: Any, loc: tuple[Any, ...]
+) -> None:
+    answer = app_client.post("/v1/predict", json=body)
+    assert answer.status_code == 422, case
+    assert tuple(answer.json()["detail"][0]["loc"]) == loc
+    assert store.count(Item) == store.count(Prediction) == store.count(AuditEvent) == 0
+
+
+def test_nan_price_is_422(app_client: TestClient, store: Store) -> None:
+    raw = '{"items": [{"id": "a", "title": "t", "price": NaN}]}'
+    answer = app_client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
+    assert answer.status_code == 422
+    assert json.dumps(answer.json())  # the error body itself is valid JSON
+    assert store.count(Prediction) == 0
+
+
+def test_metrics_count_predictions_and_reasons(app_client: TestClient) -> None:
+    items = catalog_items(4, seed=13)
+    items[0] |= {"price": 9999.0}
+    app_client.post("/v1/predict", json={"items": items})
+    text = app_client.get("/metrics").text
+    assert 'hitl_escalations_total{model_version="local:' in text
+    assert 'reason="high_value"' in text
+    assert "hitl_predictions_total" in text
+    assert 'route="/v1/predict"' in text
+    assert "hitl_model_ready 1.0" in text
+    assert app_client.get("/readyz").json()["status"] == "ready"

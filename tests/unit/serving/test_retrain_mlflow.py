@@ -1,0 +1,101 @@
+"""Retrain runs against a real (sqlite) MLflow: promotion, the gate refusing a worse model, a crash."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+from hitl.settings import Settings
+from learner.synthetic import generate_catalog
+from learner.training import TrainingResult
+from serving import registry, tracking
+from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
+from serving.store import Store
+from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Store]]:
+    tmp = tmp_path_factory.mktemp("retrain-mlflow")
+    settings = retrain_settings(tmp)
+    store = Store(settings.database_url)
+    store.create_all()
+    add_seed_labels(store, generate_catalog(500, seed=3, n_categories=5), level=2)
+    yield settings, store
+    store.close()
+
+
+def shuffled_labels(inputs: TrainingInputs) -> TrainingResult:
+    """A deliberately worse model: trained on labels shuffled at random."""
+    rng = random.Random(0)
+    y = list(inputs.y_train)
+    rng.shuffle(y)
+    return default_train(replace(inputs, y_train=y))
+
+
+def crash(inputs: TrainingInputs) -> TrainingResult:
+    raise RuntimeError("out of memory (simulated)")
+
+
+def run_once(settings: Settings, store: Store, train_fn=default_train):  # type: ignore[no-untyped-def]
+    worker = RetrainWorker(settings, store, embedder=BowEmbedder(), train_fn=train_fn, auto=False)
+    run_id = worker.trigger("test").run_id
+    assert worker.run_next()
+    record = worker.get(run_id)
+    assert record is not None
+    return record
+
+
+def test_first_run_is_promoted_with_metrics_and_plots(env: tuple[Settings, Store]) -> None:
+    settings, store = env
+    record = run_once(settings, store)
+    assert record.status == "promoted", record.error
+    assert record.version == "1"
+    assert registry.champion_version(settings) == "1"
+    client = tracking.client(settings)
+    run = client.get_run(record.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    for key in (
+        "accuracy",
+        "macro_f1",
+        "ece",
+        "coverage_at_target",
+        "projected_escalation_rate",
+        "training_time_s",
+        "n_labels",
+    ):
+        assert key in run.data.metrics, key
+    assert run.data.metrics["accuracy"] > 0.8
+    assert run.data.params["n_labels"] == "500"
+    plots = {a.path for a in client.list_artifacts(record.mlflow_run_id, "plots")}
+    assert plots == {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "plots/risk_coverage.png"}
+
+
+def test_a_worse_model_stays_a_challenger(env: tuple[Settings, Store]) -> None:
+    settings, store = env
+    record = run_once(settings, store, shuffled_labels)
+    assert record.status == "rejected"
+    assert record.version == "2"
+    assert record.gate_reason
+    assert "accuracy fell" in record.gate_reason
+    assert registry.champion_version(settings) == "1"
+    assert registry.champion_version(settings, settings.retrain.challenger_alias) == "2"
+    mv = tracking.client(settings).get_model_version(settings.mlflow.registered_model, "2")
+    assert mv.tags["hitl.gate"] == "rejected"
+
+
+def test_a_crashing_run_fails_and_leaves_the_champion(env: tuple[Settings, Store]) -> None:
+    settings, store = env
+    record = run_once(settings, store, crash)
+    assert record.status == "failed"
+    assert record.error is not None
+    assert "out of memory" in record.error
+    assert registry.champion_version(settings) == "1"
+    run = tracking.client(settings).get_run(record.mlflow_run_id or "")
+    assert run.info.status == "FAILED"
+    assert "out of memory" in run.data.tags[tracking.ERROR_TAG]

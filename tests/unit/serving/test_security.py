@@ -1,0 +1,208 @@
+"""API keys (`serving.keys`), the `require_roles` dependency and the admin-only `/v1/keys` router."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+
+from serving import keys
+from serving.keys import KEY_PREFIX, ApiKey, Role, authenticate, create_key, list_keys, revoke_key
+from serving.routers import keys as keys_router
+from serving.security import Principal, allowed_roles_of, require_roles
+from serving.store import Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
+    db.create_all()
+    yield db
+    db.close()
+
+
+# ------------------------------------------------------------------ keys
+def test_created_key_is_random_prefixed_and_only_its_hash_is_stored(store: Store) -> None:
+    key_id, plaintext = create_key(store, "ingest", Role.SERVICE)
+    _, other = create_key(store, "ingest", "service")
+    assert plaintext.startswith(KEY_PREFIX)
+    assert len(plaintext) >= len(KEY_PREFIX) + 40
+    assert plaintext != other
+    with store.session() as session:
+        row = session.get(ApiKey, key_id)
+        assert row is not None
+        stored = [str(v) for v in vars(row).values()]
+    assert plaintext not in stored
+    assert row.key_hash == keys.hash_key(plaintext) != plaintext
+    assert row.display_prefix == plaintext[: len(row.display_prefix)]
+
+
+def test_authenticate_known_unknown_and_revoked(store: Store) -> None:
+    key_id, plaintext = create_key(store, "merch", Role.MERCHANDISER)
+    assert authenticate(store, plaintext) == Principal(key_id=key_id, name="merch", role=Role.MERCHANDISER)
+    assert authenticate(store, plaintext + "x") is None
+    assert authenticate(store, plaintext[len(KEY_PREFIX) :]) is None  # no prefix
+    assert authenticate(store, "") is None
+    info = revoke_key(store, key_id)
+    assert info is not None
+    assert not info.active
+    assert authenticate(store, plaintext) is None
+    assert revoke_key(store, key_id) == info  # idempotent: the first revocation time is kept
+    assert revoke_key(store, 999) is None
+
+
+def test_last_used_is_recorded(store: Store) -> None:
+    _key_id, plaintext = create_key(store, "po", Role.PRODUCT_OWNER)
+    assert list_keys(store)[0].last_used_at is None
+    authenticate(store, plaintext)
+    assert list_keys(store)[0].last_used_at is not None
+
+
+def test_unknown_role_and_bad_name_are_refused(store: Store) -> None:
+    with pytest.raises(keys.UnknownRoleError, match="valid roles: service, merchandiser"):
+        create_key(store, "x", "root")
+    with pytest.raises(ValueError, match="1 to 100"):
+        create_key(store, "   ", Role.ADMIN)
+    assert list_keys(store) == []
+
+
+def test_list_hides_revoked_on_request(store: Store) -> None:
+    first, _ = create_key(store, "a", Role.ADMIN)
+    second, _ = create_key(store, "b", Role.ML_ENGINEER)
+    revoke_key(store, first)
+    assert [k.id for k in list_keys(store)] == [first, second]
+    assert [k.id for k in list_keys(store, include_revoked=False)] == [second]
+    assert keys.active_admin_count(store) == 0
+
+
+# ------------------------------------------------------------------ the dependency
+def _app(store: Store) -> FastAPI:
+    app = FastAPI()
+    app.state.store = store
+
+    @app.get("/ml")
+    def ml(principal: Principal = Depends(require_roles(Role.ML_ENGINEER))) -> dict[str, str]:
+        return {"name": principal.name, "role": principal.role.value}
+
+    app.include_router(keys_router.router)
+    return app
+
+
+@pytest.fixture
+def client(store: Store) -> Iterator[TestClient]:
+    with TestClient(_app(store)) as test_client:
+        yield test_client
+
+
+def test_allowed_roles_are_recorded_and_admin_always_included() -> None:
+    assert allowed_roles_of(require_roles(Role.SERVICE)) == {Role.SERVICE, Role.ADMIN}
+    assert allowed_roles_of(require_roles()) == {Role.ADMIN}
+    assert allowed_roles_of(lambda: None) is None
+
+
+def test_bearer_and_x_api_key_both_work(client: TestClient, store: Store) -> None:
+    _, plaintext = create_key(store, "eng", Role.ML_ENGINEER)
+    assert client.get("/ml", headers={"Authorization": f"Bearer {plaintext}"}).json() == {
+        "name": "eng",
+        "role": "ml_engineer",
+    }
+    assert client.get("/ml", headers={"X-API-Key": plaintext}).status_code == 200
+    _, admin = create_key(store, "root", Role.ADMIN)
+    assert client.get("/ml", headers={"X-API-Key": admin}).json()["role"] == "admin"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer hitl_wrong"},
+        {"Authorization": "Basic hitl_wrong"},
+        {"X-API-Key": "hitl_wrong"},
+        {"Authorization": "Bearer "},
+    ],
+)
+def test_missing_or_wrong_key_is_401_with_bearer_challenge(
+    client: TestClient, headers: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    response = client.get("/ml", headers=headers)
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.json() == {"detail": "missing or invalid API key"}
+    assert "hitl_wrong" not in caplog.text
+
+
+def test_revoked_key_is_401_and_other_role_is_403(client: TestClient, store: Store) -> None:
+    key_id, plaintext = create_key(store, "svc", Role.SERVICE)
+    forbidden = client.get("/ml", headers={"Authorization": f"Bearer {plaintext}"})
+    assert forbidden.status_code == 403
+    assert "service" in forbidden.json()["detail"]
+    assert plaintext not in forbidden.text
+    revoke_key(store, key_id)
+    assert client.get("/ml", headers={"Authorization": f"Bearer {plaintext}"}).status_code == 401
+
+
+# ------------------------------------------------------------------ /v1/keys
+def test_keys_router_create_list_revoke(
+    client: TestClient, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    admin_id, admin = create_key(store, "root", Role.ADMIN)
+    auth = {"Authorization": f"Bearer {admin}"}
+    created = client.post("/v1/keys", json={"name": "predictor", "role": "service"}, headers=auth)
+    assert created.status_code == 201
+    assert created.headers["Cache-Control"] == "no-store"
+    body = created.json()
+    assert body["role"] == "service"
+    assert body["active"] is True
+    assert body["key"].startswith(body["prefix"])
+    assert authenticate(store, body["key"]) is not None
+    assert body["key"] not in caplog.text
+
+    listed = client.get("/v1/keys", headers=auth)
+    assert [k["name"] for k in listed.json()["keys"]] == ["root", "predictor"]
+    assert body["key"] not in listed.text
+    assert "key_hash" not in listed.text
+    assert all("key" not in k for k in listed.json()["keys"])
+
+    assert client.delete(f"/v1/keys/{body['id']}", headers=auth).status_code == 204
+    assert authenticate(store, body["key"]) is None
+    assert client.get("/v1/keys", headers=auth).json()["keys"][-1]["name"] == "root"
+    everything = client.get("/v1/keys", params={"include_revoked": True}, headers=auth).json()["keys"]
+    assert [k["active"] for k in everything] == [True, False]
+    assert client.delete("/v1/keys/999", headers=auth).status_code == 404
+    # The last active admin key cannot be revoked through the API (that would lock every admin out).
+    refused = client.delete(f"/v1/keys/{admin_id}", headers=auth)
+    assert refused.status_code == 409
+    assert authenticate(store, admin) is not None
+
+
+def test_keys_router_validates_and_is_admin_only(client: TestClient, store: Store) -> None:
+    _, admin = create_key(store, "root", Role.ADMIN)
+    _, engineer = create_key(store, "eng", Role.ML_ENGINEER)
+    auth = {"Authorization": f"Bearer {admin}"}
+    assert client.post("/v1/keys", json={"name": "x", "role": "root"}, headers=auth).status_code == 422
+    assert client.post("/v1/keys", json={"name": " ", "role": "service"}, headers=auth).status_code == 422
+    assert (
+        client.post(
+            "/v1/keys", json={"name": "x", "role": "service", "key": "mine"}, headers=auth
+        ).status_code
+        == 422
+    )
+    denied = client.post(
+        "/v1/keys", json={"name": "x", "role": "admin"}, headers={"Authorization": f"Bearer {engineer}"}
+    )
+    assert denied.status_code == 403
+    assert len(list_keys(store)) == 2
+
+
+def test_second_admin_can_be_revoked(client: TestClient, store: Store) -> None:
+    _, admin = create_key(store, "root", Role.ADMIN)
+    second, _ = create_key(store, "backup", Role.ADMIN)
+    assert (
+        client.delete(f"/v1/keys/{second}", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
+    )

@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from labeling.config import Taxonomy
+from labeling.webhooks import CorrectionEvent, DeletionEvent
+from serving.store import Store
+
+T0 = datetime(2025, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)
+
+
+def correction(annotation_id: int = 1, label: str | None = "Shoes", **kw: object) -> CorrectionEvent:
+    base = CorrectionEvent(
+        action="created",
+        annotation_id=annotation_id,
+        task_id=10,
+        project_id=1,
+        item_id=f"sku-{annotation_id}",
+        label=label,
+        raw_label=label,
+        reviewer_id=2,
+        created_at=T0,
+        updated_at=T0,
+        lead_time=1.5,
+        was_cancelled=False,
+        predicted_label="Hats",
+        model_version="v1",
+        model_score=0.4,
+        source="webhook",
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
+    db.create_all()
+    return db
+
+
+def test_idempotent_by_annotation_updated_at_and_action(store: Store) -> None:
+    assert store.record_correction(correction()) is True
+    assert store.record_correction(correction(source="sync")) is False
+    later = T0 + timedelta(seconds=5)
+    assert store.record_correction(correction(action="updated", label="Hats", updated_at=later)) is True
+    history = store.history(1)
+    assert [(r.action, r.label) for r in history] == [("created", "Shoes"), ("updated", "Hats")]
+    assert history[0].updated_at == T0
+    assert history[0].predicted_label == "Hats"
+    assert store.current_labels()["sku-1"].label == "Hats"
+    assert store.annotation_versions(1) == {1: later}
+
+
+def test_deletion_recorded_once_and_hides_the_label(store: Store) -> None:
+    store.record_correction(correction())
+    event = DeletionEvent((1, 42), 1, "webhook")
+    assert store.record_deletion(event) == 2
+    assert store.record_deletion(event) == 0
+    assert [r.action for r in store.history(1)] == ["created", "deleted"]
+    assert store.history(1)[-1].item_id == "sku-1"
+    assert store.current_labels() == {}
+    assert store.annotation_versions(1) == {}
+
+
+def test_cancelled_and_rejected_are_recorded_but_never_labels(store: Store) -> None:
+    store.record_correction(correction(1, action="cancelled", label=None, was_cancelled=True))
+    store.record_correction(
+        correction(2, action="rejected", label=None, raw_label="Nope", error="not in taxonomy")
+    )
+    assert len(store.corrections()) == 2
+    assert store.current_labels() == {}
+
+
+def test_pushed_tasks_unique_per_item_and_version(store: Store) -> None:
+    store.record_pushed(1, "v1", [("a", 100, 0.9), ("b", 101, 0.2)])
+    assert store.pushed_item_ids("v1", ["a", "c"]) == {"a"}
+    assert store.pushed_item_ids("v2", ["a"]) == set()
+    with pytest.raises(Exception, match="UNIQUE"):
+        store.record_pushed(1, "v1", [("a", 102, 0.9)])
+
+
+def test_project_taxonomy_round_trip(store: Store) -> None:
+    tax = Taxonomy.from_paths(["A > x", "B > y"])
+    store.save_project(5, "Products", 9, tax)
+    store.save_project(5, "Products", 10, tax)
+    assert store.taxonomy(5) == tax
+    assert store.taxonomy(6) is None
+    assert store.project_by_title("Products") == 5
