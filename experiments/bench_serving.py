@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import httpx
     import uvicorn
 
+    from experiments.fixtures import train_small_bundle
     from hitl.settings import LabelStudioSettings, ServingSettings, Settings
     from labeling.server import free_port
     from learner.data import item_text
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from serving.model import ModelHolder
     from serving.security import Role
     from serving.store import Store
-    from tests.unit.serving.support import train_small_bundle
 
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     encoder = HFEncoder(PACKAGED_ENCODER, device="cpu", batch_size=32)

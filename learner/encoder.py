@@ -93,14 +93,17 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
 
 
 def _weights_digest(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer: two fine-tunes of one base model must never share cache keys.
+    """Hash of every learned parameter: two fine-tunes of one base model must never share cache keys.
 
     Hashing file sizes or the config would collide exactly there (same architecture, same byte count).
+    Buffers and parameter names are left out on purpose: transformers releases rename and re-register
+    them (BERT's ``position_ids``) without changing a single embedding, and an id that moves with
+    the library version would orphan every cache and bundle built before an upgrade.
     """
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for tensor in model.parameters():
         flat = tensor.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(f"{flat.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
@@ -180,9 +183,8 @@ class HFEncoder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=is_local)
             model = AutoModel.from_pretrained(source, local_files_only=is_local)
-        except (
-            Exception
-        ) as exc:  # transformers raises OSError, ValueError, KeyError... depending on what broke
+        # transformers raises OSError, ValueError, KeyError... depending on what is broken.
+        except Exception as exc:
             where = f"local folder {source!r}" if is_local else f"Hugging Face model id {source!r}"
             offline = " (HF_HUB_OFFLINE is set)" if os.environ.get("HF_HUB_OFFLINE") else ""
             raise EncoderLoadError(
@@ -191,16 +193,20 @@ class HFEncoder:
         return tokenizer, model
 
     def _make_id(self) -> str:
-        if self.name == PACKAGED_ENCODER:
-            label = PACKAGED_ENCODER
-        elif Path(self.path).expanduser().exists():
-            label = Path(self.path).expanduser().resolve().name
-        else:
-            label = self.path.replace("/", "--")
-        # Vocabulary and truncation change the vectors as much as the weights do.
-        preprocessing = f"{type(self.tokenizer).__name__}:{len(self.tokenizer)}:ml{self.max_length}:mean-l2"
+        """``<model_type>-<dim>d@<digest>``, from content only.
+
+        The name or folder the model was loaded from is left out: the packaged MiniLM named by its
+        package or by its path, or a fine-tuned encoder copied into a bundle, must keep one id, or
+        serving would refuse a bundle whose encoder is byte-for-byte the one it was trained on.
+        """
+        vocab = sorted(self.tokenizer.get_vocab().items())
+        lowercase = getattr(self.tokenizer, "do_lower_case", None)
+        # Vocabulary, casing and truncation change the vectors as much as the weights do; device and
+        # batch size only move the last float bits, so they stay out of the id.
+        preprocessing = f"{vocab}|lower={lowercase}|ml{self.max_length}|mean-l2"
         digest = hashlib.sha256(f"{_weights_digest(self.model)}|{preprocessing}".encode()).hexdigest()
-        return f"{label}@{digest[:16]}"
+        model_type = str(getattr(self.model.config, "model_type", "encoder"))
+        return f"{model_type}-{self._dim}d@{digest[:16]}"
 
     @property
     def encoder_id(self) -> str:
@@ -210,8 +216,16 @@ class HFEncoder:
     def dim(self) -> int:
         return self._dim
 
-    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-        """PII-masked, padded token tensors on `self.device` (also used by fine-tuning).
+    def tokenize(
+        self, texts: Sequence[str], max_length: int | None = None, device: torch.device | None = None
+    ) -> dict[str, torch.Tensor]:
+        """PII-masked, padded token tensors (the one entry point to the tokenizer, fine-tuning included).
+
+        Parameters
+        ----------
+        texts : (batch,) raw texts
+        max_length : int, optional; defaults to `self.max_length`
+        device : torch.device, optional; defaults to `self.device`
 
         Returns
         -------
@@ -225,7 +239,8 @@ class HFEncoder:
             max_length=max_length or self.max_length,
             return_tensors="pt",
         )
-        return {k: v.to(self.device) for k, v in batch.items()}
+        target = device or self.device
+        return {k: v.to(target) for k, v in batch.items()}
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embed texts.

@@ -27,7 +27,6 @@ from learner.device import resolve_device
 from learner.encoder import HFEncoder, mean_pool
 from learner.exceptions import NotFittedError
 from learner.head import ClassWeight, TorchHeadClassifier, _as_labels, _HeadNet
-from learner.pii import mask_pii
 
 
 class FineTuneClassifier:
@@ -91,19 +90,9 @@ class FineTuneClassifier:
         self.device = device
         self.seed = seed
 
-    def _tokenize(self, texts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
-        batch = self.encoder.tokenizer(
-            [mask_pii(t) for t in texts],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {k: v.to(device) for k, v in batch.items()}
-
     def _embed(self, model: Any, texts: Sequence[str], device: torch.device) -> torch.Tensor:
         """(n,) texts -> (n, dim) pooled embeddings; gradients flow when called outside inference mode."""
-        batch = self._tokenize(texts, device)
+        batch = self.encoder.tokenize(texts, self.max_length, device)
         return mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
 
     def fit(self, texts: Sequence[str], y: Sequence[Hashable] | ArrayLike) -> FineTuneClassifier:

@@ -69,6 +69,23 @@ class TrainingResult:
         return out
 
 
+def class_centroids(
+    embeddings: NDArray[np.floating[Any]], y: Sequence[str], labels: Sequence[str]
+) -> list[list[float]]:
+    """Per-label mean embedding, JSON-able, stored as ``metadata["class_centroids"]``.
+
+    Serving compares new items against these to flag text unlike anything the model was trained on.
+    (n, d) embeddings, (n,) labels -> (n_labels, d) nested lists; a label with no member gets zeros.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    ys = np.asarray(list(y))
+    rows: list[list[float]] = []
+    for label in labels:
+        members = x[ys == label]
+        rows.append(members.mean(axis=0).round(6).tolist() if len(members) else [0.0] * x.shape[1])
+    return rows
+
+
 def _label_indices(labels: Sequence[str], classes: Sequence[str]) -> NDArray[np.int64]:
     """Map label strings to head class indices; -1 for labels the head does not know."""
     index = {c: i for i, c in enumerate(classes)}
@@ -149,6 +166,7 @@ def train_bundle(
             "seed": config.seed,
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
+            "class_centroids": class_centroids(x_train, y_train, classes),
             **(metadata or {}),
         },
     )

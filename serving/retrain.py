@@ -468,6 +468,13 @@ class Promoter:
         self.settings = settings
         self.store = store
         self.holder = holder
+        # Label Studio refuses a model_version no task has predictions of yet (400): retried by the
+        # worker until the outbox has pushed escalations of the new version.
+        self.pending_labelstudio: str | None = None
+
+    def retry_labelstudio(self) -> bool:
+        pending = self.pending_labelstudio
+        return pending is not None and self._update_labelstudio(pending)
 
     def promote(self, version: str, *, reason: str, actor: str) -> PromotionReport:
         from serving import registry, tracking
@@ -524,9 +531,12 @@ class Promoter:
         try:
             with LabelStudioClient.from_settings(self.settings.labelstudio) as client:
                 client.set_model_version(project_id, label)
-        except Exception as exc:  # Label Studio down: the model is promoted anyway
-            logger.warning("could not set Label Studio's model_version: %s", str(exc)[:300])
+        except Exception as exc:  # Label Studio down, or no task of this version yet: retried later
+            if self.pending_labelstudio != label:
+                logger.warning("could not set Label Studio's model_version yet: %s", str(exc)[:300])
+            self.pending_labelstudio = label
             return False
+        self.pending_labelstudio = None
         return True
 
 
@@ -1020,6 +1030,7 @@ class RetrainWorker:
         while not self._stop.is_set():
             try:
                 if not self.run_next():
+                    self.promoter.retry_labelstudio()
                     self._maybe_auto_trigger()
                     self._maybe_log_escalation()
             except Exception as exc:  # keep the worker alive; the run row says what failed

@@ -33,12 +33,14 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from hitl.settings import RoutingSettings
+from learner.training import class_centroids
+
+__all__ = ["class_centroids"]  # computed at training time; re-exported for serving callers
 
 LABEL_SEPARATOR = " > "
 
@@ -184,14 +186,3 @@ def centroid_similarity(
     sims = np.asarray(embeddings, dtype=np.float64) @ unit.T
     out: NDArray[np.float64] = sims.max(axis=1)
     return out
-
-
-def class_centroids(embeddings: NDArray[np.float32], y: Sequence[str], labels: Sequence[str]) -> list[Any]:
-    """Per-label mean embedding (JSON-able nested lists), to store as ``metadata["class_centroids"]``."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    ys = np.asarray(list(y))
-    rows = []
-    for label in labels:
-        members = x[ys == label]
-        rows.append(members.mean(axis=0).round(6).tolist() if len(members) else [0.0] * x.shape[1])
-    return rows

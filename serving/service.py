@@ -99,10 +99,9 @@ class _BackendPredictor:
     def predict_items(self, items: Sequence[ml_backend.ItemText]) -> list[ml_backend.ItemPrediction]:
         if not items:
             return []
+        # The router sends only items with a usable title (`ItemText.has_title`); Product rejects others.
         texts = [
-            item_text(
-                Product(id="ls", title=i.title or " ", description=i.description, brand=i.brand or None)
-            )
+            item_text(Product(id="ls", title=i.title, description=i.description, brand=i.brand or None))
             for i in items
         ]
         labels, confidence, _ = self._model.bundle.predict(self._model.embed(texts))

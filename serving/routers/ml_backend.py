@@ -65,6 +65,11 @@ class ItemText:
     brand: str = ""
     price: float | None = None
 
+    @property
+    def has_title(self) -> bool:
+        """A title with something besides whitespace: without one there is nothing to predict from."""
+        return bool(self.title.strip())
+
 
 @dataclass(frozen=True)
 class ItemPrediction:
@@ -78,7 +83,9 @@ class Predictor(Protocol):
     @property
     def model_version(self) -> str: ...
 
-    def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]: ...
+    def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]:
+        """One prediction per item, in order. Every item has a usable title (`has_title`)."""
+        ...
 
 
 class PredictorHolder(Protocol):
@@ -208,9 +215,18 @@ def _predict_all(model: Predictor, items: list[ItemText], batch_size: int) -> li
     return out
 
 
-def _result(taxonomy: Taxonomy, prediction: ItemPrediction, version: str) -> dict[str, Any]:
-    # A label the project cannot show (taxonomy changed since training): an empty pre-annotation, so
-    # results stay one per task.
+def _predict_titled(model: Predictor, items: list[ItemText], batch_size: int) -> list[ItemPrediction | None]:
+    """Predictions for the items with a usable title; None (no prediction) in the place of the others."""
+    titled = [i for i, item in enumerate(items) if item.has_title]
+    predicted = dict(zip(titled, _predict_all(model, [items[i] for i in titled], batch_size), strict=True))
+    return [predicted.get(i) for i in range(len(items))]
+
+
+def _result(taxonomy: Taxonomy, prediction: ItemPrediction | None, version: str) -> dict[str, Any]:
+    # No prediction (a task without a title), or a label the project cannot show (taxonomy changed since
+    # training): an empty pre-annotation, so results stay one per task.
+    if prediction is None:
+        return {"result": [], "score": 0.0, "model_version": version}
     result = taxonomy.result_for(prediction.label) if prediction.label in taxonomy else []
     return {"result": result, "score": round(float(prediction.confidence), 6), "model_version": version}
 
@@ -241,7 +257,7 @@ async def predict(
     model = _predictor(request)
     taxonomy = await run_in_threadpool(_taxonomy, store, body.project, settings.labelstudio.project_title)
     items = [_item(task, settings.serving.max_text_length) for task in body.tasks]
-    predictions = await run_in_threadpool(_predict_all, model, items, settings.serving.max_batch_size)
+    predictions = await run_in_threadpool(_predict_titled, model, items, settings.serving.max_batch_size)
     version = model.model_version
     logger.info("ml-backend predicted %d task(s) with %s", len(items), version)
     return {

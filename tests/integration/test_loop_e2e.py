@@ -186,12 +186,17 @@ def test_corrections_retrain_promote_and_lower_the_escalation_rate(
     v2 = registry.version_label(loop.settings, "2")
     assert models["champion"] == "2"
     assert models["serving"] == v2
-    project = LabelStudioClient.from_settings(loop.settings.labelstudio).get_project(loop.project_id)
-    assert project["model_version"] == v2
 
     version, second_rate = predict(loop, loop.fresh[BATCH : 2 * BATCH])
     assert version == v2
     assert second_rate < first_rate, (first_rate, second_rate)
+    # Label Studio accepts the new model_version once tasks with its predictions exist.
+    with LabelStudioClient.from_settings(loop.settings.labelstudio) as client:
+        wait_for(
+            lambda: client.get_project(loop.project_id)["model_version"] == v2,
+            60,
+            "Label Studio's project model_version",
+        )
 
     metrics = loop.http.get(
         "/v1/metrics/escalation", headers={"Authorization": f"Bearer {loop.keys[Role.PRODUCT_OWNER]}"}

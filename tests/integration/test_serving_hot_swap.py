@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 
+from experiments.fixtures import train_small_bundle
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.server import free_port
 from learner.bundle import ModelBundle
@@ -20,7 +21,7 @@ from serving.app import create_app
 from serving.model import ModelHolder
 from serving.security import Role
 from serving.store import AuditEvent, Prediction, Store
-from tests.unit.serving.support import auth, catalog_items, train_small_bundle
+from tests.unit.serving.support import auth, catalog_items
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -87,12 +87,20 @@ def test_unknown_hub_id_offline_is_an_encoder_load_error() -> None:
 def test_packaged_encoder_gives_384d_unit_vectors(minilm_encoder: HFEncoder) -> None:
     assert isinstance(minilm_encoder, TextEncoder)
     assert minilm_encoder.dim == 384
-    assert minilm_encoder.encoder_id.startswith(f"{PACKAGED_ENCODER}@")
+    assert minilm_encoder.encoder_id.startswith("bert-384d@")
     assert minilm_encoder.device == torch.device("cpu")
     out = minilm_encoder.encode(TITLES)
     assert out.shape == (len(TITLES), 384)
     assert out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_encoder_id_depends_on_content_not_on_how_the_model_was_named(minilm_encoder: HFEncoder) -> None:
+    by_path = HFEncoder(resolve_encoder_path(PACKAGED_ENCODER), device="cpu", max_length=128)
+    assert by_path.encoder_id == minilm_encoder.encoder_id
+    # Truncation changes long texts' vectors, so it is part of the identity.
+    assert HFEncoder(PACKAGED_ENCODER, device="cpu", max_length=64).encoder_id != minilm_encoder.encoder_id
 
 
 @pytest.mark.slow

@@ -89,8 +89,8 @@ def test_saved_encoder_reloads_with_new_weights(
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     folder = tuned.save(tmp_path / "encoder")
     assert (folder / "config.json").is_file()
-    reloaded = HFEncoder(folder, device="cpu", max_length=32)
-    assert reloaded.encoder_id != minilm_encoder.encoder_id
+    reloaded = HFEncoder(folder, device="cpu", max_length=minilm_encoder.max_length)
+    assert reloaded.encoder_id != minilm_encoder.encoder_id  # same settings, new weights
     embeddings = reloaded.encode(TEXTS)
     assert np.abs(embeddings - base_embeddings).max() > 1e-3
     np.testing.assert_allclose(embeddings, tuned.embed(TEXTS), atol=1e-5)

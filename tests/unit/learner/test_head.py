@@ -203,3 +203,13 @@ def test_linear_head_fits_20k_embeddings_quickly() -> None:
     assert accuracy > 0.8
     # Generous bound for a loaded 2-core CI box; it is ~1 s when the machine is idle.
     assert seconds < 30, f"fit took {seconds:.1f}s"
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 1e-2])
+def test_objective_is_sklearn_logistic_regression(weight_decay: float) -> None:
+    """Same data, same penalty (C = 1 / (weight_decay * n)): the same model, not just similar accuracy."""
+    X, y = blobs(600, 4, 10, spread=2.0, seed=5)
+    X = X * 0.05 + 0.3  # off-centre, small-scale features like embeddings: standardisation is internal
+    head = TorchHeadClassifier(device="cpu", weight_decay=weight_decay, class_weight="none").fit(X, y)
+    reference = LogisticRegression(C=1 / (weight_decay * len(X)), tol=1e-8, max_iter=10_000).fit(X, y)
+    np.testing.assert_allclose(head.predict_proba(X), reference.predict_proba(X), atol=2e-3)

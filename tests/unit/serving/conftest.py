@@ -23,6 +23,6 @@ def embedding_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def bundle_dir(
     minilm_encoder: HFEncoder, embedding_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    from tests.unit.serving.support import train_small_bundle
+    from experiments.fixtures import train_small_bundle
 
     return train_small_bundle(minilm_encoder, embedding_dir, tmp_path_factory.mktemp("bundle"))

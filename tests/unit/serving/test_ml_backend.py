@@ -38,6 +38,8 @@ class FakeModel:
     seen: list[ItemText] = field(default_factory=list)
 
     def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]:
+        if not all(item.has_title for item in items):  # the real model's Product refuses a blank title
+            raise ValueError("title is empty")
         self.seen.extend(items)
         return [
             ItemPrediction("Home & Kitchen > Cookware", 0.8)
@@ -184,9 +186,47 @@ def test_predict_falls_back_to_the_configured_project(client: TestClient) -> Non
 
 
 def test_missing_fields_are_empty_not_errors(client: TestClient, model: FakeModel) -> None:
-    answer = client.post("/ml-backend/predict", json={"tasks": [{"id": 1, "data": {"price": "n/a"}}]})
+    answer = client.post(
+        "/ml-backend/predict", json={"tasks": [{"id": 1, "data": {"title": "Shoe", "price": "n/a"}}]}
+    )
     assert answer.status_code == 200
-    assert model.seen == [ItemText(title="", description="", brand="", price=None)]
+    assert model.seen == [ItemText(title="Shoe", description="", brand="", price=None)]
+
+
+@pytest.mark.parametrize(
+    "task",
+    [{}, {"id": 1, "data": {}}, {"data": {"title": None}}, {"data": {"title": " \t\n"}},
+     {"data": {"description": "a pan", "brand": "Acme"}}],
+    ids=["empty-task", "no-title", "null-title", "blank-title", "description-only"],
+)  # fmt: skip
+def test_a_task_without_a_title_gets_an_empty_result_not_a_500(
+    client: TestClient, model: FakeModel, task: dict[str, Any]
+) -> None:
+    answer = client.post("/ml-backend/predict", json={"tasks": [task]})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "results": [{"result": [], "score": 0.0, "model_version": "v7"}],
+        "model_version": "v7",
+    }
+    assert model.seen == []  # nothing to predict from: the model is not asked
+
+
+def test_untitled_tasks_keep_their_place_among_titled_ones(client: TestClient, model: FakeModel) -> None:
+    tasks = [{}, *_tasks("Frying pan"), {"data": {"title": "  "}}, *_tasks("Trail shoe", "Wok pan"), {}]
+    answer = client.post("/ml-backend/predict", json={"tasks": tasks})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["result"] for r in results] == [
+        [],
+        TAX.result_for("Home & Kitchen > Cookware"),
+        [],
+        TAX.result_for("Sports > Running"),
+        TAX.result_for("Home & Kitchen > Cookware"),
+        [],
+    ]
+    assert [r["score"] for r in results] == [0.0, 0.8, 0.0, 0.55, 0.8, 0.0]
+    # Only the titled tasks reached the model, in order, batched by max_batch_size (2).
+    assert [i.title for i in model.seen] == ["Frying pan", "Trail shoe", "Wok pan"]
 
 
 @pytest.mark.parametrize("body", [{}, {"tasks": "nope"}, {"tasks": [{"data": "x"}]}])

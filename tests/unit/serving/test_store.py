@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import IntegrityError
 
 from labeling.config import Taxonomy
 from labeling.webhooks import CorrectionEvent, DeletionEvent
@@ -79,7 +80,7 @@ def test_pushed_tasks_unique_per_item_and_version(store: Store) -> None:
     store.record_pushed(1, "v1", [("a", 100, 0.9), ("b", 101, 0.2)])
     assert store.pushed_item_ids("v1", ["a", "c"]) == {"a"}
     assert store.pushed_item_ids("v2", ["a"]) == set()
-    with pytest.raises(Exception, match="UNIQUE"):
+    with pytest.raises(IntegrityError, match=r"(?i)unique"):  # SQLite and PostgreSQL word it differently
         store.record_pushed(1, "v1", [("a", 102, 0.9)])
 
 

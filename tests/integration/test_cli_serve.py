@@ -1,0 +1,81 @@
+"""Smoke test of `hitl serve`: the installed command serves a bundle, answers the probes, stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from labeling.server import free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HITL = Path(sys.executable).with_name("hitl")  # the console script of this environment
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _wait_healthy(process: subprocess.Popen[str], url: str, deadline_s: float = 180) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"`hitl serve` exited with {process.returncode} before it was healthy:\n{output}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"`hitl serve` was not healthy at {url} within {deadline_s:.0f} s")
+
+
+def test_hitl_serve_starts_is_ready_and_stops_cleanly_on_sigterm(
+    small_bundle_dir: Path, tmp_path: Path
+) -> None:
+    assert HITL.is_file(), f"the `hitl` console script is not installed next to {sys.executable}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = os.environ | {
+        "HITL_STATE_DIR": str(tmp_path / "state"),
+        "HITL_LEARNER__DEVICE": "cpu",
+        "HITL_LABELSTUDIO__SYNC_INTERVAL_S": "0",  # no Label Studio here
+        "HITL_SERVING__OUTBOX_ENABLED": "false",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    env.pop("HITL_CONFIG", None)
+    process = subprocess.Popen(
+        [str(HITL), "serve", "--bundle", str(small_bundle_dir), "--port", str(port)],
+        cwd=REPO,  # configs/default.yaml
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_healthy(process, url)
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        body = ready.json()
+        assert body["status"] == "ready"
+        assert body["database"] is True
+        assert body["model_loaded"] is True
+        assert body["model_version"].startswith("local:")
+        assert (tmp_path / "state" / "hitl.db").is_file()  # the state dir came from HITL_STATE_DIR
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in output, output
+    assert "Application shutdown complete" in output, output
