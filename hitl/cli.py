@@ -59,6 +59,9 @@ def _register() -> None:
     app.command("retrain")(cli_models.retrain)
     app.command("retrain-status")(cli_models.retrain_status)
     app.add_typer(cli_models.models_app, name="models")
+    from hitl import cli_experiments
+
+    cli_experiments.register(app)
 
 
 def main() -> None:

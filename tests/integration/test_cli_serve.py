@@ -75,7 +75,10 @@ def test_hitl_serve_starts_is_ready_and_stops_cleanly_on_sigterm(
         if process.poll() is None:
             process.kill()
             process.communicate()
-    assert process.returncode == 0, output
+    # uvicorn shuts down gracefully, then re-raises the signal it caught (`Server.capture_signals`), so a
+    # clean stop on SIGTERM ends "killed by SIGTERM", as supervisors (systemd, Docker) expect; 0 is clean too.
+    assert process.returncode in (0, -signal.SIGTERM), output
     assert time.monotonic() - started < 30
     assert "Traceback" not in output, output
-    assert "Application shutdown complete" in output, output
+    assert "Application shutdown complete" in output, output  # the lifespan's shutdown ran to its end
+    assert "Finished server process" in output, output

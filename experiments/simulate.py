@@ -1,0 +1,452 @@
+"""Replay a labelled catalog through the human-in-the-loop: route, review, retrain, measure.
+
+The round loop works on a `LabeledDataset` plus its precomputed embeddings (one row per item), so the
+encoder runs once per catalog (through the `EmbeddingCache`) and a simulation only trains heads.
+
+Protocol of one run (one strategy, one seed)::
+
+    test  = group_split(data, test_fraction, seed)       # grouped by normalized title, never reviewed
+    stream = the other rows, in catalog (arrival) order   # optionally the first `limit` of them
+    labelled = stream[:seed_size]                          # existing labels; the first model
+    arrivals = stream[seed_size:], dealt into `rounds` equal incoming batches
+    for each round:
+        the current model predicts the incoming batch; `serving.routing.route` (the production policy:
+        thresholds, high-value price, OOD, spot checks...) decides -> escalation_rate of the round
+        escalated items join the review queue (the backlog of escalated, unreviewed items)
+        the strategy ranks the queue with the current model; the top `batch` items get the true label
+        from a simulated reviewer (wrong with probability `reviewer_noise`)
+        retrain on seed + corrections; evaluate on the test split
+
+Calibration (thresholds and temperature) uses a slice of the labelled items, never trained on: in
+labelling order (seed items first, then corrections in review order), every `calibration_every`-th item
+(positions k with k % calibration_every == calibration_every - 1) is held out for calibration, the rest
+train the head. The held-out items were chosen by the strategy (uncertain items) so they are not an
+exchangeable sample of what is auto-accepted: the guarantee is stated for exchangeable data and is
+measured separately by `experiments.guarantee`.
+
+`batch_diverse` (modAL ranked batch) costs O(pool * labelled) per pick; here it sees only the
+`candidate_factor * batch` queue items with the smallest margin (most uncertain), and picks its
+diverse batch among those.
+
+Each run writes ``<out>/<strategy>/seed<k>.jsonl``: a header line with the configuration, one line per
+round, and a final ``{"done": true}`` line. A run whose file ends with that line and whose header matches
+the configuration is skipped on re-run (resumable); an unfinished file is started over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hitl.settings import RoutingSettings
+from learner.data import LabeledDataset, group_split
+from learner.evaluation import macro_f1, risk_coverage_curve
+from learner.strategies import get_strategy, margin
+from learner.training import TrainingConfig, TrainingResult, train_bundle
+from serving.routing import Decision, RouteInput, centroid_similarity, route
+
+__all__ = [
+    "RunLogger",
+    "SimulationConfig",
+    "run_file",
+    "run_finished",
+    "simulate_run",
+    "split_stream",
+]
+
+DONE = {"done": True}
+RISK_COVERAGE_POINTS = 50
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    """One simulated run. `training` carries head hyper-parameters, target and delta."""
+
+    strategy: str
+    seed: int = 0
+    seed_size: int = 200
+    batch: int = 200
+    rounds: int = 15
+    reviewer_noise: float = 0.0
+    calibration_every: int = 5
+    test_fraction: float = 0.2
+    limit: int | None = None
+    candidate_factor: int = 10
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+
+    def __post_init__(self) -> None:
+        get_strategy(self.strategy)  # ValueError listing the valid names
+        for name in ("seed_size", "batch", "rounds", "candidate_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.calibration_every < 2:
+            raise ValueError(f"calibration_every must be >= 2, got {self.calibration_every}")
+        if not 0.0 <= self.reviewer_noise < 1.0:
+            raise ValueError(f"reviewer_noise must be in [0, 1), got {self.reviewer_noise}")
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["training"] = asdict(self.training)
+        out["routing"] = self.routing.model_dump(mode="json")
+        return out
+
+
+class RunLogger(Protocol):
+    """Receives each run's rounds (MLflow in the CLI; nothing in tests)."""
+
+    def start(self, config: SimulationConfig, params: Mapping[str, Any]) -> None: ...
+
+    def round(self, step: int, metrics: Mapping[str, Any]) -> None: ...
+
+    def end(self, *, failed: bool) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def run_file(out_dir: Path, strategy: str, seed: int) -> Path:
+    return out_dir / strategy / f"seed{seed}.jsonl"
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for text in path.read_text(encoding="utf-8").splitlines():
+        if text.strip():
+            rows.append(json.loads(text))
+    return rows
+
+
+def run_finished(path: Path, config: SimulationConfig, extra: Mapping[str, Any] | None = None) -> bool:
+    """True when `path` holds a complete run of exactly this configuration."""
+    if not path.is_file():
+        return False
+    try:
+        lines = _read_lines(path)
+    except (OSError, json.JSONDecodeError):
+        return False
+    if len(lines) < 2 or lines[-1] != DONE:
+        return False
+    return bool(lines[0].get("config") == _header(config, extra)["config"])
+
+
+def read_rounds(path: Path) -> list[dict[str, Any]]:
+    """The round rows of a finished run file (header and done marker removed)."""
+    return [row for row in _read_lines(path)[1:] if row != DONE]
+
+
+def _header(config: SimulationConfig, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    # A JSON round-trip so tuples/lists compare equal to what a file holds.
+    payload = {**config.to_dict(), **dict(extra or {})}
+    return {"config": json.loads(json.dumps(payload))}
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def split_stream(
+    data: LabeledDataset, *, test_fraction: float, seed: int, limit: int | None = None
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(stream rows in arrival order, test rows): grouped by normalized title, seeded."""
+    split = group_split(data, calibration_fraction=0.0, test_fraction=test_fraction, seed=seed)
+    stream = np.sort(np.concatenate([split.train, split.calibration]))
+    if limit is not None:
+        stream = stream[:limit]
+    return stream.astype(np.int64), split.test.astype(np.int64)
+
+
+def _noisy(
+    labels: NDArray[np.int64], noise: float, n_classes: int, rng: np.random.Generator
+) -> NDArray[np.int64]:
+    """Each label replaced, with probability `noise`, by a uniformly drawn *other* class."""
+    out = labels.copy()
+    if noise <= 0 or n_classes < 2:
+        return out
+    flip = rng.random(len(out)) < noise
+    shift = rng.integers(1, n_classes, size=int(flip.sum()))
+    out[flip] = (out[flip] + shift) % n_classes
+    return out
+
+
+def _route_items(data: LabeledDataset, rows: NDArray[np.int64]) -> list[RouteInput]:
+    out = []
+    for r in rows:
+        price = float(data.prices[r])
+        brand = data.brands[r]
+        out.append(
+            RouteInput(
+                item_id=str(data.ids[r]),
+                price=price if math.isfinite(price) else None,
+                brand=None if brand is None else str(brand),
+            )
+        )
+    return out
+
+
+def _escalated(
+    result: TrainingResult,
+    x: NDArray[np.float32],
+    data: LabeledDataset,
+    rows: NDArray[np.int64],
+    policy: RoutingSettings,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.float64]]:
+    """(escalated, below_threshold, proba) of `rows` under the production routing policy."""
+    bundle = result.bundle
+    proba = bundle.predict_proba(x[rows])
+    centroids = np.asarray(bundle.metadata["class_centroids"], dtype=np.float64)
+    similarity = centroid_similarity(x[rows], centroids)
+    routed = route(
+        proba,
+        bundle.labels,
+        bundle.thresholds.thresholds,
+        _route_items(data, rows),
+        policy,
+        similarity=similarity,
+    )
+    escalated = np.array([r.decision == Decision.ESCALATED for r in routed], dtype=np.bool_)
+    below = ~bundle.thresholds.accept_mask(proba)
+    return escalated, below, proba
+
+
+def _test_metrics(
+    result: TrainingResult,
+    x: NDArray[np.float32],
+    data: LabeledDataset,
+    test: NDArray[np.int64],
+    policy: RoutingSettings,
+) -> dict[str, Any]:
+    """Metrics on the whole test split; a class the head never saw counts as an error."""
+    bundle = result.bundle
+    escalated, below, proba = _escalated(result, x, data, test, policy)
+    head_labels = np.array(bundle.labels, dtype=object)
+    pred_labels = head_labels[np.argmax(proba, axis=1)]
+    true_labels = data.labels[test]
+    correct = pred_labels == true_labels
+    global_index = {c: i for i, c in enumerate(data.classes)}
+    pred_global = np.array([global_index[str(p)] for p in pred_labels], dtype=np.int64)
+    accepted = ~below
+    report = result.test_report
+    head_index = {c: i for i, c in enumerate(bundle.labels)}
+    y_head = np.array([head_index.get(str(t), -1) for t in true_labels], dtype=np.int64)
+    seen = y_head >= 0
+    coverage, risk = risk_coverage_curve(proba[seen], y_head[seen])
+    pick = np.unique(np.linspace(0, len(coverage) - 1, RISK_COVERAGE_POINTS).round().astype(int))
+    return {
+        "accuracy": float(correct.mean()),
+        "macro_f1": macro_f1(data.y[test], pred_global, len(data.classes)),
+        "ece": None if report is None else report.ece,
+        "coverage_at_target": None if report is None else report.coverage_at_target,
+        "auto_accept_coverage": float(accepted.mean()),
+        "auto_accept_accuracy": float(correct[accepted].mean()) if accepted.any() else None,
+        "test_escalation_rate": float(escalated.mean()),
+        "classes_auto_accepted": int(np.isfinite(bundle.thresholds.thresholds).sum()),
+        "risk_coverage": {
+            "coverage": [round(float(c), 4) for c in coverage[pick]],
+            "risk": [round(float(r), 4) for r in risk[pick]],
+        },
+    }
+
+
+def _train(
+    data: LabeledDataset,
+    x: NDArray[np.float32],
+    labelled: list[int],
+    observed: dict[int, int],
+    test: NDArray[np.int64],
+    config: SimulationConfig,
+) -> TrainingResult:
+    every = config.calibration_every
+    cal_rows = [r for k, r in enumerate(labelled) if k % every == every - 1]
+    train_rows = [r for k, r in enumerate(labelled) if k % every != every - 1]
+    classes = data.classes
+    return train_bundle(
+        x[train_rows],
+        [classes[observed[r]] for r in train_rows],
+        x[cal_rows],
+        [classes[observed[r]] for r in cal_rows],
+        config=config.training,
+        encoder_ref="simulation",
+        encoder_id="simulation",
+        x_test=x[test],
+        y_test=[str(label) for label in data.labels[test]],
+    )
+
+
+def _select(
+    config: SimulationConfig,
+    result: TrainingResult,
+    x: NDArray[np.float32],
+    queue: NDArray[np.int64],
+    labelled: list[int],
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    n = min(config.batch, len(queue))
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    proba = result.bundle.predict_proba(x[queue])
+    candidates = np.arange(len(queue))
+    if config.strategy == "batch_diverse":
+        cap = config.candidate_factor * config.batch
+        if len(queue) > cap:
+            candidates = np.argsort(-margin(proba), kind="stable")[:cap]
+    strategy = get_strategy(config.strategy)
+    picked = strategy(
+        proba[candidates], n, rng=rng, features=x[queue[candidates]], labeled_features=x[labelled]
+    )
+    return queue[candidates[picked]]
+
+
+def simulate_run(
+    data: LabeledDataset,
+    embeddings: NDArray[np.float32],
+    config: SimulationConfig,
+) -> Iterator[dict[str, Any]]:
+    """Yield one metrics row per round (round 0 = the seed model), see the module docstring.
+
+    Row keys: round, labels_used (labelled items: seed + corrections), corrections (reviewed items),
+    corrections_at_routing (corrections the routing model was trained with), incoming,
+    escalation_rate (share of the round's incoming batch escalated by the routing policy, spot checks
+    included), below_threshold_rate (model-only part), stream_auto_accept_accuracy, queue_size,
+    train_seconds, and the test metrics of the model trained at the end of the round (accuracy,
+    macro_f1, ece, coverage_at_target, auto_accept_coverage, auto_accept_accuracy,
+    test_escalation_rate, classes_auto_accepted, risk_coverage).
+    """
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.shape[0] != len(data):
+        raise ValueError(f"embeddings have {x.shape[0]} rows, the dataset {len(data)}")
+    stream, test = split_stream(
+        data, test_fraction=config.test_fraction, seed=config.seed, limit=config.limit
+    )
+    if len(stream) < config.seed_size + config.batch:
+        raise ValueError(
+            f"the stream has {len(stream)} items; "
+            f"seed_size + batch = {config.seed_size + config.batch} needed"
+        )
+    rng = np.random.default_rng(config.seed)
+    noise_rng = np.random.default_rng([config.seed, 7919])
+    y = data.y
+    labelled: list[int] = [int(r) for r in stream[: config.seed_size]]
+    observed: dict[int, int] = {r: int(y[r]) for r in labelled}  # seed labels are taken as correct
+    arrivals = stream[config.seed_size :]
+    chunks = np.array_split(arrivals, config.rounds)
+    queue = np.empty(0, dtype=np.int64)
+    corrections = 0
+
+    result = _train(data, x, labelled, observed, test, config)
+    row: dict[str, Any] = {
+        "round": 0,
+        "labels_used": len(labelled),
+        "corrections": 0,
+        "train_seconds": result.train_seconds,
+        **_test_metrics(result, x, data, test, config.routing),
+    }
+    yield row
+    for number, incoming in enumerate(chunks, start=1):
+        at_routing = corrections
+        if len(incoming):
+            escalated, below, proba = _escalated(result, x, data, incoming, config.routing)
+            auto = ~escalated
+            pred = np.array(result.bundle.labels, dtype=object)[np.argmax(proba, axis=1)]
+            auto_correct = pred[auto] == data.labels[incoming][auto]
+            queue = np.concatenate([queue, incoming[escalated]])
+            escalation_rate: float | None = float(escalated.mean())
+            below_rate: float | None = float(below.mean())
+            stream_auto_acc = float(auto_correct.mean()) if auto.any() else None
+        else:
+            escalation_rate = below_rate = stream_auto_acc = None
+        picked = _select(config, result, x, queue, labelled, rng)
+        queue = np.setdiff1d(queue, picked, assume_unique=True)
+        reviewed = _noisy(y[picked], config.reviewer_noise, len(data.classes), noise_rng)
+        for r, label in zip(picked, reviewed, strict=True):
+            labelled.append(int(r))
+            observed[int(r)] = int(label)
+        corrections += len(picked)
+        started = time.perf_counter()
+        result = _train(data, x, labelled, observed, test, config)
+        row = {
+            "round": number,
+            "labels_used": len(labelled),
+            "corrections": corrections,
+            "corrections_at_routing": at_routing,
+            "incoming": len(incoming),
+            "escalation_rate": escalation_rate,
+            "below_threshold_rate": below_rate,
+            "stream_auto_accept_accuracy": stream_auto_acc,
+            "queue_size": len(queue),
+            "train_seconds": time.perf_counter() - started,
+            **_test_metrics(result, x, data, test, config.routing),
+        }
+        yield row
+
+
+def run_or_skip(
+    data: LabeledDataset,
+    embeddings: NDArray[np.float32],
+    config: SimulationConfig,
+    out_dir: Path,
+    *,
+    extra: Mapping[str, Any] | None = None,
+    logger: RunLogger | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """Run one (strategy, seed) into its JSONL file, or read it back when already finished.
+
+    Returns (rows, skipped).
+    """
+    path = run_file(out_dir, config.strategy, config.seed)
+    if run_finished(path, config, extra):
+        return read_rounds(path), True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    if logger is not None:
+        logger.start(config, {**_flat_params(config), **dict(extra or {})})
+    failed = True
+    try:
+        with path.open("w", encoding="utf-8") as out:
+            out.write(json.dumps(_header(config, extra)) + "\n")
+            for row in simulate_run(data, embeddings, config):
+                rows.append(row)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                if logger is not None:
+                    logger.round(int(row["round"]), row)
+                if on_round is not None:
+                    on_round(row)
+            out.write(json.dumps(DONE) + "\n")
+        failed = False
+    finally:
+        if logger is not None:
+            logger.end(failed=failed)
+    return rows, False
+
+
+def _flat_params(config: SimulationConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def value_at(rows: Sequence[Mapping[str, Any]], x_key: str, y_key: str, x: float) -> float | None:
+    """`y_key` of the row whose `x_key` is the largest one <= x (None when no row qualifies)."""
+    best: Mapping[str, Any] | None = None
+    for row in rows:
+        xv = row.get(x_key)
+        if xv is not None and row.get(y_key) is not None and xv <= x and (best is None or xv >= best[x_key]):
+            best = row
+    return None if best is None else float(best[y_key])

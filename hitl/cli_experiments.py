@@ -1,0 +1,433 @@
+"""`hitl simulate`, `hitl compare`, `hitl guarantee`: replay a labelled catalog through the loop.
+
+The catalog is embedded once through the embedding cache under the state dir (later runs are cache
+hits); simulations train heads only. Per-(strategy, seed) results go to JSONL files under ``--out``
+(finished runs are skipped on re-run) and, unless ``--no-mlflow``, to MLflow (tracking URI from
+settings; experiment ``<mlflow.experiment>-simulations``), one run per (strategy, seed) with one
+metric step per round.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console
+
+from hitl.settings import Settings
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from experiments.simulate import SimulationConfig
+    from learner.data import LabeledDataset
+    from learner.training import TrainingConfig
+
+console = Console()
+err_console = Console(stderr=True)
+
+ALL_STRATEGIES = "random,least_confidence,margin,entropy,batch_diverse"
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    from hitl.cli import settings_from
+
+    return settings_from(ctx)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(2)
+
+
+def _command_line() -> str:
+    return " ".join(["hitl", *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def load_embedder(settings: Settings) -> Any:
+    """The configured encoder behind the on-disk cache (replaced by a fake in tests)."""
+    from learner.cache import EmbeddingCache
+    from learner.encoder import HFEncoder
+
+    encoder = HFEncoder(
+        settings.learner.encoder,
+        device=settings.learner.device,
+        batch_size=settings.learner.encode_batch_size,
+        max_length=settings.learner.max_length,
+        progress=True,
+    )
+    return EmbeddingCache(settings.cache_dir, encoder)
+
+
+def _load(
+    settings: Settings, catalog: Path, min_class_size: int | None, threads: int
+) -> tuple[LabeledDataset, NDArray[np.float32], str]:
+    import torch
+
+    from learner.data import build_dataset, load_catalog
+    from learner.exceptions import LearnerError
+
+    torch.set_num_threads(threads)
+    try:
+        loaded = load_catalog(catalog, strict=False)
+        data = build_dataset(
+            loaded.products,
+            level=settings.learner.label_level,
+            min_class_size=min_class_size or settings.learner.min_class_size,
+        )
+    except (LearnerError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"{catalog}: {len(data)} items, {len(data.classes)} classes at level {settings.learner.label_level}"
+    )
+    embedder = load_embedder(settings)
+    texts = [str(t) for t in data.texts]
+    chunks = []
+    import numpy as np
+
+    for start in range(0, len(texts), 2000):  # chunks: an interrupted embedding keeps what it did
+        chunks.append(embedder.embed(texts[start : start + 2000]))
+    x = np.concatenate(chunks).astype(np.float32)
+    return data, x, str(embedder.encoder_id)
+
+
+def _training(settings: Settings, target: float, delta: float | None) -> TrainingConfig:
+    from learner.training import TrainingConfig
+
+    head = settings.learner.head
+    return TrainingConfig(
+        hidden_dim=head.hidden_dim,
+        epochs=head.epochs,
+        learning_rate=head.learning_rate,
+        weight_decay=head.weight_decay,
+        batch_size=head.batch_size,
+        class_weight=head.class_weight,
+        device="cpu" if settings.learner.device == "auto" else settings.learner.device,
+        seed=settings.learner.seed,
+        target_accuracy=target,
+        delta=settings.learner.delta if delta is None else delta,
+        min_calibration_per_class=settings.learner.min_calibration_per_class,
+    )
+
+
+class MlflowRunLogger:
+    """One MLflow run per (strategy, seed); one metric step per round."""
+
+    def __init__(self, settings: Settings) -> None:
+        experiment = f"{settings.mlflow.experiment}-simulations"
+        self.settings = settings.model_copy(
+            update={"mlflow": settings.mlflow.model_copy(update={"experiment": experiment})}
+        )
+        self.run_id: str | None = None
+
+    def start(self, config: SimulationConfig, params: Mapping[str, Any]) -> None:
+        from serving import tracking
+
+        client = tracking.client(self.settings)
+        run = client.create_run(
+            tracking.experiment_id(self.settings),
+            run_name=f"{config.strategy}-seed{config.seed}",
+            tags={tracking.KIND_TAG: "simulation"},
+        )
+        self.run_id = str(run.info.run_id)
+        tracking.log_params(self.settings, self.run_id, params)
+
+    def round(self, step: int, metrics: Mapping[str, Any]) -> None:
+        from serving import tracking
+
+        if self.run_id is not None:
+            tracking.log_metrics(self.settings, self.run_id, metrics, step=step)
+
+    def end(self, *, failed: bool) -> None:
+        from serving import tracking
+
+        if self.run_id is not None:
+            tracking.end_run(self.settings, self.run_id, failed=failed)
+
+
+def _base_config(
+    settings: Settings,
+    *,
+    strategy: str,
+    seed_size: int,
+    batch: int,
+    rounds: int,
+    target: float,
+    reviewer_noise: float,
+    calibration_every: int,
+    limit: int | None,
+) -> SimulationConfig:
+    from experiments.simulate import SimulationConfig
+
+    try:
+        return SimulationConfig(
+            strategy=strategy,
+            seed_size=seed_size,
+            batch=batch,
+            rounds=rounds,
+            reviewer_noise=reviewer_noise,
+            calibration_every=calibration_every,
+            test_fraction=settings.learner.test_fraction,
+            limit=limit,
+            training=_training(settings, target, None),
+            routing=settings.routing,
+        )
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+
+
+CatalogOpt = Annotated[Path, typer.Option("--catalog", help="labelled JSONL/CSV catalog, in arrival order")]
+SeedSizeOpt = Annotated[int, typer.Option("--seed-size", help="labelled items before the first round")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="review budget per round")]
+RoundsOpt = Annotated[int, typer.Option("--rounds", help="review rounds")]
+TargetOpt = Annotated[float, typer.Option("--target", help="auto-accept accuracy target")]
+SeedsOpt = Annotated[int, typer.Option("--seeds", help="seeds 0..N-1 (test split, ties, noise)")]
+NoiseOpt = Annotated[float, typer.Option("--reviewer-noise", help="chance a reviewer label is wrong")]
+CalOpt = Annotated[
+    int, typer.Option("--calibration-every", help="every k-th labelled item is held out for calibration")
+]
+MinClassOpt = Annotated[
+    int | None, typer.Option("--min-class-size", help="drop smaller classes (default: learner setting)")
+]
+LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the first N stream items")]
+OutOpt = Annotated[
+    Path | None, typer.Option("--out", help="output dir (default: <state_dir>/experiments/...)")
+]
+ThreadsOpt = Annotated[int, typer.Option("--threads", min=1, help="torch threads")]
+MlflowOpt = Annotated[bool, typer.Option("--mlflow/--no-mlflow", help="log runs to MLflow")]
+
+
+def _check_common(seed_size: int, batch: int, rounds: int, target: float, seeds: int, noise: float) -> None:
+    for name, value in (
+        ("--seed-size", seed_size),
+        ("--batch", batch),
+        ("--rounds", rounds),
+        ("--seeds", seeds),
+    ):
+        if value < 1:
+            raise _fail(f"{name} must be >= 1, got {value}")
+    if not 0.0 < target < 1.0:
+        raise _fail(f"--target must be in (0, 1), got {target}")
+    if not 0.0 <= noise < 1.0:
+        raise _fail(f"--reviewer-noise must be in [0, 1), got {noise}")
+
+
+def _check_catalog(catalog: Path) -> None:
+    if not catalog.is_file():
+        raise _fail(f"catalog file not found: {catalog}")
+
+
+def _progress_round(total: int) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _run_all(
+    settings: Settings,
+    data: LabeledDataset,
+    x: NDArray[np.float32],
+    base: SimulationConfig,
+    strategies: list[str],
+    seeds: int,
+    out: Path,
+    extra: dict[str, Any],
+    mlflow: bool,
+) -> dict[str, list[list[dict[str, Any]]]]:
+    from experiments.compare import run_comparison
+
+    total = len(strategies) * seeds * (base.rounds + 1)
+    with _progress_round(total) as bar:
+        task = bar.add_task("simulating", total=total)
+
+        def on_round(row: dict[str, Any]) -> None:
+            bar.update(task, advance=1, description=f"round {row['round']} acc {row['accuracy']:.3f}")
+
+        def on_run(name: str, seed: int, skipped: bool) -> None:
+            if skipped:
+                bar.update(task, advance=base.rounds + 1)
+            console.print(f"{name} seed {seed}: {'skipped (finished earlier)' if skipped else 'done'}")
+
+        return run_comparison(
+            data,
+            x,
+            base,
+            strategies=strategies,
+            seeds=list(range(seeds)),
+            out_dir=out,
+            extra=extra,
+            logger_factory=(lambda: MlflowRunLogger(settings)) if mlflow else None,
+            on_run=on_run,
+            on_round=on_round,
+        )
+
+
+def simulate(
+    ctx: typer.Context,
+    catalog: CatalogOpt,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="query strategy (default: learner setting)")
+    ] = "",
+    seed_size: SeedSizeOpt = 200,
+    batch: BatchOpt = 200,
+    rounds: RoundsOpt = 15,
+    target: TargetOpt = 0.95,
+    seeds: SeedsOpt = 3,
+    reviewer_noise: NoiseOpt = 0.0,
+    calibration_every: CalOpt = 5,
+    min_class_size: MinClassOpt = None,
+    limit: LimitOpt = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = 2,
+    mlflow: MlflowOpt = True,
+    through_api: Annotated[
+        bool, typer.Option("--through-api", help="drive the serving API + webhooks (not implemented yet)")
+    ] = False,
+) -> None:
+    """Replay a catalog through route -> review -> retrain with one strategy over several seeds."""
+    settings = _settings(ctx)
+    if through_api:
+        raise _fail("--through-api is not implemented yet (follow-up); the simulation runs in-process")
+    strategy = strategy or settings.learner.strategy
+    _check_common(seed_size, batch, rounds, target, seeds, reviewer_noise)
+    _check_catalog(catalog)
+    base = _base_config(
+        settings,
+        strategy=strategy,
+        seed_size=seed_size,
+        batch=batch,
+        rounds=rounds,
+        target=target,
+        reviewer_noise=reviewer_noise,
+        calibration_every=calibration_every,
+        limit=limit,
+    )
+    data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
+    out = out or settings.state_dir / "experiments" / catalog.stem
+    extra = {"catalog": catalog.name, "encoder_id": encoder_id, "n_items": len(data)}
+    results = _run_all(settings, data, x, base, [strategy], seeds, out, extra, mlflow)
+    for seed, rows in enumerate(results[strategy]):
+        last = rows[-1]
+        console.print(
+            f"seed {seed}: {last['labels_used']} labels, accuracy {last['accuracy']:.3f}, "
+            f"test escalation {last['test_escalation_rate']:.3f}"
+        )
+    console.print(f"per-round JSONL under {out / 'runs' / strategy}")
+
+
+def compare(
+    ctx: typer.Context,
+    catalog: CatalogOpt,
+    strategies: Annotated[str, typer.Option("--strategies", help="comma-separated")] = ALL_STRATEGIES,
+    seed_size: SeedSizeOpt = 200,
+    batch: BatchOpt = 200,
+    rounds: RoundsOpt = 15,
+    target: TargetOpt = 0.95,
+    seeds: SeedsOpt = 3,
+    reviewer_noise: NoiseOpt = 0.0,
+    calibration_every: CalOpt = 5,
+    min_class_size: MinClassOpt = None,
+    limit: LimitOpt = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = 2,
+    mlflow: MlflowOpt = True,
+) -> None:
+    """Run several strategies x seeds; write learning / escalation / risk-coverage PNGs and a summary."""
+    from experiments.compare import BASELINE, write_outputs
+
+    settings = _settings(ctx)
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    if BASELINE not in names:
+        raise _fail(f"--strategies must include the {BASELINE!r} baseline (label-efficiency ratio)")
+    _check_common(seed_size, batch, rounds, target, seeds, reviewer_noise)
+    _check_catalog(catalog)
+    for name in names:  # validate every name before any work
+        _base_config(
+            settings,
+            strategy=name,
+            seed_size=seed_size,
+            batch=batch,
+            rounds=rounds,
+            target=target,
+            reviewer_noise=reviewer_noise,
+            calibration_every=calibration_every,
+            limit=limit,
+        )
+    base = _base_config(
+        settings,
+        strategy=names[0],
+        seed_size=seed_size,
+        batch=batch,
+        rounds=rounds,
+        target=target,
+        reviewer_noise=reviewer_noise,
+        calibration_every=calibration_every,
+        limit=limit,
+    )
+    data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
+    out = out or settings.state_dir / "experiments" / catalog.stem
+    extra = {"catalog": catalog.name, "encoder_id": encoder_id, "n_items": len(data)}
+    results = _run_all(settings, data, x, base, names, seeds, out, extra, mlflow)
+    summary = write_outputs(results, out, target=target, command=_command_line())
+    console.print(
+        f"best strategy {summary['best_strategy']} (label-efficiency ratio "
+        f"{summary['best_label_efficiency_ratio']}); wrote PNGs + summary.md/json to {out}"
+    )
+
+
+def guarantee(
+    ctx: typer.Context,
+    catalog: CatalogOpt,
+    splits: Annotated[int, typer.Option("--splits", help="random calibration/test splits")] = 20,
+    train_size: Annotated[int, typer.Option("--train-size", help="head training items per split")] = 3000,
+    target: TargetOpt = 0.95,
+    delta: Annotated[float | None, typer.Option("--delta", help="default: learner setting")] = None,
+    min_class_size: MinClassOpt = None,
+    out: OutOpt = None,
+    threads: ThreadsOpt = 2,
+) -> None:
+    """Share of random splits whose auto-accepted test items reach the target accuracy."""
+    from experiments.guarantee import GuaranteeConfig, guarantee_markdown, run_guarantee, summarize_guarantee
+
+    settings = _settings(ctx)
+    if splits < 1 or train_size < 2:
+        raise _fail(f"--splits must be >= 1 and --train-size >= 2, got {splits} and {train_size}")
+    if not 0.0 < target < 1.0 or (delta is not None and not 0.0 < delta < 1.0):
+        raise _fail(f"--target and --delta must be in (0, 1), got {target} and {delta}")
+    _check_catalog(catalog)
+    training = _training(settings, target, delta)
+    config = GuaranteeConfig(splits=splits, train_size=train_size, training=training)
+    data, x, _ = _load(settings, catalog, min_class_size, threads)
+    out = out or settings.state_dir / "experiments" / catalog.stem
+    out.mkdir(parents=True, exist_ok=True)
+    with _progress_round(splits) as bar:
+        task = bar.add_task("splits", total=splits)
+        rows = run_guarantee(data, x, config, on_split=lambda _row: bar.update(task, advance=1))
+    summary = summarize_guarantee(rows, target=target, delta=training.delta)
+    command = _command_line()
+    summary["command"] = command
+    (out / "guarantee.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    (out / "guarantee.md").write_text(guarantee_markdown(summary, command), encoding="utf-8")
+    console.print(
+        f"pass share {summary['pass_share']} (expected >= {1 - training.delta:.2f}), "
+        f"coverage {summary['coverage_mean']}; wrote {out / 'guarantee.md'}"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `simulate`, `compare` and `guarantee` to the root app."""
+    app.command("simulate")(simulate)
+    app.command("compare")(compare)
+    app.command("guarantee")(guarantee)
