@@ -296,16 +296,17 @@ def _select(
     if n == 0:
         return np.empty(0, dtype=np.int64)
     proba = result.bundle.predict_proba(x[queue])
-    candidates = np.arange(len(queue))
+    candidates: NDArray[np.int64] = np.arange(len(queue), dtype=np.int64)
     if config.strategy == "batch_diverse":
         cap = config.candidate_factor * config.batch
         if len(queue) > cap:
-            candidates = np.argsort(-margin(proba), kind="stable")[:cap]
+            candidates = np.argsort(-margin(proba), kind="stable")[:cap].astype(np.int64)
     strategy = get_strategy(config.strategy)
     picked = strategy(
         proba[candidates], n, rng=rng, features=x[queue[candidates]], labeled_features=x[labelled]
     )
-    return queue[candidates[picked]]
+    out: NDArray[np.int64] = queue[candidates[picked]]
+    return out
 
 
 def simulate_run(
@@ -341,7 +342,7 @@ def simulate_run(
     observed: dict[int, int] = {r: int(y[r]) for r in labelled}  # seed labels are taken as correct
     arrivals = stream[config.seed_size :]
     chunks = np.array_split(arrivals, config.rounds)
-    queue = np.empty(0, dtype=np.int64)
+    queue: NDArray[np.int64] = np.empty(0, dtype=np.int64)
     corrections = 0
 
     result = _train(data, x, labelled, observed, test, config)
@@ -360,14 +361,14 @@ def simulate_run(
             auto = ~escalated
             pred = np.array(result.bundle.labels, dtype=object)[np.argmax(proba, axis=1)]
             auto_correct = pred[auto] == data.labels[incoming][auto]
-            queue = np.concatenate([queue, incoming[escalated]])
+            queue = np.concatenate([queue, incoming[escalated]]).astype(np.int64)
             escalation_rate: float | None = float(escalated.mean())
             below_rate: float | None = float(below.mean())
             stream_auto_acc = float(auto_correct.mean()) if auto.any() else None
         else:
             escalation_rate = below_rate = stream_auto_acc = None
         picked = _select(config, result, x, queue, labelled, rng)
-        queue = np.setdiff1d(queue, picked, assume_unique=True)
+        queue = np.setdiff1d(queue, picked, assume_unique=True).astype(np.int64)
         reviewed = _noisy(y[picked], config.reviewer_noise, len(data.classes), noise_rng)
         for r, label in zip(picked, reviewed, strict=True):
             labelled.append(int(r))

@@ -138,6 +138,11 @@ def _stop_pid(pid_file: Path, marker: str) -> bool:
     return True
 
 
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
 def _state(up: Path) -> dict[str, Any]:
     try:
         data = json.loads((up / "state.json").read_text())
@@ -251,12 +256,12 @@ def _up(
     path = catalog_path
     if path is None:
         path = up_dir / "catalog.jsonl"
-        if not path.is_file():
+        size = settings.retrain.demo_catalog_size
+        stale = path.is_file() and "streamed" not in state and _count_lines(path) != size
+        if not path.is_file() or stale:  # a demo catalog of another size, from an unfinished up: redo
             from learner.synthetic import generate_catalog, write_catalog
 
-            write_catalog(
-                generate_catalog(settings.retrain.demo_catalog_size, seed=settings.learner.seed), path
-            )
+            write_catalog(generate_catalog(size, seed=settings.learner.seed), path)
     products = load_catalog(path).products
     labelled = [p for p in products if p.category]
     seed = labelled[: settings.retrain.seed_size]

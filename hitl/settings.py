@@ -169,9 +169,14 @@ class RetrainSettings(BaseModel):
         300.0, ge=0, description="how often escalation rates are logged to MLflow; 0 = only after retrains"
     )
     seed_size: int = Field(
-        300, ge=10, description="labelled catalog items `hitl up` trains the first model on"
+        6000,
+        ge=10,
+        description="labelled catalog items `hitl up` trains the first model on (enough for several "
+        "classes to pass the accuracy guarantee: each needs ~60 calibration items)",
     )
-    demo_catalog_size: int = Field(2000, ge=50, description="items in the synthetic demo catalog")
+    demo_catalog_size: int = Field(
+        8000, ge=50, description="items in the synthetic demo catalog (seed + the items streamed)"
+    )
     mlflow_host: str = "127.0.0.1"
     mlflow_port: int = Field(5000, ge=1, le=65535, description="the MLflow server `hitl up` starts")
 

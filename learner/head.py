@@ -219,9 +219,16 @@ class TorchHeadClassifier:
         return self
 
     def _objective(
-        self, net: _HeadNet, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+        self,
+        net: _HeadNet,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        weight: torch.Tensor | None,
+        *,
+        standardized: bool = False,
     ) -> torch.Tensor:
-        loss = functional.cross_entropy(net(x), target, weight=weight)
+        logits = net.layers(x) if standardized else net(x)
+        loss = functional.cross_entropy(logits, target, weight=weight)
         if self.weight_decay > 0:
             loss = loss + 0.5 * self.weight_decay * net.penalty()
         return loss
@@ -244,16 +251,20 @@ class TorchHeadClassifier:
             line_search_fn="strong_wolfe",
         )
 
+        # Full batch: standardise once (the same tensor `net(x)` computes at every evaluation).
+        with torch.no_grad():
+            xs = (x - net.mean) / net.scale
+
         def closure() -> float:
             opt.zero_grad()
-            loss = self._objective(net, x, target, weight)
+            loss = self._objective(net, xs, target, weight, standardized=True)
             loss.backward()  # type: ignore[no-untyped-call]
             return float(loss.detach())
 
         opt.step(closure)  # type: ignore[no-untyped-call]
         n_iter = int(opt.state[opt.param_groups[0]["params"][0]].get("n_iter", 0))
         with torch.no_grad():
-            final = float(self._objective(net, x, target, weight))
+            final = float(self._objective(net, xs, target, weight, standardized=True))
         return n_iter, final
 
     def _fit_adam(

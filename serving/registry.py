@@ -87,7 +87,9 @@ def log_bundle(
     except Exception:  # RESOURCE_DOES_NOT_EXIST
         client.create_registered_model(name)
     source = info.model_uri if getattr(info, "model_uri", None) else f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
-    version = str(client.create_model_version(name, source, run_id=run_id).version)
+    # The logged model's id is required when the registry is an MLflow server (source models:/m-...).
+    model_id = getattr(info, "model_id", None)
+    version = str(client.create_model_version(name, source, run_id=run_id, model_id=model_id).version)
     if alias:
         set_alias(settings, version, alias)
     return version

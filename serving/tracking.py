@@ -157,7 +157,9 @@ def log_model_version(settings: Settings, run_id: str, bundle_dir: Path, *, tags
                 mlflow_client.get_registered_model(name)
         source = getattr(info, "model_uri", None) or f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
         version = str(
-            mlflow_client.create_model_version(name, source, run_id=run_id, tags=dict(tags)).version
+            mlflow_client.create_model_version(
+                name, source, run_id=run_id, tags=dict(tags), model_id=getattr(info, "model_id", None)
+            ).version
         )
     mlflow_client.update_run(run_id, status="RUNNING")  # still open: gate and artifacts follow
     return version

@@ -1,0 +1,124 @@
+"""The simulation loop on a tiny synthetic catalog with a fast hashing encoder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from experiments.simulate import (
+    DONE,
+    SimulationConfig,
+    read_rounds,
+    run_file,
+    run_finished,
+    run_or_skip,
+    simulate_run,
+    split_stream,
+    value_at,
+)
+from learner.data import LabeledDataset
+from learner.training import TrainingConfig
+from tests.unit.experiments.support import tiny_dataset
+
+Tiny = tuple[LabeledDataset, NDArray[np.float32]]
+
+FAST = TrainingConfig(epochs=30, device="cpu", min_calibration_per_class=5)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Tiny:
+    return tiny_dataset()
+
+
+def _config(strategy: str = "margin", **kw: object) -> SimulationConfig:
+    base = SimulationConfig(strategy=strategy, seed_size=60, batch=25, rounds=3, training=FAST)
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("strategy", ["random", "margin", "batch_diverse"])
+def test_labels_grow_by_batch_and_rates_are_shares(tiny: Tiny, strategy: str) -> None:
+    data, x = tiny
+    rows = list(simulate_run(data, x, _config(strategy)))
+    assert [r["round"] for r in rows] == [0, 1, 2, 3]
+    assert [r["labels_used"] for r in rows] == [60, 85, 110, 135]
+    assert [r["corrections"] for r in rows] == [0, 25, 50, 75]
+    assert [r.get("corrections_at_routing") for r in rows[1:]] == [0, 25, 50]
+    for row in rows[1:]:
+        assert 0.0 <= row["escalation_rate"] <= 1.0
+        assert 0.0 <= row["below_threshold_rate"] <= 1.0
+        assert 0.0 <= row["test_escalation_rate"] <= 1.0
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["incoming"] > 0
+
+
+def test_escalation_covers_every_below_threshold_item(tiny: Tiny) -> None:
+    # Routing escalates whatever the thresholds reject, plus policy reasons: never less.
+    data, x = tiny
+    for row in list(simulate_run(data, x, _config("entropy")))[1:]:
+        assert row["escalation_rate"] >= row["below_threshold_rate"] - 1e-12
+
+
+def test_the_test_split_is_grouped_and_never_in_the_stream(tiny: Tiny) -> None:
+    data, _ = tiny
+    stream, test = split_stream(data, test_fraction=0.2, seed=0)
+    assert not set(stream) & set(test)
+    assert list(stream) == sorted(stream)  # arrival order
+    assert not {data.groups[i] for i in stream} & {data.groups[i] for i in test}
+
+
+def test_reviewer_noise_changes_what_is_learned(tiny: Tiny) -> None:
+    data, x = tiny
+    clean = list(simulate_run(data, x, _config("random")))
+    noisy = list(simulate_run(data, x, _config("random", reviewer_noise=0.9)))
+    assert noisy[-1]["accuracy"] < clean[-1]["accuracy"]
+
+
+def test_finished_runs_are_skipped_and_unfinished_ones_redone(tiny: Tiny, tmp_path: Path) -> None:
+    data, x = tiny
+    config = _config("least_confidence", rounds=2)
+    rows, skipped = run_or_skip(data, x, config, tmp_path)
+    path = run_file(tmp_path, "least_confidence", 0)
+    assert not skipped
+    assert run_finished(path, config)
+    assert json.loads(path.read_text().splitlines()[-1]) == DONE
+    mtime = path.stat().st_mtime_ns
+
+    again, skipped = run_or_skip(data, x, config, tmp_path)
+    assert skipped
+    assert path.stat().st_mtime_ns == mtime
+    assert again == read_rounds(path) == json.loads(json.dumps(rows))
+
+    # Another configuration is not "finished", and a truncated file is redone.
+    assert not run_finished(path, replace(config, batch=10))
+    path.write_text("\n".join(path.read_text().splitlines()[:-1]) + "\n")
+    assert not run_finished(path, config)
+    _, skipped = run_or_skip(data, x, config, tmp_path)
+    assert not skipped
+    assert run_finished(path, config)
+
+
+def test_bad_configuration_is_refused() -> None:
+    with pytest.raises(ValueError, match="random"):
+        SimulationConfig(strategy="nope")
+    with pytest.raises(ValueError, match="batch"):
+        SimulationConfig(strategy="margin", batch=0)
+    with pytest.raises(ValueError, match="reviewer_noise"):
+        SimulationConfig(strategy="margin", reviewer_noise=1.5)
+
+
+def test_value_at_takes_the_last_point_not_beyond() -> None:
+    rows: list[dict[str, float | None]] = [
+        {"c": 0, "e": 1.0},
+        {"c": 200, "e": 0.8},
+        {"c": 400, "e": 0.5},
+        {"c": 600, "e": None},
+    ]
+    assert value_at(rows, "c", "e", 300) == 0.8
+    assert value_at(rows, "c", "e", 400) == 0.5
+    assert value_at(rows, "c", "e", 1000) == 0.5  # None rows are skipped
+    assert value_at(rows, "c", "e", -1) is None
