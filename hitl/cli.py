@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -52,18 +53,23 @@ def _register() -> None:
     app.add_typer(cli_labelstudio.app, name="labelstudio")
     app.add_typer(cli_serve.app, name="serve")
     app.add_typer(cli_keys.app, name="keys")
-    from hitl import cli_models, cli_up
+    from hitl import cli_models, cli_report, cli_up
 
     app.command("up")(cli_up.up)
     app.command("down")(cli_up.down)
     app.command("retrain")(cli_models.retrain)
     app.command("retrain-status")(cli_models.retrain_status)
     app.add_typer(cli_models.models_app, name="models")
+    app.command("report")(cli_report.report)
     from hitl import cli_experiments
 
     cli_experiments.register(app)
 
 
 def main() -> None:
+    # Before torch loads: its OpenMP threads otherwise spin while waiting for work, and on a shared
+    # CPU (CI, a laptop serving and training at once) that cut encoder throughput 4-5x in
+    # experiments/bench_serving. An explicit OMP_WAIT_POLICY in the environment still wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     _register()
     app()

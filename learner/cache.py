@@ -1,7 +1,8 @@
 """On-disk embedding cache: each distinct (encoder, masked text) pair is encoded once, ever.
 
 Keys are sha256(encoder_id + NUL + masked text); the text itself is never stored, and it is masked
-before hashing, so neither the key nor the row derives from raw personal data.
+before hashing, so neither the key nor the row derives from raw personal data. A bounded in-memory LRU
+of recent vectors sits in front of the file, so a server's hot items skip SQLite entirely.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +35,8 @@ CREATE TABLE IF NOT EXISTS embeddings (
 CREATE INDEX IF NOT EXISTS embeddings_encoder ON embeddings (encoder_id);
 """
 _FLOAT = np.dtype("<f4")  # fixed byte order: the file may move between machines
+# 384-d float32 vectors: 20,000 of them are ~31 MB, enough for a serving process's working set.
+DEFAULT_MEMORY_ITEMS = 20_000
 
 
 def cache_key(encoder_id: str, masked_text: str) -> bytes:
@@ -49,6 +53,10 @@ class EmbeddingCache:
         Created if missing. Several encoders may share one directory; rows are keyed per encoder.
     encoder : TextEncoder
         Called only for texts not in the cache, once per `embed` call, with deduplicated masked texts.
+        It runs outside the cache's lock, so lookups of cached texts by other threads never wait for
+        an encoding batch; two threads missing the same text at once may both encode it (same row).
+    memory_items : int
+        How many recent vectors to keep in memory as well (0 = none).
 
     Attributes
     ----------
@@ -56,7 +64,11 @@ class EmbeddingCache:
         Distinct texts per `embed` call served from disk / sent to the encoder, summed over calls.
     """
 
-    def __init__(self, directory: Path, encoder: TextEncoder) -> None:
+    def __init__(
+        self, directory: Path, encoder: TextEncoder, *, memory_items: int = DEFAULT_MEMORY_ITEMS
+    ) -> None:
+        if memory_items < 0:
+            raise ValueError(f"memory_items must be >= 0, got {memory_items}")
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder
@@ -64,6 +76,8 @@ class EmbeddingCache:
         self.dim = encoder.dim
         self.hits = 0
         self.misses = 0
+        self.memory_items = memory_items
+        self._memory: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
         self._lock = threading.Lock()
         # One connection shared by threads (FastAPI workers); the lock serialises its use.
         self._conn = sqlite3.connect(self.directory / DB_NAME, timeout=30.0, check_same_thread=False)
@@ -91,21 +105,57 @@ class EmbeddingCache:
             return out
         unique: dict[bytes, str] = dict(zip(keys, masked, strict=True))
         with self._lock:
-            found = self._lookup(list(unique))
-            missing = [k for k in unique if k not in found]
-            if missing:
-                vectors = np.asarray(self.encoder.encode([unique[k] for k in missing]), dtype=np.float32)
-                if vectors.shape != (len(missing), self.dim):
-                    raise LearnerError(
-                        f"encoder {self.encoder_id!r} returned shape {vectors.shape} for "
-                        f"{len(missing)} texts; expected ({len(missing)}, {self.dim})"
-                    )
+            found = self._recall(list(unique))
+            on_disk = [k for k in unique if k not in found]
+            if on_disk:
+                loaded = self._lookup(on_disk)
+                self._remember(loaded)
+                found.update(loaded)
+        missing = [k for k in unique if k not in found]
+        if missing:
+            vectors = np.asarray(self.encoder.encode([unique[k] for k in missing]), dtype=np.float32)
+            if vectors.shape != (len(missing), self.dim):
+                raise LearnerError(
+                    f"encoder {self.encoder_id!r} returned shape {vectors.shape} for "
+                    f"{len(missing)} texts; expected ({len(missing)}, {self.dim})"
+                )
+            encoded = {k: v.copy() for k, v in zip(missing, vectors, strict=True)}
+            with self._lock:
                 self._store(missing, vectors)
-                found.update(zip(missing, vectors, strict=True))
+                self._remember(encoded)
+            found.update(encoded)
+        with self._lock:
             self.hits += len(unique) - len(missing)
             self.misses += len(missing)
-        out[:] = np.stack([found[key] for key in keys])
+        out[:] = np.stack([found[key] for key in keys])  # a copy: callers never see cached arrays
         return out
+
+    def in_memory(self, texts: Sequence[str]) -> bool:
+        """True when every text's vector is in the in-memory LRU: `embed` will then neither touch the
+        file nor the encoder (a caller may run it inline instead of on a worker thread)."""
+        keys = [cache_key(self.encoder_id, mask_pii(t)) for t in texts]
+        with self._lock:
+            return all(key in self._memory for key in keys)
+
+    def _recall(self, keys: list[bytes]) -> dict[bytes, NDArray[np.float32]]:
+        """The in-memory vectors among `keys`, marked most recently used (lock held)."""
+        found: dict[bytes, NDArray[np.float32]] = {}
+        for key in keys:
+            vector = self._memory.get(key)
+            if vector is not None:
+                self._memory.move_to_end(key)
+                found[key] = vector
+        return found
+
+    def _remember(self, vectors: dict[bytes, NDArray[np.float32]]) -> None:
+        """Keep `vectors` in memory, dropping the least recently used beyond the bound (lock held)."""
+        if self.memory_items == 0:
+            return
+        for key, vector in vectors.items():
+            self._memory[key] = vector
+            self._memory.move_to_end(key)
+        while len(self._memory) > self.memory_items:
+            self._memory.popitem(last=False)
 
     def _lookup(self, keys: list[bytes]) -> dict[bytes, NDArray[np.float32]]:
         found: dict[bytes, NDArray[np.float32]] = {}
@@ -149,6 +199,7 @@ class EmbeddingCache:
 
     def close(self) -> None:
         with self._lock:
+            self._memory.clear()
             self._conn.close()
 
     def __enter__(self) -> EmbeddingCache:

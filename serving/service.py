@@ -1,14 +1,18 @@
 """Scoring and recording predictions: what `POST /v1/predict` (and the ML backend) run.
 
 `score_items` is side-effect free (embed, calibrated probabilities, routing); `predict_and_record`
-also stores items, predictions, audit rows and outbox entries in one transaction.
+(and its event-loop twin `predict_and_record_async`) also stores items, predictions, audit rows and
+outbox entries in one transaction, committed before it returns.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from fastapi.concurrency import run_in_threadpool
 
 from hitl.settings import RoutingSettings
 from learner.data import Product, item_text
@@ -20,6 +24,10 @@ from serving.schemas import ItemIn
 from serving.store import EscalationHook, NewPrediction, Store
 
 logger = logging.getLogger(__name__)
+
+
+# Requests of at most this many items, all embedded already, are scored on the event loop.
+INLINE_MAX_ITEMS = 4
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,8 @@ def model_text(item: ItemIn) -> str:
 
 
 def score_items(model: LoadedModel, items: Sequence[ItemIn], policy: RoutingSettings) -> list[Scored]:
-    embeddings = model.embed([model_text(i) for i in items])
-    proba = model.predict_proba(embeddings)
+    embeddings, inputs = model.features([model_text(i) for i in items])
+    proba = model.predict_proba(inputs)
     similarity = None if model.centroids is None else centroid_similarity(embeddings, model.centroids)
     routed = route(
         proba,
@@ -54,17 +62,9 @@ def outbox_hook() -> EscalationHook:
     return enqueue_escalations
 
 
-def predict_and_record(
-    model: LoadedModel,
-    store: Store,
-    items: Sequence[ItemIn],
-    policy: RoutingSettings,
-    *,
-    requested_by: str | None,
-    on_escalated: EscalationHook | None,
-) -> tuple[list[Scored], list[int]]:
-    scored = score_items(model, items, policy)
-    rows = [
+def new_predictions(scored: Sequence[Scored]) -> list[NewPrediction]:
+    """The rows `Store.record_predictions` stores for scored items."""
+    return [
         NewPrediction(
             item_id=s.item.id,
             title=s.item.title,
@@ -82,8 +82,49 @@ def predict_and_record(
         )
         for s in scored
     ]
+
+
+def predict_and_record(
+    model: LoadedModel,
+    store: Store,
+    items: Sequence[ItemIn],
+    policy: RoutingSettings,
+    *,
+    requested_by: str | None,
+    on_escalated: EscalationHook | None,
+) -> tuple[list[Scored], list[int]]:
+    scored = score_items(model, items, policy)
+    rows = new_predictions(scored)
     ids = store.record_predictions(model.version, rows, requested_by=requested_by, on_escalated=on_escalated)
     return scored, ids
+
+
+async def predict_and_record_async(
+    model: LoadedModel,
+    store: Store,
+    items: Sequence[ItemIn],
+    policy: RoutingSettings,
+    *,
+    requested_by: str | None,
+    on_escalated: EscalationHook | None,
+) -> tuple[list[Scored], list[int]]:
+    """`predict_and_record` for the event loop: scoring (CPU, numpy/torch) runs in the threadpool, and
+    the write is awaited on the store's writer thread, so no thread is parked while rows commit.
+    Returns only after the rows are committed, exactly like the blocking version.
+
+    A few items whose embeddings are in memory are scored inline: that is ~1 ms of GIL-bound Python,
+    which a worker thread could not run in parallel anyway, and the two thread handoffs it saves cost
+    more than that under load. Anything that may touch the encoder or the cache file goes to a thread.
+    """
+    if len(items) <= INLINE_MAX_ITEMS and model.embeddings_in_memory([model_text(i) for i in items]):
+        scored = score_items(model, items, policy)
+    else:
+        scored = await run_in_threadpool(score_items, model, items, policy)
+    future = store.submit_predictions(
+        model.version, new_predictions(scored), requested_by=requested_by, on_escalated=on_escalated
+    )
+    # Shielded: a client that disconnects must not cancel a write that may already be under way.
+    return scored, await asyncio.shield(asyncio.wrap_future(future))
 
 
 class _BackendPredictor:
@@ -104,7 +145,7 @@ class _BackendPredictor:
             item_text(Product(id="ls", title=i.title, description=i.description, brand=i.brand or None))
             for i in items
         ]
-        labels, confidence, _ = self._model.bundle.predict(self._model.embed(texts))
+        labels, confidence, _ = self._model.bundle.predict(self._model.features(texts)[1])
         return [
             ml_backend.ItemPrediction(label=label, confidence=float(c))
             for label, c in zip(labels, confidence, strict=True)

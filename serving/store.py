@@ -9,12 +9,16 @@ flush that would change or delete a row raises) and in the database (triggers on
 from __future__ import annotations
 
 import importlib
+import logging
+import queue
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     DDL,
@@ -25,6 +29,7 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
     create_engine,
@@ -41,6 +46,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from labeling.config import Taxonomy
 from labeling.push import Escalation
 from labeling.webhooks import EPOCH, CorrectionEvent, DeletionEvent, utc
+
+logger = logging.getLogger(__name__)
+
+# Rows per multi-VALUES item upsert (8 parameters each: well under SQLite's host-parameter limit).
+_UPSERT_CHUNK = 500
+# A group commit stops taking waiting writes at this many rows (bounds one transaction's size).
+_GROUP_MAX_ROWS = 2048
 
 
 class Base(DeclarativeBase):
@@ -162,6 +174,9 @@ class Prediction(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
 
+MODEL_EVENT = "model_event"  # audit kind of a champion move (see `Store.record_model_event`)
+
+
 class AuditEvent(Base):
     """Append-only: every model decision and every review, with what changed."""
 
@@ -170,7 +185,7 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     item_id: Mapped[str | None] = mapped_column(String(255), index=True)
     prediction_id: Mapped[int | None] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(32))  # model_decision | review
+    kind: Mapped[str] = mapped_column(String(32))  # model_decision | review | model_event
     actor: Mapped[str] = mapped_column(String(255))  # model:<version> | reviewer:<id>
     action: Mapped[str] = mapped_column(String(32))  # auto_accepted/escalated/approved/corrected/rejected/...
     before: Mapped[str | None] = mapped_column(Text)
@@ -178,6 +193,12 @@ class AuditEvent(Base):
     model_version: Mapped[str | None] = mapped_column(String(255))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+# The tables themselves, for Core bulk inserts on the prediction write path (no ORM objects per row).
+_ITEMS = cast(Table, Item.__table__)
+_PREDICTIONS = cast(Table, Prediction.__table__)
+_AUDIT = cast(Table, AuditEvent.__table__)
 
 
 class AppendOnlyError(RuntimeError):
@@ -395,6 +416,8 @@ class Store:
         if url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._writer_lock = threading.Lock()
+        self._writer: _GroupWriter | None = None  # started by the first prediction write
 
     def create_all(self) -> None:
         try:  # the outbox table lives with its worker (serving.outbox), on this Base
@@ -409,6 +432,11 @@ class Store:
         return self.engine.dialect.name
 
     def close(self) -> None:
+        """Drain the writer (every submitted write is committed or failed first), then disconnect."""
+        with self._writer_lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
         self.engine.dispose()
 
     @contextmanager
@@ -582,48 +610,94 @@ class Store:
         on_escalated: EscalationHook | None = None,
     ) -> list[int]:
         """Store items, predictions and their audit rows (and hand escalations to `on_escalated`) in
-        ONE transaction: either all of it is stored or none. Returns the prediction ids in order."""
+        ONE transaction: either all of it is stored or none. Returns the prediction ids in order, once
+        they are committed."""
+        return self.submit_predictions(
+            model_version, rows, requested_by=requested_by, on_escalated=on_escalated
+        ).result()
+
+    def submit_predictions(
+        self,
+        model_version: str,
+        rows: Sequence[NewPrediction],
+        *,
+        requested_by: str | None = None,
+        on_escalated: EscalationHook | None = None,
+    ) -> Future[list[int]]:
+        """`record_predictions` without waiting: a future of the committed prediction ids.
+
+        The write goes to the store's single writer thread, which commits every write waiting at that
+        moment in one transaction (group commit): concurrent requests then cost one commit instead of
+        one each and never wait on each other's database lock. Each write stays all-or-nothing: when a
+        group fails, its writes are retried one transaction each, so one bad write fails only its caller.
+        """
+        job = _WriteJob(model_version, list(rows), requested_by, on_escalated)
+        if not job.rows:
+            job.future.set_result([])
+            return job.future
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = _GroupWriter(self)
+            self._writer.submit(job)
+        return job.future
+
+    def _write_group(self, session: Session, jobs: Sequence[_WriteJob]) -> list[list[int]]:
+        """Write `jobs` in `session` (no commit): Core bulk inserts, one statement per table."""
         now = _now()
-        with self.session() as session:
-            self._upsert_items(session, rows, now)
-            predictions = [
-                Prediction(
-                    item_id=r.item_id,
-                    model_version=model_version,
-                    label=r.label,
-                    confidence=r.confidence,
-                    threshold=r.threshold,
-                    top_k=[[c, p] for c, p in r.top_k],
-                    decision=r.decision,
-                    reasons=list(r.reasons),
-                    priority=r.priority,
-                    requested_by=requested_by,
-                    created_at=now,
-                )
-                for r in rows
-            ]
-            session.add_all(predictions)
-            session.flush()
-            session.add_all(
-                AuditEvent(
-                    item_id=r.item_id,
-                    prediction_id=p.id,
-                    kind="model_decision",
-                    actor=f"model:{model_version}",
-                    action=r.decision,
-                    before=None,
-                    after=r.label,
-                    model_version=model_version,
-                    details={
+        self._upsert_items(session, [r for job in jobs for r in job.rows], now)
+        params = [
+            {
+                "item_id": r.item_id,
+                "model_version": job.model_version,
+                "label": r.label,
+                "confidence": r.confidence,
+                "threshold": r.threshold,
+                "top_k": [[c, p] for c, p in r.top_k],
+                "decision": r.decision,
+                "reasons": list(r.reasons),
+                "priority": r.priority,
+                "requested_by": job.requested_by,
+                "created_at": now,
+            }
+            for job in jobs
+            for r in job.rows
+        ]
+        inserted = session.execute(
+            _PREDICTIONS.insert().returning(_PREDICTIONS.c.id, sort_by_parameter_order=True),
+            params,
+        )
+        flat_ids = [int(i) for i in inserted.scalars().all()]
+        if len(flat_ids) != len(params):  # pragma: no cover - a driver that drops RETURNING rows
+            raise RuntimeError(f"stored {len(params)} predictions but got {len(flat_ids)} ids back")
+        ids: list[list[int]] = []
+        audit: list[dict[str, Any]] = []
+        offset = 0
+        for job in jobs:
+            mine = flat_ids[offset : offset + len(job.rows)]
+            offset += len(job.rows)
+            ids.append(mine)
+            audit.extend(
+                {
+                    "item_id": r.item_id,
+                    "prediction_id": pid,
+                    "kind": "model_decision",
+                    "actor": f"model:{job.model_version}",
+                    "action": r.decision,
+                    "before": None,
+                    "after": r.label,
+                    "model_version": job.model_version,
+                    "details": {
                         "reasons": list(r.reasons),
                         "confidence": r.confidence,
                         "threshold": r.threshold,
-                        "requested_by": requested_by,
+                        "requested_by": job.requested_by,
                     },
-                    created_at=now,
-                )
-                for r, p in zip(rows, predictions, strict=True)
+                    "created_at": now,
+                }
+                for r, pid in zip(job.rows, mine, strict=True)
             )
+        session.execute(_AUDIT.insert(), audit)
+        for job in jobs:
             escalated = [
                 Escalation(
                     item_id=r.item_id,
@@ -635,14 +709,14 @@ class Store:
                     confidence=min(max(r.confidence, 0.0), 1.0),
                     priority=r.priority,
                     reasons=list(r.reasons),
-                    model_version=model_version,
+                    model_version=job.model_version,
                 )
-                for r in rows
+                for r in job.rows
                 if r.decision == "escalated"
             ]
-            if escalated and on_escalated is not None:
-                on_escalated(session, escalated, model_version)
-            return [p.id for p in predictions]
+            if escalated and job.on_escalated is not None:
+                job.on_escalated(session, escalated, job.model_version)
+        return ids
 
     def _upsert_items(self, session: Session, rows: Sequence[NewPrediction], now: datetime) -> None:
         latest: dict[str, dict[str, Any]] = {}
@@ -661,13 +735,15 @@ class Store:
             return
         if self.dialect in ("sqlite", "postgresql"):
             insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
-            stmt = insert(Item).values(list(latest.values()))
+            pending = list(latest.values())
             changed = ("title", "description", "brand", "price", "category_hint", "updated_at")
-            session.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[Item.id], set_={c: getattr(stmt.excluded, c) for c in changed}
+            for start in range(0, len(pending), _UPSERT_CHUNK):
+                stmt = insert(_ITEMS).values(pending[start : start + _UPSERT_CHUNK])
+                session.execute(
+                    stmt.on_conflict_do_update(
+                        index_elements=[_ITEMS.c.id], set_={c: getattr(stmt.excluded, c) for c in changed}
+                    )
                 )
-            )
             return
         for values in latest.values():  # pragma: no cover - other dialects
             row = session.get(Item, values["id"])
@@ -736,11 +812,47 @@ class Store:
         return out[offset : offset + limit]
 
     def audit_trail(
-        self, *, item_id: str | None = None, limit: int = 100, after_id: int = 0
+        self, *, item_id: str | None = None, kind: str | None = None, limit: int = 100, after_id: int = 0
     ) -> list[AuditRecord]:
         query = select(AuditEvent).where(AuditEvent.id > after_id).order_by(AuditEvent.id).limit(limit)
         if item_id is not None:
             query = query.where(AuditEvent.item_id == item_id)
+        if kind is not None:
+            query = query.where(AuditEvent.kind == kind)
+        with self.session() as session:
+            return [AuditRecord.of(a) for a in session.scalars(query).all()]
+
+    def record_model_event(
+        self,
+        *,
+        action: str,
+        version: str,
+        actor: str,
+        reason: str | None,
+        previous: str | None = None,
+        details: dict[str, Any] | None = None,
+        at: datetime | None = None,
+    ) -> None:
+        """One move of the served model (`promoted` by the gate, `manual_promote`, `rollback`) in the
+        audit trail: who moved it, from which version to which, and why. Kind `model_event`, no item."""
+        with self.session() as session:
+            session.add(
+                AuditEvent(
+                    item_id=None,
+                    kind=MODEL_EVENT,
+                    actor=actor,
+                    action=action,
+                    before=previous,
+                    after=version,
+                    model_version=version,
+                    details={"reason": reason, **(details or {})},
+                    created_at=_naive(at) if at is not None else _now(),
+                )
+            )
+
+    def model_events(self) -> list[AuditRecord]:
+        """Every recorded move of the served model, oldest first."""
+        query = select(AuditEvent).where(AuditEvent.kind == MODEL_EVENT).order_by(AuditEvent.id)
         with self.session() as session:
             return [AuditRecord.of(a) for a in session.scalars(query).all()]
 
@@ -813,6 +925,77 @@ class Store:
     def record_sync(self, project_id: int, recorded: int, deleted: int) -> None:
         with self.session() as session:
             session.add(SyncRun(project_id=project_id, recorded=recorded, deleted=deleted))
+
+
+@dataclass
+class _WriteJob:
+    """One `record_predictions` call waiting for the writer thread."""
+
+    model_version: str
+    rows: list[NewPrediction]
+    requested_by: str | None
+    on_escalated: EscalationHook | None
+    future: Future[list[int]] = field(default_factory=Future)
+
+
+class _GroupWriter:
+    """The store's one prediction-writing thread: takes every waiting job, commits them together.
+
+    Callers block on their job's future, so a response is never sent before its rows are committed,
+    and `close` (app shutdown) first finishes every job already submitted: nothing is lost on drain.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._queue: queue.SimpleQueue[_WriteJob | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: _WriteJob) -> None:
+        self._queue.put(job)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            jobs, n_rows = [first], len(first.rows)
+            while n_rows < _GROUP_MAX_ROWS:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True  # finish this group, then stop: nothing submitted is dropped
+                    break
+                jobs.append(job)
+                n_rows += len(job.rows)
+            self._commit(jobs)
+
+    def _commit(self, jobs: list[_WriteJob]) -> None:
+        # From here on a job cannot be cancelled; one cancelled while it waited is not written.
+        jobs = [job for job in jobs if job.future.running() or job.future.set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        try:
+            with self._store.session() as session:
+                ids = self._store._write_group(session, jobs)
+        except BaseException as exc:
+            if len(jobs) == 1:
+                jobs[0].future.set_exception(exc)
+                return
+            # The type only: a database error's text carries the SQL parameters (item titles).
+            logger.info("%d grouped writes failed (%s); retrying one by one", len(jobs), type(exc).__name__)
+            for job in jobs:
+                self._commit([job])
+            return
+        for job, mine in zip(jobs, ids, strict=True):
+            job.future.set_result(mine)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:

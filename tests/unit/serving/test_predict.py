@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def make_settings(tmp_path: Path, bundle_dir: Path, embedding_dir: Path, **routi
             max_text_length=300,
         ),
         routing=RoutingSettings(**({"spot_check_rate": 0.0, "high_value_price": 1000.0} | routing)),
-        labelstudio={"sync_interval_s": 0},  # type: ignore[arg-type]
+        labelstudio={"sync_interval_s": 0},
     ).model_copy(update={"state_dir": tmp_path})
 
 
@@ -179,3 +180,34 @@ def test_metrics_count_predictions_and_reasons(app_client: TestClient) -> None:
     assert 'route="/v1/predict"' in text
     assert "hitl_model_ready 1.0" in text
     assert app_client.get("/readyz").json()["status"] == "ready"
+
+
+def test_concurrent_requests_each_get_their_own_committed_rows(app_client: TestClient, store: Store) -> None:
+    items = catalog_items(8, seed=14)
+    warm = app_client.post("/v1/predict", json={"items": items}).json()["predictions"]
+    fresh = catalog_items(16, seed=15)
+
+    def call(i: int) -> tuple[list[str], list[dict[str, Any]]]:
+        # Cached single items (scored inline) mixed with requests that must encode (scored on a thread).
+        body = [items[i % 8]] if i % 2 == 0 else [items[i % 8], fresh[i]]
+        answer = app_client.post("/v1/predict", json={"items": body})
+        assert answer.status_code == 200, answer.text
+        return [b["id"] for b in body], answer.json()["predictions"]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(call, range(16)))
+    by_id = {p["prediction_id"]: p for _, predictions in results for p in predictions}
+    assert len(by_id) == 24  # every prediction got its own id
+    for sent, predictions in results:
+        assert [p["id"] for p in predictions] == sent
+    # Cached or not, inline or on a thread: the same item gets the same answer.
+    first = {p["id"]: (p["category"], p["confidence"]) for p in warm}
+    for p in by_id.values():
+        if p["id"] in first:
+            assert (p["category"], p["confidence"]) == pytest.approx(first[p["id"]])
+    assert store.count(Prediction) == store.count(AuditEvent) == 8 + 24
+    history = store.item_history(fresh[1]["id"])
+    assert history is not None
+    assert [r.id for r in history.predictions] == [
+        p["prediction_id"] for p in by_id.values() if p["id"] == fresh[1]["id"]
+    ]
