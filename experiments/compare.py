@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from experiments.simulate import RunLogger, SimulationConfig, run_or_skip, value_at
+from experiments.simulate import RunLogger, SimulationConfig, model_inputs, run_or_skip, value_at
 from learner.data import LabeledDataset
 
 __all__ = [
@@ -282,12 +282,20 @@ def run_comparison(
 ) -> dict[str, list[list[dict[str, Any]]]]:
     """Run (or read back) every (strategy, seed); returns rows per strategy, one list per seed."""
     results: dict[str, list[list[dict[str, Any]]]] = {}
+    inputs = model_inputs(data, embeddings, base.training.features)  # once, shared by every run
     for name in strategies:
         for seed in seeds:
             config = replace(base, strategy=name, seed=seed)
             logger = logger_factory() if logger_factory is not None else None
             rows, skipped = run_or_skip(
-                data, embeddings, config, out_dir / "runs", extra=extra, logger=logger, on_round=on_round
+                data,
+                embeddings,
+                config,
+                out_dir / "runs",
+                extra=extra,
+                logger=logger,
+                on_round=on_round,
+                inputs=inputs,
             )
             results.setdefault(name, []).append(rows)
             if on_run is not None:

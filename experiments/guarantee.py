@@ -3,7 +3,8 @@
 For each of `splits` runs i = 0, 1, ...: `group_split(seed=i)` deals the title groups into train /
 calibration / test (``calibration_fraction`` / ``test_fraction``); the head is trained on
 ``train_size`` random rows of the train part (the learner's production path: `train_bundle`, i.e.
-head, temperature, per-class thresholds at (target, delta)); then on the test part we measure
+head, temperature, thresholds at (target, delta) in ``training.threshold_mode``, on
+``training.features`` inputs); then on the test part we measure
 
 - ``auto_accept_accuracy``: realised accuracy of the auto-accepted test items (all classes pooled);
 - ``coverage``: share of test items auto-accepted;
@@ -13,7 +14,8 @@ head, temperature, per-class thresholds at (target, delta)); then on the test pa
   the target fails the raw check on a small test sample about half the time, so the raw per-class share
   mixes test-sample noise into the guarantee's miss rate.
 
-A run *passes* when its pooled auto-accept accuracy is >= target. The thresholds promise, per class,
+A run *passes* when its pooled auto-accept accuracy is >= target. The thresholds promise (per class
+in ``per_class`` mode; for all auto-accepted items together in ``pooled`` mode)
 ``P(accuracy of accepted items >= target) >= 1 - delta`` over calibration draws, so the pass share
 is expected to be >= 1 - delta (the realised accuracy is itself measured on a finite test split, which
 adds some noise in both directions).
@@ -133,9 +135,11 @@ def run_guarantee(
     *,
     on_split: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.shape[0] != len(data):
-        raise ValueError(f"embeddings have {x.shape[0]} rows, the dataset {len(data)}")
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.shape[0] != len(data):
+        raise ValueError(f"embeddings have {emb.shape[0]} rows, the dataset {len(data)}")
+    # Head inputs as configured (embedding, or embedding + hashed n-grams), built once for all splits.
+    x = config.training.features.model_inputs(emb, [str(t) for t in data.texts])
     rows = []
     for index in range(config.splits):
         row = _one_split(data, x, config, index)

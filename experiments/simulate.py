@@ -17,12 +17,22 @@ Protocol of one run (one strategy, one seed)::
         from a simulated reviewer (wrong with probability `reviewer_noise`)
         retrain on seed + corrections; evaluate on the test split
 
-Calibration (thresholds and temperature) uses a slice of the labelled items, never trained on: in
-labelling order (seed items first, then corrections in review order), every `calibration_every`-th item
-(positions k with k % calibration_every == calibration_every - 1) is held out for calibration, the rest
-train the head. The held-out items were chosen by the strategy (uncertain items) so they are not an
-exchangeable sample of what is auto-accepted: the guarantee is stated for exchangeable data and is
-measured separately by `experiments.guarantee`.
+Calibration (thresholds and temperature) uses labelled items that are never trained on. Two protocols:
+
+- **audit** (``audit_share`` set, the default): each round ``round(audit_share * batch)`` of the
+  round's review budget are drawn uniformly at random from that round's *incoming* items (they stand
+  for the random audit sample production escalates as spot checks), and a random ``audit_share`` of
+  the seed set is held out likewise; these form the calibration set. The strategy picks the rest of
+  the budget from the review queue. The calibration items are then an exchangeable sample of the
+  stream, which is what the threshold guarantee assumes.
+- **every-k** (``audit_share=None``, the old protocol): in labelling order (seed items first, then
+  corrections in review order), every `calibration_every`-th item (positions k with
+  k % calibration_every == calibration_every - 1) is held out for calibration, the rest train the head.
+  Those items were chosen by the strategy (uncertain, hard items), so they are not exchangeable with
+  what gets auto-accepted, and the thresholds they give are needlessly strict.
+
+The head sees ``training.features`` inputs (embedding, or embedding + hashed n-grams); centroid
+similarity (out-of-distribution routing) and `batch_diverse` distances use the encoder embedding only.
 
 `batch_diverse` (modAL ranked batch) costs O(pool * labelled) per pick; here it sees only the
 `candidate_factor * batch` queue items with the smallest margin (most uncertain), and picks its
@@ -49,13 +59,16 @@ from numpy.typing import NDArray
 from hitl.settings import RoutingSettings
 from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
+from learner.features import FeatureSpec
 from learner.strategies import get_strategy, margin
 from learner.training import TrainingConfig, TrainingResult, train_bundle
 from serving.routing import Decision, RouteInput, centroid_similarity, route
 
 __all__ = [
+    "Inputs",
     "RunLogger",
     "SimulationConfig",
+    "model_inputs",
     "run_file",
     "run_finished",
     "simulate_run",
@@ -77,6 +90,7 @@ class SimulationConfig:
     rounds: int = 15
     reviewer_noise: float = 0.0
     calibration_every: int = 5
+    audit_share: float | None = 0.25
     test_fraction: float = 0.2
     limit: int | None = None
     candidate_factor: int = 10
@@ -88,6 +102,10 @@ class SimulationConfig:
         for name in ("seed_size", "batch", "rounds", "candidate_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.audit_share is not None and not 0.0 < self.audit_share < 1.0:
+            raise ValueError(f"audit_share must be in (0, 1), got {self.audit_share}")
+        if self.audit_share is not None and round(self.audit_share * self.batch) < 1:
+            raise ValueError(f"audit_share * batch must be >= 1 item, got {self.audit_share} * {self.batch}")
         if self.calibration_every < 2:
             raise ValueError(f"calibration_every must be >= 2, got {self.calibration_every}")
         if not 0.0 <= self.reviewer_noise < 1.0:
@@ -100,6 +118,7 @@ class SimulationConfig:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["training"] = asdict(self.training)
+        out["training"]["features"] = self.training.features.to_dict()
         out["routing"] = self.routing.model_dump(mode="json")
         return out
 
@@ -195,18 +214,34 @@ def _route_items(data: LabeledDataset, rows: NDArray[np.int64]) -> list[RouteInp
     return out
 
 
+@dataclass(frozen=True)
+class Inputs:
+    """Per catalog row: the encoder embedding (`emb`) and the head input built from it (`x`)."""
+
+    emb: NDArray[np.float32]
+    x: NDArray[np.float32]
+
+
+def model_inputs(data: LabeledDataset, embeddings: NDArray[np.float32], features: FeatureSpec) -> Inputs:
+    """Build the head inputs of every row once (hashing ~25k titles takes seconds, not per round)."""
+    emb = np.asarray(embeddings, dtype=np.float32)
+    if emb.shape[0] != len(data):
+        raise ValueError(f"embeddings have {emb.shape[0]} rows, the dataset {len(data)}")
+    return Inputs(emb=emb, x=features.model_inputs(emb, [str(t) for t in data.texts]))
+
+
 def _escalated(
     result: TrainingResult,
-    x: NDArray[np.float32],
+    inputs: Inputs,
     data: LabeledDataset,
     rows: NDArray[np.int64],
     policy: RoutingSettings,
 ) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.float64]]:
     """(escalated, below_threshold, proba) of `rows` under the production routing policy."""
     bundle = result.bundle
-    proba = bundle.predict_proba(x[rows])
+    proba = bundle.predict_proba(inputs.x[rows])
     centroids = np.asarray(bundle.metadata["class_centroids"], dtype=np.float64)
-    similarity = centroid_similarity(x[rows], centroids)
+    similarity = centroid_similarity(inputs.emb[rows], centroids)
     routed = route(
         proba,
         bundle.labels,
@@ -222,7 +257,7 @@ def _escalated(
 
 def _test_metrics(
     result: TrainingResult,
-    x: NDArray[np.float32],
+    x: Inputs,
     data: LabeledDataset,
     test: NDArray[np.int64],
     policy: RoutingSettings,
@@ -261,16 +296,22 @@ def _test_metrics(
 
 def _train(
     data: LabeledDataset,
-    x: NDArray[np.float32],
+    inputs: Inputs,
     labelled: list[int],
     observed: dict[int, int],
     test: NDArray[np.int64],
     config: SimulationConfig,
+    audited: set[int],
 ) -> TrainingResult:
-    every = config.calibration_every
-    cal_rows = [r for k, r in enumerate(labelled) if k % every == every - 1]
-    train_rows = [r for k, r in enumerate(labelled) if k % every != every - 1]
+    if config.audit_share is not None:
+        cal_rows = [r for r in labelled if r in audited]
+        train_rows = [r for r in labelled if r not in audited]
+    else:
+        every = config.calibration_every
+        cal_rows = [r for k, r in enumerate(labelled) if k % every == every - 1]
+        train_rows = [r for k, r in enumerate(labelled) if k % every != every - 1]
     classes = data.classes
+    x = inputs.x
     return train_bundle(
         x[train_rows],
         [classes[observed[r]] for r in train_rows],
@@ -287,15 +328,17 @@ def _train(
 def _select(
     config: SimulationConfig,
     result: TrainingResult,
-    x: NDArray[np.float32],
+    inputs: Inputs,
     queue: NDArray[np.int64],
     labelled: list[int],
     rng: np.random.Generator,
+    budget: int,
 ) -> NDArray[np.int64]:
-    n = min(config.batch, len(queue))
+    n = min(budget, len(queue))
     if n == 0:
         return np.empty(0, dtype=np.int64)
-    proba = result.bundle.predict_proba(x[queue])
+    proba = result.bundle.predict_proba(inputs.x[queue])
+    x = inputs.emb
     candidates: NDArray[np.int64] = np.arange(len(queue), dtype=np.int64)
     if config.strategy == "batch_diverse":
         cap = config.candidate_factor * config.batch
@@ -313,6 +356,8 @@ def simulate_run(
     data: LabeledDataset,
     embeddings: NDArray[np.float32],
     config: SimulationConfig,
+    *,
+    inputs: Inputs | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one metrics row per round (round 0 = the seed model), see the module docstring.
 
@@ -322,11 +367,14 @@ def simulate_run(
     included), below_threshold_rate (model-only part), stream_auto_accept_accuracy, queue_size,
     train_seconds, and the test metrics of the model trained at the end of the round (accuracy,
     macro_f1, ece, coverage_at_target, auto_accept_coverage, auto_accept_accuracy,
-    test_escalation_rate, classes_auto_accepted, risk_coverage).
+    test_escalation_rate, classes_auto_accepted, risk_coverage), and ``audited`` (calibration items
+    drawn from the round's incoming items; 0 in the every-k protocol).
+
+    `inputs` (from `model_inputs` with ``config.training.features``) saves rebuilding them per run.
     """
-    x = np.asarray(embeddings, dtype=np.float32)
-    if x.shape[0] != len(data):
-        raise ValueError(f"embeddings have {x.shape[0]} rows, the dataset {len(data)}")
+    x = inputs if inputs is not None else model_inputs(data, embeddings, config.training.features)
+    if x.x.shape[0] != len(data):
+        raise ValueError(f"inputs have {x.x.shape[0]} rows, the dataset {len(data)}")
     stream, test = split_stream(
         data, test_fraction=config.test_fraction, seed=config.seed, limit=config.limit
     )
@@ -337,15 +385,22 @@ def simulate_run(
         )
     rng = np.random.default_rng(config.seed)
     noise_rng = np.random.default_rng([config.seed, 7919])
+    audit_rng = np.random.default_rng([config.seed, 104729])
     y = data.y
     labelled: list[int] = [int(r) for r in stream[: config.seed_size]]
     observed: dict[int, int] = {r: int(y[r]) for r in labelled}  # seed labels are taken as correct
+    audited: set[int] = set()
+    n_audit = 0
+    if config.audit_share is not None:
+        n_audit = round(config.audit_share * config.batch)
+        n_seed_audit = round(config.audit_share * config.seed_size)
+        audited.update(int(r) for r in audit_rng.choice(labelled, size=n_seed_audit, replace=False))
     arrivals = stream[config.seed_size :]
     chunks = np.array_split(arrivals, config.rounds)
     queue: NDArray[np.int64] = np.empty(0, dtype=np.int64)
     corrections = 0
 
-    result = _train(data, x, labelled, observed, test, config)
+    result = _train(data, x, labelled, observed, test, config, audited)
     row: dict[str, Any] = {
         "round": 0,
         "labels_used": len(labelled),
@@ -367,15 +422,22 @@ def simulate_run(
             stream_auto_acc = float(auto_correct.mean()) if auto.any() else None
         else:
             escalation_rate = below_rate = stream_auto_acc = None
-        picked = _select(config, result, x, queue, labelled, rng)
+        audit: NDArray[np.int64] = np.empty(0, dtype=np.int64)
+        if n_audit and len(incoming):
+            drawn = audit_rng.choice(incoming, size=min(n_audit, len(incoming)), replace=False)
+            audit = np.asarray(drawn, dtype=np.int64)
+            audited.update(int(r) for r in audit)
+            queue = np.setdiff1d(queue, audit, assume_unique=True).astype(np.int64)
+        picked = _select(config, result, x, queue, labelled, rng, config.batch - len(audit))
         queue = np.setdiff1d(queue, picked, assume_unique=True).astype(np.int64)
+        picked = np.concatenate([audit, picked]).astype(np.int64)
         reviewed = _noisy(y[picked], config.reviewer_noise, len(data.classes), noise_rng)
         for r, label in zip(picked, reviewed, strict=True):
             labelled.append(int(r))
             observed[int(r)] = int(label)
         corrections += len(picked)
         started = time.perf_counter()
-        result = _train(data, x, labelled, observed, test, config)
+        result = _train(data, x, labelled, observed, test, config, audited)
         row = {
             "round": number,
             "labels_used": len(labelled),
@@ -386,6 +448,7 @@ def simulate_run(
             "below_threshold_rate": below_rate,
             "stream_auto_accept_accuracy": stream_auto_acc,
             "queue_size": len(queue),
+            "audited": len(audit),
             "train_seconds": time.perf_counter() - started,
             **_test_metrics(result, x, data, test, config.routing),
         }
@@ -401,6 +464,7 @@ def run_or_skip(
     extra: Mapping[str, Any] | None = None,
     logger: RunLogger | None = None,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    inputs: Inputs | None = None,
 ) -> tuple[list[dict[str, Any]], bool]:
     """Run one (strategy, seed) into its JSONL file, or read it back when already finished.
 
@@ -417,7 +481,7 @@ def run_or_skip(
     try:
         with path.open("w", encoding="utf-8") as out:
             out.write(json.dumps(_header(config, extra)) + "\n")
-            for row in simulate_run(data, embeddings, config):
+            for row in simulate_run(data, embeddings, config, inputs=inputs):
                 rows.append(row)
                 out.write(json.dumps(row) + "\n")
                 out.flush()

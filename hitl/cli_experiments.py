@@ -98,6 +98,7 @@ def _load(
 
 
 def _training(settings: Settings, target: float, delta: float | None) -> TrainingConfig:
+    from learner.features import FeatureSpec
     from learner.training import TrainingConfig
 
     head = settings.learner.head
@@ -113,6 +114,9 @@ def _training(settings: Settings, target: float, delta: float | None) -> Trainin
         target_accuracy=target,
         delta=settings.learner.delta if delta is None else delta,
         min_calibration_per_class=settings.learner.min_calibration_per_class,
+        features=FeatureSpec(**settings.learner.feature_kwargs()),
+        threshold_mode=settings.learner.threshold_mode,
+        pooled_per_class_min=settings.learner.pooled_per_class_min,
     )
 
 
@@ -160,8 +164,9 @@ def _base_config(
     rounds: int,
     target: float,
     reviewer_noise: float,
-    calibration_every: int,
+    calibration_every: int | None,
     limit: int | None,
+    audit_share: float = 0.25,
 ) -> SimulationConfig:
     from experiments.simulate import SimulationConfig
 
@@ -172,7 +177,9 @@ def _base_config(
             batch=batch,
             rounds=rounds,
             reviewer_noise=reviewer_noise,
-            calibration_every=calibration_every,
+            # --calibration-every selects the old protocol; otherwise a random audit share calibrates.
+            calibration_every=calibration_every or 5,
+            audit_share=None if calibration_every is not None else audit_share,
             test_fraction=settings.learner.test_fraction,
             limit=limit,
             training=_training(settings, target, None),
@@ -190,7 +197,18 @@ TargetOpt = Annotated[float, typer.Option("--target", help="auto-accept accuracy
 SeedsOpt = Annotated[int, typer.Option("--seeds", help="seeds 0..N-1 (test split, ties, noise)")]
 NoiseOpt = Annotated[float, typer.Option("--reviewer-noise", help="chance a reviewer label is wrong")]
 CalOpt = Annotated[
-    int, typer.Option("--calibration-every", help="every k-th labelled item is held out for calibration")
+    int | None,
+    typer.Option(
+        "--calibration-every",
+        help="old protocol: every k-th labelled item is held out for calibration (instead of --audit-share)",
+    ),
+]
+AuditOpt = Annotated[
+    float,
+    typer.Option(
+        "--audit-share",
+        help="share of each round's review budget drawn at random from the incoming items for calibration",
+    ),
 ]
 MinClassOpt = Annotated[
     int | None, typer.Option("--min-class-size", help="drop smaller classes (default: learner setting)")
@@ -274,6 +292,61 @@ def _run_all(
         )
 
 
+def _run_through_api(
+    settings: Settings,
+    catalog: Path,
+    data: LabeledDataset,
+    x: NDArray[np.float32],
+    base: SimulationConfig,
+    seeds: int,
+    out: Path,
+    extra: dict[str, Any],
+    mlflow: bool,
+) -> list[list[dict[str, Any]]]:
+    """`--through-api`: each (strategy, seed) run drives its own serving app (experiments.through_api)."""
+    from dataclasses import replace
+
+    from experiments.through_api import ThroughApiError, run_or_skip_through_api
+    from learner.data import load_catalog
+
+    products = {p.id: p for p in load_catalog(catalog, strict=False).products}
+    runs: list[list[dict[str, Any]]] = []
+    total = seeds * (base.rounds + 1)
+    with _progress_round(total) as bar:
+        task = bar.add_task("simulating through the API", total=total)
+
+        def on_round(row: dict[str, Any]) -> None:
+            bar.update(
+                task,
+                advance=1,
+                description=f"round {row['round']} acc {row['accuracy']:.3f} ({row.get('retrain_status')})",
+            )
+
+        for seed in range(seeds):
+            config = replace(base, seed=seed)
+            try:
+                rows, skipped = run_or_skip_through_api(
+                    data,
+                    x,
+                    products,
+                    config,
+                    settings,
+                    out,
+                    encoder_id=str(extra["encoder_id"]),
+                    extra=extra,
+                    logger=MlflowRunLogger(settings) if mlflow else None,
+                    on_round=on_round,
+                )
+            except (ThroughApiError, ValueError) as exc:
+                raise _fail(f"{base.strategy} seed {seed}: {exc}") from exc
+            if skipped:
+                bar.update(task, advance=base.rounds + 1)
+            state = "skipped (finished earlier)" if skipped else "done"
+            console.print(f"{base.strategy} seed {seed}: {state}")
+            runs.append(rows)
+    return runs
+
+
 def simulate(
     ctx: typer.Context,
     catalog: CatalogOpt,
@@ -286,20 +359,24 @@ def simulate(
     target: TargetOpt = 0.95,
     seeds: SeedsOpt = 3,
     reviewer_noise: NoiseOpt = 0.0,
-    calibration_every: CalOpt = 5,
+    calibration_every: CalOpt = None,
+    audit_share: AuditOpt = 0.25,
     min_class_size: MinClassOpt = None,
     limit: LimitOpt = None,
     out: OutOpt = None,
     threads: ThreadsOpt = 2,
     mlflow: MlflowOpt = True,
     through_api: Annotated[
-        bool, typer.Option("--through-api", help="drive the serving API + webhooks (not implemented yet)")
+        bool,
+        typer.Option(
+            "--through-api",
+            help="drive the real serving app (uvicorn, /v1/predict, Label Studio webhooks, /v1/retrain) "
+            "instead of in-process calls; app state per run under <out>/api-state",
+        ),
     ] = False,
 ) -> None:
     """Replay a catalog through route -> review -> retrain with one strategy over several seeds."""
     settings = _settings(ctx)
-    if through_api:
-        raise _fail("--through-api is not implemented yet (follow-up); the simulation runs in-process")
     strategy = strategy or settings.learner.strategy
     _check_common(seed_size, batch, rounds, target, seeds, reviewer_noise)
     _check_catalog(catalog)
@@ -313,11 +390,16 @@ def simulate(
         reviewer_noise=reviewer_noise,
         calibration_every=calibration_every,
         limit=limit,
+        audit_share=audit_share,
     )
     data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
-    out = out or settings.state_dir / "experiments" / catalog.stem
     extra = {"catalog": catalog.name, "encoder_id": encoder_id, "n_items": len(data)}
-    results = _run_all(settings, data, x, base, [strategy], seeds, out, extra, mlflow)
+    if through_api:
+        out = out or settings.state_dir / "experiments" / f"{catalog.stem}-api"
+        results = {strategy: _run_through_api(settings, catalog, data, x, base, seeds, out, extra, mlflow)}
+    else:
+        out = out or settings.state_dir / "experiments" / catalog.stem
+        results = _run_all(settings, data, x, base, [strategy], seeds, out, extra, mlflow)
     for seed, rows in enumerate(results[strategy]):
         last = rows[-1]
         console.print(
@@ -337,7 +419,8 @@ def compare(
     target: TargetOpt = 0.95,
     seeds: SeedsOpt = 3,
     reviewer_noise: NoiseOpt = 0.0,
-    calibration_every: CalOpt = 5,
+    calibration_every: CalOpt = None,
+    audit_share: AuditOpt = 0.25,
     min_class_size: MinClassOpt = None,
     limit: LimitOpt = None,
     out: OutOpt = None,
@@ -364,6 +447,7 @@ def compare(
             reviewer_noise=reviewer_noise,
             calibration_every=calibration_every,
             limit=limit,
+            audit_share=audit_share,
         )
     base = _base_config(
         settings,
@@ -375,6 +459,7 @@ def compare(
         reviewer_noise=reviewer_noise,
         calibration_every=calibration_every,
         limit=limit,
+        audit_share=audit_share,
     )
     data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
     out = out or settings.state_dir / "experiments" / catalog.stem

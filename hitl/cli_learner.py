@@ -80,6 +80,7 @@ def train(
     from learner.data import build_dataset, group_split, load_catalog
     from learner.encoder import HFEncoder
     from learner.exceptions import LearnerError
+    from learner.features import FeatureSpec
     from learner.training import TrainingConfig, train_bundle
 
     settings = _settings(ctx)
@@ -103,11 +104,14 @@ def train(
             progress=True,
         )
         cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder)
-        embeddings = cache.embed(list(dataset.texts))
+        texts = [str(t) for t in dataset.texts]
+        features = FeatureSpec(**cfg.feature_kwargs())
+        # The cache stores encoder embeddings only; the (cheap) n-gram part is rebuilt each time.
+        inputs = features.model_inputs(cache.embed(texts), texts)
         labels = [str(label) for label in dataset.labels]
 
         def part(indices: NDArray[np.int64]) -> tuple[NDArray[np.float32], list[str]]:
-            return embeddings[indices], [labels[i] for i in indices]
+            return inputs[indices], [labels[i] for i in indices]
 
         x_tr, y_tr = part(split.train)
         x_cal, y_cal = part(split.calibration)
@@ -129,6 +133,9 @@ def train(
                 target_accuracy=cfg.target_accuracy,
                 delta=cfg.delta,
                 min_calibration_per_class=cfg.min_calibration_per_class,
+                features=features,
+                threshold_mode=cfg.threshold_mode,
+                pooled_per_class_min=cfg.pooled_per_class_min,
             ),
             encoder_ref=cfg.encoder,
             encoder_id=encoder.encoder_id,

@@ -6,6 +6,7 @@ passed down; nothing here runs at import time.
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -58,10 +59,35 @@ class LearnerSettings(BaseModel):
     target_accuracy: float = Field(0.95, gt=0, lt=1)
     delta: float = Field(0.05, gt=0, lt=1)
     min_calibration_per_class: int = Field(20, ge=1)
+    threshold_mode: Literal["per_class", "pooled"] = Field(
+        "pooled",
+        description="per_class = each class needs its own ~59+ calibration items; pooled = classes with "
+        "fewer than pooled_per_class_min share one guaranteed threshold (learner.thresholds)",
+    )
+    pooled_per_class_min: int = Field(200, ge=1)
+    features: Literal["embedding", "hybrid"] = Field(
+        "hybrid", description="hybrid = encoder embedding + hashed word/char n-grams (learner.features)"
+    )
+    ngram_dims: int = Field(4096, ge=1)
+    word_ngram_range: tuple[int, int] = (1, 2)
+    char_ngram_range: tuple[int, int] = (2, 5)
+    ngram_weight: float = Field(2.0, gt=0)
+    sublinear_tf: bool = False
     strategy: str = "margin"
     seed: int = 0
     head: HeadSettings = HeadSettings()
     finetune: FineTuneSettings = FineTuneSettings()
+
+    def feature_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `learner.features.FeatureSpec` (kept here: learner never imports hitl)."""
+        return {
+            "kind": self.features,
+            "ngram_dims": self.ngram_dims,
+            "word_ngrams": self.word_ngram_range,
+            "char_ngrams": self.char_ngram_range,
+            "ngram_weight": self.ngram_weight,
+            "sublinear_tf": self.sublinear_tf,
+        }
 
 
 class LabelStudioSettings(BaseModel):
@@ -181,6 +207,36 @@ class RetrainSettings(BaseModel):
     mlflow_port: int = Field(5000, ge=1, le=65535, description="the MLflow server `hitl up` starts")
 
 
+class DashboardSettings(BaseModel):
+    """The product owners' dashboard, its KPIs (`serving.kpis`) and `hitl report`."""
+
+    human_cost_per_review: float = Field(0.5, ge=0, description="cost of one human review (currency units)")
+    compute_cost_per_item: float = Field(0.0005, ge=0, description="compute cost of one prediction")
+    currency: str = Field("USD", min_length=1, max_length=8)
+    window_s: int = Field(86400, ge=60, description="time bucket of the charts over time")
+    price_bands: list[float] = Field(
+        default_factory=lambda: [10.0, 50.0, 200.0, 1000.0],
+        description="ascending upper bounds of the price bands used as segments",
+    )
+    significance: float = Field(
+        0.05, gt=0, lt=1, description="family-wise level of the bias flags (Holm-corrected Fisher tests)"
+    )
+    min_segment_size: int = Field(10, ge=1, description="segments with fewer reviewed items are not tested")
+    top_brands: int = Field(20, ge=1, description="brands shown as segments (the most frequent)")
+    session_ttl_s: int = Field(8 * 3600, ge=60, description="how long a dashboard login lasts")
+    secure_cookie: bool = Field(False, description="mark the session cookie Secure (serve over HTTPS)")
+    mlflow_ui_url: str | None = Field(
+        None, description="MLflow UI for run links; unset = http://<retrain.mlflow_host>:<mlflow_port>"
+    )
+
+    @field_validator("price_bands")
+    @classmethod
+    def _ascending(cls, value: list[float]) -> list[float]:
+        if any(b <= a for a, b in itertools.pairwise(value)) or any(v <= 0 for v in value):
+            raise ValueError("price_bands must be positive and strictly ascending")
+        return value
+
+
 class Settings(BaseSettings):
     """All configuration. Env: `HITL_<FIELD>`, nested with `__` (e.g. `HITL_LEARNER__DEVICE=cpu`)."""
 
@@ -200,6 +256,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     routing: RoutingSettings = RoutingSettings()
     retrain: RetrainSettings = RetrainSettings()
+    dashboard: DashboardSettings = DashboardSettings()
 
     @field_validator("state_dir")
     @classmethod

@@ -2,8 +2,9 @@
 
 Layout of a bundle folder::
 
-    manifest.json   format_version, encoder ref/id, temperature, thresholds, labels, head params,
-                    metadata, and the sha256 of every other file
+    manifest.json   format_version, encoder ref/id, features (how texts + embeddings become head
+                    inputs, `learner.features.FeatureSpec`; absent = embedding only), temperature,
+                    thresholds, labels, head params, metadata, and the sha256 of every other file
     head.npz        head tensors (numpy arrays, loaded with allow_pickle=False)
     encoder/        optional: a fine-tuned encoder, referenced as "bundle:encoder"
 
@@ -30,6 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from learner.calibration import softmax
 from learner.device import resolve_device
 from learner.exceptions import BundleFormatError
+from learner.features import FeatureSpec
 from learner.head import TorchHeadClassifier
 from learner.thresholds import ClassThresholds
 
@@ -93,6 +95,9 @@ class ModelBundle:
         Category path of each probability column.
     metadata : dict
         JSON-able facts: created_at, n_labels, seed, metrics, ...
+    features : FeatureSpec
+        How head inputs are built from texts and their embeddings (`model_inputs`); serving must
+        build them exactly so.
     source_dir : Path, optional
         Folder the bundle was loaded from (set by `load`); resolves ``bundle:`` encoder refs.
     """
@@ -104,6 +109,7 @@ class ModelBundle:
     thresholds: ClassThresholds
     labels: list[str]
     metadata: dict[str, Any] = field(default_factory=dict)
+    features: FeatureSpec = field(default_factory=FeatureSpec)
     source_dir: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,12 +129,17 @@ class ModelBundle:
 
     # -- prediction ---------------------------------------------------------------------------------
 
+    def model_inputs(self, embeddings: ArrayLike, texts: list[str]) -> NDArray[np.float32]:
+        """Head inputs for `texts` given their encoder embeddings (see `FeatureSpec.model_inputs`)."""
+        return self.features.model_inputs(embeddings, texts)
+
     def predict_proba(self, embeddings: ArrayLike) -> NDArray[np.float64]:
         """Calibrated probabilities ``softmax(head.logits / temperature)``.
 
         Parameters
         ----------
-        embeddings : (n, dim) from the encoder named by `encoder_id`
+        embeddings : (n, dim) head inputs: `model_inputs` (for an embedding-only bundle, the
+            embeddings from the encoder named by `encoder_id`)
 
         Returns
         -------
@@ -204,6 +215,7 @@ class ModelBundle:
             "format_version": BUNDLE_FORMAT_VERSION,
             "encoder_ref": self.encoder_ref,
             "encoder_id": self.encoder_id,
+            "features": self.features.to_dict(),
             # repr round-trips a float exactly, so a reloaded bundle gives bit-identical probabilities.
             "temperature": float(self.temperature),
             "labels": list(self.labels),
@@ -299,6 +311,7 @@ class ModelBundle:
                 thresholds=ClassThresholds.from_dict(manifest["thresholds"]),
                 labels=labels,
                 metadata=dict(manifest.get("metadata", {})),
+                features=FeatureSpec.from_dict(manifest.get("features")),
                 source_dir=source.resolve(),
             )
         except BundleFormatError:

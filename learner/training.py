@@ -19,8 +19,9 @@ from learner.bundle import ModelBundle
 from learner.calibration import expected_calibration_error, fit_temperature, softmax
 from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
+from learner.features import FeatureSpec
 from learner.head import ClassWeight, TorchHeadClassifier
-from learner.thresholds import fit_class_thresholds
+from learner.thresholds import fit_thresholds
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class TrainingConfig:
     target_accuracy: float = 0.95
     delta: float = 0.05
     min_calibration_per_class: int = 20
+    # How the x_* arrays given to `train_bundle` were built (recorded in the bundle for serving).
+    features: FeatureSpec = field(default_factory=FeatureSpec)
+    threshold_mode: str = "per_class"  # see learner.thresholds.THRESHOLD_MODES
+    pooled_per_class_min: int = 200
 
 
 @dataclass(frozen=True)
@@ -109,7 +114,8 @@ def train_bundle(
 
     Parameters
     ----------
-    x_train, x_calibration, x_test : (n, d) float32 embeddings
+    x_train, x_calibration, x_test : (n, d) float32 head inputs built by ``config.features``
+        (`FeatureSpec.model_inputs`; plain embeddings for the default embedding-only spec)
     y_train, y_calibration, y_test : (n,) category labels (strings)
     """
     if len(x_train) != len(y_train) or len(x_calibration) != len(y_calibration):
@@ -143,12 +149,14 @@ def train_bundle(
     temperature = fit_temperature(cal_logits, y_cal)
     cal_proba = softmax(cal_logits, temperature)
     ece_after = expected_calibration_error(cal_proba, y_cal)
-    thresholds = fit_class_thresholds(
+    thresholds = fit_thresholds(
         cal_proba,
         y_cal,
+        mode=config.threshold_mode,
         target=config.target_accuracy,
         delta=config.delta,
         min_samples=config.min_calibration_per_class,
+        per_class_min=config.pooled_per_class_min,
     )
     train_seconds = time.perf_counter() - started
 
@@ -159,6 +167,7 @@ def train_bundle(
         temperature=float(temperature),
         thresholds=thresholds,
         labels=classes,
+        features=config.features,
         metadata={
             "created_at": datetime.now(UTC).isoformat(),
             "n_labels": len(y_train),
@@ -166,7 +175,8 @@ def train_bundle(
             "seed": config.seed,
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
-            "class_centroids": class_centroids(x_train, y_train, classes),
+            # OOD similarity is an encoder-space notion: hashed n-grams of a new brand are not "far".
+            "class_centroids": class_centroids(config.features.encoder_part(x_train), y_train, classes),
             **(metadata or {}),
         },
     )

@@ -63,8 +63,19 @@ class LoadedModel:
     def embed(self, texts: list[str]) -> NDArray[np.float32]:
         return self.cache.embed(texts)
 
-    def predict_proba(self, embeddings: NDArray[np.float32]) -> NDArray[np.float64]:
-        return self.bundle.predict_proba(embeddings)
+    def embeddings_in_memory(self, texts: list[str]) -> bool:
+        """Whether `embed(texts)` is a memory lookup (no database, no encoder)."""
+        return self.cache.in_memory(texts)
+
+    def features(self, texts: list[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """(encoder embeddings, head inputs) of `texts`: embeddings for the OOD centroid check, inputs
+        built exactly as the bundle's training did (`ModelBundle.features`, e.g. + hashed n-grams)."""
+        embeddings = self.embed(texts)
+        return embeddings, self.bundle.model_inputs(embeddings, texts)
+
+    def predict_proba(self, inputs: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Calibrated probabilities of head inputs from `features` (not raw embeddings)."""
+        return self.bundle.predict_proba(inputs)
 
 
 def manifest_digest(bundle_dir: Path) -> str:

@@ -24,5 +24,7 @@ class BundlePythonModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-de
         import pandas as pd  # type: ignore[import-untyped]
 
         texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
-        labels, confidence, accepted = self._bundle.predict(self._encoder.encode([str(t) for t in texts]))
+        items = [str(t) for t in texts]
+        inputs = self._bundle.model_inputs(self._encoder.encode(items), items)
+        labels, confidence, accepted = self._bundle.predict(inputs)
         return pd.DataFrame({"label": labels, "confidence": confidence, "auto_accept": accepted})

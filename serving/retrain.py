@@ -45,6 +45,7 @@ from learner.cache import EmbeddingCache
 from learner.data import Product, item_text
 from learner.encoder import HFEncoder, TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
+from learner.features import FeatureSpec
 from learner.training import TrainingConfig, TrainingResult, train_bundle
 from serving.model import LoadedModel, ModelHolder
 from serving.store import AuditEvent, Base, Correction, Item, Prediction, Store
@@ -430,6 +431,9 @@ def training_config(settings: Settings) -> TrainingConfig:
         target_accuracy=cfg.target_accuracy,
         delta=cfg.delta,
         min_calibration_per_class=cfg.min_calibration_per_class,
+        features=FeatureSpec(**cfg.feature_kwargs()),
+        threshold_mode=cfg.threshold_mode,
+        pooled_per_class_min=cfg.pooled_per_class_min,
     )
 
 
@@ -476,9 +480,15 @@ class Promoter:
         pending = self.pending_labelstudio
         return pending is not None and self._update_labelstudio(pending)
 
-    def promote(self, version: str, *, reason: str, actor: str) -> PromotionReport:
+    def promote(self, version: str, *, reason: str, actor: str, action: str = "promoted") -> PromotionReport:
+        """Make `version` the champion. `action` names the move in the audit trail: `promoted` (the
+        gate), `manual_promote` or `rollback` (an engineer)."""
         from serving import registry, tracking
 
+        try:
+            previous = registry.champion_version(self.settings)
+        except Exception:  # no champion yet, or the registry hiccuped: the move itself decides
+            previous = None
         registry.set_alias(self.settings, version)
         try:
             tracking.set_version_tags(
@@ -493,6 +503,13 @@ class Promoter:
         except Exception as exc:  # tags are informative only
             logger.warning("could not tag version %s: %s", version, type(exc).__name__)
         label = registry.version_label(self.settings, version)
+        self.store.record_model_event(
+            action=action,
+            version=label,
+            actor=actor,
+            reason=reason,
+            previous=None if previous is None else registry.version_label(self.settings, previous),
+        )
         swapped = False
         model: LoadedModel | None = None
         if self.holder is not None:
@@ -741,12 +758,20 @@ class RetrainJob:
         self.on_stage("embedding")
         encoder_id = self.embedder.encoder_id
 
-        def embed(rows: Sequence[LabeledText]) -> NDArray[np.float32]:
+        def embed(rows: Sequence[LabeledText]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+            """(encoder embeddings, head inputs as `config.features` builds them)."""
             if not rows:
-                return np.empty((0, 0), dtype=np.float32)
-            return self.embedder.embed([r.text for r in rows])
+                empty = np.empty((0, 0), dtype=np.float32)
+                return empty, empty
+            texts = [r.text for r in rows]
+            embeddings = self.embedder.embed(texts)
+            return embeddings, config.features.model_inputs(embeddings, texts)
 
-        x_train, x_cal, x_hold = embed(splits.train), embed(splits.calibration), embed(splits.holdout)
+        (e_train, x_train), (_, x_cal), (e_hold, x_hold) = (
+            embed(splits.train),
+            embed(splits.calibration),
+            embed(splits.holdout),
+        )
         embed_seconds = time.perf_counter() - started
         self.on_stage("training")
         started_train = time.perf_counter()
@@ -765,8 +790,9 @@ class RetrainJob:
         bundle = result.bundle
         from serving.routing import class_centroids
 
+        # Encoder space, as serving compares them (`LoadedModel.features` -> embeddings).
         bundle.metadata["class_centroids"] = class_centroids(
-            x_train, [r.label for r in splits.train], bundle.labels
+            e_train, [r.label for r in splits.train], bundle.labels
         )
         bundle.metadata.update({"trigger": trigger, "n_labels": n_train, "mlflow_run_id": run_id})
 
@@ -786,7 +812,9 @@ class RetrainJob:
         champion: EvaluationReport | None = None
         champion_note = ""
         if champion_version is not None:
-            champion, champion_note = self._champion_report(champion_version, encoder_id, x_hold, y_hold)
+            champion, champion_note = self._champion_report(
+                champion_version, encoder_id, e_hold, [r.text for r in splits.holdout], y_hold
+            )
 
         metrics: dict[str, Any] = {
             "n_labels": n_train + len(splits.holdout),
@@ -887,7 +915,12 @@ class RetrainJob:
         return outcome
 
     def _champion_report(
-        self, version: str, encoder_id: str, x_hold: NDArray[np.float32], y_hold: Sequence[str]
+        self,
+        version: str,
+        encoder_id: str,
+        e_hold: NDArray[np.float32],
+        texts_hold: list[str],
+        y_hold: Sequence[str],
     ) -> tuple[EvaluationReport | None, str]:
         from learner.bundle import ModelBundle
         from serving import registry
@@ -902,7 +935,8 @@ class RetrainJob:
         if not len(y_hold):
             return None, ""
         report, _ = holdout_report(
-            champion.predict_proba(x_hold),
+            # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
+            champion.predict_proba(champion.model_inputs(e_hold, texts_hold)),
             champion.labels,
             y_hold,
             champion.thresholds,

@@ -22,6 +22,7 @@ from experiments.simulate import (
     value_at,
 )
 from learner.data import LabeledDataset
+from learner.features import FeatureSpec
 from learner.training import TrainingConfig
 from tests.unit.experiments.support import tiny_dataset
 
@@ -122,3 +123,40 @@ def test_value_at_takes_the_last_point_not_beyond() -> None:
     assert value_at(rows, "c", "e", 400) == 0.5
     assert value_at(rows, "c", "e", 1000) == 0.5  # None rows are skipped
     assert value_at(rows, "c", "e", -1) is None
+
+
+def test_audit_protocol_draws_part_of_each_budget_from_the_incoming_items(tiny: Tiny) -> None:
+    data, x = tiny
+    rows = list(simulate_run(data, x, _config("margin", audit_share=0.25)))
+    # round(0.25 * 25) = 6 random audit items per round, the strategy picks the other 19.
+    assert [r["audited"] for r in rows[1:]] == [6, 6, 6]
+    assert [r["labels_used"] for r in rows] == [60, 85, 110, 135]
+    old = list(simulate_run(data, x, _config("margin", audit_share=None, calibration_every=5)))
+    assert [r["audited"] for r in old[1:]] == [0, 0, 0]
+    assert [r["labels_used"] for r in old] == [60, 85, 110, 135]
+    # Different calibration and training sets: different models.
+    assert [r["accuracy"] for r in rows] != [r["accuracy"] for r in old]
+
+
+def test_hybrid_features_run_and_are_part_of_the_run_identity(tiny: Tiny, tmp_path: Path) -> None:
+    data, x = tiny
+    hybrid = replace(FAST, features=FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0))
+    config = _config("random", rounds=2, training=hybrid)
+    rows, _ = run_or_skip(data, x, config, tmp_path)
+    assert 0.0 <= rows[-1]["accuracy"] <= 1.0
+    path = run_file(tmp_path, "random", 0)
+    header = json.loads(path.read_text().splitlines()[0])["config"]
+    assert header["training"]["features"]["kind"] == "hybrid"
+    assert header["audit_share"] == 0.25
+    assert run_finished(path, config)
+    assert not run_finished(path, replace(config, training=FAST))  # embedding-only is another run
+    assert not run_finished(path, replace(config, audit_share=0.3))
+    assert not run_finished(path, replace(config, audit_share=None))
+
+
+def test_bad_audit_share_is_refused() -> None:
+    for share in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="audit_share"):
+            SimulationConfig(strategy="margin", audit_share=share)
+    with pytest.raises(ValueError, match="audit_share"):
+        SimulationConfig(strategy="margin", batch=1, audit_share=0.2)  # rounds to 0 items

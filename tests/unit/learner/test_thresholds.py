@@ -13,6 +13,8 @@ from learner.thresholds import (
     ClassThresholds,
     default_candidates,
     fit_class_thresholds,
+    fit_pooled_thresholds,
+    fit_thresholds,
     min_accepted_to_pass,
 )
 
@@ -259,3 +261,104 @@ def test_guarantee_check_detects_an_unguarded_rule() -> None:
     # guarantee test above could not fail.
     failures, _ = realised_failures(0.5, seed=2024)
     assert np.all(failures > binom.ppf(0.999, N_DRAWS, DELTA)), failures
+
+
+# ------------------------------------------------------------------------------------ pooled mode
+
+
+def test_pooled_mode_gives_small_classes_a_shared_threshold() -> None:
+    # Class 0 is large (400 predictions); classes 1-3 have 55-95 each: too few for a per-class test
+    # at 0.95 / 0.05 (59 accepted and error-free), enough together for the pooled one; class 4 is
+    # never predicted. Bad tails (0.975 for class 0, 0.55 in the pool) stop each walk.
+    k = 5
+    p0, y0 = calibration_set([(0.99, 300, 0), (0.975, 100, 60)], k=k, cls=0)
+    p1, y1 = calibration_set([(0.97, 55, 0), (0.55, 40, 30)], k=k, cls=1)
+    p2, y2 = calibration_set([(0.97, 55, 1)], k=k, cls=2)
+    p3, y3 = calibration_set([(0.97, 55, 0)], k=k, cls=3)
+    proba, y = np.vstack([p0, p1, p2, p3]), np.concatenate([y0, y1, y2, y3])
+
+    strict = fit_class_thresholds(proba, y)
+    assert np.isfinite(strict.thresholds[0])
+    assert np.isinf(strict.thresholds[1:]).all()
+
+    th = fit_pooled_thresholds(proba, y, per_class_min=200, candidates=[0.995, 0.985, 0.965, 0.5])
+    assert th.method == "pooled_fixed_sequence_clopper_pearson"
+    assert th.thresholds[0] == 0.985  # its own walk, at delta / 2 (one large class)
+    assert (th.thresholds[1:] == 0.965).all()  # the pool's threshold, also for the unseen class 4
+    assert th.extra["delta_class"] == pytest.approx(0.025)
+    assert th.extra["pool"]["n_items"] == 205
+    assert th.extra["pool"]["n_accepted"] == 165
+    assert [info["group"] for info in th.extra["per_class"]] == ["class", "pool", "pool", "pool", "pool"]
+    # Recorded in the bundle's manifest: a JSON round trip keeps the method and thresholds.
+    again = ClassThresholds.from_dict(json.loads(json.dumps(th.to_dict())))
+    np.testing.assert_array_equal(again.thresholds, th.thresholds)
+    assert again.method == th.method
+
+
+def test_pooled_walk_starts_where_it_has_power() -> None:
+    # The most confident 72 items (the bare minimum at delta / 2) hold one error: a walk starting
+    # there stops at once; starting at 2 x 72 items it passes.
+    proba, y = calibration_set([(0.999, 72, 1), (0.99, 300, 3), (0.6, 100, 50)], k=2)
+    late = fit_pooled_thresholds(proba, y, per_class_min=10_000, candidates=[0.999, 0.99, 0.5])
+    early = fit_pooled_thresholds(
+        proba, y, per_class_min=10_000, start_factor=1, candidates=[0.999, 0.99, 0.5]
+    )
+    assert late.thresholds[0] == 0.99
+    assert np.isinf(early.thresholds[0])
+
+
+def test_fit_thresholds_dispatches_and_refuses_unknown_modes() -> None:
+    proba, y = calibration_set([(0.99, 300, 0)])
+    assert fit_thresholds(proba, y, mode="per_class").method == "fixed_sequence_clopper_pearson"
+    assert fit_thresholds(proba, y, mode="pooled").method.startswith("pooled")
+    with pytest.raises(ValueError, match="threshold mode"):
+        fit_thresholds(proba, y, mode="global")
+    with pytest.raises(ValueError, match="start_factor"):
+        fit_pooled_thresholds(proba, y, start_factor=0)
+    with pytest.raises(ValueError, match="start_share"):
+        fit_pooled_thresholds(proba, y, start_share=1.0)
+
+
+def overall_accuracy(thresholds: NDArray[np.float64]) -> float:
+    """Population accuracy of everything auto-accepted (classes predicted equally often)."""
+    covered = correct = 0.0
+    for c in range(K):
+        if np.isfinite(thresholds[c]):
+            acc, cov = exact_accuracy_and_coverage(float(thresholds[c]), c)
+            covered += cov
+            correct += cov * acc
+    return 1.0 if covered == 0.0 else correct / covered
+
+
+@pytest.mark.parametrize("per_class_min", [10_000, 230])
+def test_pooled_guarantee_holds_over_calibration_draws(per_class_min: int) -> None:
+    # 600 calibration items, ~200 per class: per_class_min=10_000 pools all classes; 230 gives a
+    # mix of large and pooled classes from draw to draw. P(overall accuracy < target) <= DELTA.
+    rng = np.random.default_rng(7)
+    n_draws, failures, coverage = 300, 0, 0.0
+    for _ in range(n_draws):
+        proba, y = draw_calibration(rng, 600)
+        th = fit_pooled_thresholds(proba, y, target=TARGET, delta=DELTA, per_class_min=per_class_min)
+        failures += overall_accuracy(th.thresholds) < TARGET
+        coverage += float(
+            np.mean(
+                [
+                    exact_accuracy_and_coverage(float(t), c)[1] if np.isfinite(t) else 0.0
+                    for c, t in enumerate(th.thresholds)
+                ]
+            )
+        )
+    assert failures <= binom.ppf(0.999, n_draws, DELTA), failures
+    # Not vacuous: with ~200 items per class the strict per-class mode would still cover something,
+    # the pooled one must too.
+    assert coverage / n_draws > 0.05, coverage / n_draws
+
+
+def test_pooled_guarantee_check_detects_an_unguarded_rule() -> None:
+    rng = np.random.default_rng(7)
+    n_draws, failures = 300, 0
+    for _ in range(n_draws):
+        proba, y = draw_calibration(rng, 600)
+        th = fit_pooled_thresholds(proba, y, target=TARGET, delta=0.9, per_class_min=10_000, start_factor=1)
+        failures += overall_accuracy(th.thresholds) < TARGET
+    assert failures > binom.ppf(0.999, n_draws, DELTA), failures

@@ -59,7 +59,7 @@ def retrain_settings(tmp_path: Path, **retrain: object) -> Settings:
             calibration_fraction=0.4,
         ),
         serving=ServingSettings(database_url=f"sqlite:///{tmp_path / 'hitl.db'}", model_poll_interval_s=0),
-        retrain=RetrainSettings(**retrain),  # type: ignore[arg-type]
+        retrain=RetrainSettings(**retrain),
     )
 
 

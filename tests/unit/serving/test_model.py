@@ -51,7 +51,7 @@ def test_refresh_loads_then_swaps_on_a_new_manifest(
     assert old.version == local_version(served)
     assert holder.refresh() is False  # unchanged manifest: no reload
 
-    x = old.embed(["Wireless Noise Cancelling Headphones"])
+    _, x = old.features(["Wireless Noise Cancelling Headphones"])  # head inputs (hybrid bundle)
     before = old.predict_proba(x)
     retempered(served, served, 2.0)  # a new model written into the served folder
     assert holder.refresh() is True

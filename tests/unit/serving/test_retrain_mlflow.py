@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from hitl.settings import Settings
+from learner.bundle import ModelBundle
 from learner.synthetic import generate_catalog
 from learner.training import TrainingResult
 from serving import registry, tracking
@@ -99,3 +100,20 @@ def test_a_crashing_run_fails_and_leaves_the_champion(env: tuple[Settings, Store
     run = tracking.client(settings).get_run(record.mlflow_run_id or "")
     assert run.info.status == "FAILED"
     assert "out of memory" in run.data.tags[tracking.ERROR_TAG]
+
+
+def test_a_challenger_with_other_features_is_compared_on_the_champions_own_inputs(
+    env: tuple[Settings, Store],
+) -> None:
+    # The champion (v1) is a hybrid bundle (embedding + hashed n-grams, the default). A challenger
+    # trained on plain embeddings must still be gated against it: the champion's holdout predictions
+    # need the champion's own feature spec, or its head gets inputs of the wrong width.
+    settings, store = env
+    assert registry.champion_version(settings) == "1"
+    learner = settings.learner.model_copy(update={"features": "embedding"})
+    record = run_once(settings.model_copy(update={"learner": learner}), store)
+    assert record.status in {"promoted", "rejected"}, record.error
+    challenger = ModelBundle.load(registry.download(settings, record.version or ""), device="cpu")
+    assert challenger.features.kind == "embedding"
+    champion = ModelBundle.load(registry.download(settings, "1"), device="cpu")
+    assert champion.features.kind == "hybrid"

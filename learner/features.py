@@ -1,0 +1,156 @@
+"""What the head sees: the encoder embedding, optionally with hashed n-gram features appended ("hybrid").
+
+Product titles are short and lexical: brand names, units and words like "shampoo" or "basmati" decide
+the category, and a frozen sentence encoder blurs them. Signed hashed word and character n-grams
+(`sklearn.feature_extraction.text.HashingVectorizer`) keep them. Hashing is deterministic and
+stateless (no vocabulary to fit or ship), so a bundle only records the `FeatureSpec`, and serving
+recomputes exactly what training saw. The embedding cache keeps storing only the encoder part: the
+n-gram part is cheap to recompute.
+
+Layout of a hybrid input row: ``[embedding (d) | ngram_weight * ngrams (ngram_dims)]``, so the
+encoder part is always the first ``d`` columns (`FeatureSpec.encoder_part`); out-of-distribution
+checks use only that part.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+FeatureKind = Literal["embedding", "hybrid"]
+FEATURE_KINDS: tuple[str, ...] = ("embedding", "hybrid")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How texts and their embeddings become head inputs; recorded in every bundle's manifest.
+
+    Parameters
+    ----------
+    kind : "embedding" (the encoder embedding only) or "hybrid" (embedding + hashed n-grams)
+    ngram_dims : hashed n-gram columns (hybrid only)
+    word_ngrams, char_ngrams : inclusive n-gram ranges of words and of characters within word
+        boundaries (``char_wb``)
+    ngram_weight : scale of the (unit-norm) n-gram block against the (unit-norm) embedding; with the
+        head's shared learning rate and weight decay, > 1 lets the lexical evidence count more
+    sublinear_tf : ``sign * log1p(|count|)`` instead of raw hashed counts
+    """
+
+    kind: FeatureKind = "embedding"
+    ngram_dims: int = 4096
+    word_ngrams: tuple[int, int] = (1, 2)
+    char_ngrams: tuple[int, int] = (2, 5)
+    ngram_weight: float = 1.0
+    sublinear_tf: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in FEATURE_KINDS:
+            raise ValueError(f"features kind must be one of {', '.join(FEATURE_KINDS)}, got {self.kind!r}")
+        if self.ngram_dims < 1:
+            raise ValueError(f"ngram_dims must be >= 1, got {self.ngram_dims}")
+        for name in ("word_ngrams", "char_ngrams"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"{name} must be (low, high) with 1 <= low <= high, got ({low}, {high})")
+        if not (self.ngram_weight > 0 and np.isfinite(self.ngram_weight)):
+            raise ValueError(f"ngram_weight must be a finite positive number, got {self.ngram_weight}")
+
+    @property
+    def n_extra(self) -> int:
+        """Columns appended to the embedding."""
+        return self.ngram_dims if self.kind == "hybrid" else 0
+
+    def ngram_features(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        """(n, ngram_dims) float32: word and char n-gram hashes, each l2-normalised, summed, l2-normalised."""
+        import sklearn
+        from sklearn.preprocessing import normalize
+
+        items = [str(t) for t in texts]
+        if not items:
+            return np.empty((0, self.ngram_dims), dtype=np.float32)
+        blocks = []
+        # Serving calls this once per request with a handful of titles: sklearn's per-call parameter
+        # validation was most of the ~0.7 ms it cost for one title (experiments/bench_serving).
+        with sklearn.config_context(skip_parameter_validation=True, assume_finite=True):
+            for vectorizer in _vectorizers(self.ngram_dims, self.word_ngrams, self.char_ngrams):
+                block = vectorizer.transform(items)
+                if self.sublinear_tf:
+                    block.data = np.sign(block.data) * np.log1p(np.abs(block.data))
+                blocks.append(normalize(block))
+            combined = normalize(blocks[0] + blocks[1])
+        out: NDArray[np.float32] = np.asarray(combined.toarray(), dtype=np.float32)
+        return out
+
+    def model_inputs(self, embeddings: ArrayLike, texts: Sequence[str]) -> NDArray[np.float32]:
+        """Head inputs for `texts` whose encoder embeddings are `embeddings` ((n, d), same order)."""
+        x = np.asarray(embeddings, dtype=np.float32)
+        if self.kind == "embedding":
+            return x
+        if x.ndim != 2 or x.shape[0] != len(texts):
+            raise ValueError(f"{len(texts)} texts but embeddings of shape {x.shape}")
+        ngrams = self.ngram_features(texts)
+        if self.ngram_weight != 1.0:
+            ngrams *= np.float32(self.ngram_weight)
+        return np.hstack([x, ngrams])
+
+    def encoder_part(self, inputs: ArrayLike) -> NDArray[np.float32]:
+        """The embedding columns of head inputs built by `model_inputs`."""
+        x = np.asarray(inputs, dtype=np.float32)
+        if self.n_extra == 0:
+            return x
+        if x.ndim != 2 or x.shape[1] <= self.n_extra:
+            raise ValueError(
+                f"inputs of shape {x.shape} hold no embedding before {self.n_extra} n-gram columns"
+            )
+        return x[:, : x.shape[1] - self.n_extra]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["word_ngrams"] = list(self.word_ngrams)
+        out["char_ngrams"] = list(self.char_ngrams)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> FeatureSpec:
+        """Inverse of `to_dict`; ``None`` (bundles written before features were recorded) = embedding."""
+        if data is None:
+            return cls()
+        return cls(
+            kind=data["kind"],
+            ngram_dims=int(data.get("ngram_dims", 4096)),
+            word_ngrams=_pair(data.get("word_ngrams", (1, 2))),
+            char_ngrams=_pair(data.get("char_ngrams", (2, 5))),
+            ngram_weight=float(data.get("ngram_weight", 1.0)),
+            sublinear_tf=bool(data.get("sublinear_tf", False)),
+        )
+
+
+@functools.lru_cache(maxsize=8)
+def _vectorizers(
+    n_features: int, word_ngrams: tuple[int, int], char_ngrams: tuple[int, int]
+) -> tuple[Any, Any]:
+    """The word and char_wb hashers of one spec (stateless, so one pair serves every call)."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return tuple(
+        HashingVectorizer(
+            n_features=n_features,
+            analyzer=analyzer,
+            ngram_range=ngram_range,
+            norm=None,
+            alternate_sign=True,
+            lowercase=True,
+            dtype=np.float64,
+        )
+        for analyzer, ngram_range in (("word", word_ngrams), ("char_wb", char_ngrams))
+    )
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    low, high = value
+    return int(low), int(high)

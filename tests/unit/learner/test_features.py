@@ -1,0 +1,126 @@
+"""Hybrid features: deterministic hashed n-grams, recorded in the bundle, rebuilt identically on load."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from learner.bundle import MANIFEST_NAME, ModelBundle
+from learner.exceptions import BundleFormatError
+from learner.features import FeatureSpec
+from learner.training import TrainingConfig, train_bundle
+
+HYBRID = FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0)
+
+# Two classes told apart by one word; the "embeddings" carry no signal at all.
+WORDS = {"Kitchen > Pans": "skillet", "Garden > Tools": "trowel"}
+
+
+def catalog(n: int, seed: int) -> tuple[list[str], list[str], NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    labels = [list(WORDS)[i] for i in rng.integers(0, 2, size=n)]
+    fillers = ["steel", "blue", "large", "classic", "pro", "set", "mini", "eco"]
+    texts = [f"{' '.join(rng.choice(fillers, size=3))} {WORDS[label]} {k}" for k, label in enumerate(labels)]
+    embeddings = rng.normal(size=(n, 8)).astype(np.float32)
+    embeddings /= np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return texts, labels, embeddings
+
+
+def test_ngram_features_are_deterministic_unit_norm_and_lexical() -> None:
+    texts = ["Basmati Rice 5 kg | brand: India Gate", "basmati rice 1 kg", "Steel Skillet 28 cm"]
+    first = HYBRID.ngram_features(texts)
+    again = FeatureSpec(kind="hybrid", ngram_dims=256).ngram_features(list(reversed(texts)))[::-1]
+    assert first.shape == (3, 256)
+    assert first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)  # stateless: no fitted vocabulary, order-free
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    cosine = first @ first.T
+    assert cosine[0, 1] > 0.5 > cosine[0, 2]  # shared words and character n-grams count
+
+
+def test_model_inputs_layout_and_encoder_part() -> None:
+    texts, _, embeddings = catalog(5, seed=0)
+    x = HYBRID.model_inputs(embeddings, texts)
+    assert x.shape == (5, 8 + 256)
+    np.testing.assert_array_equal(HYBRID.encoder_part(x), embeddings)
+    np.testing.assert_allclose(x[:, 8:], 2.0 * HYBRID.ngram_features(texts), rtol=1e-6)
+    plain = FeatureSpec()
+    np.testing.assert_array_equal(plain.model_inputs(embeddings, texts), embeddings)
+    with pytest.raises(ValueError, match="texts"):
+        HYBRID.model_inputs(embeddings, texts[:-1])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"kind": "tfidf"},
+        {"ngram_dims": 0},
+        {"word_ngrams": (2, 1)},
+        {"char_ngrams": (0, 3)},
+        {"ngram_weight": 0.0},
+    ],
+)
+def test_bad_specs_are_refused(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        FeatureSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_spec_round_trips_and_missing_record_means_embedding() -> None:
+    spec = FeatureSpec(
+        kind="hybrid", ngram_dims=1024, word_ngrams=(1, 3), ngram_weight=1.5, sublinear_tf=True
+    )
+    assert FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert FeatureSpec.from_dict(None) == FeatureSpec(kind="embedding")
+
+
+def test_hybrid_bundle_learns_from_words_and_serves_identically(tmp_path: Path) -> None:
+    texts, labels, embeddings = catalog(400, seed=1)
+    x = HYBRID.model_inputs(embeddings, texts)
+    config = TrainingConfig(epochs=60, device="cpu", min_calibration_per_class=5, features=HYBRID)
+    result = train_bundle(
+        x[:200], labels[:200], x[200:300], labels[200:300], config=config, encoder_ref="e", encoder_id="e"
+    )
+    bundle = result.bundle
+    # The embeddings are noise, so only the n-gram block can separate the classes.
+    test_texts, test_labels, test_emb = catalog(100, seed=2)
+    predicted, _, _ = bundle.predict(bundle.model_inputs(test_emb, test_texts))
+    assert np.mean(np.array(predicted) == np.array(test_labels)) > 0.95
+    # Centroids (OOD check) live in encoder space, not in the hybrid input space.
+    assert np.asarray(bundle.metadata["class_centroids"]).shape == (2, 8)
+
+    loaded = ModelBundle.load(bundle.save(tmp_path / "b"), device="cpu")
+    assert loaded.features == HYBRID
+    np.testing.assert_array_equal(
+        loaded.predict_proba(loaded.model_inputs(test_emb, test_texts)),
+        bundle.predict_proba(bundle.model_inputs(test_emb, test_texts)),
+    )
+
+
+def test_bundle_without_feature_record_loads_as_embedding(tmp_path: Path) -> None:
+    texts, labels, embeddings = catalog(200, seed=3)
+    config = TrainingConfig(epochs=20, device="cpu", min_calibration_per_class=5)
+    result = train_bundle(
+        embeddings[:100],
+        labels[:100],
+        embeddings[100:],
+        labels[100:],
+        config=config,
+        encoder_ref="e",
+        encoder_id="e",
+    )
+    folder = result.bundle.save(tmp_path / "old")
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    del manifest["features"]  # as written before features were recorded
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    loaded = ModelBundle.load(folder, device="cpu")
+    assert loaded.features.kind == "embedding"
+    np.testing.assert_array_equal(loaded.model_inputs(embeddings, texts), embeddings)
+
+    manifest["features"] = {"kind": "bag-of-words"}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleFormatError, match="corrupt"):
+        ModelBundle.load(folder, device="cpu")
