@@ -154,9 +154,12 @@ def list_models(ctx: typer.Context, api_key: ApiKey = None, url: Url = None) -> 
     console.print(table)
 
 
-def _move(ctx: typer.Context, version: str, action: str, api_key: str | None, url: str | None) -> None:
+def _move(
+    ctx: typer.Context, version: str, action: str, api_key: str | None, url: str | None, reason: str | None
+) -> None:
     with _client(ctx, url, api_key) as client:
-        body = _call(client, "POST", f"/v1/models/{version}/{action}")
+        params = {"reason": reason} if reason else None
+        body = _call(client, "POST", f"/v1/models/{version}/{action}", params=params)
     console.print(
         f"champion -> v{body['version']} (swapped: {body['swapped']}, Label Studio updated: "
         f"{body['labelstudio_updated']}, auto-resolved {body['auto_resolved']}, "
@@ -164,17 +167,28 @@ def _move(ctx: typer.Context, version: str, action: str, api_key: str | None, ur
     )
 
 
+Reason = Annotated[str | None, typer.Option("--reason", help="why (kept in the audit trail)")]
+
+
 @models_app.command("promote")
 def promote(
-    ctx: typer.Context, version: Annotated[str, typer.Argument()], api_key: ApiKey = None, url: Url = None
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument()],
+    api_key: ApiKey = None,
+    url: Url = None,
+    reason: Reason = None,
 ) -> None:
-    """Make VERSION the champion (bypasses the gate; recorded on the version)."""
-    _move(ctx, version, "promote", api_key, url)
+    """Make VERSION the champion (bypasses the gate; recorded on the version and in the audit trail)."""
+    _move(ctx, version, "promote", api_key, url, reason)
 
 
 @models_app.command("rollback")
 def rollback(
-    ctx: typer.Context, version: Annotated[str, typer.Argument()], api_key: ApiKey = None, url: Url = None
+    ctx: typer.Context,
+    version: Annotated[str, typer.Argument()],
+    api_key: ApiKey = None,
+    url: Url = None,
+    reason: Reason = None,
 ) -> None:
-    """Point the champion back at VERSION."""
-    _move(ctx, version, "rollback", api_key, url)
+    """Point the champion back at VERSION (audited with who and why)."""
+    _move(ctx, version, "rollback", api_key, url, reason)

@@ -416,6 +416,9 @@ def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) ->
     console.print(f"   login      {ls.username} / {ls.password.get_secret_value()}  (local dev login)")
     console.print(f"MLflow UI     {_mlflow_url(settings)}  (experiment '{settings.mlflow.experiment}')")
     console.print(f"Serving API   {settings.serving.base_url}/docs")
+    console.print(
+        f"Dashboard     {settings.serving.base_url}/dashboard  (sign in with the product_owner key)"
+    )
     console.print(f"API keys      {settings.state_dir / 'up' / 'keys.json'} (file mode 0600)")
     console.print("   export HITL_API_KEY=$(python3 -c \"import json;print(json.load(open('"
                   f"{settings.state_dir / 'up' / 'keys.json'}'))['ml_engineer'])\")")  # fmt: skip
@@ -429,7 +432,8 @@ def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) ->
     )
     console.print("  3. Watch the run in MLflow; `hitl models list` shows versions and the gate's decisions.")
     console.print(
-        "  4. GET /v1/metrics/escalation (product_owner key) shows the escalation rate per version."
+        "  4. Watch the escalation rate fall on the dashboard (GET /v1/metrics/dashboard as JSON), "
+        "or write a report: hitl report --out DIR."
     )
     console.print("  Stop everything with `make down`.")
 

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hitl.settings import Settings
@@ -23,6 +24,8 @@ from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError
 from serving.outbox import OutboxWorker
 from serving.routers import audit, escalations, health, items, keys, ml_backend, predict, webhooks
+from serving.routers import dashboard as dashboard_router
+from serving.routers import metrics_dashboard as metrics_router
 from serving.routers import retrain as retrain_router
 from serving.service import BackendHolder
 from serving.store import Store
@@ -191,6 +194,9 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(ml_backend.router)
     app.include_router(retrain_router.router)
+    app.include_router(metrics_router.router)
+    app.include_router(dashboard_router.router)
+    app.mount("/static", StaticFiles(packages=[("serving", "static")]), name="static")
 
     @app.get("/v1/health", include_in_schema=False)
     def health_v1() -> dict[str, str]:

@@ -1,8 +1,8 @@
-"""`GET /v1/audit`: the append-only audit trail, optionally for one item."""
+"""`GET /v1/audit`: the append-only audit trail, optionally for one item or one kind of event."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
@@ -20,11 +20,15 @@ async def audit_trail(
     store: StoreDep,
     _: Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))],
     item: Annotated[str | None, Query(min_length=1, max_length=255, description="an item id")] = None,
+    kind: Annotated[
+        Literal["model_decision", "review", "model_event"] | None,
+        Query(description="only events of this kind (model_event: champion moves)"),
+    ] = None,
     after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditTrailOut:
-    """Model decisions and reviews, oldest first; page with `after_id`."""
-    rows = await run_in_threadpool(store.audit_trail, item_id=item, limit=limit, after_id=after_id)
+    """Model decisions, reviews and champion moves, oldest first; page with `after_id`."""
+    rows = await run_in_threadpool(store.audit_trail, item_id=item, kind=kind, limit=limit, after_id=after_id)
     return AuditTrailOut(
         count=len(rows),
         next_after_id=rows[-1].id if len(rows) == limit else None,

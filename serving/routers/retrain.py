@@ -27,6 +27,9 @@ router = APIRouter(prefix="/v1", tags=["retrain"])
 
 EngineerDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))]
 ReaderDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.PRODUCT_OWNER))]
+ReasonQuery = Annotated[
+    str | None, Query(min_length=1, max_length=500, description="why (kept in the audit trail)")
+]
 
 
 class RetrainRequest(BaseModel):
@@ -172,7 +175,9 @@ async def models(request: Request, _: ReaderDep) -> ModelsOut:
     return await run_in_threadpool(_versions, request)
 
 
-async def _move_champion(request: Request, version: str, principal: Principal, action: str) -> PromotionOut:
+async def _move_champion(
+    request: Request, version: str, principal: Principal, action: str, reason: str | None
+) -> PromotionOut:
     worker = _worker(request)
     settings = request.app.state.settings
 
@@ -186,7 +191,10 @@ async def _move_champion(request: Request, version: str, principal: Principal, a
                 status.HTTP_404_NOT_FOUND, detail=f"no registered version {version!r}"
             ) from exc
         report = worker.promoter.promote(
-            version, reason=action, actor=f"{principal.role.value}:{principal.name}"
+            version,
+            reason=reason or action.replace("_", " "),
+            actor=f"{principal.role.value}:{principal.name}",
+            action=action,
         )
         return PromotionOut(
             version=report.version,
@@ -200,15 +208,20 @@ async def _move_champion(request: Request, version: str, principal: Principal, a
 
 
 @router.post("/models/{version}/promote", response_model=PromotionOut)
-async def promote(request: Request, version: str, principal: EngineerDep) -> PromotionOut:
-    """Make `version` the champion (bypasses the gate: an engineer's decision, recorded on the version)."""
-    return await _move_champion(request, version, principal, "manual promote")
+async def promote(
+    request: Request, version: str, principal: EngineerDep, reason: ReasonQuery = None
+) -> PromotionOut:
+    """Make `version` the champion (bypasses the gate: an engineer's decision, recorded on the version
+    and in the audit trail with who and why)."""
+    return await _move_champion(request, version, principal, "manual_promote", reason)
 
 
 @router.post("/models/{version}/rollback", response_model=PromotionOut)
-async def rollback(request: Request, version: str, principal: EngineerDep) -> PromotionOut:
-    """Point the champion back at an earlier `version`."""
-    return await _move_champion(request, version, principal, "rollback")
+async def rollback(
+    request: Request, version: str, principal: EngineerDep, reason: ReasonQuery = None
+) -> PromotionOut:
+    """Point the champion back at an earlier `version` (audited with who and why)."""
+    return await _move_champion(request, version, principal, "rollback", reason)
 
 
 @router.get("/metrics/escalation", response_model=EscalationOut)

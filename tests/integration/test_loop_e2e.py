@@ -78,6 +78,14 @@ def loop(
             delta=0.2,
             min_calibration_per_class=10,
             calibration_fraction=0.5,
+            # The premise "the first model escalates everything" needs strict per-class thresholds:
+            # with the default pooled mode 100 seed labels already earn a shared threshold. And on
+            # this tiny synthetic catalog a hybrid first model (n-grams nail synthetic titles) is so
+            # close to the 60-correction challenger that the gate's 33-item holdout decides by one
+            # item (seen: coverage 0.273 -> 0.242, rejected); plain embeddings keep the test about
+            # the loop's mechanics. Hybrid serving is covered by tests/unit/serving (fixtures).
+            threshold_mode="per_class",
+            features="embedding",
         ),
         serving=ServingSettings(
             port=free_port(),
@@ -236,3 +244,30 @@ def test_the_retrain_endpoints_need_an_ml_engineer(loop: Loop) -> None:
     assert loop.http.post("/v1/retrain", headers=merch).status_code == 403
     assert loop.http.post("/v1/retrain").status_code == 401
     assert loop.http.post("/v1/models/1/promote", headers=merch).status_code == 403
+
+
+def test_an_engineer_rolls_back_and_the_audit_trail_says_who_and_why(loop: Loop) -> None:
+    champion = registry.champion_version(loop.settings)
+    assert champion is not None
+    assert champion != "1"  # the loop above promoted at least one retrain
+    headers = engineer(loop)
+    answer = loop.http.post(
+        "/v1/models/1/rollback", params={"reason": "the new model misroutes toys"}, headers=headers
+    )
+    assert answer.status_code == 200, answer.text
+    assert registry.champion_version(loop.settings) == "1"
+    version, _ = predict(loop, loop.fresh[2 * BATCH :][:5])
+    assert version == registry.version_label(loop.settings, "1")
+    trail = loop.http.get("/v1/audit", params={"kind": "model_event"}, headers=headers)
+    assert trail.status_code == 200, trail.text
+    events = trail.json()["events"]
+    assert {e["kind"] for e in events} == {"model_event"}
+    assert "promoted" in [e["action"] for e in events]  # the gate's promotion, earlier in the loop
+    last = events[-1]
+    assert (last["action"], last["after"], last["before"]) == (
+        "rollback",
+        registry.version_label(loop.settings, "1"),
+        registry.version_label(loop.settings, champion),
+    )
+    assert last["actor"].startswith("ml_engineer:")
+    assert last["details"]["reason"] == "the new model misroutes toys"

@@ -26,6 +26,10 @@ PUBLIC = {WEBHOOK_PATH: "Label Studio's shared secret", "/v1/health": "liveness 
 WRONG_KEY = KEY_PREFIX + "not-a-key-" + "x" * 32
 NO_BODY = {"GET", "DELETE", "HEAD", "OPTIONS"}
 ROLE_NAMES = {role.value for role in Role}
+# The dashboard's JSON figures (issue #7); the HTML page `/dashboard` is checked separately: without a
+# key it redirects to the login form instead of answering 401.
+DASHBOARD_FIGURES = ("dashboard", "escalation-summary", "spot-checks", "queue", "reviews", "throughput",
+                     "cost", "segments", "model-timeline")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,6 +170,12 @@ def test_routes_are_found_and_match_the_openapi_document() -> None:
         ("GET", "/v1/keys"): {Role.ADMIN},
         ("DELETE", "/v1/keys/{key_id}"): {Role.ADMIN},
     }
+    dashboard_roles = frozenset({Role.PRODUCT_OWNER, Role.ML_ENGINEER, Role.ADMIN})
+    metrics_routes = {e.path: e.allowed for e in PROTECTED if e.path.startswith("/v1/metrics/")}
+    assert metrics_routes == {
+        "/v1/metrics/escalation": dashboard_roles,
+        **{f"/v1/metrics/{name}": dashboard_roles for name in DASHBOARD_FIGURES},
+    }
 
 
 def test_every_v1_route_is_protected() -> None:
@@ -217,3 +227,17 @@ def test_public_routes_need_no_key(running: RunningApp) -> None:
         WEBHOOK_PATH, json={}, headers={"Authorization": f"Bearer {running.keys[Role.ADMIN]}"}
     )
     assert response.status_code == 401
+
+
+def test_dashboard_page_roles(running: RunningApp) -> None:
+    """No key or a wrong key: the login page; a dashboard role: the page; any other role: 403."""
+    for headers in ({}, {"Authorization": f"Bearer {WRONG_KEY}"}):
+        response = running.client.get("/dashboard", headers=headers, follow_redirects=False)
+        assert response.status_code == 303
+        assert response.headers["location"] == "/login"
+    assert running.client.get("/login").status_code == 200
+    for role, key in running.keys.items():
+        response = running.client.get("/dashboard", headers={"X-API-Key": key}, follow_redirects=False)
+        allowed = role in (Role.PRODUCT_OWNER, Role.ML_ENGINEER, Role.ADMIN)
+        assert response.status_code == (200 if allowed else 403), role
+        assert key not in response.text

@@ -91,3 +91,22 @@ def test_project_taxonomy_round_trip(store: Store) -> None:
     assert store.taxonomy(5) == tax
     assert store.taxonomy(6) is None
     assert store.project_by_title("Products") == 5
+
+
+def test_champion_moves_are_audited_and_filterable_by_kind(store: Store) -> None:
+    store.record_model_event(
+        action="rollback",
+        version="m:v1",
+        actor="ml_engineer:alice",
+        reason="v2 misroutes toys",
+        previous="m:v2",
+    )
+    store.record_model_event(action="manual_promote", version="m:v3", actor="ml_engineer:bob", reason=None)
+    moves = store.model_events()
+    assert [(m.action, m.before, m.after, m.actor) for m in moves] == [
+        ("rollback", "m:v2", "m:v1", "ml_engineer:alice"),
+        ("manual_promote", None, "m:v3", "ml_engineer:bob"),
+    ]
+    assert moves[0].details["reason"] == "v2 misroutes toys"
+    assert [a.kind for a in store.audit_trail(kind="model_event")] == ["model_event", "model_event"]
+    assert store.audit_trail(kind="review") == []
