@@ -128,6 +128,12 @@ class ServingSettings(BaseModel):
     public_url: str | None = Field(None, description="How Label Studio reaches us (webhooks)")
     database_url: str | None = Field(None, description="unset = sqlite under the state dir")
     max_batch_size: int = Field(256, ge=1)
+    key_cache_ttl_s: float = Field(
+        5.0,
+        ge=0,
+        description="how long a verified API key is trusted without a database lookup; a revocation "
+        "through the API applies at once, one through the CLI within this time (0 = every request)",
+    )
     max_text_length: int = Field(2000, ge=1)
     model_source: Literal["auto", "bundle", "registry", "none"] = Field(
         "auto",

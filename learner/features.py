@@ -73,6 +73,8 @@ class FeatureSpec:
         items = [str(t) for t in texts]
         if not items:
             return np.empty((0, self.ngram_dims), dtype=np.float32)
+        if len(items) <= _FAST_PATH_MAX_TEXTS:
+            return self._ngram_features_few(items)
         blocks = []
         # Serving calls this once per request with a handful of titles: sklearn's per-call parameter
         # validation was most of the ~0.7 ms it cost for one title (experiments/bench_serving).
@@ -84,6 +86,31 @@ class FeatureSpec:
                 blocks.append(normalize(block))
             combined = normalize(blocks[0] + blocks[1])
         out: NDArray[np.float32] = np.asarray(combined.toarray(), dtype=np.float32)
+        return out
+
+    def _ngram_features_few(self, items: list[str]) -> NDArray[np.float32]:
+        """The same numbers as the sparse path (same analyzers, same murmurhash3 indices and signs as
+        sklearn's FeatureHasher, same normalisation; tests compare them bit for bit), built densely per
+        text: for the one to a few titles of a serving request it is ~6x cheaper than the sparse
+        machinery, whose fixed cost per call dominated the single-item request."""
+        from sklearn.utils import murmurhash3_32
+
+        dims = self.ngram_dims
+        analyzers = [v.build_analyzer() for v in _vectorizers(dims, self.word_ngrams, self.char_ngrams)]
+        out = np.empty((len(items), dims), dtype=np.float32)
+        for row, text in enumerate(items):
+            combined = np.zeros(dims, dtype=np.float64)
+            for analyze in analyzers:
+                block = np.zeros(dims, dtype=np.float64)
+                for feature in analyze(text):
+                    h = int(murmurhash3_32(feature, 0))
+                    # FeatureHasher's index of the one hash whose absolute value does not fit
+                    index = (2147483647 - (dims - 1)) % dims if h == -2147483648 else abs(h) % dims
+                    block[index] += 1.0 if h >= 0 else -1.0
+                if self.sublinear_tf:
+                    block = np.sign(block) * np.log1p(np.abs(block))
+                combined += _unit(block)
+            out[row] = _unit(combined)
         return out
 
     def model_inputs(self, embeddings: ArrayLike, texts: Sequence[str]) -> NDArray[np.float32]:
@@ -128,6 +155,15 @@ class FeatureSpec:
             ngram_weight=float(data.get("ngram_weight", 1.0)),
             sublinear_tf=bool(data.get("sublinear_tf", False)),
         )
+
+
+# Up to this many texts per call take the dense per-text path (`FeatureSpec._ngram_features_few`).
+_FAST_PATH_MAX_TEXTS = 16
+
+
+def _unit(vector: NDArray[np.float64]) -> NDArray[np.float64]:
+    norm = float(np.sqrt((vector * vector).sum()))
+    return vector / norm if norm else vector
 
 
 @functools.lru_cache(maxsize=8)

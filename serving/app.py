@@ -27,6 +27,7 @@ from serving.routers import audit, escalations, health, items, keys, ml_backend,
 from serving.routers import dashboard as dashboard_router
 from serving.routers import metrics_dashboard as metrics_router
 from serving.routers import retrain as retrain_router
+from serving.security import KeyCache
 from serving.service import BackendHolder
 from serving.store import Store
 
@@ -132,6 +133,7 @@ def create_app(
             _register_version(active, metrics)(holder.current)
         app.state.settings = settings
         app.state.store = active
+        app.state.key_cache = KeyCache(settings.serving.key_cache_ttl_s)
         app.state.model = holder
         app.state.model_holder = BackendHolder(holder)  # the ML-backend router's view of it
         app.state.metrics = metrics

@@ -1,4 +1,8 @@
-"""Dependencies shared by routers (`Annotated` aliases over what the lifespan put on `app.state`)."""
+"""Dependencies shared by routers (`Annotated` aliases over what the lifespan put on `app.state`).
+
+The `get_*` helpers are plain functions (some handlers call them directly); the dependencies wrap them
+in `async` functions on purpose: a plain `def` dependency costs a threadpool round trip per request.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,23 @@ def get_metrics(request: Request) -> ServingMetrics:
     return cast(ServingMetrics, request.app.state.metrics)
 
 
-StoreDep = Annotated[Store, Depends(get_store)]
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-ModelHolderDep = Annotated[ModelHolder, Depends(get_model_holder)]
-MetricsDep = Annotated[ServingMetrics, Depends(get_metrics)]
+async def _store(request: Request) -> Store:
+    return get_store(request)
+
+
+async def _settings(request: Request) -> Settings:
+    return get_settings(request)
+
+
+async def _model_holder(request: Request) -> ModelHolder:
+    return get_model_holder(request)
+
+
+async def _metrics(request: Request) -> ServingMetrics:
+    return get_metrics(request)
+
+
+StoreDep = Annotated[Store, Depends(_store)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+ModelHolderDep = Annotated[ModelHolder, Depends(_model_holder)]
+MetricsDep = Annotated[ServingMetrics, Depends(_metrics)]

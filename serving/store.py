@@ -49,8 +49,6 @@ from labeling.webhooks import EPOCH, CorrectionEvent, DeletionEvent, utc
 
 logger = logging.getLogger(__name__)
 
-# Rows per multi-VALUES item upsert (8 parameters each: well under SQLite's host-parameter limit).
-_UPSERT_CHUNK = 500
 # A group commit stops taking waiting writes at this many rows (bounds one transaction's size).
 _GROUP_MAX_ROWS = 2048
 
@@ -412,6 +410,11 @@ class Store:
             if url.database and url.database != ":memory:":
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+            if url.database and url.database != ":memory:":
+                # Enough pooled connections for the request threadpool: beyond the pool every checkout
+                # opened (and ran the pragmas on) a fresh connection and closed it again.
+                kwargs["pool_size"] = 32
+                kwargs["max_overflow"] = 32
         self.engine: Engine = create_engine(url, **kwargs)
         if url.get_backend_name() == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -735,15 +738,14 @@ class Store:
             return
         if self.dialect in ("sqlite", "postgresql"):
             insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
-            pending = list(latest.values())
+            stmt = insert(_ITEMS)
             changed = ("title", "description", "brand", "price", "category_hint", "updated_at")
-            for start in range(0, len(pending), _UPSERT_CHUNK):
-                stmt = insert(_ITEMS).values(pending[start : start + _UPSERT_CHUNK])
-                session.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[_ITEMS.c.id], set_={c: getattr(stmt.excluded, c) for c in changed}
-                    )
-                )
+            upsert = stmt.on_conflict_do_update(
+                index_elements=[_ITEMS.c.id], set_={c: getattr(stmt.excluded, c) for c in changed}
+            )
+            # One statement with a list of parameter sets (executemany): compiled once and cached,
+            # where a multi-VALUES statement was compiled anew for every group size.
+            session.execute(upsert, list(latest.values()))
             return
         for values in latest.values():  # pragma: no cover - other dialects
             row = session.get(Item, values["id"])

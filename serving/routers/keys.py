@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -97,7 +97,7 @@ async def list_api_keys(store: StoreDep, _: AdminDep, include_revoked: bool = Fa
     },
 )
 async def revoke_api_key(
-    key_id: Annotated[int, Path(ge=1, le=2**62)], store: StoreDep, _: AdminDep
+    request: Request, key_id: Annotated[int, Path(ge=1, le=2**62)], store: StoreDep, _: AdminDep
 ) -> Response:
     """Revoke a key (idempotent). The last active admin key can only be revoked with the CLI."""
     info = await run_in_threadpool(keys.get_key, store, key_id)
@@ -113,4 +113,7 @@ async def revoke_api_key(
             detail="refusing to revoke the last active admin key; create another first",
         )
     await run_in_threadpool(keys.revoke_key, store, key_id)
+    cache = getattr(request.app.state, "key_cache", None)
+    if cache is not None:  # the revoked key must stop working now, not when its cache entry expires
+        cache.clear()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -124,3 +124,20 @@ def test_bundle_without_feature_record_loads_as_embedding(tmp_path: Path) -> Non
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     with pytest.raises(BundleFormatError, match="corrupt"):
         ModelBundle.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize("sublinear_tf", [False, True])
+def test_the_few_texts_path_equals_the_sparse_path_bit_for_bit(sublinear_tf: bool) -> None:
+    spec = FeatureSpec(kind="hybrid", ngram_dims=512, sublinear_tf=sublinear_tf)
+    texts = [
+        "Basmati Rice - Premium, 5 kg | Daawat",
+        "Ünïcödé CAFÉ 500ml  tab\tand\nnewline",
+        "",
+        "   ",
+        "a",
+        "x " * 40,
+        "Organic Bananas Bananas Bananas",
+    ] + [f"Item {i} shampoo {i * 7} ml" for i in range(40)]
+    sparse = spec.ngram_features(texts)  # more than the fast-path limit: the sklearn path
+    few = np.vstack([spec.ngram_features([t]) for t in texts])
+    assert np.array_equal(sparse, few)

@@ -10,10 +10,12 @@ import pytest
 from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
+from hitl.settings import LabelStudioSettings, RetrainSettings, ServingSettings, Settings
 from serving import keys
+from serving.app import create_app
 from serving.keys import KEY_PREFIX, ApiKey, Role, authenticate, create_key, list_keys, revoke_key
 from serving.routers import keys as keys_router
-from serving.security import Principal, allowed_roles_of, require_roles
+from serving.security import KeyCache, Principal, allowed_roles_of, require_roles
 from serving.store import Store
 
 
@@ -206,3 +208,44 @@ def test_second_admin_can_be_revoked(client: TestClient, store: Store) -> None:
     assert (
         client.delete(f"/v1/keys/{second}", headers={"Authorization": f"Bearer {admin}"}).status_code == 204
     )
+
+
+def test_key_cache_expires_clears_and_never_holds_the_plaintext(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr("serving.security.time.monotonic", lambda: clock[0])
+    cache = KeyCache(ttl_s=5.0, max_entries=2)
+    who = Principal(key_id=1, name="svc", role=Role.SERVICE)
+    cache.put("hitl_secret", who)
+    assert cache.get("hitl_secret") == who
+    assert "hitl_secret" not in repr(cache._entries)
+    clock[0] += 5.0
+    assert cache.get("hitl_secret") is None  # expired
+    cache.put("hitl_a", who)
+    cache.put("hitl_b", who)
+    cache.put("hitl_c", who)  # over max_entries: the oldest goes
+    assert cache.get("hitl_a") is None
+    assert cache.get("hitl_c") == who
+    cache.clear()
+    assert cache.get("hitl_c") is None
+    disabled = KeyCache(ttl_s=0)
+    disabled.put("hitl_x", who)
+    assert disabled.get("hitl_x") is None
+
+
+def test_a_key_revoked_through_the_api_stops_working_at_once(tmp_path: Path) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        labelstudio=LabelStudioSettings(sync_interval_s=0),
+        serving=ServingSettings(model_source="none", outbox_enabled=False, model_poll_interval_s=0),
+        retrain=RetrainSettings(enabled=False),
+    )
+    store = Store(settings.database_url)
+    with TestClient(create_app(settings, store=store)) as client:  # the lifespan creates the tables
+        _, admin = create_key(store, "root", Role.ADMIN)
+        key_id, engineer = create_key(store, "eng", Role.ML_ENGINEER)
+        auth = {"Authorization": f"Bearer {engineer}"}
+        assert client.get("/v1/audit", headers=auth).status_code == 200  # now cached
+        assert client.get("/v1/audit", headers=auth).status_code == 200
+        assert client.delete(f"/v1/keys/{key_id}", headers={"X-API-Key": admin}).status_code == 204
+        assert client.get("/v1/audit", headers=auth).status_code == 401
+    store.close()
