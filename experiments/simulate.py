@@ -48,7 +48,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -470,7 +470,28 @@ def run_or_skip(
 
     Returns (rows, skipped).
     """
-    path = run_file(out_dir, config.strategy, config.seed)
+    return record_run(
+        run_file(out_dir, config.strategy, config.seed),
+        config,
+        lambda: simulate_run(data, embeddings, config, inputs=inputs),
+        extra=extra,
+        logger=logger,
+        on_round=on_round,
+    )
+
+
+def record_run(
+    path: Path,
+    config: SimulationConfig,
+    run: Callable[[], Iterable[dict[str, Any]]],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    logger: RunLogger | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The resumable JSONL file of one run (header, one line per round, `DONE`) and its MLflow run,
+    whichever loop yields the rows. A finished file with the same configuration is read back instead
+    (skipped = True); an unfinished one is redone from the start."""
     if run_finished(path, config, extra):
         return read_rounds(path), True
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,7 +502,7 @@ def run_or_skip(
     try:
         with path.open("w", encoding="utf-8") as out:
             out.write(json.dumps(_header(config, extra)) + "\n")
-            for row in simulate_run(data, embeddings, config, inputs=inputs):
+            for row in run():
                 rows.append(row)
                 out.write(json.dumps(row) + "\n")
                 out.flush()

@@ -36,7 +36,6 @@ production's (`serving.retrain.training_config` over the same settings).
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import shutil
@@ -54,19 +53,15 @@ from numpy.typing import NDArray
 from pydantic import SecretStr
 
 from experiments.simulate import (
-    DONE,
     Inputs,
     RunLogger,
     SimulationConfig,
-    _flat_params,
-    _header,
     _noisy,
     _select,
     _test_metrics,
     model_inputs,
-    read_rounds,
+    record_run,
     run_file,
-    run_finished,
     split_stream,
 )
 from hitl.settings import Settings
@@ -507,38 +502,20 @@ def run_or_skip_through_api(
 ) -> tuple[list[dict[str, Any]], bool]:
     """`simulate.run_or_skip` for the API-driven loop: ``<out>/runs/<strategy>/seed<k>.jsonl`` (rows,
     skipped); the app's state lives in ``<out>/api-state/<strategy>/seed<k>`` (kept for inspection)."""
-    header_extra = {**dict(extra or {}), **EXTRA}
-    path = run_file(out_dir / "runs", config.strategy, config.seed)
-    if run_finished(path, config, header_extra):
-        return read_rounds(path), True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows: list[dict[str, Any]] = []
-    if logger is not None:
-        logger.start(config, {**_flat_params(config), **header_extra})
-    failed = True
-    try:
-        with path.open("w", encoding="utf-8") as out:
-            out.write(json.dumps(_header(config, header_extra)) + "\n")
-            for row in simulate_through_api(
-                data,
-                embeddings,
-                products,
-                config,
-                settings,
-                encoder_id=encoder_id,
-                state_dir=out_dir / "api-state" / config.strategy / f"seed{config.seed}",
-                shared_cache=settings.cache_dir,
-            ):
-                rows.append(row)
-                out.write(json.dumps(row) + "\n")
-                out.flush()
-                if logger is not None:
-                    logger.round(int(row["round"]), row)
-                if on_round is not None:
-                    on_round(row)
-            out.write(json.dumps(DONE) + "\n")
-        failed = False
-    finally:
-        if logger is not None:
-            logger.end(failed=failed)
-    return rows, False
+    return record_run(
+        run_file(out_dir / "runs", config.strategy, config.seed),
+        config,
+        lambda: simulate_through_api(
+            data,
+            embeddings,
+            products,
+            config,
+            settings,
+            encoder_id=encoder_id,
+            state_dir=out_dir / "api-state" / config.strategy / f"seed{config.seed}",
+            shared_cache=settings.cache_dir,
+        ),
+        extra={**dict(extra or {}), **EXTRA},
+        logger=logger,
+        on_round=on_round,
+    )

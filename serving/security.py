@@ -102,10 +102,22 @@ async def _principal(request: Request, presented: str) -> Principal | None:
     return principal
 
 
+def admit(request: Request, principal: Principal, allowed: frozenset[Role]) -> Principal:
+    """`principal` if its role is in `allowed` (recorded on the request), else 403 naming the roles."""
+    request.state.principal = principal
+    if principal.role not in allowed:
+        logger.info("key %d (%s) denied %s", principal.key_id, principal.role.value, request.url.path)
+        needed = ", ".join(sorted(r.value for r in allowed))
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            detail=f"role {principal.role.value!r} may not call this endpoint (needs one of: {needed})",
+        )
+    return principal
+
+
 def require_roles(*roles: Role) -> Callable[..., Any]:
     """A dependency that admits callers whose key has one of `roles` (or `admin`)."""
     allowed = frozenset(roles) | {Role.ADMIN}
-    needed = ", ".join(sorted(r.value for r in allowed))
 
     async def dependency(
         request: Request,
@@ -117,14 +129,7 @@ def require_roles(*roles: Role) -> Callable[..., Any]:
         if principal is None:
             logger.info("rejected a request to %s: missing or invalid API key", request.url.path)
             raise _unauthorized()
-        request.state.principal = principal
-        if principal.role not in allowed:
-            logger.info("key %d (%s) denied %s", principal.key_id, principal.role.value, request.url.path)
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"role {principal.role.value!r} may not call this endpoint (needs one of: {needed})",
-            )
-        return principal
+        return admit(request, principal, allowed)
 
     dependency.allowed_roles = allowed  # type: ignore[attr-defined]
     return dependency
@@ -136,4 +141,4 @@ def allowed_roles_of(call: Any) -> frozenset[Role] | None:
     return roles if isinstance(roles, frozenset) else None
 
 
-__all__ = ["API_KEY_HEADER", "KeyCache", "Principal", "Role", "allowed_roles_of", "require_roles"]
+__all__ = ["API_KEY_HEADER", "KeyCache", "Principal", "Role", "admit", "allowed_roles_of", "require_roles"]

@@ -35,6 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from hitl.settings import Settings
 from serving.deps import SettingsDep, StoreDep
 from serving.keys import ApiKey, Principal, Role, authenticate, hash_key
+from serving.security import admit
 from serving.store import Base, Store
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,6 @@ def require_dashboard_roles() -> Callable[..., Principal]:
     """Like `serving.security.require_roles(product_owner, ml_engineer)`, but a session cookie also
     counts: missing or invalid credentials -> 401, another role -> 403 with the reason."""
     allowed = DASHBOARD_ROLES
-    needed = ", ".join(sorted(r.value for r in allowed))
 
     def dependency(
         request: Request,
@@ -149,13 +149,7 @@ def require_dashboard_roles() -> Callable[..., Principal]:
                 detail="missing or invalid API key or dashboard session",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        request.state.principal = principal
-        if principal.role not in allowed:
-            raise HTTPException(
-                status.HTTP_403_FORBIDDEN,
-                detail=f"role {principal.role.value!r} may not call this endpoint (needs one of: {needed})",
-            )
-        return principal
+        return admit(request, principal, allowed)
 
     dependency.allowed_roles = allowed  # type: ignore[attr-defined]
     return dependency
