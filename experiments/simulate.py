@@ -17,19 +17,18 @@ Protocol of one run (one strategy, one seed)::
         from a simulated reviewer (wrong with probability `reviewer_noise`)
         retrain on seed + corrections; evaluate on the test split
 
-Calibration (thresholds and temperature) uses labelled items that are never trained on. Two protocols:
+The loop's policy is `learner.loop`, exactly as production runs it (the same function routes, draws
+audits, assigns label roles and builds the training configuration):
 
-- **audit** (``audit_share`` set, the default): each round ``round(audit_share * batch)`` of the
-  round's review budget are drawn uniformly at random from that round's *incoming* items (they stand
-  for the random audit sample production escalates as spot checks), and a random ``audit_share`` of
-  the seed set is held out likewise; these form the calibration set. The strategy picks the rest of
-  the budget from the review queue. The calibration items are then an exchangeable sample of the
-  stream, which is what the threshold guarantee assumes.
-- **every-k** (``audit_share=None``, the old protocol): in labelling order (seed items first, then
-  corrections in review order), every `calibration_every`-th item (positions k with
-  k % calibration_every == calibration_every - 1) is held out for calibration, the rest train the head.
-  Those items were chosen by the strategy (uncertain, hard items), so they are not exchangeable with
-  what gets auto-accepted, and the thresholds they give are needlessly strict.
+- **audits**: `serving.routing.route` draws every incoming item into the audit sample with a logged
+  probability (`learner.loop.AuditPolicy`: ``rate`` inside the routing model's confidence band,
+  ``rate * outside_factor`` outside it). The rate is fixed once per run so that about
+  ``audit_share * batch`` incoming items are drawn per round; seed items are drawn at the same rate.
+  Audited items are reviewed first, from the round's budget; the strategy picks the rest.
+- **roles**: audits certify (`learner.certify`, temperature included) and are never trained on;
+  every other label trains.
+- **stream**: every item routed so far (and the seed) with its stratum, which the certification
+  needs to weigh the strata; the candidate model's confidence on them is computed in chunks.
 
 The head sees ``training.features`` inputs (embedding, or embedding + hashed n-grams); centroid
 similarity (out-of-distribution routing) and `batch_diverse` distances use the encoder embedding only.
@@ -49,7 +48,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,12 +56,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hitl.settings import RoutingSettings
+from learner.bundle import ModelBundle
 from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
 from learner.features import FeatureSpec
+from learner.loop import AuditPolicy, strata_of
 from learner.strategies import get_strategy, margin
-from learner.training import TrainingConfig, TrainingResult, train_bundle
-from serving.routing import Decision, RouteInput, centroid_similarity, route
+from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
+from serving.routing import AuditRouting, Decision, RouteInput, centroid_similarity, route
 
 __all__ = [
     "Inputs",
@@ -89,25 +90,23 @@ class SimulationConfig:
     batch: int = 200
     rounds: int = 15
     reviewer_noise: float = 0.0
-    calibration_every: int = 5
-    audit_share: float | None = 0.25
+    audit_share: float = 0.4
     test_fraction: float = 0.2
     limit: int | None = None
     candidate_factor: int = 10
     training: TrainingConfig = field(default_factory=TrainingConfig)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    audit: AuditPolicy = field(default_factory=AuditPolicy)  # its rate is set per run from audit_share
 
     def __post_init__(self) -> None:
         get_strategy(self.strategy)  # ValueError listing the valid names
         for name in ("seed_size", "batch", "rounds", "candidate_factor"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.audit_share is not None and not 0.0 < self.audit_share < 1.0:
+        if not 0.0 < self.audit_share < 1.0:
             raise ValueError(f"audit_share must be in (0, 1), got {self.audit_share}")
-        if self.audit_share is not None and round(self.audit_share * self.batch) < 1:
+        if round(self.audit_share * self.batch) < 1:
             raise ValueError(f"audit_share * batch must be >= 1 item, got {self.audit_share} * {self.batch}")
-        if self.calibration_every < 2:
-            raise ValueError(f"calibration_every must be >= 2, got {self.calibration_every}")
         if not 0.0 <= self.reviewer_noise < 1.0:
             raise ValueError(f"reviewer_noise must be in [0, 1), got {self.reviewer_noise}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -120,6 +119,7 @@ class SimulationConfig:
         out["training"] = asdict(self.training)
         out["training"]["features"] = self.training.features.to_dict()
         out["routing"] = self.routing.model_dump(mode="json")
+        out["audit"] = asdict(self.audit)
         return out
 
 
@@ -230,18 +230,22 @@ def model_inputs(data: LabeledDataset, embeddings: NDArray[np.float32], features
     return Inputs(emb=emb, x=features.model_inputs(emb, [str(t) for t in data.texts]))
 
 
-def _escalated(
+def _routed(
     result: TrainingResult,
     inputs: Inputs,
     data: LabeledDataset,
     rows: NDArray[np.int64],
     policy: RoutingSettings,
-) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.float64]]:
-    """(escalated, below_threshold, proba) of `rows` under the production routing policy."""
+    audit: AuditPolicy | None,
+    strategy: str,
+) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.float64], NDArray[np.bool_], NDArray[np.float64]]:
+    """(escalated, below_threshold, proba, audited, inclusion) of `rows` under the production routing
+    policy; ``audit=None`` routes without audit draws (the test split)."""
     bundle = result.bundle
     proba = bundle.predict_proba(inputs.x[rows])
     centroids = np.asarray(bundle.metadata["class_centroids"], dtype=np.float64)
     similarity = centroid_similarity(inputs.emb[rows], centroids)
+    band = float(bundle.metadata.get("audit_band_low", 0.0))
     routed = route(
         proba,
         bundle.labels,
@@ -249,10 +253,14 @@ def _escalated(
         _route_items(data, rows),
         policy,
         similarity=similarity,
+        audit=None if audit is None else AuditRouting(audit, band),
+        strategy=strategy,
     )
     escalated = np.array([r.decision == Decision.ESCALATED for r in routed], dtype=np.bool_)
+    audited = np.array([r.audited for r in routed], dtype=np.bool_)
+    inclusion = np.array([np.nan if r.audit_probability is None else r.audit_probability for r in routed])
     below = ~bundle.thresholds.accept_mask(proba)
-    return escalated, below, proba
+    return escalated, below, proba, audited, inclusion
 
 
 def _test_metrics(
@@ -264,7 +272,7 @@ def _test_metrics(
 ) -> dict[str, Any]:
     """Metrics on the whole test split; a class the head never saw counts as an error."""
     bundle = result.bundle
-    escalated, below, proba = _escalated(result, x, data, test, policy)
+    escalated, below, proba, _, _ = _routed(result, x, data, test, policy, None, "margin")
     head_labels = np.array(bundle.labels, dtype=object)
     pred_labels = head_labels[np.argmax(proba, axis=1)]
     true_labels = data.labels[test]
@@ -294,34 +302,59 @@ def _test_metrics(
     }
 
 
+@dataclass
+class _State:
+    """What a run has seen: labelled rows with their provenance, and the stream with its strata."""
+
+    labelled: list[int] = field(default_factory=list)
+    observed: dict[int, int] = field(default_factory=dict)
+    audited: set[int] = field(default_factory=set)
+    stream_rows: list[int] = field(default_factory=list)
+    stream_pi: list[float] = field(default_factory=list)
+    audit_pi: dict[int, float] = field(default_factory=dict)
+
+
+STREAM_CHUNK = 4096
+
+
 def _train(
     data: LabeledDataset,
     inputs: Inputs,
-    labelled: list[int],
-    observed: dict[int, int],
+    state: _State,
     test: NDArray[np.int64],
     config: SimulationConfig,
-    audited: set[int],
 ) -> TrainingResult:
-    if config.audit_share is not None:
-        cal_rows = [r for r in labelled if r in audited]
-        train_rows = [r for r in labelled if r not in audited]
-    else:
-        every = config.calibration_every
-        cal_rows = [r for k, r in enumerate(labelled) if k % every == every - 1]
-        train_rows = [r for k, r in enumerate(labelled) if k % every != every - 1]
+    """Audits certify (never trained on), the other labels train: `learner.loop.split_roles`."""
+    cal_rows = [r for r in state.labelled if r in state.audited]
+    train_rows = [r for r in state.labelled if r not in state.audited]
+    strata, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi)
+    stream = np.asarray(state.stream_rows, dtype=np.int64)
+
+    def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
+        parts = [
+            bundle.predict_proba(inputs.x[stream[i : i + STREAM_CHUNK]]).max(axis=1)
+            for i in range(0, len(stream), STREAM_CHUNK)
+        ]
+        return np.concatenate(parts) if parts else np.empty(0)
+
     classes = data.classes
     x = inputs.x
     return train_bundle(
         x[train_rows],
-        [classes[observed[r]] for r in train_rows],
+        [classes[state.observed[r]] for r in train_rows],
         x[cal_rows],
-        [classes[observed[r]] for r in cal_rows],
+        [classes[state.observed[r]] for r in cal_rows],
         config=config.training,
         encoder_ref="simulation",
         encoder_id="simulation",
         x_test=x[test],
         y_test=[str(label) for label in data.labels[test]],
+        design=AuditDesign(
+            strata=strata[: len(cal_rows)],
+            stream_strata=strata[len(cal_rows) :],
+            stream_confidence=stream_confidence,
+        ),
+        metadata={"audit_strata": levels},
     )
 
 
@@ -352,6 +385,15 @@ def _select(
     return out
 
 
+def audit_rate(config: SimulationConfig, incoming_per_round: int) -> float:
+    """The in-band audit rate that draws ~``audit_share * batch`` of a round's incoming items, given that
+    ``band_share`` of them lie in the band and the rest are drawn ``outside_factor`` times as often."""
+    policy = config.audit
+    target = config.audit_share * config.batch
+    spread = policy.band_share + policy.outside_factor * (1.0 - policy.band_share)
+    return float(min(1.0, target / max(incoming_per_round * spread, 1.0)))
+
+
 def simulate_run(
     data: LabeledDataset,
     embeddings: NDArray[np.float32],
@@ -363,12 +405,12 @@ def simulate_run(
 
     Row keys: round, labels_used (labelled items: seed + corrections), corrections (reviewed items),
     corrections_at_routing (corrections the routing model was trained with), incoming,
-    escalation_rate (share of the round's incoming batch escalated by the routing policy, spot checks
+    escalation_rate (share of the round's incoming batch escalated by the routing policy, audits
     included), below_threshold_rate (model-only part), stream_auto_accept_accuracy, queue_size,
-    train_seconds, and the test metrics of the model trained at the end of the round (accuracy,
-    macro_f1, ece, coverage_at_target, auto_accept_coverage, auto_accept_accuracy,
-    test_escalation_rate, classes_auto_accepted, risk_coverage), and ``audited`` (calibration items
-    drawn from the round's incoming items; 0 in the every-k protocol).
+    audited (audits drawn this round), audits (all audits so far), train_seconds, and the test metrics
+    of the model trained at the end of the round (accuracy, macro_f1, ece, coverage_at_target = the
+    oracle coverage, auto_accept_coverage = the certified coverage, auto_accept_accuracy,
+    test_escalation_rate, classes_auto_accepted, risk_coverage, threshold, audit_band_low).
 
     `inputs` (from `model_inputs` with ``config.training.features``) saves rebuilding them per run.
     """
@@ -385,62 +427,76 @@ def simulate_run(
         )
     rng = np.random.default_rng(config.seed)
     noise_rng = np.random.default_rng([config.seed, 7919])
-    audit_rng = np.random.default_rng([config.seed, 104729])
+    seed_rng = np.random.default_rng([config.seed, 104729])
     y = data.y
-    labelled: list[int] = [int(r) for r in stream[: config.seed_size]]
-    observed: dict[int, int] = {r: int(y[r]) for r in labelled}  # seed labels are taken as correct
-    audited: set[int] = set()
-    n_audit = 0
-    if config.audit_share is not None:
-        n_audit = round(config.audit_share * config.batch)
-        n_seed_audit = round(config.audit_share * config.seed_size)
-        audited.update(int(r) for r in audit_rng.choice(labelled, size=n_seed_audit, replace=False))
     arrivals = stream[config.seed_size :]
     chunks = np.array_split(arrivals, config.rounds)
+    policy = replace(config.audit, seed=config.seed).with_rate(audit_rate(config, len(chunks[0])))
+    state = _State()
+    seed_rows = [int(r) for r in stream[: config.seed_size]]
+    state.labelled.extend(seed_rows)
+    state.observed.update({r: int(y[r]) for r in seed_rows})  # seed labels are taken as correct
+    state.stream_rows.extend(seed_rows)
+    state.stream_pi.extend([policy.rate] * len(seed_rows))
+    for r, u in zip(seed_rows, seed_rng.random(len(seed_rows)), strict=True):
+        if u < policy.rate:  # seed items are drawn like in-band items, into the same stratum
+            state.audited.add(r)
+            state.audit_pi[r] = policy.rate
     queue: NDArray[np.int64] = np.empty(0, dtype=np.int64)
     corrections = 0
 
-    result = _train(data, x, labelled, observed, test, config, audited)
-    row: dict[str, Any] = {
+    def test_row(result: TrainingResult) -> dict[str, Any]:
+        metrics = _test_metrics(result, x, data, test, config.routing)
+        metrics["threshold"] = _finite(result.bundle.thresholds.thresholds)
+        metrics["audit_band_low"] = float(result.bundle.metadata.get("audit_band_low", 0.0))
+        metrics["audits"] = len(state.audited)
+        return metrics
+
+    result = _train(data, x, state, test, config)
+    yield {
         "round": 0,
-        "labels_used": len(labelled),
+        "labels_used": len(state.labelled),
         "corrections": 0,
         "train_seconds": result.train_seconds,
-        **_test_metrics(result, x, data, test, config.routing),
+        "audit_rate": policy.rate,
+        **test_row(result),
     }
-    yield row
     for number, incoming in enumerate(chunks, start=1):
         at_routing = corrections
+        audit: NDArray[np.int64] = np.empty(0, dtype=np.int64)
         if len(incoming):
-            escalated, below, proba = _escalated(result, x, data, incoming, config.routing)
+            escalated, below, proba, audited, inclusion = _routed(
+                result, x, data, incoming, config.routing, policy, config.strategy
+            )
             auto = ~escalated
             pred = np.array(result.bundle.labels, dtype=object)[np.argmax(proba, axis=1)]
             auto_correct = pred[auto] == data.labels[incoming][auto]
-            queue = np.concatenate([queue, incoming[escalated]]).astype(np.int64)
+            state.stream_rows.extend(int(r) for r in incoming)
+            state.stream_pi.extend(float(p) for p in inclusion)
+            audit = incoming[audited].astype(np.int64)
+            for r, p in zip(audit, inclusion[audited], strict=True):
+                state.audited.add(int(r))
+                state.audit_pi[int(r)] = float(p)
+            queue = np.concatenate([queue, incoming[escalated & ~audited]]).astype(np.int64)
             escalation_rate: float | None = float(escalated.mean())
             below_rate: float | None = float(below.mean())
             stream_auto_acc = float(auto_correct.mean()) if auto.any() else None
         else:
             escalation_rate = below_rate = stream_auto_acc = None
-        audit: NDArray[np.int64] = np.empty(0, dtype=np.int64)
-        if n_audit and len(incoming):
-            drawn = audit_rng.choice(incoming, size=min(n_audit, len(incoming)), replace=False)
-            audit = np.asarray(drawn, dtype=np.int64)
-            audited.update(int(r) for r in audit)
-            queue = np.setdiff1d(queue, audit, assume_unique=True).astype(np.int64)
-        picked = _select(config, result, x, queue, labelled, rng, config.batch - len(audit))
+        # Audits are reviewed first (they come first in the queue); the strategy spends the rest.
+        picked = _select(config, result, x, queue, state.labelled, rng, max(config.batch - len(audit), 0))
         queue = np.setdiff1d(queue, picked, assume_unique=True).astype(np.int64)
         picked = np.concatenate([audit, picked]).astype(np.int64)
         reviewed = _noisy(y[picked], config.reviewer_noise, len(data.classes), noise_rng)
         for r, label in zip(picked, reviewed, strict=True):
-            labelled.append(int(r))
-            observed[int(r)] = int(label)
+            state.labelled.append(int(r))
+            state.observed[int(r)] = int(label)
         corrections += len(picked)
         started = time.perf_counter()
-        result = _train(data, x, labelled, observed, test, config, audited)
-        row = {
+        result = _train(data, x, state, test, config)
+        yield {
             "round": number,
-            "labels_used": len(labelled),
+            "labels_used": len(state.labelled),
             "corrections": corrections,
             "corrections_at_routing": at_routing,
             "incoming": len(incoming),
@@ -450,9 +506,13 @@ def simulate_run(
             "queue_size": len(queue),
             "audited": len(audit),
             "train_seconds": time.perf_counter() - started,
-            **_test_metrics(result, x, data, test, config.routing),
+            **test_row(result),
         }
-        yield row
+
+
+def _finite(thresholds: NDArray[np.float64]) -> float | None:
+    finite = thresholds[np.isfinite(thresholds)]
+    return float(finite.min()) if finite.size else None
 
 
 def run_or_skip(

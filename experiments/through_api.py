@@ -24,9 +24,10 @@ gate, or the error of a failed retrain), `champion_version` (registry version me
 split), `champion_features` (the feature kind production trained it with), `serving_version` (the
 model label that answered the round's predictions), `auto_resolved` (queued escalations the API
 closed since the last round, e.g. re-scored after a promotion), `spot_checked` and `retrain_seconds`
-(trigger to finished run). `audited` is always 0: the whole review budget goes to the strategy, since
-production calibrates on an item-id hash split of all labels and its random audit sample is
-routing's spot checks.
+(trigger to finished run). `audited` counts the items the API drew into the audit sample (reasons
+`spot_check` / `audit`): they are reviewed first, as Label Studio's queue serves them first, and the
+strategy spends the rest of the budget. The app's audit rate is the in-process run's
+(`experiments.simulate.audit_rate`), so both loops draw about as many audits.
 
 The header says ``"through_api": true``, so a finished run is skipped on re-run (resumable) and an
 in-process run of the same config is never mistaken for it. An unfinished run starts over with a fresh
@@ -59,6 +60,7 @@ from experiments.simulate import (
     _noisy,
     _select,
     _test_metrics,
+    audit_rate,
     model_inputs,
     record_run,
     run_file,
@@ -93,17 +95,25 @@ class ThroughApiError(RuntimeError):
 # ------------------------------------------------------------------------------------------ settings
 
 
-def run_settings(settings: Settings, config: SimulationConfig, state_dir: Path, port: int) -> Settings:
+def run_settings(
+    settings: Settings, config: SimulationConfig, state_dir: Path, port: int, *, rate: float | None = None
+) -> Settings:
     """The app's settings for one run: the caller's learner/retrain choices, a private state dir.
 
     Retrains are triggered explicitly (every-N trigger off) so each round ends with exactly one; the
-    champion changes only through the retrain's promotion (polling off).
+    champion changes only through the retrain's promotion (polling off). `rate` is the audit rate
+    (default: the configured one).
     """
+    rate = settings.learner.audit.rate if rate is None else rate
     learner = settings.learner.model_copy(
         update={
             "target_accuracy": config.training.target_accuracy,
             "delta": config.training.delta,
-            "min_calibration_per_class": config.training.min_calibration_per_class,
+            "guarantee": config.training.guarantee,
+            "strategy": config.strategy,
+            "audit": settings.learner.audit.model_copy(
+                update={"rate": rate, "seed_share": min(rate, 0.99), "seed": config.seed}
+            ),
         }
     )
     return settings.model_copy(
@@ -357,11 +367,12 @@ def simulate_through_api(
     if shared_cache is not None:  # predicted and seed texts are cache hits: no re-encoding per run
         shared_cache.mkdir(parents=True, exist_ok=True)
         (state_dir / "cache").symlink_to(shared_cache.resolve(), target_is_directory=True)
-    app_settings = run_settings(settings, config, state_dir, _free_port())
     rng = np.random.default_rng(config.seed)
     noise_rng = np.random.default_rng([config.seed, 7919])
     labelled: list[int] = [int(r) for r in stream[: config.seed_size]]
     chunks = np.array_split(stream[config.seed_size :], config.rounds)
+    rate = audit_rate(config, len(chunks[0]))
+    app_settings = run_settings(settings, config, state_dir, _free_port(), rate=rate)
 
     store = Store(app_settings.database_url)
     server: _Server | None = None
@@ -431,16 +442,23 @@ def simulate_through_api(
                 correct = np.array([p["category"] for p in decided], dtype=object) == truth
                 for p in decided:
                     last[str(p["id"])] = p
-                queue = np.concatenate([queue, incoming[escalated]]).astype(np.int64)
+                audited = np.array(
+                    [bool({"spot_check", "audit"}.intersection(p["reasons"])) for p in decided],
+                    dtype=np.bool_,
+                )
+                queue = np.concatenate([queue, incoming[escalated & ~audited]]).astype(np.int64)
                 # The API's open escalations are the queue's truth: a promotion may auto-resolve some.
                 still_open = _open_ids(api)
                 keep = np.array([str(data.ids[r]) in still_open for r in queue], dtype=np.bool_)
                 auto_resolved = int((~keep).sum())
                 queue = queue[keep]
-                # The whole budget goes to the strategy: production calibrates on an item-id hash split
-                # of all reviewed items, and its random audit sample is routing's spot checks.
-                picked = _select(config, champion, inputs, queue, labelled, rng, config.batch)
+                # Audits first (Label Studio's queue serves them first), then the strategy's picks.
+                audit = incoming[audited].astype(np.int64)
+                picked = _select(
+                    config, champion, inputs, queue, labelled, rng, max(config.batch - len(audit), 0)
+                )
                 queue = np.setdiff1d(queue, picked, assume_unique=True).astype(np.int64)
+                picked = np.concatenate([audit, picked]).astype(np.int64)
                 reviewed = _noisy(data.y[picked], config.reviewer_noise, len(data.classes), noise_rng)
                 for r, label in zip(picked, reviewed, strict=True):
                     corrections += 1
@@ -468,7 +486,7 @@ def simulate_through_api(
                         float(correct[~escalated].mean()) if (~escalated).any() else None
                     ),
                     "queue_size": len(queue),
-                    "audited": 0,
+                    "audited": len(audit),
                     "spot_checked": sum("spot_check" in p["reasons"] for p in decided),
                     "auto_resolved": auto_resolved,
                     "train_seconds": float(run["metrics"].get("training_time_s", math.nan)),

@@ -98,26 +98,10 @@ def _load(
 
 
 def _training(settings: Settings, target: float, delta: float | None) -> TrainingConfig:
-    from learner.features import FeatureSpec
-    from learner.training import TrainingConfig
+    from learner.loop import training_config
 
-    head = settings.learner.head
-    return TrainingConfig(
-        hidden_dim=head.hidden_dim,
-        epochs=head.epochs,
-        learning_rate=head.learning_rate,
-        weight_decay=head.weight_decay,
-        batch_size=head.batch_size,
-        class_weight=head.class_weight,
-        device="cpu" if settings.learner.device == "auto" else settings.learner.device,
-        seed=settings.learner.seed,
-        target_accuracy=target,
-        delta=settings.learner.delta if delta is None else delta,
-        min_calibration_per_class=settings.learner.min_calibration_per_class,
-        features=FeatureSpec(**settings.learner.feature_kwargs()),
-        threshold_mode=settings.learner.threshold_mode,
-        pooled_per_class_min=settings.learner.pooled_per_class_min,
-    )
+    device = "cpu" if settings.learner.device == "auto" else settings.learner.device
+    return training_config(settings.learner, device=device, target=target, delta=delta)
 
 
 class MlflowRunLogger:
@@ -164,12 +148,19 @@ def _base_config(
     rounds: int,
     target: float,
     reviewer_noise: float,
-    calibration_every: int | None,
+    guarantee: str,
     limit: int | None,
-    audit_share: float = 0.25,
+    audit_share: float = 0.4,
 ) -> SimulationConfig:
-    from experiments.simulate import SimulationConfig
+    from dataclasses import replace
 
+    from experiments.simulate import SimulationConfig
+    from learner.certify import GUARANTEES
+    from learner.loop import AuditPolicy
+
+    guarantee = guarantee or settings.learner.guarantee
+    if guarantee not in GUARANTEES:
+        raise _fail(f"--guarantee must be one of {', '.join(GUARANTEES)}, got {guarantee!r}")
     try:
         return SimulationConfig(
             strategy=strategy,
@@ -177,13 +168,12 @@ def _base_config(
             batch=batch,
             rounds=rounds,
             reviewer_noise=reviewer_noise,
-            # --calibration-every selects the old protocol; otherwise a random audit share calibrates.
-            calibration_every=calibration_every or 5,
-            audit_share=None if calibration_every is not None else audit_share,
+            audit_share=audit_share,
             test_fraction=settings.learner.test_fraction,
             limit=limit,
-            training=_training(settings, target, None),
+            training=replace(_training(settings, target, None), guarantee=guarantee),
             routing=settings.routing,
+            audit=AuditPolicy.of(settings.learner.audit),
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
@@ -196,18 +186,16 @@ RoundsOpt = Annotated[int, typer.Option("--rounds", help="review rounds")]
 TargetOpt = Annotated[float, typer.Option("--target", help="auto-accept accuracy target")]
 SeedsOpt = Annotated[int, typer.Option("--seeds", help="seeds 0..N-1 (test split, ties, noise)")]
 NoiseOpt = Annotated[float, typer.Option("--reviewer-noise", help="chance a reviewer label is wrong")]
-CalOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--calibration-every",
-        help="old protocol: every k-th labelled item is held out for calibration (instead of --audit-share)",
-    ),
+GuaranteeOpt = Annotated[
+    str,
+    typer.Option("--guarantee", help="high_probability | expected (default: learner.guarantee)"),
 ]
 AuditOpt = Annotated[
     float,
     typer.Option(
         "--audit-share",
-        help="share of each round's review budget drawn at random from the incoming items for calibration",
+        help="expected share of each round's review budget spent on audits (drawn at routing time, "
+        "denser in the confidence band; they certify and are never trained on)",
     ),
 ]
 MinClassOpt = Annotated[
@@ -359,8 +347,8 @@ def simulate(
     target: TargetOpt = 0.95,
     seeds: SeedsOpt = 3,
     reviewer_noise: NoiseOpt = 0.0,
-    calibration_every: CalOpt = None,
-    audit_share: AuditOpt = 0.25,
+    guarantee: GuaranteeOpt = "",
+    audit_share: AuditOpt = 0.4,
     min_class_size: MinClassOpt = None,
     limit: LimitOpt = None,
     out: OutOpt = None,
@@ -388,7 +376,7 @@ def simulate(
         rounds=rounds,
         target=target,
         reviewer_noise=reviewer_noise,
-        calibration_every=calibration_every,
+        guarantee=guarantee,
         limit=limit,
         audit_share=audit_share,
     )
@@ -419,8 +407,8 @@ def compare(
     target: TargetOpt = 0.95,
     seeds: SeedsOpt = 3,
     reviewer_noise: NoiseOpt = 0.0,
-    calibration_every: CalOpt = None,
-    audit_share: AuditOpt = 0.25,
+    guarantee: GuaranteeOpt = "",
+    audit_share: AuditOpt = 0.4,
     min_class_size: MinClassOpt = None,
     limit: LimitOpt = None,
     out: OutOpt = None,
@@ -445,7 +433,7 @@ def compare(
             rounds=rounds,
             target=target,
             reviewer_noise=reviewer_noise,
-            calibration_every=calibration_every,
+            guarantee=guarantee,
             limit=limit,
             audit_share=audit_share,
         )
@@ -457,7 +445,7 @@ def compare(
         rounds=rounds,
         target=target,
         reviewer_noise=reviewer_noise,
-        calibration_every=calibration_every,
+        guarantee=guarantee,
         limit=limit,
         audit_share=audit_share,
     )

@@ -80,8 +80,8 @@ def train(
     from learner.data import build_dataset, group_split, load_catalog
     from learner.encoder import HFEncoder
     from learner.exceptions import LearnerError
-    from learner.features import FeatureSpec
-    from learner.training import TrainingConfig, train_bundle
+    from learner.loop import training_config
+    from learner.training import train_bundle
 
     settings = _settings(ctx)
     cfg = settings.learner
@@ -105,7 +105,8 @@ def train(
         )
         cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder)
         texts = [str(t) for t in dataset.texts]
-        features = FeatureSpec(**cfg.feature_kwargs())
+        config = training_config(cfg)
+        features = config.features
         # The cache stores encoder embeddings only; the (cheap) n-gram part is rebuilt each time.
         inputs = features.model_inputs(cache.embed(texts), texts)
         labels = [str(label) for label in dataset.labels]
@@ -121,22 +122,7 @@ def train(
             y_tr,
             x_cal,
             y_cal,
-            config=TrainingConfig(
-                hidden_dim=cfg.head.hidden_dim,
-                epochs=cfg.head.epochs,
-                learning_rate=cfg.head.learning_rate,
-                weight_decay=cfg.head.weight_decay,
-                batch_size=cfg.head.batch_size,
-                class_weight=cfg.head.class_weight,
-                device=cfg.device,
-                seed=cfg.seed,
-                target_accuracy=cfg.target_accuracy,
-                delta=cfg.delta,
-                min_calibration_per_class=cfg.min_calibration_per_class,
-                features=features,
-                threshold_mode=cfg.threshold_mode,
-                pooled_per_class_min=cfg.pooled_per_class_min,
-            ),
+            config=config,
             encoder_ref=cfg.encoder,
             encoder_id=encoder.encoder_id,
             x_test=x_te,

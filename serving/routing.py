@@ -14,21 +14,21 @@ adding a reason when it fires (an item is escalated when any reason is present):
 - ``out_of_distribution``: when the bundle carries class centroids (``metadata["class_centroids"]``),
   the embedding's cosine to the nearest centroid is below ``routing.novelty_min_similarity``: the text
   looks like nothing the model was trained on (a new category, or junk);
-- ``spot_check``: a would-be auto-accept sampled for review so the realised accuracy of auto-accepts is
-  measured.
+- ``spot_check``: a would-be auto-accept drawn into the audit sample: reviewing it measures the
+  realised accuracy of auto-accepts;
+- ``audit``: an item escalated for another reason that is drawn into the audit sample too.
 
-Spot checks are stratified by class: each class's would-be auto-accepts are sampled at the configured
-rate independently (per-class Bernoulli), using a uniform number derived from
-``sha256(seed, predicted label, item id)`` rather than a stateful RNG. Re-predicting an item with the
-same label is therefore stable (a retry never flips an item in or out of review), the sample is
-reproducible from the seed, and across items the draws are independent Bernoulli(rate) per class, so
-each class's spot-check share converges to the rate and its reviewed accuracy estimates that class's
-auto-accept accuracy without bias.
+The audit draw is the loop's (`learner.loop.AuditPolicy`): every routed item is drawn with a known
+inclusion probability, higher in the model's confidence band (``metadata["audit_band_low"]`` of the
+bundle) than outside it and never 0, using a uniform number derived from ``sha256(seed, item id)``
+rather than a stateful RNG. Re-predicting an item is therefore stable (a retry never flips an item in
+or out of the audit), the sample is reproducible from the seed, and the draws are independent of the
+labels, so the reviewed audits certify the next model (`learner.certify`) and estimate the realised
+accuracy without bias once weighted by 1 / probability, which every routed prediction logs.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hitl.settings import RoutingSettings
+from learner.loop import AuditPolicy, review_priority, unit_draw
 from learner.training import class_centroids
 
 __all__ = ["class_centroids"]  # computed at training time; re-exported for serving callers
@@ -54,6 +55,10 @@ class Reason(StrEnum):
     UNKNOWN_CATEGORY_HINT = "unknown_category_hint"
     OUT_OF_DISTRIBUTION = "out_of_distribution"
     SPOT_CHECK = "spot_check"
+    AUDIT = "audit"
+
+
+AUDIT_REASONS = frozenset({Reason.SPOT_CHECK, Reason.AUDIT})
 
 
 class Decision(StrEnum):
@@ -79,14 +84,23 @@ class Routed:
     top_k: list[tuple[str, float]]
     decision: Decision
     reasons: list[Reason]
-    priority: float  # active-learning usefulness in [0, 1]: 1 - (p1 - p2)
+    priority: float  # review priority in [0, 1] from the configured strategy; audits 1.0
     similarity: float | None  # cosine to the nearest class centroid, when the bundle has centroids
+    audit_probability: float | None = None  # inclusion probability of the audit draw (None: no audit policy)
+    audited: bool = False
 
 
-def spot_check_draw(seed: int, label: str, item_id: str) -> float:
-    """A uniform number in [0, 1) fixed by (seed, label, item id)."""
-    digest = hashlib.sha256(f"{seed}\x00{label}\x00{item_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
+@dataclass(frozen=True)
+class AuditRouting:
+    """The audit draw as routing applies it: the loop's policy and the routing model's band edge."""
+
+    policy: AuditPolicy
+    band_low: float
+
+
+def audit_draw(seed: int, item_id: str) -> float:
+    """The uniform number of an item's audit draw, fixed by (seed, item id)."""
+    return unit_draw(seed, f"audit:{item_id}")
 
 
 def _under(label: str, prefix: str) -> bool:
@@ -113,6 +127,8 @@ def route(
     policy: RoutingSettings,
     *,
     similarity: NDArray[np.float64] | None = None,
+    audit: AuditRouting | None = None,
+    strategy: str = "margin",
 ) -> list[Routed]:
     """Decide every item.
 
@@ -124,6 +140,8 @@ def route(
     items : (n,) the items' routing facts
     policy : the configured rules
     similarity : (n,) cosine to the nearest class centroid, or None when unknown
+    audit : the audit draw (None: no item is audited, e.g. replaying decisions)
+    strategy : the active-learning strategy whose score orders the review queue (`learner.loop`)
     """
     if proba.shape != (len(items), len(labels)) or thresholds.shape != (len(labels),):
         raise ValueError(
@@ -134,12 +152,18 @@ def route(
     brands = {b.strip().casefold() for b in policy.always_review_brands if b.strip()}
     k = min(policy.top_k, len(labels))
     order = np.argsort(-proba, axis=1, kind="stable")
+    top = proba[np.arange(len(items)), order[:, 0]] if len(items) else np.empty(0)
+    if audit is not None:
+        uniforms = [audit_draw(audit.policy.seed, item.item_id) for item in items]
+        pis, drawn = audit.policy.draw(top, audit.band_low, uniforms)
+    else:
+        pis, drawn = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
+    priorities = review_priority(proba, strategy, audited=drawn) if len(items) else np.empty(0)
     out: list[Routed] = []
     for i, item in enumerate(items):
         best = int(order[i, 0])
         label = labels[best]
         confidence = float(proba[i, best])
-        second = float(proba[i, order[i, 1]]) if len(labels) > 1 else 0.0
         threshold = float(thresholds[best])
         reasons: list[Reason] = []
         if not confidence >= threshold:
@@ -159,8 +183,8 @@ def route(
         sim = None if similarity is None else float(similarity[i])
         if sim is not None and sim < policy.novelty_min_similarity:
             reasons.append(Reason.OUT_OF_DISTRIBUTION)
-        if not reasons and spot_check_draw(policy.seed, label, item.item_id) < policy.spot_check_rate:
-            reasons.append(Reason.SPOT_CHECK)
+        if drawn[i]:
+            reasons.append(Reason.AUDIT if reasons else Reason.SPOT_CHECK)
         decision = Decision.ESCALATED if reasons else Decision.AUTO_ACCEPTED
         out.append(
             Routed(
@@ -170,8 +194,10 @@ def route(
                 top_k=[(labels[int(j)], float(proba[i, j])) for j in order[i, :k]],
                 decision=decision,
                 reasons=reasons or [Reason.ABOVE_THRESHOLD],
-                priority=float(min(max(1.0 - (confidence - second), 0.0), 1.0)),
+                priority=float(priorities[i]),
                 similarity=sim,
+                audit_probability=None if audit is None else float(pis[i]),
+                audited=bool(drawn[i]),
             )
         )
     return out

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
 
-from hitl.settings import RoutingSettings
+from hitl.settings import LearnerSettings, RoutingSettings
 from learner.data import Product, item_text
+from learner.loop import AuditPolicy
 from serving.model import LoadedModel, ModelHolder
 from serving.outbox import enqueue_escalations
 from serving.routers import ml_backend
-from serving.routing import Routed, RouteInput, centroid_similarity, route
+from serving.routing import AuditRouting, Routed, RouteInput, centroid_similarity, route
 from serving.schemas import ItemIn
 from serving.store import EscalationHook, NewPrediction, Store
 
@@ -28,6 +29,19 @@ logger = logging.getLogger(__name__)
 
 # Requests of at most this many items, all embedded already, are scored on the event loop.
 INLINE_MAX_ITEMS = 4
+
+
+@dataclass(frozen=True)
+class LoopPolicy:
+    """What routing takes from the learner's loop: the audit draw and the review strategy."""
+
+    audit: AuditPolicy
+    strategy: str
+    draw_audits: bool = True  # False when re-scoring: an item's audit draw happens once, when routed
+
+    @classmethod
+    def of(cls, learner: LearnerSettings) -> LoopPolicy:
+        return cls(AuditPolicy.of(learner.audit), learner.strategy)
 
 
 @dataclass(frozen=True)
@@ -42,7 +56,9 @@ def model_text(item: ItemIn) -> str:
     return item_text(product)
 
 
-def score_items(model: LoadedModel, items: Sequence[ItemIn], policy: RoutingSettings) -> list[Scored]:
+def score_items(
+    model: LoadedModel, items: Sequence[ItemIn], policy: RoutingSettings, loop: LoopPolicy
+) -> list[Scored]:
     embeddings, inputs = model.features([model_text(i) for i in items])
     proba = model.predict_proba(inputs)
     similarity = None if model.centroids is None else centroid_similarity(embeddings, model.centroids)
@@ -53,6 +69,12 @@ def score_items(model: LoadedModel, items: Sequence[ItemIn], policy: RoutingSett
         [RouteInput(i.id, i.price, i.brand, i.category_hint) for i in items],
         policy,
         similarity=similarity,
+        audit=(
+            AuditRouting(loop.audit, float(model.bundle.metadata.get("audit_band_low", 0.0)))
+            if loop.draw_audits
+            else None
+        ),
+        strategy=loop.strategy,
     )
     return [Scored(i, r) for i, r in zip(items, routed, strict=True)]
 
@@ -79,6 +101,7 @@ def new_predictions(scored: Sequence[Scored]) -> list[NewPrediction]:
             decision=s.routed.decision.value,
             reasons=[r.value for r in s.routed.reasons],
             priority=s.routed.priority,
+            audit_probability=s.routed.audit_probability,
         )
         for s in scored
     ]
@@ -89,11 +112,12 @@ def predict_and_record(
     store: Store,
     items: Sequence[ItemIn],
     policy: RoutingSettings,
+    loop: LoopPolicy,
     *,
     requested_by: str | None,
     on_escalated: EscalationHook | None,
 ) -> tuple[list[Scored], list[int]]:
-    scored = score_items(model, items, policy)
+    scored = score_items(model, items, policy, loop)
     rows = new_predictions(scored)
     ids = store.record_predictions(model.version, rows, requested_by=requested_by, on_escalated=on_escalated)
     return scored, ids
@@ -104,6 +128,7 @@ async def predict_and_record_async(
     store: Store,
     items: Sequence[ItemIn],
     policy: RoutingSettings,
+    loop: LoopPolicy,
     *,
     requested_by: str | None,
     on_escalated: EscalationHook | None,
@@ -117,9 +142,9 @@ async def predict_and_record_async(
     more than that under load. Anything that may touch the encoder or the cache file goes to a thread.
     """
     if len(items) <= INLINE_MAX_ITEMS and model.embeddings_in_memory([model_text(i) for i in items]):
-        scored = score_items(model, items, policy)
+        scored = score_items(model, items, policy, loop)
     else:
-        scored = await run_in_threadpool(score_items, model, items, policy)
+        scored = await run_in_threadpool(score_items, model, items, policy, loop)
     future = store.submit_predictions(
         model.version, new_predictions(scored), requested_by=requested_by, on_escalated=on_escalated
     )

@@ -36,7 +36,9 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    inspect,
     select,
+    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -168,6 +170,9 @@ class Prediction(Base):
     decision: Mapped[str] = mapped_column(String(16), index=True)
     reasons: Mapped[list[str]] = mapped_column(JSON)
     priority: Mapped[float] = mapped_column(Float)
+    # The audit draw's inclusion probability at routing time (None: routed without an audit policy,
+    # e.g. re-scored); audited items carry the reason spot_check or audit.
+    audit_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
     requested_by: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
 
@@ -293,6 +298,7 @@ class NewPrediction:
     decision: str
     reasons: list[str]
     priority: float
+    audit_probability: float | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +315,7 @@ class PredictionRecord:
     priority: float
     requested_by: str | None
     created_at: datetime
+    audit_probability: float | None = None
 
     @classmethod
     def of(cls, row: Prediction) -> PredictionRecord:
@@ -325,6 +332,7 @@ class PredictionRecord:
             priority=row.priority,
             requested_by=row.requested_by,
             created_at=row.created_at.replace(tzinfo=UTC),
+            audit_probability=row.audit_probability,
         )
 
 
@@ -429,6 +437,22 @@ class Store:
             if exc.name != "serving.outbox":
                 raise
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Additive upgrade of a database made by an older version: nullable columns that the models
+        have and the tables lack are added (existing rows get NULL); nothing is dropped or rewritten."""
+        inspector = inspect(self.engine)
+        with self.engine.begin() as connection:
+            for table in Base.metadata.sorted_tables:
+                if not inspector.has_table(table.name):
+                    continue
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name in present or not column.nullable:
+                        continue
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
     @property
     def dialect(self) -> str:
@@ -659,6 +683,7 @@ class Store:
                 "decision": r.decision,
                 "reasons": list(r.reasons),
                 "priority": r.priority,
+                "audit_probability": r.audit_probability,
                 "requested_by": job.requested_by,
                 "created_at": now,
             }

@@ -12,7 +12,7 @@ from serving.deps import StoreDep, get_metrics, get_model_holder, get_settings
 from serving.routing import LABEL_SEPARATOR
 from serving.schemas import ItemPrediction, PredictRequest, PredictResponse, ScoredLabel
 from serving.security import Principal, Role, require_roles
-from serving.service import outbox_hook, predict_and_record_async
+from serving.service import LoopPolicy, outbox_hook, predict_and_record_async
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -81,6 +81,7 @@ async def predict(
         store,
         body.items,
         settings.routing,
+        LoopPolicy.of(settings.learner),
         requested_by=principal.name,
         on_escalated=outbox_hook(),
     )

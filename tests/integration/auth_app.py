@@ -54,7 +54,7 @@ def train_tiny_bundle(out_dir: Path) -> Path:
         labels[:60],
         x[60:],
         labels[60:],
-        config=TrainingConfig(epochs=5, device="cpu", min_calibration_per_class=5),
+        config=TrainingConfig(epochs=5, device="cpu"),
         encoder_ref="test-hash",
         encoder_id=encoder.encoder_id,
     )

@@ -105,7 +105,6 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Simulated:
         learner=LearnerSettings(
             device="cpu",
             delta=0.2,
-            min_calibration_per_class=5,
             calibration_fraction=0.3,
             min_class_size=5,
             head=HeadSettings(epochs=60),

@@ -20,7 +20,7 @@ from tests.unit.experiments.support import HashingEncoder
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[typer.Typer, Settings, Path]:
     settings = Settings(
         state_dir=tmp_path / "state",
-        learner=LearnerSettings(min_calibration_per_class=5, head=HeadSettings(epochs=20)),
+        learner=LearnerSettings(head=HeadSettings(epochs=20)),
     )
     monkeypatch.setattr(
         cli_experiments, "load_embedder", lambda s: EmbeddingCache(s.cache_dir, HashingEncoder())

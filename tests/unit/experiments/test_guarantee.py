@@ -53,7 +53,7 @@ def test_tiny_run_end_to_end() -> None:
     config = GuaranteeConfig(
         splits=2,
         train_size=150,
-        training=TrainingConfig(epochs=30, device="cpu", target_accuracy=0.6, min_calibration_per_class=5),
+        training=TrainingConfig(epochs=30, device="cpu", target_accuracy=0.6),
     )
     rows = run_guarantee(data, x, config)
     assert [r["split"] for r in rows] == [0, 1]

@@ -39,10 +39,10 @@ def test_run_settings_isolate_the_run_and_leave_retrains_to_explicit_triggers(tm
     base = Settings(state_dir=tmp_path / "main")
     config = SimulationConfig(
         strategy="margin",
-        training=TrainingConfig(target_accuracy=0.9, delta=0.1, min_calibration_per_class=7),
-        routing=RoutingSettings(spot_check_rate=0.0),
+        training=TrainingConfig(target_accuracy=0.9, delta=0.1),
+        routing=RoutingSettings(high_value_price=None),
     )
-    one = run_settings(base, config, tmp_path / "run", 12345)
+    one = run_settings(base, config, tmp_path / "run", 12345, rate=0.03)
     two = run_settings(base, config, tmp_path / "run", 12346)
     assert one.state_dir == tmp_path / "run"
     assert one.database_url.endswith(str(tmp_path / "run" / "hitl.db"))
@@ -53,9 +53,10 @@ def test_run_settings_isolate_the_run_and_leave_retrains_to_explicit_triggers(tm
     assert one.retrain.enabled
     assert one.retrain.retrain_every_n_corrections == 0
     assert one.labelstudio.sync_interval_s == 0
-    assert one.routing.spot_check_rate == 0.0
+    assert one.routing.high_value_price is None
+    assert (one.learner.audit.rate, one.learner.audit.seed_share) == (0.03, 0.03)
     assert (one.learner.target_accuracy, one.learner.delta) == (0.9, 0.1)
-    assert one.learner.min_calibration_per_class == 7
+    assert one.learner.strategy == "margin"
     secret = one.labelstudio.webhook_secret.get_secret_value()
     assert secret != base.labelstudio.webhook_secret.get_secret_value()
     assert secret != two.labelstudio.webhook_secret.get_secret_value()

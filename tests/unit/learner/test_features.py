@@ -80,7 +80,7 @@ def test_spec_round_trips_and_missing_record_means_embedding() -> None:
 def test_hybrid_bundle_learns_from_words_and_serves_identically(tmp_path: Path) -> None:
     texts, labels, embeddings = catalog(400, seed=1)
     x = HYBRID.model_inputs(embeddings, texts)
-    config = TrainingConfig(epochs=60, device="cpu", min_calibration_per_class=5, features=HYBRID)
+    config = TrainingConfig(epochs=60, device="cpu", features=HYBRID)
     result = train_bundle(
         x[:200], labels[:200], x[200:300], labels[200:300], config=config, encoder_ref="e", encoder_id="e"
     )
@@ -102,7 +102,7 @@ def test_hybrid_bundle_learns_from_words_and_serves_identically(tmp_path: Path) 
 
 def test_bundle_without_feature_record_loads_as_embedding(tmp_path: Path) -> None:
     texts, labels, embeddings = catalog(200, seed=3)
-    config = TrainingConfig(epochs=20, device="cpu", min_calibration_per_class=5)
+    config = TrainingConfig(epochs=20, device="cpu")
     result = train_bundle(
         embeddings[:100],
         labels[:100],

@@ -55,7 +55,6 @@ def retrain_settings(tmp_path: Path, **retrain: object) -> Settings:
             device="cpu",
             target_accuracy=0.9,
             delta=0.2,
-            min_calibration_per_class=5,
             calibration_fraction=0.4,
         ),
         serving=ServingSettings(database_url=f"sqlite:///{tmp_path / 'hitl.db'}", model_poll_interval_s=0),
@@ -91,7 +90,14 @@ def correction(
 
 
 def predicted(
-    store: Store, version: str, item_id: str, title: str, *, escalated: bool, reasons: list[str]
+    store: Store,
+    version: str,
+    item_id: str,
+    title: str,
+    *,
+    escalated: bool,
+    reasons: list[str],
+    audit_probability: float | None = 0.1,
 ) -> None:
     store.register_model_version(version, source="test", encoder_id="x", n_labels=2, details={})
     store.record_predictions(
@@ -111,6 +117,7 @@ def predicted(
                 decision="escalated" if escalated else "auto_accepted",
                 reasons=reasons,
                 priority=0.5,
+                audit_probability=audit_probability,
             )
         ],
     )

@@ -5,20 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from learner.data import Product
-from learner.evaluation import EvaluationReport
+from learner.loop import AuditPolicy, Provenance, split_roles
 from serving.retrain import (
-    LabeledText,
+    AuditScores,
     RetrainWorker,
     add_seed_labels,
     collect_labels,
     count_new_corrections,
     escalation_windows,
     gate,
-    in_holdout,
-    split_labels,
 )
 from serving.store import Store
 from tests.unit.serving.retrain_support import BowEmbedder, correction, predicted, retrain_settings
@@ -30,62 +29,6 @@ def store(tmp_path: Path) -> Iterator[Store]:
     db.create_all()
     yield db
     db.close()
-
-
-def report(accuracy: float, coverage: float) -> EvaluationReport:
-    return EvaluationReport(
-        accuracy=accuracy,
-        macro_f1=accuracy,
-        ece=0.05,
-        target=0.95,
-        coverage_at_target=coverage,
-        auto_accept_coverage=coverage,
-        auto_accept_accuracy=0.96,
-        n_items=100,
-        n_auto_accepted=int(coverage * 100),
-    )
-
-
-def test_holdout_is_fixed_and_close_to_the_fraction() -> None:
-    ids = [f"item-{i}" for i in range(4000)]
-    first = [i for i in ids if in_holdout(i, 0.2)]
-    assert first == [i for i in ids if in_holdout(i, 0.2)]
-    assert 0.17 < len(first) / len(ids) < 0.23
-    # A larger fraction only adds items: what was held out stays held out.
-    assert set(first) <= {i for i in ids if in_holdout(i, 0.3)}
-
-
-def test_split_never_trains_on_the_holdout() -> None:
-    rows = [LabeledText(f"i{i}", f"text {i}", "A" if i % 2 else "B", "seed") for i in range(500)]
-    splits = split_labels(rows, holdout_fraction=0.25, calibration_fraction=0.3)
-    held = {r.item_id for r in splits.holdout}
-    assert held == {r.item_id for r in rows if in_holdout(r.item_id, 0.25)}
-    assert not held & {r.item_id for r in splits.train + splits.calibration}
-    assert len(splits.train) + len(splits.calibration) + len(splits.holdout) == 500
-    assert splits.calibration
-    assert splits.train
-
-
-@pytest.mark.parametrize(
-    ("challenger", "champion", "promote"),
-    [
-        (report(0.90, 0.60), None, True),
-        (report(0.92, 0.70), report(0.90, 0.60), True),  # better on both
-        (report(0.895, 0.60), report(0.90, 0.60), True),  # accuracy within the 0.01 tolerance
-        (report(0.85, 0.70), report(0.90, 0.60), False),  # accuracy beyond the tolerance
-        (report(0.95, 0.55), report(0.90, 0.60), False),  # coverage worse
-    ],
-)
-def test_gate(challenger: EvaluationReport, champion: EvaluationReport | None, promote: bool) -> None:
-    decision = gate(challenger, champion, accuracy_tolerance=0.01)
-    assert decision.promote is promote
-    assert decision.reason
-
-
-def test_gate_reason_names_what_got_worse() -> None:
-    decision = gate(report(0.80, 0.50), report(0.90, 0.60), accuracy_tolerance=0.01)
-    assert "coverage" in decision.reason
-    assert "accuracy" in decision.reason
 
 
 def test_collect_labels_latest_correction_wins_and_overrides_the_seed(store: Store) -> None:
@@ -101,8 +44,8 @@ def test_collect_labels_latest_correction_wins_and_overrides_the_seed(store: Sto
     store.record_correction(correction(2, "p1", "Sports > Running", minute=1))
     store.record_correction(correction(2, "p1", "Sports > Cycling", action="updated", minute=2))
     store.record_correction(correction(3, "ghost", "Sports > Cycling", minute=3))  # never predicted: no text
-    labels, watermark = collect_labels(store)
-    by_id = {r.item_id: r for r in labels}
+    collected = collect_labels(store)
+    by_id = {r.item_id: r for r in collected.labels}
     assert set(by_id) == {"s1", "s2", "p1"}
     assert by_id["s1"].label == "Home > Cookware"
     assert by_id["s1"].source == "seed"
@@ -110,9 +53,93 @@ def test_collect_labels_latest_correction_wins_and_overrides_the_seed(store: Sto
     assert by_id["s2"].source == "correction"
     assert by_id["p1"].label == "Sports > Cycling"
     assert by_id["p1"].text == "road bike helmet"
-    assert watermark == 4
+    assert by_id["p1"].provenance == Provenance.CORRECTION
+    assert collected.watermark == 4
     assert count_new_corrections(store, 0) == 4
-    assert count_new_corrections(store, watermark) == 0
+    assert count_new_corrections(store, collected.watermark) == 0
+
+
+def test_audits_carry_their_probability_and_never_train(store: Store) -> None:
+    predicted(
+        store, "v1", "a1", "audited helmet", escalated=True, reasons=["spot_check"], audit_probability=0.2
+    )
+    predicted(store, "v1", "e1", "escalated shoe", escalated=True, reasons=["below_threshold"])
+    predicted(store, "v1", "ok", "accepted pan", escalated=False, reasons=["above_threshold"])
+    store.record_correction(correction(1, "a1", "Sports > Cycling", minute=1))
+    store.record_correction(correction(2, "e1", "Sports > Running", minute=2))
+    collected = collect_labels(store)
+    by_id = {r.item_id: r for r in collected.labels}
+    assert (by_id["a1"].provenance, by_id["a1"].inclusion) == (Provenance.AUDIT, 0.2)
+    assert (by_id["e1"].provenance, by_id["e1"].inclusion) == (Provenance.CORRECTION, None)
+    roles = split_roles([r.provenance for r in collected.labels])
+    assert [collected.labels[i].item_id for i in roles.certify] == ["a1"]
+    assert "a1" not in {collected.labels[i].item_id for i in roles.train}
+    # The stream holds every routed item with its probability, reviewed or not.
+    assert sorted((s.item_id, s.inclusion) for s in collected.stream) == [
+        ("a1", 0.2),
+        ("e1", 0.1),
+        ("ok", 0.1),
+    ]
+
+
+def test_an_unreviewed_audit_cuts_the_stream(store: Store) -> None:
+    predicted(store, "v1", "a1", "first audit", escalated=True, reasons=["spot_check"])
+    predicted(
+        store, "v1", "a2", "second audit, not reviewed", escalated=True, reasons=["audit", "high_value"]
+    )
+    predicted(store, "v1", "a3", "third audit, reviewed early", escalated=True, reasons=["spot_check"])
+    predicted(store, "v1", "x", "after the cutoff", escalated=False, reasons=["above_threshold"])
+    store.record_correction(correction(1, "a1", "A > B", minute=1))
+    store.record_correction(correction(3, "a3", "A > B", minute=2))
+    collected = collect_labels(store)
+    assert collected.unreviewed_audits == 1
+    assert [r.item_id for r in collected.labels] == ["a1"]  # a3 waits: it came after the pending a2
+    assert [s.item_id for s in collected.stream] == ["a1"]
+
+
+def test_seed_audits_are_a_hash_share_of_the_seed(store: Store) -> None:
+    seed = [Product(id=f"s{i}", title=f"thing {i}", category=["A", "B"]) for i in range(2000)]
+    add_seed_labels(store, seed, level=2)
+    policy = AuditPolicy(seed_share=0.25)
+    labels = collect_labels(store, policy).labels
+    audits = [r for r in labels if r.provenance == Provenance.SEED_AUDIT]
+    assert 0.22 < len(audits) / len(labels) < 0.28
+    assert {r.inclusion for r in audits} == {0.25}
+    assert [r.item_id for r in collect_labels(store, policy).labels if r.provenance == "seed_audit"] == [
+        r.item_id for r in audits
+    ]
+
+
+def scores(correct: list[bool], accepted: list[bool]) -> AuditScores:
+    return AuditScores(np.array(correct), np.array(accepted))
+
+
+def test_gate_promotes_without_champion_and_refuses_a_clearly_worse_challenger(tmp_path: Path) -> None:
+    settings = retrain_settings(tmp_path)
+    n = 400
+    pi = np.full(n, 0.1)
+    good = scores([True] * 360 + [False] * 40, [True] * 200 + [False] * 200)
+    assert gate(good, None, pi, settings).promote
+    worse = scores([True] * 300 + [False] * 100, [True] * 200 + [False] * 200)
+    decision = gate(worse, good, pi, settings)
+    assert not decision.promote
+    assert "accuracy" in decision.reason
+    assert "p = " in decision.reason
+    assert "paired z-test" in decision.reason
+
+
+def test_gate_does_not_refuse_on_noise(tmp_path: Path) -> None:
+    # A challenger that differs from the champion on a few audits either way is not refused.
+    settings = retrain_settings(tmp_path)
+    base = [True] * 360 + [False] * 40
+    tweaked = base.copy()
+    tweaked[0] = tweaked[1] = False
+    tweaked[-1] = True
+    accepted = [True] * 200 + [False] * 200
+    fewer = accepted.copy()
+    fewer[0:4] = [False] * 4
+    decision = gate(scores(tweaked, fewer), scores(base, accepted), np.full(400, 0.1), settings)
+    assert decision.promote, decision.reason
 
 
 def test_triggers_coalesce_into_one_run(tmp_path: Path, store: Store) -> None:

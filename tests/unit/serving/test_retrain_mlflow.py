@@ -63,9 +63,9 @@ def test_first_run_is_promoted_with_metrics_and_plots(env: tuple[Settings, Store
     assert run.info.status == "FINISHED"
     for key in (
         "accuracy",
-        "macro_f1",
-        "ece",
-        "coverage_at_target",
+        "auto_accept_coverage",
+        "threshold",
+        "n_audits",
         "projected_escalation_rate",
         "training_time_s",
         "n_labels",
@@ -83,7 +83,8 @@ def test_a_worse_model_stays_a_challenger(env: tuple[Settings, Store]) -> None:
     assert record.status == "rejected"
     assert record.version == "2"
     assert record.gate_reason
-    assert "accuracy fell" in record.gate_reason
+    assert "significantly worse on accuracy" in record.gate_reason
+    assert "paired z-test" in record.gate_reason
     assert registry.champion_version(settings) == "1"
     assert registry.champion_version(settings, settings.retrain.challenger_alias) == "2"
     mv = tracking.client(settings).get_model_version(settings.mlflow.registered_model, "2")

@@ -1,4 +1,4 @@
-"""The routing policy: one known-answer test per rule, stability, and the spot-check rate."""
+"""The routing policy: one known-answer test per rule, stability, and the audit draw's probabilities."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 
 from hitl.settings import RoutingSettings
-from serving.routing import Decision, Reason, RouteInput, known_hint, route, spot_check_draw
+from learner.loop import AUDIT_PRIORITY, AuditPolicy
+from serving.routing import AuditRouting, Decision, Reason, RouteInput, audit_draw, known_hint, route
 
 LABELS = ["Audio > Headphones", "Audio > Speakers", "Home > Cookware"]
 THRESHOLDS = np.array([0.8, 0.9, np.inf])
-NO_SPOT = RoutingSettings(spot_check_rate=0.0, high_value_price=500.0)
+NO_SPOT = RoutingSettings(high_value_price=500.0)
 
 
 def one(proba: list[float], item: RouteInput | None = None, policy: RoutingSettings = NO_SPOT, **kw: object):
@@ -27,7 +28,8 @@ def test_confident_item_is_auto_accepted_with_top_k() -> None:
     assert r.label == "Audio > Headphones"
     assert r.threshold == 0.8
     assert [c for c, _ in r.top_k] == LABELS
-    assert r.priority == pytest.approx(1 - 0.75)
+    assert r.priority == pytest.approx(1 - 0.75)  # margin, the default strategy
+    assert (r.audit_probability, r.audited) == (None, False)  # no audit policy given
 
 
 def test_below_threshold_and_never_accepted_class() -> None:
@@ -40,17 +42,17 @@ def test_below_threshold_and_never_accepted_class() -> None:
 def test_high_value_boundary_is_inclusive() -> None:
     assert one([0.9, 0.05, 0.05], RouteInput("a", price=500.0)).reasons == [Reason.HIGH_VALUE]
     assert one([0.9, 0.05, 0.05], RouteInput("a", price=499.99)).decision is Decision.AUTO_ACCEPTED
-    off = RoutingSettings(spot_check_rate=0.0, high_value_price=None)
+    off = RoutingSettings(high_value_price=None)
     assert one([0.9, 0.05, 0.05], RouteInput("a", price=1e9), off).decision is Decision.AUTO_ACCEPTED
 
 
 def test_always_review_category_by_label_or_prefix_and_brand() -> None:
-    by_prefix = RoutingSettings(spot_check_rate=0.0, always_review_categories=["Audio"])
+    by_prefix = RoutingSettings(always_review_categories=["Audio"])
     assert one([0.9, 0.05, 0.05], policy=by_prefix).reasons == [Reason.ALWAYS_REVIEW_CATEGORY]
     # "Aud" is not a path prefix of "Audio > ..."
-    partial = RoutingSettings(spot_check_rate=0.0, always_review_categories=["Aud"])
+    partial = RoutingSettings(always_review_categories=["Aud"])
     assert one([0.9, 0.05, 0.05], policy=partial).decision is Decision.AUTO_ACCEPTED
-    brands = RoutingSettings(spot_check_rate=0.0, always_review_brands=["Sony"])
+    brands = RoutingSettings(always_review_brands=["Sony"])
     assert one([0.9, 0.05, 0.05], RouteInput("a", brand=" sony "), brands).reasons == [
         Reason.ALWAYS_REVIEW_BRAND
     ]
@@ -72,59 +74,53 @@ def test_out_of_distribution_by_centroid_similarity() -> None:
     assert near.decision is Decision.AUTO_ACCEPTED
 
 
-def test_reasons_accumulate() -> None:
-    policy = RoutingSettings(spot_check_rate=1.0, high_value_price=10.0, always_review_brands=["X"])
-    r = one([0.5, 0.3, 0.2], RouteInput("a", price=20.0, brand="x"), policy)
-    # spot checks only sample would-be auto-accepts
-    assert r.reasons == [Reason.BELOW_THRESHOLD, Reason.HIGH_VALUE, Reason.ALWAYS_REVIEW_BRAND]
+def test_reasons_accumulate_and_an_audit_adds_its_own() -> None:
+    policy = RoutingSettings(high_value_price=10.0, always_review_brands=["X"])
+    always = AuditRouting(AuditPolicy(rate=1.0), band_low=0.0)
+    r = one([0.5, 0.3, 0.2], RouteInput("a", price=20.0, brand="x"), policy, audit=always)
+    assert r.reasons == [Reason.BELOW_THRESHOLD, Reason.HIGH_VALUE, Reason.ALWAYS_REVIEW_BRAND, Reason.AUDIT]
+    # a would-be auto-accept drawn into the audit is a spot check
+    spot = one([0.9, 0.05, 0.05], audit=always)
+    assert (spot.reasons, spot.decision, spot.audited) == ([Reason.SPOT_CHECK], Decision.ESCALATED, True)
+    assert spot.priority == AUDIT_PRIORITY  # audits are reviewed first
 
 
-def test_spot_check_is_stable_and_seeded() -> None:
-    assert spot_check_draw(0, "A", "x") == spot_check_draw(0, "A", "x")
-    assert spot_check_draw(0, "A", "x") != spot_check_draw(1, "A", "x")
-    policy = RoutingSettings(spot_check_rate=0.5)
-    first = [
-        r.decision
-        for r in route(
-            np.tile([0.95, 0.03, 0.02], (50, 1)),
-            LABELS,
-            THRESHOLDS,
-            [RouteInput(f"i{i}") for i in range(50)],
-            policy,
-        )
-    ]
-    again = [
-        r.decision
-        for r in route(
-            np.tile([0.95, 0.03, 0.02], (50, 1)),
-            LABELS,
-            THRESHOLDS,
-            [RouteInput(f"i{i}") for i in range(50)],
-            policy,
-        )
-    ]
+def test_audit_draw_is_stable_and_seeded() -> None:
+    assert audit_draw(0, "x") == audit_draw(0, "x")
+    assert audit_draw(0, "x") != audit_draw(1, "x")
+    audit = AuditRouting(AuditPolicy(rate=0.5), band_low=0.0)
+    proba = np.tile([0.95, 0.03, 0.02], (50, 1))
+    items = [RouteInput(f"i{i}") for i in range(50)]
+    first = [r.decision for r in route(proba, LABELS, THRESHOLDS, items, NO_SPOT, audit=audit)]
+    again = [r.decision for r in route(proba, LABELS, THRESHOLDS, items, NO_SPOT, audit=audit)]
     assert first == again
     assert Decision.ESCALATED in first
     assert Decision.AUTO_ACCEPTED in first
 
 
 @pytest.mark.parametrize("rate", [0.05, 0.2])
-def test_spot_check_rate_per_class_within_tolerance(rate: float) -> None:
-    """Each class's would-be auto-accepts are sampled at `rate` (4.5 sigma binomial tolerance)."""
+def test_audit_rate_inside_and_outside_the_band_within_tolerance(rate: float) -> None:
+    """Items at or above the band edge are drawn at `rate`, the others at rate * outside_factor, and
+    every routed item logs its probability (4.5 sigma binomial tolerance)."""
     n = 6000
     proba = np.zeros((2 * n, 3))
-    proba[:n, 0] = 0.95
+    proba[:n, 0] = 0.95  # in the band
     proba[:n, 1] = 0.05
-    proba[n:, 1] = 0.95
-    proba[n:, 0] = 0.05
+    proba[n:, 1] = 0.6  # below the band edge (0.7): and below its class threshold too
+    proba[n:, 0] = 0.4
     items = [RouteInput(f"sku-{i}") for i in range(2 * n)]
-    routed = route(proba, LABELS, THRESHOLDS, items, RoutingSettings(spot_check_rate=rate, seed=3))
-    tolerance = 4.5 * math.sqrt(rate * (1 - rate) / n)
-    for cls in (slice(0, n), slice(n, 2 * n)):
-        sampled = np.mean([Reason.SPOT_CHECK in r.reasons for r in routed[cls]])
-        assert abs(sampled - rate) < tolerance, (sampled, rate)
-    # spot checks escalate; everything else in this batch is auto-accepted
-    assert all((r.decision is Decision.ESCALATED) == (Reason.SPOT_CHECK in r.reasons) for r in routed)
+    audit = AuditRouting(AuditPolicy(rate=rate, outside_factor=0.5, seed=3), band_low=0.7)
+    routed = route(proba, LABELS, THRESHOLDS, items, NO_SPOT, audit=audit)
+    for part, expected, reason in (
+        (slice(0, n), rate, Reason.SPOT_CHECK),
+        (slice(n, 2 * n), rate / 2, Reason.AUDIT),
+    ):
+        assert [r.audit_probability for r in routed[part]] == pytest.approx([expected] * n)
+        drawn = np.mean([r.audited for r in routed[part]])
+        assert abs(drawn - expected) < 4.5 * math.sqrt(expected * (1 - expected) / n), (drawn, expected)
+        assert all((reason in r.reasons) == r.audited for r in routed[part])
+    # in the band, the audits are exactly the escalations
+    assert all((r.decision is Decision.ESCALATED) == r.audited for r in routed[:n])
 
 
 def test_shape_mismatch_is_refused() -> None:

