@@ -60,6 +60,7 @@ from learner.bundle import ModelBundle
 from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
 from learner.features import FeatureSpec
+from learner.gate import AuditScores, GateDecision, audit_scores, paired_gate
 from learner.loop import AuditPolicy, strata_of
 from learner.strategies import get_strategy, margin
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
@@ -81,6 +82,15 @@ RISK_COVERAGE_POINTS = 50
 
 
 @dataclass(frozen=True)
+class GatePolicy:
+    """Production's gate margins and level (`RetrainSettings`), for `learner.gate.paired_gate`."""
+
+    accuracy_margin: float = 0.01
+    coverage_margin: float = 0.02
+    alpha: float = 0.05
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """One simulated run. `training` carries head hyper-parameters, target and delta."""
 
@@ -97,6 +107,7 @@ class SimulationConfig:
     training: TrainingConfig = field(default_factory=TrainingConfig)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     audit: AuditPolicy = field(default_factory=AuditPolicy)  # its rate is set per run from audit_share
+    gate: GatePolicy = field(default_factory=GatePolicy)  # production's gate decides each round's champion
 
     def __post_init__(self) -> None:
         get_strategy(self.strategy)  # ValueError listing the valid names
@@ -120,6 +131,7 @@ class SimulationConfig:
         out["training"]["features"] = self.training.features.to_dict()
         out["routing"] = self.routing.model_dump(mode="json")
         out["audit"] = asdict(self.audit)
+        out["gate"] = asdict(self.gate)
         return out
 
 
@@ -450,9 +462,11 @@ def simulate_run(
         metrics["threshold"] = _finite(result.bundle.thresholds.thresholds)
         metrics["audit_band_low"] = float(result.bundle.metadata.get("audit_band_low", 0.0))
         metrics["audits"] = len(state.audited)
+        metrics["certificate"] = str(result.bundle.thresholds.extra.get("reason", ""))
         return metrics
 
     result = _train(data, x, state, test, config)
+    champion = result
     yield {
         "round": 0,
         "labels_used": len(state.labelled),
@@ -466,10 +480,10 @@ def simulate_run(
         audit: NDArray[np.int64] = np.empty(0, dtype=np.int64)
         if len(incoming):
             escalated, below, proba, audited, inclusion = _routed(
-                result, x, data, incoming, config.routing, policy, config.strategy
+                champion, x, data, incoming, config.routing, policy, config.strategy
             )
             auto = ~escalated
-            pred = np.array(result.bundle.labels, dtype=object)[np.argmax(proba, axis=1)]
+            pred = np.array(champion.bundle.labels, dtype=object)[np.argmax(proba, axis=1)]
             auto_correct = pred[auto] == data.labels[incoming][auto]
             state.stream_rows.extend(int(r) for r in incoming)
             state.stream_pi.extend(float(p) for p in inclusion)
@@ -494,6 +508,9 @@ def simulate_run(
         corrections += len(picked)
         started = time.perf_counter()
         result = _train(data, x, state, test, config)
+        decision = _gate(config.gate, result, champion, x, data, state)
+        if decision.promote:
+            champion = result
         yield {
             "round": number,
             "labels_used": len(state.labelled),
@@ -506,8 +523,41 @@ def simulate_run(
             "queue_size": len(queue),
             "audited": len(audit),
             "train_seconds": time.perf_counter() - started,
-            **test_row(result),
+            "promoted": decision.promote,
+            "gate_reason": decision.reason,
+            **test_row(champion),
         }
+
+
+def _gate(
+    policy: GatePolicy,
+    challenger: TrainingResult,
+    champion: TrainingResult,
+    inputs: Inputs,
+    data: LabeledDataset,
+    state: _State,
+) -> GateDecision:
+    """Production's paired gate on every audit so far: the round's model replaces the champion only
+    when it is not significantly worse."""
+    rows = sorted(state.audited)
+    y = [str(label) for label in data.labels[rows]]
+    pi = np.array([state.audit_pi[r] for r in rows])
+
+    def scores(result: TrainingResult) -> AuditScores:
+        bundle = result.bundle
+        return audit_scores(bundle.predict_proba(inputs.x[rows]), bundle.labels, y, bundle.thresholds)
+
+    new, old = scores(challenger), scores(champion)
+    return paired_gate(
+        new.correct,
+        old.correct,
+        new.accepted,
+        old.accepted,
+        pi,
+        accuracy_margin=policy.accuracy_margin,
+        coverage_margin=policy.coverage_margin,
+        alpha=policy.alpha,
+    )
 
 
 def _finite(thresholds: NDArray[np.float64]) -> float | None:

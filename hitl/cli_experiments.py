@@ -154,7 +154,7 @@ def _base_config(
 ) -> SimulationConfig:
     from dataclasses import replace
 
-    from experiments.simulate import SimulationConfig
+    from experiments.simulate import GatePolicy, SimulationConfig
     from learner.certify import GUARANTEES
     from learner.loop import AuditPolicy
 
@@ -174,6 +174,11 @@ def _base_config(
             training=replace(_training(settings, target, None), guarantee=guarantee),
             routing=settings.routing,
             audit=AuditPolicy.of(settings.learner.audit),
+            gate=GatePolicy(
+                settings.retrain.accuracy_tolerance,
+                settings.retrain.coverage_tolerance,
+                settings.retrain.gate_alpha,
+            ),
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc

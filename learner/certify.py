@@ -122,7 +122,7 @@ def certify_thresholds(
     target: float = 0.95,
     delta: float = 0.05,
     min_stratum_share: float = 0.2,
-    start_factor: int = 2,
+    start_factor: int = 1,
     start_share: float = 0.25,
     candidates: ArrayLike | None = None,
 ) -> ClassThresholds:

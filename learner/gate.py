@@ -15,10 +15,12 @@ Pure functions over arrays; `serving.retrain` and the simulations call the same 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 from scipy.stats import norm
 
 from learner.exceptions import LearnerError
@@ -26,6 +28,27 @@ from learner.exceptions import LearnerError
 
 class GateError(LearnerError):
     """Arrays the gate cannot compare (lengths, weights)."""
+
+
+@dataclass(frozen=True)
+class AuditScores:
+    """One model on the gate's audits: is each prediction right, and would it be auto-accepted."""
+
+    correct: NDArray[np.bool_]
+    accepted: NDArray[np.bool_]
+
+
+def audit_scores(
+    proba: NDArray[np.float64], labels: Sequence[str], y: Sequence[str], thresholds: Any
+) -> AuditScores:
+    """(n, n_labels) probabilities of a model on the audits, its labels, the audits' true labels and
+    its certified thresholds (`ClassThresholds`) -> its `AuditScores`. An audit whose label the model
+    does not know is an error."""
+    if not len(y):
+        return AuditScores(np.empty(0, dtype=np.bool_), np.empty(0, dtype=np.bool_))
+    predicted = np.asarray(labels, dtype=object)[np.argmax(proba, axis=1)]
+    correct = np.asarray(predicted == np.asarray(list(y), dtype=object), dtype=np.bool_)
+    return AuditScores(correct, np.asarray(thresholds.accept_mask(proba), dtype=np.bool_))
 
 
 @dataclass(frozen=True)

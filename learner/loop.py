@@ -62,7 +62,7 @@ class AuditPolicy:
     """Which routed items are audited, with what probability (`AuditSettings`)."""
 
     rate: float = 0.08
-    outside_factor: float = 0.1
+    outside_factor: float = 1.0
     band_share: float = 0.6
     seed_share: float = 0.25
     seed: int = 0

@@ -41,10 +41,12 @@ from scipy import stats
 from sqlalchemy import ColumnElement, func, or_, select
 
 from hitl.settings import Settings
+from learner.loop import describe_guarantee
 from serving.retrain import RESCORE_ACTOR, RetrainRun
 from serving.store import Correction, CorrectionRecord, Item, ModelVersion, Prediction, Store, review_action
 
 SPOT_CHECK = "spot_check"
+AUDIT_REASONS = frozenset({SPOT_CHECK, "audit"})
 USABLE_ACTIONS = ("created", "updated")
 NO_BRAND = "(no brand)"
 NO_PRICE = "(no price)"
@@ -113,6 +115,10 @@ class SpotCheckKpis(BaseModel):
     target: float
     status: TargetStatus
     by_version: list[SpotCheckVersion]
+    audits: int = 0  # every item drawn into the audit sample (spot checks + escalated audits)
+    audits_reviewed: int = 0
+    audit_backlog: int = 0  # audits nobody has reviewed yet: they hold back the next certificate
+    guarantee: str = ""  # the statement in force (learner.guarantee)
 
 
 class QueueKpis(BaseModel):
@@ -417,7 +423,14 @@ def spot_checks(store: Store, settings: Settings, items: list[_ItemView] | None 
         per_version[i.model_version][1] += 0 if i.corrected else 1
     correct = sum(0 if i.corrected else 1 for i in reviewed)
     interval = clopper_pearson(correct, len(reviewed), confidence) if reviewed else None
+    audits = [i for i in (items if items is not None else _items(store)) if AUDIT_REASONS & set(i.reasons)]
+    audits_reviewed = sum(i.review is not None for i in audits)
+    learner = settings.learner
     return SpotCheckKpis(
+        audits=len(audits),
+        audits_reviewed=audits_reviewed,
+        audit_backlog=len(audits) - audits_reviewed,
+        guarantee=describe_guarantee(learner.guarantee, learner.target_accuracy, learner.delta),
         sampled=len(sampled),
         reviewed=len(reviewed),
         correct=correct,

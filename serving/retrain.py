@@ -48,7 +48,7 @@ from learner.cache import EmbeddingCache
 from learner.data import Product, item_text
 from learner.encoder import HFEncoder, TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
-from learner.gate import GateDecision, paired_gate
+from learner.gate import AuditScores, GateDecision, audit_scores, paired_gate
 from learner.loop import AuditPolicy, Provenance
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
 from serving.model import LoadedModel, ModelHolder
@@ -336,25 +336,6 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
 
 
 # ------------------------------------------------------------------------------------------------- gate
-
-
-@dataclass(frozen=True)
-class AuditScores:
-    """One model on the gate's audits: is each prediction right, and would it be auto-accepted."""
-
-    correct: NDArray[np.bool_]
-    accepted: NDArray[np.bool_]
-
-
-def audit_scores(
-    proba: NDArray[np.float64], labels: Sequence[str], y: Sequence[str], thresholds: Any
-) -> AuditScores:
-    """(n, n_labels) probabilities of a model on the audits -> its `AuditScores` (an audit whose label
-    the model does not know is an error)."""
-    predicted = np.asarray(labels, dtype=object)[np.argmax(proba, axis=1)] if len(y) else np.empty(0)
-    correct = np.asarray(predicted == np.asarray(list(y), dtype=object), dtype=np.bool_)
-    accepted = np.asarray(thresholds.accept_mask(proba), dtype=np.bool_) if len(y) else np.empty(0, bool)
-    return AuditScores(correct, accepted)
 
 
 def gate(

@@ -239,12 +239,13 @@
         inconclusive: "is not yet distinguishable from the target" }[sc.status];
       $("spot-check-note").textContent = `${sc.correct} of ${sc.reviewed} reviewed spot checks confirmed `
         + `(${sc.sampled} sampled); ${Math.round(sc.interval.confidence * 100)}% interval `
-        + `${pct(sc.interval.low)}-${pct(sc.interval.high)}: the auto-accept accuracy ${verdict}.`;
+        + `${pct(sc.interval.low)}-${pct(sc.interval.high)}: the auto-accept accuracy ${verdict}. `
+        + `Audit backlog: ${sc.audit_backlog} of ${sc.audits} audits not reviewed yet. Guarantee in force: ${sc.guarantee}.`;
     } else {
       none($("chart-spot-checks"), sc.sampled
         ? `${sc.sampled} spot checks sampled, none reviewed yet.`
-        : "No spot checks yet: a share of would-be auto-accepts is sent for review (routing.spot_check_rate).");
-      $("spot-check-note").textContent = "";
+        : "No spot checks yet: routed items are drawn into the audit sample (learner.audit.rate) and come first in Label Studio's queue.");
+      $("spot-check-note").textContent = `Audit backlog: ${sc.audit_backlog} of ${sc.audits} audits not reviewed yet. Guarantee in force: ${sc.guarantee}.`;
     }
 
     const days = d.reviews.per_day;

@@ -109,7 +109,7 @@ def simulated(tmp_path_factory: pytest.TempPathFactory) -> Simulated:
             min_class_size=5,
             head=HeadSettings(epochs=60),
         ),
-        routing=RoutingSettings(spot_check_rate=0.0, high_value_price=None, novelty_min_similarity=-1.0),
+        routing=RoutingSettings(high_value_price=None, novelty_min_similarity=-1.0),
         retrain=RetrainSettings(accuracy_tolerance=0.5, coverage_tolerance=0.5),
     )
     catalog = write_catalog(generate_catalog(450, seed=3, n_categories=5), tmp / "tiny.jsonl")

@@ -137,7 +137,7 @@ def test_the_app_predicts_and_records_on_postgresql(
             database_url=postgres_url, bundle_path=small_bundle_dir, model_poll_interval_s=0,
             outbox_enabled=False,
         ),
-        routing=RoutingSettings(spot_check_rate=0.0, high_value_price=1000.0),
+        routing=RoutingSettings(high_value_price=1000.0),
         labelstudio=LabelStudioSettings(sync_interval_s=0),
     )  # fmt: skip
     keys = Store(postgres_url)  # the app opens its own store from the URL; this one looks at the rows

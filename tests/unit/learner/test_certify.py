@@ -168,3 +168,15 @@ def test_bad_input_is_refused_with_the_reason(kwargs: dict[str, object], message
     args.update(kwargs)
     with pytest.raises((CertificationError, ValueError), match=message):
         certify_thresholds(**args)  # type: ignore[arg-type]
+
+
+def test_an_audit_of_a_class_the_model_does_not_know_is_an_error() -> None:
+    # 100 audits at 0.99, all correct except 6 whose true class is unknown to the model (-1): 6 / 100
+    # errors cannot be certified at 0.95, while dropping them would have certified 94 / 94.
+    conf = np.full(100, 0.99)
+    y = np.zeros(100, dtype=np.int64)
+    y[:6] = -1
+    strata = np.zeros(100, dtype=np.int64)
+    th = certify_thresholds(two_class(conf), y, strata, conf, strata, candidates=[0.99, 0.5])
+    assert np.isinf(th.thresholds).all()
+    assert "6 errors in 100 audits" in th.extra["reason"]

@@ -33,7 +33,7 @@ def make_settings(tmp_path: Path, bundle_dir: Path, embedding_dir: Path, **routi
             max_batch_size=64,
             max_text_length=300,
         ),
-        routing=RoutingSettings(**({"spot_check_rate": 0.0, "high_value_price": 1000.0} | routing)),
+        routing=RoutingSettings(**({"high_value_price": 1000.0} | routing)),
         labelstudio={"sync_interval_s": 0},
     ).model_copy(update={"state_dir": tmp_path})
 

@@ -1,0 +1,97 @@
+"""The loop's policy: audit draws, strata, label roles, review priority and the training configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from learner.loop import (
+    AUDIT_PRIORITY,
+    STRATEGY_MAX_PRIORITY,
+    AuditPolicy,
+    Provenance,
+    band_low,
+    describe_guarantee,
+    review_priority,
+    split_roles,
+    strata_of,
+    training_config,
+    unit_draw,
+)
+from learner.settings import AuditSettings, HeadSettings, LearnerSettings
+
+
+def test_inclusion_inside_and_outside_the_band_never_zero() -> None:
+    policy = AuditPolicy(rate=0.2, outside_factor=0.25)
+    pi = policy.inclusion([0.95, 0.7, 0.1], band_low=0.7)
+    assert pi.tolist() == [0.2, 0.2, pytest.approx(0.05)]
+    pi, drawn = policy.draw([0.95, 0.1], 0.7, [0.19, 0.06])
+    assert drawn.tolist() == [True, False]
+    with pytest.raises(ValueError, match="uniforms have shape"):
+        policy.draw([0.9], 0.5, [0.1, 0.2])
+    with pytest.raises(ValueError, match="audit rate"):
+        policy.with_rate(0.0)
+
+
+def test_band_edge_is_the_quantile_of_the_stream() -> None:
+    conf = np.linspace(0, 1, 101)
+    assert band_low(conf, 0.6) == pytest.approx(0.4)
+    assert band_low([], 0.6) == 0.0
+
+
+def test_strata_by_probability() -> None:
+    ids, levels = strata_of([0.08, 0.25, 0.08, 0.08 + 1e-12])
+    assert levels == [0.08, 0.25]
+    assert ids.tolist() == [0, 1, 0, 0]
+
+
+def test_seed_audits_are_a_stable_hash_share() -> None:
+    policy = AuditPolicy(seed_share=0.3)
+    ids = [f"s{i}" for i in range(5000)]
+    first = policy.seed_audit(ids)
+    assert (first == policy.seed_audit(ids)).all()
+    assert 0.27 < first.mean() < 0.33
+    assert unit_draw(0, "x") != unit_draw(1, "x")
+
+
+def test_audits_certify_and_never_train() -> None:
+    roles = split_roles(["seed", "seed_audit", "audit", "strategy", "correction"])
+    assert roles.certify.tolist() == [1, 2]
+    assert roles.train.tolist() == [0, 3, 4]
+    assert {Provenance.SEED_AUDIT, Provenance.AUDIT} == {Provenance("seed_audit"), Provenance("audit")}
+
+
+def test_review_priority_follows_the_strategy_and_audits_come_first() -> None:
+    proba = np.array([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0], [0.4, 0.3, 0.3]])
+    margin = review_priority(proba, "margin")
+    assert margin.tolist() == pytest.approx([0.2, STRATEGY_MAX_PRIORITY, 0.9])
+    least = review_priority(proba, "least_confidence")
+    assert np.argsort(-least).tolist() == [2, 1, 0]
+    assert set(review_priority(proba, "random").tolist()) == {0.5}
+    audited = review_priority(proba, "margin", audited=[True, False, False])
+    assert audited[0] == AUDIT_PRIORITY > audited[1:].max()
+    with pytest.raises(ValueError, match="margin"):
+        review_priority(proba, "no-such-strategy")
+
+
+def test_training_config_is_built_from_the_learner_settings() -> None:
+    learner = LearnerSettings(
+        target_accuracy=0.9,
+        guarantee="high_probability",
+        head=HeadSettings(epochs=7),
+        audit=AuditSettings(start_share=0.1, band_share=0.5),
+    )
+    config = training_config(learner, device="cpu", delta=0.1)
+    assert (config.epochs, config.device, config.target_accuracy, config.delta) == (7, "cpu", 0.9, 0.1)
+    assert (config.guarantee, config.start_share, config.band_share) == ("high_probability", 0.1, 0.5)
+    assert config.features.kind == learner.features
+
+
+def test_an_unknown_strategy_setting_lists_the_valid_names() -> None:
+    with pytest.raises(ValueError, match="batch_diverse"):
+        LearnerSettings(strategy="smartest")
+
+
+def test_the_statement_in_force_reads_as_words() -> None:
+    assert "with probability >= 0.95" in describe_guarantee("high_probability", 0.95, 0.05)
+    assert "mean error" in describe_guarantee("expected", 0.95, 0.05)
