@@ -241,6 +241,19 @@ class LabelStudioClient:
         task: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/", f"get task {task_id}")
         return task
 
+    def next_task(self, project_id: int) -> dict[str, Any] | None:
+        """The task Label Studio serves this user next ("Label All Tasks"), in the project's sampling
+        order; None when the queue is empty (Label Studio answers 404)."""
+        try:
+            task: dict[str, Any] = self._request(
+                "GET", f"/api/projects/{project_id}/next", "get the next task"
+            )
+        except LabelStudioApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return task
+
     # ----------------------------------------------------------- annotations
     def create_annotation(
         self,

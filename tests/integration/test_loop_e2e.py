@@ -179,15 +179,22 @@ def test_corrections_retrain_promote_and_lower_the_escalation_rate(
         return current if len(seen) >= 4 and len(set(seen[-4:])) == 1 else None
 
     tasks = wait_for(settled, 120, "the outbox to deliver the whole batch")
-    tasks.sort(key=lambda t: (t["predictions"][0]["score"], t["id"]))
-    audits = [t for t in tasks if {"spot_check", "audit"} & set(t["meta"]["reasons"])]
+    audits = {t["id"] for t in tasks if {"spot_check", "audit"} & set(t["meta"]["reasons"])}
     assert audits, "some fresh items are drawn into the audit sample"
-    assert tasks[: len(audits)] == audits
 
-    # A reviewer annotates k of them with the true labels; webhooks bring the corrections back.
-    for task in tasks[:N_CORRECTIONS]:
+    # A reviewer works through Label Studio's own queue ("Label All Tasks": GET /api/projects/{id}/next,
+    # uncertainty sampling, lowest prediction score first) with the true labels; webhooks bring the
+    # corrections back. Audits come first: Label Studio may pick at random among the first few tasks
+    # when several accounts annotate, so the last couple of audits may trail.
+    served: list[int] = []
+    for _ in range(N_CORRECTIONS):
+        task = reviewer_client.next_task(loop.project_id)
+        assert task is not None, f"Label Studio's queue ran dry after {len(served)} tasks"
+        served.append(task["id"])
         item_id = task["data"]["item_id"]
         reviewer_client.create_annotation(task["id"], loop.taxonomy.result_for(loop.truth[item_id]))
+    assert set(served[: len(audits) - 2]) <= audits, "audits are served before strategy picks"
+    assert audits <= set(served), "every audit got reviewed"
 
     # The N-th correction triggers a retrain, which is promoted and hot-swapped.
     def finished_run() -> dict[str, Any] | None:
@@ -220,6 +227,14 @@ def test_corrections_retrain_promote_and_lower_the_escalation_rate(
     ).json()
     assert metrics["by_version"][v1]["rate"] == pytest.approx(first_rate)
     assert metrics["by_version"][v2]["rate"] == pytest.approx(second_rate)
+    # The reviewed spot checks measure the realised accuracy of auto-accepts, with its interval.
+    spot = loop.http.get(
+        "/v1/metrics/spot-checks", headers={"Authorization": f"Bearer {loop.keys[Role.PRODUCT_OWNER]}"}
+    ).json()
+    assert spot["reviewed"] > 0
+    assert spot["interval"]["low"] <= spot["accuracy"] <= spot["interval"]["high"]
+    assert spot["audits_reviewed"] >= len(audits)
+    assert "mean error among auto-accepted items" in spot["guarantee"]
 
 
 def crash(inputs: TrainingInputs) -> TrainingResult:
