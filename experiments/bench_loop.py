@@ -15,6 +15,9 @@ modes, the default configuration (`configs/default.yaml`: strategy, audit design
 - ``gate_false_reject_rate``: the paired gate (`learner.gate`) on retrains that only add
   `--gate-extra` random corrections to the same state: share refused, `--gate-trials` per catalog.
 
+``audit_design``: the default uniform audit draw against one 10x denser inside the confidence band
+(seed 0, default guarantee), same run.
+
 Top level ``guarantee_simulation``: a fixed real model (the final high_probability model of seed 0 on
 the first catalog), its test split as the population, and `--streams` fresh audit draws under the
 default audit design; each draw certifies, and the realised accuracy of what the threshold accepts on
@@ -188,6 +191,26 @@ def summarise_runs(runs: Mapping[str, list[list[dict[str, Any]]]]) -> dict[str, 
             for guarantee, group in runs.items()
         },
     }
+
+
+def band_design(
+    settings: Settings, data: LabeledDataset, x: NDArray[np.float32], inputs: Inputs, name: str, out: Path
+) -> dict[str, Any]:
+    """The default (uniform audits) against audits 10x denser inside the band (`outside_factor` 0.1),
+    seed 0, default guarantee: certified coverage and escalation after 3,000 corrections."""
+    out_rows: dict[str, Any] = {}
+    for label, factor in (("uniform", 1.0), ("band_dense", 0.1)):
+        config = base_config(settings, 0, settings.learner.guarantee)
+        config = replace(config, audit=replace(config.audit, outside_factor=factor))
+        rows, _ = run_or_skip(data, x, config, out / "runs" / name / f"design-{label}", inputs=inputs)
+        out_rows[label] = {
+            "outside_factor": factor,
+            "escalation_after_3000": value_at(rows, "corrections_at_routing", "escalation_rate", CORRECTIONS),
+            "certified_coverage": rows[-1]["auto_accept_coverage"],
+            "oracle_coverage": rows[-1]["coverage_at_target"],
+            "certificate": rows[-1].get("certificate"),
+        }
+    return out_rows
 
 
 # --------------------------------------------------------------------------------------------- gate
@@ -540,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inputs = model_inputs(data, x, training_config(settings.learner).features)
         runs = catalog_runs(settings, data, x, inputs, name, args.seeds, args.out)
         block = summarise_runs(runs)
+        block["audit_design"] = band_design(settings, data, x, inputs, name, args.out)
         block["gate"] = gate_false_rejections(
             settings, data, inputs, trials=args.gate_trials, extra=args.gate_extra, labels=3200
         )

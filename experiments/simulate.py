@@ -63,7 +63,14 @@ from learner.features import FeatureSpec
 from learner.gate import AuditScores, GateDecision, audit_scores, paired_gate
 from learner.loop import AuditPolicy, strata_of
 from learner.strategies import get_strategy, margin
-from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
+from learner.training import (
+    AuditDesign,
+    TrainingConfig,
+    TrainingResult,
+    certify_bundle,
+    label_indices,
+    train_bundle,
+)
 from serving.routing import AuditRouting, Decision, RouteInput, centroid_similarity, route
 
 __all__ = [
@@ -339,15 +346,7 @@ def _train(
     """Audits certify (never trained on), the other labels train: `learner.loop.split_roles`."""
     cal_rows = [r for r in state.labelled if r in state.audited]
     train_rows = [r for r in state.labelled if r not in state.audited]
-    strata, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi)
-    stream = np.asarray(state.stream_rows, dtype=np.int64)
-
-    def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
-        parts = [
-            bundle.predict_proba(inputs.x[stream[i : i + STREAM_CHUNK]]).max(axis=1)
-            for i in range(0, len(stream), STREAM_CHUNK)
-        ]
-        return np.concatenate(parts) if parts else np.empty(0)
+    _, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi)
 
     classes = data.classes
     x = inputs.x
@@ -361,11 +360,7 @@ def _train(
         encoder_id="simulation",
         x_test=x[test],
         y_test=[str(label) for label in data.labels[test]],
-        design=AuditDesign(
-            strata=strata[: len(cal_rows)],
-            stream_strata=strata[len(cal_rows) :],
-            stream_confidence=stream_confidence,
-        ),
+        design=_design(inputs, state, cal_rows),
         metadata={"audit_strata": levels},
     )
 
@@ -508,7 +503,7 @@ def simulate_run(
         corrections += len(picked)
         started = time.perf_counter()
         result = _train(data, x, state, test, config)
-        decision = _gate(config.gate, result, champion, x, data, state)
+        decision = _gate(config, result, champion, x, data, state)
         if decision.promote:
             champion = result
         yield {
@@ -529,8 +524,27 @@ def simulate_run(
         }
 
 
+def _design(inputs: Inputs, state: _State, audit_rows: Sequence[int]) -> AuditDesign:
+    """The audit design of `audit_rows` over every item routed so far (and the seed)."""
+    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + state.stream_pi)
+    stream = np.asarray(state.stream_rows, dtype=np.int64)
+
+    def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
+        parts = [
+            bundle.predict_proba(inputs.x[stream[i : i + STREAM_CHUNK]]).max(axis=1)
+            for i in range(0, len(stream), STREAM_CHUNK)
+        ]
+        return np.concatenate(parts) if parts else np.empty(0)
+
+    return AuditDesign(
+        strata=strata[: len(audit_rows)],
+        stream_strata=strata[len(audit_rows) :],
+        stream_confidence=stream_confidence,
+    )
+
+
 def _gate(
-    policy: GatePolicy,
+    config: SimulationConfig,
     challenger: TrainingResult,
     champion: TrainingResult,
     inputs: Inputs,
@@ -538,16 +552,24 @@ def _gate(
     state: _State,
 ) -> GateDecision:
     """Production's paired gate on every audit so far: the round's model replaces the champion only
-    when it is not significantly worse."""
+    when it is not significantly worse. The champion is re-certified on the same audits first, so
+    both coverages rest on the same evidence."""
     rows = sorted(state.audited)
     y = [str(label) for label in data.labels[rows]]
     pi = np.array([state.audit_pi[r] for r in rows])
+    design = _design(inputs, state, rows)
 
-    def scores(result: TrainingResult) -> AuditScores:
+    def scores(result: TrainingResult, recertify: bool) -> AuditScores:
         bundle = result.bundle
-        return audit_scores(bundle.predict_proba(inputs.x[rows]), bundle.labels, y, bundle.thresholds)
+        proba = bundle.predict_proba(inputs.x[rows])
+        thresholds = bundle.thresholds
+        if recertify:
+            y_idx = label_indices(y, bundle.labels)
+            thresholds, _ = certify_bundle(bundle, proba, y_idx, config=config.training, design=design)
+        return audit_scores(proba, bundle.labels, y, thresholds)
 
-    new, old = scores(challenger), scores(champion)
+    new, old = scores(challenger, False), scores(champion, True)
+    policy = config.gate
     return paired_gate(
         new.correct,
         old.correct,

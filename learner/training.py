@@ -110,10 +110,50 @@ def class_centroids(
     return rows
 
 
-def _label_indices(labels: Sequence[str], classes: Sequence[str]) -> NDArray[np.int64]:
+def label_indices(labels: Sequence[str], classes: Sequence[str]) -> NDArray[np.int64]:
     """Map label strings to head class indices; -1 for labels the head does not know."""
     index = {c: i for i, c in enumerate(classes)}
     return np.array([index.get(label, -1) for label in labels], dtype=np.int64)
+
+
+def certify_bundle(
+    bundle: ModelBundle,
+    proba: NDArray[np.float64],
+    y: NDArray[np.int64],
+    *,
+    config: TrainingConfig,
+    design: AuditDesign | None = None,
+) -> tuple[ClassThresholds, NDArray[np.float64]]:
+    """Certify `bundle`'s threshold on audits it was not trained on: (thresholds, the bundle's
+    confidence on the stream).
+
+    ``proba`` (n, n_labels) are the bundle's calibrated probabilities on the audits, ``y`` (n,) their
+    labels as the bundle's class indices (-1 = a class it does not know). Training certifies each new
+    model with it; the gate re-certifies the champion with it on today's audits, so both are compared
+    as certified on the same evidence.
+    """
+    strata: NDArray[np.int64]
+    if design is None:
+        strata = np.asarray(np.zeros(len(y), dtype=np.int64))
+        stream_strata, stream_conf = strata, proba.max(axis=1)
+    else:
+        if len(design.strata) != len(y):
+            raise LearnerError(f"{len(design.strata)} audit strata for {len(y)} calibration items")
+        strata, stream_strata = np.asarray(design.strata), np.asarray(design.stream_strata)
+        stream_conf = np.asarray(design.stream_confidence(bundle), dtype=np.float64)
+    thresholds = certify_thresholds(
+        proba,
+        y,
+        strata,
+        stream_conf,
+        stream_strata,
+        guarantee=config.guarantee,
+        target=config.target_accuracy,
+        delta=config.delta,
+        min_stratum_share=config.min_stratum_share,
+        start_share=config.start_share,
+    )
+    return thresholds, stream_conf
 
 
 def train_bundle(
@@ -163,7 +203,7 @@ def train_bundle(
     head.fit(x_train, np.asarray(y_train))
     classes = [str(c) for c in head.classes_]
 
-    y_cal_all = _label_indices(y_calibration, classes)
+    y_cal_all = label_indices(y_calibration, classes)
     known = y_cal_all >= 0
     if not known.any():
         raise LearnerError(f"none of the {len(y_cal_all)} calibration labels occur in training")
@@ -199,27 +239,8 @@ def train_bundle(
             **(metadata or {}),
         },
     )
-    cal_proba = softmax(all_logits, temperature)
-    strata: NDArray[np.int64]
-    if design is None:
-        strata = np.asarray(np.zeros(len(y_cal_all), dtype=np.int64))
-        stream_strata, stream_conf = strata, cal_proba.max(axis=1)
-    else:
-        if len(design.strata) != len(y_cal_all):
-            raise LearnerError(f"{len(design.strata)} audit strata for {len(y_cal_all)} calibration items")
-        strata, stream_strata = np.asarray(design.strata), np.asarray(design.stream_strata)
-        stream_conf = np.asarray(design.stream_confidence(bundle), dtype=np.float64)
-    thresholds = certify_thresholds(
-        cal_proba,
-        y_cal_all,
-        strata,
-        stream_conf,
-        stream_strata,
-        guarantee=config.guarantee,
-        target=config.target_accuracy,
-        delta=config.delta,
-        min_stratum_share=config.min_stratum_share,
-        start_share=config.start_share,
+    thresholds, stream_conf = certify_bundle(
+        bundle, softmax(all_logits, temperature), y_cal_all, config=config, design=design
     )
     bundle.thresholds = thresholds
     bundle.metadata["audit_band_low"] = band_low(stream_conf, config.band_share)
@@ -227,7 +248,7 @@ def train_bundle(
 
     report = None
     if x_test is not None and y_test is not None and len(y_test) > 0:
-        y_idx = _label_indices(y_test, classes)
+        y_idx = label_indices(y_test, classes)
         seen = y_idx >= 0
         report = evaluate(bundle.predict_proba(x_test[seen]), y_idx[seen], thresholds, config.target_accuracy)
     return TrainingResult(

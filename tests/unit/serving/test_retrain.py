@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from learner.data import Product
+from learner.gate import AuditScores
 from learner.loop import AuditPolicy, Provenance, split_roles
 from serving.retrain import (
-    AuditScores,
     RetrainWorker,
     add_seed_labels,
     collect_labels,

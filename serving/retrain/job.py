@@ -1,0 +1,322 @@
+"""One retrain run, start to finish: collect -> embed -> train + certify -> gate -> register -> promote."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hitl.settings import Settings
+from learner import loop
+from learner.bundle import ModelBundle
+from learner.gate import AuditScores, GateDecision, audit_scores
+from learner.loop import AuditPolicy
+from learner.training import AuditDesign, TrainingConfig, certify_bundle, label_indices
+from serving.retrain.gate import gate
+from serving.retrain.labels import (
+    LabeledText,
+    StreamItem,
+    collect_labels,
+)
+from serving.retrain.promotion import Promoter
+from serving.retrain.tables import (
+    STREAM_CHUNK,
+)
+from serving.retrain.training import (
+    Embedder,
+    TrainFn,
+    TrainingInputs,
+    default_train,
+    training_config,
+)
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainJob:
+    """One training run, start to finish (see the module docstring)."""
+
+    settings: Settings
+    store: Store
+    embedder: Embedder
+    promoter: Promoter
+    train_fn: TrainFn = default_train
+    on_stage: Callable[[str], None] = field(default=lambda _stage: None)
+    mlflow_run_id: str | None = None  # set as soon as the MLflow run exists (failed runs have one too)
+
+    def run(self, trigger: str) -> dict[str, Any]:
+        """Returns the run's outcome fields; raises on failure (after ending the MLflow run FAILED)."""
+        from serving import tracking
+
+        settings = self.settings
+        self.on_stage("collecting")
+        collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit))
+        labels = collected.labels
+        roles = loop.split_roles([r.provenance for r in labels])
+        train = [labels[i] for i in roles.train]
+        audits = [labels[i] for i in roles.certify]
+        outcome: dict[str, Any] = {"correction_watermark": collected.watermark, "n_labels": len(labels)}
+        config = training_config(settings)
+        n_seed = sum(r.source == "seed" for r in labels)
+        params = {
+            "trigger": trigger,
+            "n_labels": len(labels),
+            "n_seed_labels": n_seed,
+            "n_correction_labels": len(labels) - n_seed,
+            "n_train": len(train),
+            "n_audits": len(audits),
+            "n_stream": len(collected.stream),
+            "unreviewed_audits": collected.unreviewed_audits,
+            "accuracy_tolerance": settings.retrain.accuracy_tolerance,
+            "coverage_tolerance": settings.retrain.coverage_tolerance,
+            "gate_alpha": settings.retrain.gate_alpha,
+            "encoder": self.embedder.encoder_ref,
+            "mode": "frozen-encoder",
+            **{f"head.{k}": v for k, v in settings.learner.head.model_dump().items()},
+            **{f"audit.{k}": v for k, v in settings.learner.audit.model_dump().items()},
+            "target_accuracy": config.target_accuracy,
+            "delta": config.delta,
+            "guarantee": config.guarantee,
+            "guarantee_statement": loop.describe_guarantee(
+                config.guarantee, config.target_accuracy, config.delta
+            ),
+            "seed": config.seed,
+            "device": config.device,
+        }
+        run_id = tracking.start_run(
+            settings, run_name=f"retrain-{datetime.now(UTC):%Y%m%dT%H%M%S}", trigger=trigger, params=params
+        )
+        outcome["mlflow_run_id"] = run_id
+        self.mlflow_run_id = run_id
+        try:
+            return self._run(run_id, train, audits, collected.stream, config, outcome, trigger)
+        except BaseException as exc:
+            try:
+                tracking.end_run(settings, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
+            except Exception as inner:
+                logger.error("could not mark MLflow run %s FAILED: %s", run_id, type(inner).__name__)
+            raise
+
+    def _run(
+        self,
+        run_id: str,
+        train: list[LabeledText],
+        audits: list[LabeledText],
+        stream: list[StreamItem],
+        config: TrainingConfig,
+        outcome: dict[str, Any],
+        trigger: str,
+    ) -> dict[str, Any]:
+        from serving import registry, tracking
+
+        settings = self.settings
+        if len(train) < settings.retrain.min_labels:
+            raise RetrainError(
+                f"only {len(train)} training labels; at least {settings.retrain.min_labels} needed"
+            )
+        if not audits:
+            raise RetrainError(
+                "no reviewed audits to certify on: audits are seed labels (learner.audit.seed_share) "
+                "and routed items drawn for review"
+            )
+        started = time.perf_counter()
+        self.on_stage("embedding")
+        encoder_id = self.embedder.encoder_id
+
+        def embed(texts: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+            """(encoder embeddings, head inputs as `config.features` builds them)."""
+            if not texts:
+                empty = np.empty((0, 0), dtype=np.float32)
+                return empty, empty
+            embeddings = self.embedder.embed(list(texts))
+            return embeddings, config.features.model_inputs(embeddings, list(texts))
+
+        e_train, x_train = embed([r.text for r in train])
+        e_audit, x_audit = embed([r.text for r in audits])
+        stream_texts = [s.text for s in stream]
+        audit_pi = np.array([r.inclusion for r in audits], dtype=np.float64)
+        strata, levels = loop.strata_of(np.concatenate([audit_pi, [s.inclusion for s in stream]]))
+
+        def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
+            """`bundle`'s confidence on the stream, under its own feature spec (the champion may
+            predate today's)."""
+            parts = []
+            for start in range(0, len(stream_texts), STREAM_CHUNK):
+                chunk = stream_texts[start : start + STREAM_CHUNK]
+                x = bundle.model_inputs(self.embedder.embed(chunk), chunk)
+                parts.append(bundle.predict_proba(x).max(axis=1))
+            return np.concatenate(parts) if parts else np.empty(0)
+
+        design = AuditDesign(
+            strata=strata[: len(audits)],
+            stream_strata=strata[len(audits) :],
+            stream_confidence=stream_confidence,
+        )
+        embed_seconds = time.perf_counter() - started
+        self.on_stage("training")
+        started_train = time.perf_counter()
+        result = self.train_fn(
+            TrainingInputs(
+                x_train=x_train,
+                y_train=[r.label for r in train],
+                x_calibration=x_audit,
+                y_calibration=[r.label for r in audits],
+                config=config,
+                encoder_ref=self.embedder.encoder_ref,
+                encoder_id=encoder_id,
+                design=design,
+            )
+        )
+        train_seconds = time.perf_counter() - started_train
+        bundle = result.bundle
+        from serving.routing import class_centroids
+
+        # Encoder space, as serving compares them (`LoadedModel.features` -> embeddings).
+        bundle.metadata["class_centroids"] = class_centroids(e_train, [r.label for r in train], bundle.labels)
+        bundle.metadata.update(
+            {"trigger": trigger, "n_labels": len(train), "mlflow_run_id": run_id, "audit_strata": levels}
+        )
+
+        self.on_stage("evaluating")
+        y_audit = [r.label for r in audits]
+        proba_audit = bundle.predict_proba(x_audit)
+        challenger = audit_scores(proba_audit, bundle.labels, y_audit, bundle.thresholds)
+        weights = 1.0 / audit_pi
+        champion_version = registry.champion_version(settings)
+        champion: AuditScores | None = None
+        champion_note = ""
+        if champion_version is not None:
+            champion, champion_note = self._champion_scores(
+                champion_version, encoder_id, e_audit, [r.text for r in audits], y_audit, config, design
+            )
+        certificate = bundle.thresholds.extra
+        metrics: dict[str, Any] = {
+            "n_labels": len(train) + len(audits),
+            "n_train": len(train),
+            "n_audits": len(audits),
+            "n_stream": len(stream),
+            "n_classes": len(bundle.labels),
+            "training_time_s": train_seconds,
+            "embedding_time_s": embed_seconds,
+            "temperature": bundle.temperature,
+            "ece_calibration_before": result.ece_before,
+            "ece_calibration_after": result.ece_after,
+            "threshold": float(np.min(bundle.thresholds.thresholds)),
+            "audit_band_low": float(bundle.metadata.get("audit_band_low", 0.0)),
+            # Weighted by 1 / inclusion probability: estimates over the stream, not over the audits.
+            "accuracy": float((weights * challenger.correct).sum() / weights.sum()),
+            "auto_accept_coverage": float(certificate.get("stream_accepted_share", 0.0)),
+            "projected_escalation_rate": 1.0 - float(certificate.get("stream_accepted_share", 0.0)),
+            "certified_error_bound": certificate.get("error_bound"),
+        }
+        if champion is not None:
+            metrics.update(
+                {
+                    "champion_accuracy": float((weights * champion.correct).sum() / weights.sum()),
+                    "champion_audit_coverage": float((weights * champion.accepted).sum() / weights.sum()),
+                }
+            )
+        tracking.log_metrics(settings, run_id, metrics)
+        outcome["metrics"] = tracking.finite_metrics(metrics)
+
+        if champion_note and champion is None:
+            decision = GateDecision(False, champion_note)
+        else:
+            decision = gate(challenger, champion, audit_pi, settings)
+        for test in decision.tests:
+            tracking.log_metrics(
+                settings,
+                run_id,
+                {f"gate_{test.metric.replace(' ', '_')}_p_value": test.p_value},
+            )
+
+        self.on_stage("registering")
+        bundle_dir = settings.models_dir / "retrain" / run_id
+        if bundle_dir.exists():
+            shutil.rmtree(bundle_dir)
+        bundle.save(bundle_dir)
+        version = tracking.log_model_version(
+            settings,
+            run_id,
+            bundle_dir,
+            tags={
+                "hitl.gate": "passed" if decision.promote else "rejected",
+                "hitl.gate_reason": decision.reason,
+                "hitl.guarantee": loop.describe_guarantee(
+                    config.guarantee, config.target_accuracy, config.delta
+                ),
+            },
+        )
+        outcome.update({"version": version, "gate_reason": decision.reason, "promoted": False})
+        tracking.log_params(settings, run_id, {"registered_version": version})
+
+        if decision.promote:
+            self.on_stage("promoting")
+            report = self.promoter.promote(
+                version, reason=f"gate: {decision.reason}", actor=f"retrain:{trigger}"
+            )
+            outcome["promoted"] = True
+            tracking.log_metrics(
+                settings,
+                run_id,
+                {"auto_resolved": report.auto_resolved, "reprioritized": report.reprioritized},
+            )
+        else:
+            registry.set_alias(settings, version, settings.retrain.challenger_alias)
+            logger.info("version %s stays a challenger: %s", version, decision.reason)
+        tracking.client(settings).set_tag(run_id, "hitl.gate_reason", decision.reason[:5000])
+
+        self.on_stage("artifacts")
+        try:
+            index = {c: i for i, c in enumerate(bundle.labels)}
+            known = np.array([label in index for label in y_audit], dtype=bool)
+            if known.any():
+                y_idx = np.array([index[label] for label in np.asarray(y_audit, dtype=object)[known]])
+                tracking.log_evaluation_figures(
+                    settings, run_id, proba_audit[known], y_idx, bundle.labels, config.target_accuracy
+                )
+        except Exception as exc:  # plots are informative; never fail a promoted run for them
+            logger.warning("could not log evaluation plots: %s", type(exc).__name__)
+        tracking.end_run(settings, run_id)
+        return outcome
+
+    def _champion_scores(
+        self,
+        version: str,
+        encoder_id: str,
+        e_audit: NDArray[np.float32],
+        texts: list[str],
+        y_audit: Sequence[str],
+        config: TrainingConfig,
+        design: AuditDesign,
+    ) -> tuple[AuditScores | None, str]:
+        """The champion on today's audits, RE-CERTIFIED on them (it was never trained on an audit): its
+        coverage then rests on the same evidence as the challenger's, not on the fewer audits it had
+        when it was promoted."""
+        from serving import registry
+
+        folder = registry.download(self.settings, version)
+        champion = ModelBundle.load(folder, device="cpu")
+        if champion.encoder_id != encoder_id:
+            return None, (
+                f"champion v{version} uses encoder {champion.encoder_id!r}, not {encoder_id!r}: "
+                "not comparable on these audits; promote manually"
+            )
+        # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
+        proba = champion.predict_proba(champion.model_inputs(e_audit, texts))
+        y_idx = label_indices(y_audit, champion.labels)
+        thresholds, _ = certify_bundle(champion, proba, y_idx, config=config, design=design)
+        return audit_scores(proba, champion.labels, y_audit, thresholds), ""
+
+
+class RetrainError(RuntimeError):
+    """A run that cannot train (too few labels, ...): recorded as failed, champion untouched."""

@@ -1,0 +1,130 @@
+"""Texts -> embeddings through the shared cache, and the training function a run calls."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hitl.settings import Settings
+from learner import loop
+from learner.cache import EmbeddingCache
+from learner.encoder import HFEncoder, TextEncoder
+from learner.evaluation import EvaluationReport, evaluate
+from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
+
+logger = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Texts -> embeddings of one encoder (through the shared cache)."""
+
+    @property
+    def encoder_id(self) -> str: ...
+
+    @property
+    def encoder_ref(self) -> str: ...
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]: ...
+
+
+class CachedEmbedder:
+    """The configured encoder behind the embedding cache serving uses (so predicted items are hits)."""
+
+    def __init__(
+        self, settings: Settings, *, encoder_factory: Callable[[str], TextEncoder] | None = None
+    ) -> None:
+        self.settings = settings
+        self._factory = encoder_factory
+        self._cache: EmbeddingCache | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def encoder_ref(self) -> str:
+        return self.settings.learner.encoder
+
+    def _get(self) -> EmbeddingCache:
+        with self._lock:
+            if self._cache is None:
+                learner = self.settings.learner
+                encoder: TextEncoder = (
+                    self._factory(learner.encoder)
+                    if self._factory is not None
+                    else HFEncoder(
+                        learner.encoder,
+                        device=learner.device,
+                        batch_size=learner.encode_batch_size,
+                        max_length=learner.max_length,
+                    )
+                )
+                self._cache = EmbeddingCache(self.settings.cache_dir, encoder)
+            return self._cache
+
+    @property
+    def encoder_id(self) -> str:
+        return self._get().encoder_id
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return self._get().embed(list(texts))
+
+    def close(self) -> None:
+        if self._cache is not None:
+            self._cache.close()
+            self._cache = None
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    x_train: NDArray[np.float32]
+    y_train: list[str]
+    x_calibration: NDArray[np.float32]
+    y_calibration: list[str]
+    config: TrainingConfig
+    encoder_ref: str
+    encoder_id: str
+    design: AuditDesign | None = None  # how the calibration items (the audits) were drawn
+
+
+TrainFn = Callable[[TrainingInputs], TrainingResult]
+
+
+def default_train(inputs: TrainingInputs) -> TrainingResult:
+    """The frozen-encoder head (`learner.training.train_bundle`)."""
+    return train_bundle(
+        inputs.x_train,
+        inputs.y_train,
+        inputs.x_calibration,
+        inputs.y_calibration,
+        config=inputs.config,
+        encoder_ref=inputs.encoder_ref,
+        encoder_id=inputs.encoder_id,
+        design=inputs.design,
+    )
+
+
+def training_config(settings: Settings) -> TrainingConfig:
+    return loop.training_config(settings.learner)
+
+
+def holdout_report(
+    model_proba: NDArray[np.float64],
+    labels: Sequence[str],
+    y: Sequence[str],
+    result_thresholds: Any,
+    target: float,
+) -> tuple[EvaluationReport | None, NDArray[np.int64]]:
+    """Evaluate on the holdout rows whose label the model knows; (None, empty) when there is none."""
+    index = {c: i for i, c in enumerate(labels)}
+    y_idx = np.array([index.get(label, -1) for label in y], dtype=np.int64)
+    known = y_idx >= 0
+    if not known.any():
+        return None, y_idx[known]
+    return evaluate(model_proba[known], y_idx[known], result_thresholds, target), y_idx[known]

@@ -1,0 +1,263 @@
+"""The retrain worker: one thread, runs one at a time, triggers coalesce, the queue is a table."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from hitl.settings import Settings
+from serving.model import ModelHolder
+from serving.retrain.job import RetrainJob
+from serving.retrain.labels import (
+    correction_watermark,
+    count_new_corrections,
+)
+from serving.retrain.promotion import Promoter, escalation_windows
+from serving.retrain.tables import (
+    FAILED,
+    MAX_ERROR_CHARS,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    SUCCEEDED,
+    RetrainRun,
+    RunRecord,
+    _now,
+)
+from serving.retrain.training import (
+    CachedEmbedder,
+    Embedder,
+    TrainFn,
+    default_train,
+)
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    run_id: int
+    status: str  # queued | coalesced
+
+
+class RetrainWorker:
+    """One thread that runs retrains one at a time, coalescing triggers; see the module docstring.
+
+    Parameters
+    ----------
+    settings, store : the app's
+    holder : the serving model holder (hot swap right after a promotion); None outside the app
+    embedder : texts -> embeddings (default: the configured encoder through the shared cache)
+    train_fn : the training function (tests inject failing or deliberately bad ones)
+    auto : count new corrections and trigger every `retrain.retrain_every_n_corrections`
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        holder: ModelHolder | None = None,
+        *,
+        embedder: Embedder | None = None,
+        train_fn: TrainFn = default_train,
+        auto: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.holder = holder
+        self._own_embedder = embedder is None
+        self.embedder: Embedder = embedder or CachedEmbedder(settings)
+        self.promoter = Promoter(settings, store, holder)
+        self.train_fn = train_fn
+        self.auto = auto
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_escalation_log = time.monotonic()
+
+    # --------------------------------------------------------------------------------- triggers
+    def trigger(self, reason: str) -> TriggerResult:
+        """Queue a run, or fold `reason` into the run already waiting; never blocks on training."""
+        reason = reason[:200]
+        with self._lock, self.store.session() as session:
+            queued = session.scalars(
+                select(RetrainRun).where(RetrainRun.status == QUEUED).order_by(RetrainRun.id)
+            ).first()
+            if queued is not None:
+                queued.reasons = [*queued.reasons, reason]
+                result = TriggerResult(queued.id, "coalesced")
+            else:
+                row = RetrainRun(status=QUEUED, stage="queued", reasons=[reason], created_at=_now())
+                session.add(row)
+                session.flush()
+                result = TriggerResult(row.id, "queued")
+        self._wake.set()
+        logger.info("retrain trigger %r -> run %d (%s)", reason, result.run_id, result.status)
+        return result
+
+    def __call__(self, reason: str) -> None:
+        """`app.state.retrain_trigger`: the ML-backend's START_TRAINING calls this."""
+        self.trigger(reason)
+
+    def get(self, run_id: int) -> RunRecord | None:
+        with self.store.session() as session:
+            row = session.get(RetrainRun, run_id)
+            return RunRecord.of(row) if row is not None else None
+
+    def runs(self, limit: int = 20) -> list[RunRecord]:
+        with self.store.session() as session:
+            rows = session.scalars(select(RetrainRun).order_by(RetrainRun.id.desc()).limit(limit)).all()
+            return [RunRecord.of(r) for r in rows]
+
+    def wait(self, run_id: int, timeout: float = 120.0) -> RunRecord:
+        """Block until the run finished (tests, CLI in-process); raises TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.get(run_id)
+            if record is not None and record.finished:
+                return record
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"retrain run {run_id} not finished after {timeout:.0f} s")
+            time.sleep(0.05)
+
+    # --------------------------------------------------------------------------------- the thread
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        with self.store.session() as session:  # runs a crash left 'running' can never finish
+            for row in session.scalars(select(RetrainRun).where(RetrainRun.status == RUNNING)).all():
+                row.status, row.error, row.finished_at = FAILED, "interrupted (the server stopped)", _now()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="retrain-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._own_embedder and isinstance(self.embedder, CachedEmbedder):
+            self.embedder.close()
+
+    def _loop(self) -> None:
+        interval = self.settings.retrain.poll_interval_s
+        while not self._stop.is_set():
+            try:
+                if not self.run_next():
+                    self.promoter.retry_labelstudio()
+                    self._maybe_auto_trigger()
+                    self._maybe_log_escalation()
+            except Exception as exc:  # keep the worker alive; the run row says what failed
+                logger.error("retrain worker: %s: %s", type(exc).__name__, exc)
+            if self._wake.wait(interval):
+                self._wake.clear()
+
+    def _claim(self) -> tuple[int, list[str]] | None:
+        with self._lock, self.store.session() as session:
+            row = session.scalars(
+                select(RetrainRun).where(RetrainRun.status == QUEUED).order_by(RetrainRun.id)
+            ).first()
+            if row is None:
+                return None
+            row.status, row.stage, row.started_at = RUNNING, "starting", _now()
+            row.correction_watermark = correction_watermark(self.store)
+            return row.id, list(row.reasons)
+
+    def _update(self, run_id: int, **values: Any) -> None:
+        with self.store.session() as session:
+            row = session.get(RetrainRun, run_id)
+            if row is not None:
+                for key, value in values.items():
+                    setattr(row, key, value)
+
+    def run_next(self) -> bool:
+        """Run the oldest queued run, if any (in the calling thread); True when one ran."""
+        claimed = self._claim()
+        if claimed is None:
+            return False
+        run_id, reasons = claimed
+        trigger = ", ".join(dict.fromkeys(reasons)) or "manual"
+        job = RetrainJob(
+            self.settings,
+            self.store,
+            self.embedder,
+            self.promoter,
+            self.train_fn,
+            on_stage=lambda stage: self._update(run_id, stage=stage),
+        )
+        try:
+            outcome = job.run(trigger)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            logger.error("retrain run %d failed: %s", run_id, error)
+            self._update(
+                run_id,
+                status=FAILED,
+                stage="failed",
+                error=error,
+                finished_at=_now(),
+                mlflow_run_id=job.mlflow_run_id,
+            )
+            return True
+        self._update(
+            run_id,
+            status=SUCCEEDED if outcome.get("promoted") else REJECTED,
+            stage="done",
+            finished_at=_now(),
+            n_labels=outcome.get("n_labels"),
+            mlflow_run_id=outcome.get("mlflow_run_id"),
+            version=outcome.get("version"),
+            promoted=bool(outcome.get("promoted")),
+            gate_reason=outcome.get("gate_reason"),
+            metrics=outcome.get("metrics", {}),
+            correction_watermark=outcome.get("correction_watermark"),
+        )
+        self._log_escalation()
+        return True
+
+    def _maybe_auto_trigger(self) -> None:
+        n = self.settings.retrain.retrain_every_n_corrections
+        if not self.auto or n <= 0:
+            return
+        with self.store.session() as session:
+            if session.scalars(select(RetrainRun.id).where(RetrainRun.status == QUEUED)).first() is not None:
+                return
+            last = session.scalar(select(func.max(RetrainRun.correction_watermark)))
+        new = count_new_corrections(self.store, int(last or 0))
+        if new >= n:
+            self.trigger(f"corrections:{new}")
+
+    def _maybe_log_escalation(self) -> None:
+        every = self.settings.retrain.escalation_log_interval_s
+        if every > 0 and time.monotonic() - self._last_escalation_log >= every:
+            self._log_escalation()
+
+    def _log_escalation(self) -> None:
+        from serving import tracking
+
+        self._last_escalation_log = time.monotonic()
+        window = self.settings.retrain.escalation_window_s
+        since = datetime.now(UTC) - timedelta(seconds=window * 24)
+        try:
+            windows = escalation_windows(self.store, window_s=window, since=since)
+            if windows:
+                tracking.log_escalation_windows(self.settings, windows)
+        except Exception as exc:
+            logger.warning("could not log escalation rates: %s", type(exc).__name__)
+
+    @property
+    def busy(self) -> bool:
+        with self.store.session() as session:
+            return (
+                session.scalars(select(RetrainRun.id).where(RetrainRun.status.in_((QUEUED, RUNNING)))).first()
+                is not None
+            )
