@@ -48,7 +48,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from experiments.simulate import (
-    GatePolicy,
     Inputs,
     SimulationConfig,
     audit_rate,
@@ -62,9 +61,10 @@ from learner.cache import EmbeddingCache
 from learner.certify import GUARANTEES, certify_thresholds
 from learner.data import LabeledDataset, build_dataset, load_catalog
 from learner.encoder import HFEncoder
-from learner.gate import paired_gate
+from learner.gate import AuditScores
 from learner.loop import AuditPolicy, strata_of, training_config
 from learner.training import AuditDesign, TrainingResult, train_bundle
+from serving.retrain.gate import gate_policy
 
 CATALOGS: Mapping[str, int] = {"bigbasket": 200, "instacart": 400}  # label level 2, min class size
 CORRECTIONS = 3000
@@ -98,11 +98,7 @@ def base_config(settings: Settings, seed: int, guarantee: str, **overrides: Any)
         training=training,
         routing=settings.routing,
         audit=AuditPolicy.of(settings.learner.audit),
-        gate=GatePolicy(
-            settings.retrain.accuracy_tolerance,
-            settings.retrain.coverage_tolerance,
-            settings.retrain.gate_alpha,
-        ),
+        gate=gate_policy(settings),
     )
     return replace(config, **overrides)
 
@@ -268,16 +264,7 @@ def gate_false_rejections(
     for _ in range(trials):
         more = rng.choice(pool, size=extra, replace=False)
         challenger = scores(fit(np.concatenate([train, more])))
-        decision = paired_gate(
-            challenger[0],
-            champion[0],
-            challenger[1],
-            champion[1],
-            pi,
-            accuracy_margin=settings.retrain.accuracy_tolerance,
-            coverage_margin=settings.retrain.coverage_tolerance,
-            alpha=settings.retrain.gate_alpha,
-        )
+        decision = gate_policy(settings).decide(AuditScores(*challenger), AuditScores(*champion), pi)
         refused += not decision.promote
         if not decision.promote and len(reasons) < 3:
             reasons.append(decision.reason)

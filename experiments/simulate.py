@@ -60,7 +60,7 @@ from learner.bundle import ModelBundle
 from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
 from learner.features import FeatureSpec
-from learner.gate import AuditScores, GateDecision, audit_scores, paired_gate
+from learner.gate import AuditScores, GateDecision, GatePolicy, audit_scores
 from learner.loop import AuditPolicy, strata_of
 from learner.strategies import get_strategy, margin
 from learner.training import (
@@ -86,15 +86,6 @@ __all__ = [
 
 DONE = {"done": True}
 RISK_COVERAGE_POINTS = 50
-
-
-@dataclass(frozen=True)
-class GatePolicy:
-    """Production's gate margins and level (`RetrainSettings`), for `learner.gate.paired_gate`."""
-
-    accuracy_margin: float = 0.01
-    coverage_margin: float = 0.02
-    alpha: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -568,18 +559,7 @@ def _gate(
             thresholds, _ = certify_bundle(bundle, proba, y_idx, config=config.training, design=design)
         return audit_scores(proba, bundle.labels, y, thresholds)
 
-    new, old = scores(challenger, False), scores(champion, True)
-    policy = config.gate
-    return paired_gate(
-        new.correct,
-        old.correct,
-        new.accepted,
-        old.accepted,
-        pi,
-        accuracy_margin=policy.accuracy_margin,
-        coverage_margin=policy.coverage_margin,
-        alpha=policy.alpha,
-    )
+    return config.gate.decide(scores(challenger, False), scores(champion, True), pi)
 
 
 def _finite(thresholds: NDArray[np.float64]) -> float | None:

@@ -154,9 +154,10 @@ def _base_config(
 ) -> SimulationConfig:
     from dataclasses import replace
 
-    from experiments.simulate import GatePolicy, SimulationConfig
+    from experiments.simulate import SimulationConfig
     from learner.certify import GUARANTEES
     from learner.loop import AuditPolicy
+    from serving.retrain.gate import gate_policy
 
     guarantee = guarantee or settings.learner.guarantee
     if guarantee not in GUARANTEES:
@@ -174,11 +175,7 @@ def _base_config(
             training=replace(_training(settings, target, None), guarantee=guarantee),
             routing=settings.routing,
             audit=AuditPolicy.of(settings.learner.audit),
-            gate=GatePolicy(
-                settings.retrain.accuracy_tolerance,
-                settings.retrain.coverage_tolerance,
-                settings.retrain.gate_alpha,
-            ),
+            gate=gate_policy(settings),
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc

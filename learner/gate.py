@@ -163,3 +163,34 @@ def paired_gate(
             tests,
         )
     return GateDecision(True, f"not significantly worse (paired z-test on {n} audits): {summary}", tests)
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The gate's margins and level (production: `RetrainSettings`), applied by `decide`."""
+
+    accuracy_margin: float = 0.01
+    coverage_margin: float = 0.02
+    alpha: float = 0.05
+
+    def decide(
+        self, challenger: AuditScores, champion: AuditScores | None, inclusion: ArrayLike
+    ) -> GateDecision:
+        """Promote when there is no champion or no audit yet; otherwise `paired_gate`."""
+        if champion is None:
+            return GateDecision(True, "no champion to beat")
+        pi = np.asarray(inclusion, dtype=np.float64)
+        if not pi.size:
+            return GateDecision(
+                True, "no reviewed audits yet to compare on: the challenger is certified on none"
+            )
+        return paired_gate(
+            challenger.correct,
+            champion.correct,
+            challenger.accepted,
+            champion.accepted,
+            pi,
+            accuracy_margin=self.accuracy_margin,
+            coverage_margin=self.coverage_margin,
+            alpha=self.alpha,
+        )
