@@ -22,7 +22,6 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -206,13 +205,3 @@ def describe_guarantee(guarantee: str, target: float, delta: float) -> str:
             f"mean error among auto-accepted items <= {1 - target:.3g} (accuracy {target:.3g} in expectation)"
         )
     return f"accuracy of auto-accepted items >= {target:.3g} with probability >= {1 - delta:.3g}"
-
-
-def as_json(policy: AuditPolicy) -> dict[str, Any]:
-    return {
-        "rate": policy.rate,
-        "outside_factor": policy.outside_factor,
-        "band_share": policy.band_share,
-        "seed_share": policy.seed_share,
-        "seed": policy.seed,
-    }
