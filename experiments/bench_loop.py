@@ -494,7 +494,7 @@ def plot_catalog(
             color="tab:green",
             label=f"accuracy, {label}",
         )
-    axes[2].set(title=f"same run, two drivers (gap {api['gap']:.3f})", xlabel="corrections", ylim=(0, 1))
+    axes[2].set(title=f"same run, two drivers (gap {api['gap']:.3f})", xlabel="corrections", ylim=(0, 1.05))
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
