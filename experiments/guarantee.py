@@ -3,7 +3,7 @@
 For each of `splits` runs i = 0, 1, ...: `group_split(seed=i)` deals the title groups into train /
 calibration / test (``calibration_fraction`` / ``test_fraction``); the head is trained on
 ``train_size`` random rows of the train part (the learner's production path: `train_bundle`, i.e.
-head, temperature, thresholds at (target, delta) in ``training.threshold_mode``, on
+head, temperature, the certified threshold at (target, delta) under ``training.guarantee``, on
 ``training.features`` inputs); then on the test part we measure
 
 - ``auto_accept_accuracy``: realised accuracy of the auto-accepted test items (all classes pooled);

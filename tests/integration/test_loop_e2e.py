@@ -82,12 +82,11 @@ def loop(
             model_poll_interval_s=0,  # promotion swaps directly; no polling needed
             outbox_interval_s=0.5,
         ),
-        routing=RoutingSettings(spot_check_rate=0.0, high_value_price=None, novelty_min_similarity=-1.0),
+        routing=RoutingSettings(),
         retrain=RetrainSettings(
             retrain_every_n_corrections=N_CORRECTIONS,
             poll_interval_s=0.5,
             escalation_log_interval_s=0,
-            accuracy_tolerance=0.02,
         ),
     )
     catalog = generate_catalog(N_SEED + 2 * BATCH + 100, seed=11, n_categories=5)
