@@ -43,10 +43,10 @@ from sqlalchemy import ColumnElement, func, or_, select
 from hitl.settings import Settings
 from learner.loop import describe_guarantee
 from serving.retrain import RESCORE_ACTOR, RetrainRun
+from serving.routing import AUDIT_REASONS
 from serving.store import Correction, CorrectionRecord, Item, ModelVersion, Prediction, Store, review_action
 
 SPOT_CHECK = "spot_check"
-AUDIT_REASONS = frozenset({SPOT_CHECK, "audit"})
 USABLE_ACTIONS = ("created", "updated")
 NO_BRAND = "(no brand)"
 NO_PRICE = "(no price)"
@@ -415,7 +415,8 @@ def _status(interval: Interval | None, target: float) -> TargetStatus:
 
 def spot_checks(store: Store, settings: Settings, items: list[_ItemView] | None = None) -> SpotCheckKpis:
     confidence = 1.0 - settings.learner.delta
-    sampled = [i for i in (items if items is not None else _items(store)) if i.reasons == [SPOT_CHECK]]
+    views = items if items is not None else _items(store)
+    sampled = [i for i in views if i.reasons == [SPOT_CHECK]]
     reviewed = [i for i in sampled if i.review is not None]
     per_version: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for i in reviewed:
@@ -423,7 +424,7 @@ def spot_checks(store: Store, settings: Settings, items: list[_ItemView] | None 
         per_version[i.model_version][1] += 0 if i.corrected else 1
     correct = sum(0 if i.corrected else 1 for i in reviewed)
     interval = clopper_pearson(correct, len(reviewed), confidence) if reviewed else None
-    audits = [i for i in (items if items is not None else _items(store)) if AUDIT_REASONS & set(i.reasons)]
+    audits = [i for i in views if AUDIT_REASONS & set(i.reasons)]
     audits_reviewed = sum(i.review is not None for i in audits)
     learner = settings.learner
     return SpotCheckKpis(

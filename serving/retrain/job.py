@@ -146,13 +146,16 @@ class RetrainJob:
         audit_pi = np.array([r.inclusion for r in audits], dtype=np.float64)
         strata, levels = loop.strata_of(np.concatenate([audit_pi, [s.inclusion for s in stream]]))
 
+        # Embedded once: the challenger and the re-certified champion both score the stream.
+        e_stream = self.embedder.embed(stream_texts) if stream_texts else np.empty((0, 0), np.float32)
+
         def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
             """`bundle`'s confidence on the stream, under its own feature spec (the champion may
-            predate today's)."""
+            predate today's); head inputs are built a chunk at a time to bound memory."""
             parts = []
             for start in range(0, len(stream_texts), STREAM_CHUNK):
                 chunk = stream_texts[start : start + STREAM_CHUNK]
-                x = bundle.model_inputs(self.embedder.embed(chunk), chunk)
+                x = bundle.model_inputs(e_stream[start : start + STREAM_CHUNK], chunk)
                 parts.append(bundle.predict_proba(x).max(axis=1))
             return np.concatenate(parts) if parts else np.empty(0)
 

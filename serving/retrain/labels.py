@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,8 +18,6 @@ from serving.retrain.tables import (
     _now,
 )
 from serving.store import Correction, Item, Prediction, Store
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -11,9 +10,6 @@ from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from serving.store import Base, Store
-
-logger = logging.getLogger(__name__)
-
 
 RESCORE_ACTOR = "retrain:rescore"
 STREAM_CHUNK = 2048  # stream items embedded and scored at a time when certifying

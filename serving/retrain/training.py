@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,8 +16,6 @@ from learner.cache import EmbeddingCache
 from learner.encoder import HFEncoder, TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
-
-logger = logging.getLogger(__name__)
 
 
 class Embedder(Protocol):
