@@ -61,7 +61,7 @@ from learner.cache import EmbeddingCache
 from learner.certify import GUARANTEES, certify_thresholds
 from learner.data import LabeledDataset, build_dataset, load_catalog
 from learner.encoder import HFEncoder
-from learner.gate import AuditScores
+from learner.gate import AuditScores, audit_scores
 from learner.loop import AuditPolicy, strata_of, training_config
 from learner.training import AuditDesign, TrainingResult, train_bundle
 from serving.retrain.gate import gate_policy
@@ -251,12 +251,13 @@ def gate_false_rejections(
             design=AuditDesign(strata=strata, stream_strata=strata, stream_confidence=stream_confidence),
         )
 
-    def scores(result: TrainingResult) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    truth = [classes[i] for i in data.y[audits]]
+
+    def scores(result: TrainingResult) -> AuditScores:
         bundle = result.bundle
+        assert result.evidence is not None  # train_bundle always certifies
         proba = bundle.predict_proba(inputs.x[audits])
-        predicted = np.asarray(bundle.labels, dtype=object)[proba.argmax(axis=1)]
-        truth = np.asarray([classes[i] for i in data.y[audits]], dtype=object)
-        return np.asarray(predicted == truth), np.asarray(bundle.thresholds.accept_mask(proba))
+        return audit_scores(proba, bundle.labels, truth, bundle.thresholds, result.evidence)
 
     champion = scores(fit(train))
     refused = 0
@@ -264,7 +265,7 @@ def gate_false_rejections(
     for _ in range(trials):
         more = rng.choice(pool, size=extra, replace=False)
         challenger = scores(fit(np.concatenate([train, more])))
-        decision = gate_policy(settings).decide(AuditScores(*challenger), AuditScores(*champion), pi)
+        decision = gate_policy(settings).decide(challenger, champion, pi)
         refused += not decision.promote
         if not decision.promote and len(reasons) < 3:
             reasons.append(decision.reason)

@@ -553,11 +553,11 @@ def _gate(
     def scores(result: TrainingResult, recertify: bool) -> AuditScores:
         bundle = result.bundle
         proba = bundle.predict_proba(inputs.x[rows])
-        thresholds = bundle.thresholds
-        if recertify:
+        thresholds, evidence = bundle.thresholds, result.evidence
+        if recertify or evidence is None:
             y_idx = label_indices(y, bundle.labels)
-            thresholds, _ = certify_bundle(bundle, proba, y_idx, config=config.training, design=design)
-        return audit_scores(proba, bundle.labels, y, thresholds)
+            thresholds, evidence = certify_bundle(bundle, proba, y_idx, config=config.training, design=design)
+        return audit_scores(proba, bundle.labels, y, thresholds, evidence)
 
     return config.gate.decide(scores(challenger, False), scores(champion, True), pi)
 

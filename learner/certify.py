@@ -42,6 +42,7 @@ Everything here is a vectorized pure function over arrays.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -74,33 +75,6 @@ def accepted_counts(conf: NDArray[np.float64], grid: NDArray[np.float64]) -> NDA
     return np.searchsorted(np.sort(-conf), -grid, side="right")
 
 
-def _per_stratum(
-    conf: NDArray[np.float64], strata: NDArray[np.int64], n_strata: int, grid: NDArray[np.float64]
-) -> NDArray[np.int64]:
-    """(n_candidates, n_strata) accepted counts per stratum."""
-    out = np.zeros((grid.size, n_strata), dtype=np.int64)
-    for s in range(n_strata):
-        out[:, s] = accepted_counts(conf[strata == s], grid)
-    return out
-
-
-def _stratified_bound(
-    n_acc: NDArray[np.int64],
-    e_acc: NDArray[np.int64],
-    n_stream: NDArray[np.int64],
-    tested: NDArray[np.bool_],
-    level: float,
-) -> NDArray[np.float64]:
-    """(n_candidates,) upper bound on the stream error rate among accepted items: Clopper–Pearson at
-    `level` in each tested stratum, 1 (all wrong) in the others, weighted by accepted stream counts."""
-    upper = np.ones(n_acc.shape, dtype=np.float64)
-    has = (n_acc > 0) & tested[None, :]
-    upper[has] = beta_dist.ppf(1.0 - level, e_acc[has] + 1, n_acc[has] - e_acc[has])
-    total = n_stream.sum(axis=1)
-    out: NDArray[np.float64] = np.where(total > 0, (n_stream * upper).sum(axis=1) / np.maximum(total, 1), 1.0)
-    return out
-
-
 def band_low(stream_confidence: ArrayLike, band_share: float) -> float:
     """Lower edge of the audit band: the confidence above which the ``band_share`` most confident
     stream items lie, under the model that will route (measured when it is certified)."""
@@ -108,6 +82,287 @@ def band_low(stream_confidence: ArrayLike, band_share: float) -> float:
     if conf.size == 0:
         return 0.0
     return float(np.quantile(conf, 1.0 - band_share))
+
+
+@dataclass(frozen=True)
+class CertifyOptions:
+    """The statement certified and the knobs of its test (module docstring)."""
+
+    guarantee: str = "high_probability"  # one of GUARANTEES
+    target: float = 0.95
+    delta: float = 0.05
+    min_stratum_share: float = 0.2  # high_probability: sparser strata count as all wrong
+    start_factor: int = 1  # high_probability: the walk never starts before a candidate accepting
+    start_share: float = 0.25  # max(start_factor * n_min, start_share * audits) audits
+
+    def __post_init__(self) -> None:
+        if self.guarantee not in GUARANTEES:
+            raise ValueError(f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}")
+        for name, value in (("target", self.target), ("delta", self.delta)):
+            if not 0.0 < float(value) < 1.0:
+                raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one model's certificate rests on: enough to certify it again on a re-drawn audit sample
+    (the gate's paired bootstrap, `learner.gate`)."""
+
+    confidence: NDArray[np.float64]  # (n_audits,) the model's top-class confidence on each audit
+    predicted: NDArray[np.int64]  # (n_audits,) its predicted class
+    wrong: NDArray[np.bool_]  # (n_audits,) its prediction is wrong (a class it does not know is wrong)
+    strata: NDArray[np.int64]  # (n_audits,)
+    stream_confidence: NDArray[np.float64]  # (n_stream,) every stream item the audits came from
+    stream_strata: NDArray[np.int64]  # (n_stream,)
+    grid: NDArray[np.float64]  # candidate thresholds, strictest first
+    options: CertifyOptions
+
+    @property
+    def n_strata(self) -> int:
+        return int(max(self.strata.max(initial=-1), self.stream_strata.max(initial=-1)) + 1)
+
+    @property
+    def n_audits(self) -> int:
+        return int(self.confidence.size)
+
+
+def evidence_of(
+    proba: ArrayLike,
+    y: ArrayLike,
+    strata: ArrayLike,
+    stream_confidence: ArrayLike,
+    stream_strata: ArrayLike,
+    *,
+    options: CertifyOptions,
+    candidates: ArrayLike | None = None,
+) -> Evidence:
+    """Validated `Evidence` from a model's calibrated probabilities on the audits (arrays as in
+    `certify_thresholds`)."""
+    p = check_proba(proba)
+    raw = np.asarray(y)
+    unknown = raw == -1 if raw.shape == (p.shape[0],) else np.zeros(p.shape[0], dtype=bool)
+    labels = check_labels(np.where(unknown, 0, raw), p.shape[0], p.shape[1])
+    s_audit = _strata(strata, p.shape[0], "strata")
+    conf_stream = np.asarray(stream_confidence, dtype=np.float64)
+    if conf_stream.ndim != 1 or not np.all(np.isfinite(conf_stream)):
+        raise CertificationError(f"stream_confidence must be 1-D and finite, got shape {conf_stream.shape}")
+    s_stream = _strata(stream_strata, conf_stream.shape[0], "stream_strata")
+    missing = sorted(set(np.unique(s_audit).tolist()) - set(np.unique(s_stream).tolist()))
+    if missing:
+        raise CertificationError(
+            f"audit strata {missing} have no stream items: the stream must include the audits"
+        )
+    grid = (
+        default_candidates() if candidates is None else np.unique(np.asarray(candidates, float))[::-1].copy()
+    )
+    pred = np.argmax(p, axis=1)
+    return Evidence(
+        confidence=p[np.arange(p.shape[0]), pred],
+        predicted=pred.astype(np.int64),
+        wrong=np.asarray((pred != labels) | unknown, dtype=np.bool_),
+        strata=s_audit,
+        stream_confidence=conf_stream,
+        stream_strata=s_stream,
+        grid=grid,
+        options=options,
+    )
+
+
+def _weighted_per_stratum(
+    conf: NDArray[np.float64],
+    strata: NDArray[np.int64],
+    weights: NDArray[np.float64],
+    n_strata: int,
+    grid: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """(n_draws, n_candidates, n_strata): total weight of the items of each stratum that each
+    candidate accepts, for each row of ``weights`` (n_draws, n_items)."""
+    out = np.zeros((weights.shape[0], grid.size, n_strata), dtype=np.float64)
+    for s in range(n_strata):
+        members = np.flatnonzero(strata == s)
+        if not members.size:
+            continue
+        order = members[np.argsort(-conf[members], kind="stable")]
+        cumulative = np.concatenate(
+            [np.zeros((weights.shape[0], 1)), np.cumsum(weights[:, order], axis=1)], axis=1
+        )
+        out[:, :, s] = cumulative[:, accepted_counts(conf[members], grid)]
+    return out
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """The test's outcome for each of ``n_draws`` audit samples (one for a plain certificate)."""
+
+    k: NDArray[np.intp]  # (n_draws,) certified candidate, -1 = none
+    bound: NDArray[np.float64]  # (n_draws, n_candidates) bound (or estimate) on the error proportion
+    first: NDArray[np.intp]  # high_probability: where the walk starts, -1 = nothing testable
+    start: NDArray[np.int64]  # high_probability: audits the walk needs accepted
+    level: NDArray[np.float64]  # high_probability: per-stratum level
+    tested: NDArray[np.bool_]  # (n_draws, n_strata) high_probability: strata tested
+
+
+def _select(
+    n_acc: NDArray[np.float64],
+    e_acc: NDArray[np.float64],
+    n_stream: NDArray[np.float64],
+    options: CertifyOptions,
+) -> _Selection:
+    """Certify on counts: ``n_acc``/``e_acc`` (n_draws, n_candidates, n_strata) audits accepted and
+    wrong ones among them, ``n_stream`` (n_candidates, n_strata) stream items accepted. Vectorized
+    over draws, so the gate's bootstrap re-certifies hundreds of samples at once."""
+    eps = 1.0 - float(options.target)
+    draws, n_candidates, n_strata = n_acc.shape
+    total = n_stream.sum(axis=1)  # (n_candidates,)
+    ks = np.arange(n_candidates)
+    none = np.full(draws, -1, dtype=np.intp)
+    if options.guarantee == "expected":
+        weight = np.where(n_stream > 0, n_stream, 0.0)[None, :, :]
+        err = (weight * (e_acc + 1.0) / (n_acc + 1.0)).sum(axis=2)
+        estimate = np.where(total > 0, err / np.maximum(total, 1), np.inf)
+        ok = (estimate <= eps) & (total > 0)[None, :]
+        last = n_candidates - 1 - np.argmax(ok[:, ::-1], axis=1)
+        k = np.where(ok.any(axis=1), last, -1).astype(np.intp)
+        empty = np.zeros((draws, n_strata), dtype=np.bool_)
+        return _Selection(k, estimate, none, np.zeros(draws, np.int64), np.zeros(draws), empty)
+
+    per_stratum = n_acc[:, -1, :]  # audits of each stratum (the loosest candidate accepts all)
+    n_total = per_stratum.sum(axis=1, keepdims=True)
+    tested = (per_stratum >= options.min_stratum_share * np.maximum(n_total, 1)) & (per_stratum > 0)
+    level = float(options.delta) / np.maximum(tested.sum(axis=1), 1)
+    n_min = np.maximum(1, np.ceil(np.log(level) / math.log(float(options.target)))).astype(np.int64)
+    mask = tested[:, None, :]
+    has = (n_acc > 0) & mask
+    upper = np.ones(n_acc.shape, dtype=np.float64)
+    open_ = has & (e_acc < n_acc)
+    for lvl in np.unique(level):  # few distinct levels; each (errors, audits) pair computed once
+        cell = open_ & (level == lvl)[:, None, None]
+        e, n = e_acc[cell], n_acc[cell]
+        stride = float(n.max(initial=0.0)) + 1.0
+        _, first, inverse = np.unique(e * stride + n, return_index=True, return_inverse=True)
+        upper[cell] = beta_dist.ppf(1.0 - lvl, e[first] + 1, n[first] - e[first])[inverse]
+    bound = np.where(total > 0, (n_stream[None, :, :] * upper).sum(axis=2) / np.maximum(total, 1), 1.0)
+    tested_total = (n_acc[:, -1, :] * tested).sum(axis=1)
+    start = np.maximum(
+        options.start_factor * n_min, np.ceil(options.start_share * tested_total).astype(np.int64)
+    )
+    testable = (n_acc * mask).sum(axis=2) >= start[:, None]
+    first = np.where(testable.any(axis=1), np.argmax(testable, axis=1), -1).astype(np.intp)
+    # Fixed-sequence: certified down to the candidate before the first failure after the start.
+    failing = (bound > eps) & (ks[None, :] >= first[:, None])
+    first_fail = np.where(failing.any(axis=1), np.argmax(failing, axis=1), n_candidates)
+    k = np.where((first >= 0) & (first_fail > first), first_fail - 1, -1).astype(np.intp)
+    return _Selection(k, bound, first, start, level, tested)
+
+
+def _counts(
+    evidence: Evidence, weights: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(n_acc, e_acc, n_stream) for `_select`, the audits weighted by each row of ``weights``."""
+    n_strata, grid = evidence.n_strata, evidence.grid
+    n_acc = _weighted_per_stratum(evidence.confidence, evidence.strata, weights, n_strata, grid)
+    e_acc = _weighted_per_stratum(
+        evidence.confidence, evidence.strata, weights * evidence.wrong[None, :], n_strata, grid
+    )
+    n_stream = _weighted_per_stratum(
+        evidence.stream_confidence,
+        evidence.stream_strata,
+        np.ones((1, evidence.stream_confidence.size)),
+        n_strata,
+        grid,
+    )[0]
+    return n_acc, e_acc, n_stream
+
+
+def resample_audits(strata: ArrayLike, draws: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    """(draws, n) multiplicities of a stratified bootstrap: each stratum's audits re-drawn with
+    replacement, its size kept (the design fixes how many audits each stratum gets, on average)."""
+    s = np.asarray(strata, dtype=np.int64)
+    out = np.zeros((draws, s.size), dtype=np.float64)
+    for stratum in np.unique(s):
+        members = np.flatnonzero(s == stratum)
+        out[:, members] = rng.multinomial(members.size, np.full(members.size, 1.0 / members.size), size=draws)
+    return out
+
+
+def certified_coverage(
+    evidence: Evidence, multiplicity: NDArray[np.float64] | None = None
+) -> NDArray[np.float64]:
+    """(n_draws,) share of the stream the certified threshold accepts, certifying once per row of
+    ``multiplicity`` (n_draws, n_audits; None = the audits as drawn, one row). 0 = nothing certified."""
+    weights = np.ones((1, evidence.n_audits)) if multiplicity is None else np.asarray(multiplicity, float)
+    if weights.ndim != 2 or weights.shape[1] != evidence.n_audits:
+        raise CertificationError(
+            f"multiplicity must be (n_draws, {evidence.n_audits}), got shape {weights.shape}"
+        )
+    n_acc, e_acc, n_stream = _counts(evidence, weights)
+    k = _select(n_acc, e_acc, n_stream, evidence.options).k
+    total = n_stream.sum(axis=1)
+    share = total[np.maximum(k, 0)] / max(evidence.stream_confidence.size, 1)
+    return np.asarray(np.where(k >= 0, share, 0.0), dtype=np.float64)
+
+
+def certify_evidence(evidence: Evidence, n_classes: int) -> ClassThresholds:
+    """One certified threshold for all ``n_classes`` from `Evidence` (see `certify_thresholds`)."""
+    options = evidence.options
+    eps = 1.0 - float(options.target)
+    n_acc3, e_acc3, n_stream = _counts(evidence, np.ones((1, evidence.n_audits)))
+    selection = _select(n_acc3, e_acc3, n_stream, options)
+    n_acc, e_acc, grid = n_acc3[0], e_acc3[0], evidence.grid
+    total = n_stream.sum(axis=1)
+    k_raw = int(selection.k[0])
+    k = None if k_raw < 0 else k_raw
+    audits_per_stratum = np.bincount(evidence.strata, minlength=evidence.n_strata)
+    extra: dict[str, Any] = {
+        "guarantee": options.guarantee,
+        "n_audits": evidence.n_audits,
+        "n_stream": int(evidence.stream_confidence.size),
+        "audits_per_stratum": audits_per_stratum.tolist(),
+        "stream_per_stratum": np.bincount(evidence.stream_strata, minlength=evidence.n_strata).tolist(),
+        "n_candidates": int(grid.size),
+    }
+    if options.guarantee == "expected":
+        reason = (
+            "certified" if k is not None else f"no threshold has an estimated error proportion <= {eps:.4g}"
+        )
+        method = "stratified_conformal_selection"
+    else:
+        first, start = int(selection.first[0]), int(selection.start[0])
+        extra.update(
+            tested_strata=np.flatnonzero(selection.tested[0]).tolist(),
+            level=float(selection.level[0]),
+            walk_start=start,
+        )
+        if first < 0:
+            reason = f"no candidate accepts the {start} audits the walk starts at"
+        elif k is None:
+            reason = (
+                f"strictest testable threshold {grid[first]:.6g} not certified: error bound "
+                f"{selection.bound[0, first]:.4f} > {eps:.4g} ({int(e_acc[first].sum())} errors in "
+                f"{int(n_acc[first].sum())} audits)"
+            )
+        else:
+            reason = "certified"
+        method = "stratified_clopper_pearson_fixed_sequence"
+
+    threshold = np.inf if k is None else float(grid[k])
+    extra["reason"] = reason
+    if k is not None:
+        extra.update(
+            threshold=threshold,
+            error_bound=float(selection.bound[0, k]),
+            stream_accepted_share=float(total[k] / max(evidence.stream_confidence.size, 1)),
+            audits_accepted=int(n_acc[k].sum()),
+            audit_errors_accepted=int(e_acc[k].sum()),
+        )
+    return ClassThresholds(
+        thresholds=np.full(n_classes, threshold, dtype=np.float64),
+        target=float(options.target),
+        delta=float(options.delta),
+        n_calibration=np.bincount(evidence.predicted, minlength=n_classes).astype(np.int64),
+        method=method,
+        extra=extra,
+    )
 
 
 def certify_thresholds(
@@ -150,104 +405,17 @@ def certify_thresholds(
         accepted share of the stream, the audits and errors behind it and the certified bound.
     """
     p = check_proba(proba)
-    raw = np.asarray(y)
-    unknown = raw == -1 if raw.shape == (p.shape[0],) else np.zeros(p.shape[0], dtype=bool)
-    labels = check_labels(np.where(unknown, 0, raw), p.shape[0], p.shape[1])
     if n_classes is not None and n_classes != p.shape[1]:
         raise CertificationError(f"proba has {p.shape[1]} classes, n_classes is {n_classes}")
-    s_audit = _strata(strata, p.shape[0], "strata")
-    conf_stream = np.asarray(stream_confidence, dtype=np.float64)
-    if conf_stream.ndim != 1 or not np.all(np.isfinite(conf_stream)):
-        raise CertificationError(f"stream_confidence must be 1-D and finite, got shape {conf_stream.shape}")
-    s_stream = _strata(stream_strata, conf_stream.shape[0], "stream_strata")
-    if guarantee not in GUARANTEES:
-        raise ValueError(f"guarantee must be one of {', '.join(GUARANTEES)}, got {guarantee!r}")
-    for name, value in (("target", target), ("delta", delta)):
-        if not 0.0 < float(value) < 1.0:
-            raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
-    n_strata = int(max(s_audit.max(initial=-1), s_stream.max(initial=-1)) + 1)
-    missing = sorted(set(np.unique(s_audit).tolist()) - set(np.unique(s_stream).tolist()))
-    if missing:
-        raise CertificationError(
-            f"audit strata {missing} have no stream items: the stream must include the audits"
-        )
-    grid = (
-        default_candidates() if candidates is None else np.unique(np.asarray(candidates, float))[::-1].copy()
+    options = CertifyOptions(
+        guarantee=guarantee,
+        target=target,
+        delta=delta,
+        min_stratum_share=min_stratum_share,
+        start_factor=start_factor,
+        start_share=start_share,
     )
-    eps = 1.0 - float(target)
-    pred = np.argmax(p, axis=1)
-    conf = p[np.arange(p.shape[0]), pred]
-    wrong = (pred != labels) | unknown
-
-    n_acc = _per_stratum(conf, s_audit, n_strata, grid)  # audits accepted, per stratum
-    e_acc = _per_stratum(conf[wrong], s_audit[wrong], n_strata, grid)  # ... of which wrong
-    n_stream = _per_stratum(conf_stream, s_stream, n_strata, grid)  # stream items accepted
-    total = n_stream.sum(axis=1)
-    audits_per_stratum = np.bincount(s_audit, minlength=n_strata)
-    extra: dict[str, Any] = {
-        "guarantee": guarantee,
-        "n_audits": int(p.shape[0]),
-        "n_stream": int(conf_stream.size),
-        "audits_per_stratum": audits_per_stratum.tolist(),
-        "stream_per_stratum": np.bincount(s_stream, minlength=n_strata).tolist(),
-        "n_candidates": int(grid.size),
-    }
-
-    if guarantee == "expected":
-        with np.errstate(invalid="ignore", divide="ignore"):
-            err = np.where(n_stream > 0, n_stream * (e_acc + 1) / (n_acc + 1), 0.0).sum(axis=1)
-            estimate = np.where(total > 0, err / np.maximum(total, 1), np.inf)
-        ok = (estimate <= eps) & (total > 0)
-        k = int(np.flatnonzero(ok)[-1]) if ok.any() else None
-        bound = None if k is None else float(estimate[k])
-        reason = (
-            "certified" if k is not None else f"no threshold has an estimated error proportion <= {eps:.4g}"
-        )
-        method = "stratified_conformal_selection"
-    else:
-        tested = (audits_per_stratum >= min_stratum_share * max(int(p.shape[0]), 1)) & (
-            audits_per_stratum > 0
-        )
-        level = float(delta) / max(int(tested.sum()), 1)
-        n_min = max(1, math.ceil(math.log(level) / math.log(float(target))))
-        bound_t = _stratified_bound(n_acc, e_acc, n_stream, tested, level)
-        start = max(start_factor * n_min, math.ceil(start_share * int(n_acc[-1, tested].sum())))
-        testable = n_acc[:, tested].sum(axis=1) >= start
-        extra.update(tested_strata=np.flatnonzero(tested).tolist(), level=level, walk_start=start)
-        k = None
-        if not testable.any():
-            reason = f"no candidate accepts the {start} audits the walk starts at"
-        else:
-            first = int(np.argmax(testable))
-            passed = bound_t[first:] <= eps
-            n_passed = int(np.argmin(passed)) if not passed.all() else int(passed.size)
-            if n_passed == 0:
-                reason = (
-                    f"strictest testable threshold {grid[first]:.6g} not certified: error bound "
-                    f"{bound_t[first]:.4f} > {eps:.4g} ({int(e_acc[first].sum())} errors in "
-                    f"{int(n_acc[first].sum())} audits)"
-                )
-            else:
-                k = first + n_passed - 1
-                reason = "certified"
-        bound = None if k is None else float(bound_t[k])
-        method = "stratified_clopper_pearson_fixed_sequence"
-
-    threshold = np.inf if k is None else float(grid[k])
-    extra["reason"] = reason
-    if k is not None:
-        extra.update(
-            threshold=threshold,
-            error_bound=bound,
-            stream_accepted_share=float(total[k] / max(conf_stream.size, 1)),
-            audits_accepted=int(n_acc[k].sum()),
-            audit_errors_accepted=int(e_acc[k].sum()),
-        )
-    return ClassThresholds(
-        thresholds=np.full(p.shape[1], threshold, dtype=np.float64),
-        target=float(target),
-        delta=float(delta),
-        n_calibration=np.bincount(pred, minlength=p.shape[1]).astype(np.int64),
-        method=method,
-        extra=extra,
+    evidence = evidence_of(
+        p, y, strata, stream_confidence, stream_strata, options=options, candidates=candidates
     )
+    return certify_evidence(evidence, p.shape[1])

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from learner.bundle import ModelBundle
 from learner.calibration import expected_calibration_error, fit_temperature, softmax
-from learner.certify import band_low, certify_thresholds
+from learner.certify import CertifyOptions, Evidence, band_low, certify_evidence, evidence_of
 from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
 from learner.features import FeatureSpec
@@ -75,6 +75,7 @@ class TrainingResult:
     train_seconds: float
     test_report: EvaluationReport | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    evidence: Evidence | None = None  # what the certificate rests on (the gate re-certifies with it)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -123,9 +124,9 @@ def certify_bundle(
     *,
     config: TrainingConfig,
     design: AuditDesign | None = None,
-) -> tuple[ClassThresholds, NDArray[np.float64]]:
-    """Certify `bundle`'s threshold on audits it was not trained on: (thresholds, the bundle's
-    confidence on the stream).
+) -> tuple[ClassThresholds, Evidence]:
+    """Certify `bundle`'s threshold on audits it was not trained on: (thresholds, the evidence they
+    rest on, with the bundle's confidence on the stream).
 
     ``proba`` (n, n_labels) are the bundle's calibrated probabilities on the audits, ``y`` (n,) their
     labels as the bundle's class indices (-1 = a class it does not know). Training certifies each new
@@ -141,19 +142,15 @@ def certify_bundle(
             raise LearnerError(f"{len(design.strata)} audit strata for {len(y)} calibration items")
         strata, stream_strata = np.asarray(design.strata), np.asarray(design.stream_strata)
         stream_conf = np.asarray(design.stream_confidence(bundle), dtype=np.float64)
-    thresholds = certify_thresholds(
-        proba,
-        y,
-        strata,
-        stream_conf,
-        stream_strata,
+    options = CertifyOptions(
         guarantee=config.guarantee,
         target=config.target_accuracy,
         delta=config.delta,
         min_stratum_share=config.min_stratum_share,
         start_share=config.start_share,
     )
-    return thresholds, stream_conf
+    evidence = evidence_of(proba, y, strata, stream_conf, stream_strata, options=options)
+    return certify_evidence(evidence, proba.shape[1]), evidence
 
 
 def train_bundle(
@@ -239,11 +236,11 @@ def train_bundle(
             **(metadata or {}),
         },
     )
-    thresholds, stream_conf = certify_bundle(
+    thresholds, evidence = certify_bundle(
         bundle, softmax(all_logits, temperature), y_cal_all, config=config, design=design
     )
     bundle.thresholds = thresholds
-    bundle.metadata["audit_band_low"] = band_low(stream_conf, config.band_share)
+    bundle.metadata["audit_band_low"] = band_low(evidence.stream_confidence, config.band_share)
     train_seconds = time.perf_counter() - started
 
     report = None
@@ -260,4 +257,5 @@ def train_bundle(
         dropped_calibration=int((~known).sum()),
         train_seconds=train_seconds,
         test_report=report,
+        evidence=evidence,
     )

@@ -192,7 +192,9 @@ class RetrainJob:
         self.on_stage("evaluating")
         y_audit = [r.label for r in audits]
         proba_audit = bundle.predict_proba(x_audit)
-        challenger = audit_scores(proba_audit, bundle.labels, y_audit, bundle.thresholds)
+        if result.evidence is None:
+            raise RetrainError("the training function returned no certification evidence")
+        challenger = audit_scores(proba_audit, bundle.labels, y_audit, bundle.thresholds, result.evidence)
         weights = 1.0 / audit_pi
         champion_version = registry.champion_version(settings)
         champion: AuditScores | None = None
@@ -317,8 +319,8 @@ class RetrainJob:
         # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
         proba = champion.predict_proba(champion.model_inputs(e_audit, texts))
         y_idx = label_indices(y_audit, champion.labels)
-        thresholds, _ = certify_bundle(champion, proba, y_idx, config=config, design=design)
-        return audit_scores(proba, champion.labels, y_audit, thresholds), ""
+        thresholds, evidence = certify_bundle(champion, proba, y_idx, config=config, design=design)
+        return audit_scores(proba, champion.labels, y_audit, thresholds, evidence), ""
 
 
 class RetrainError(RuntimeError):

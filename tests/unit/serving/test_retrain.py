@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from learner.certify import CertifyOptions, Evidence
 from learner.data import Product
 from learner.gate import AuditScores
 from learner.loop import AuditPolicy, Provenance, split_roles
+from learner.thresholds import default_candidates
 from serving.retrain import (
     RetrainWorker,
     add_seed_labels,
@@ -111,7 +113,20 @@ def test_seed_audits_are_a_hash_share_of_the_seed(store: Store) -> None:
 
 
 def scores(correct: list[bool], accepted: list[bool]) -> AuditScores:
-    return AuditScores(np.array(correct), np.array(accepted))
+    """Audits that are also the whole stream: accepted ones at confidence 0.99, the rest at 0.5."""
+    conf = np.where(np.array(accepted), 0.99, 0.5)
+    zeros = np.zeros(len(correct), dtype=np.int64)
+    evidence = Evidence(
+        confidence=conf,
+        predicted=zeros,
+        wrong=~np.array(correct),
+        strata=zeros,
+        stream_confidence=conf,
+        stream_strata=zeros,
+        grid=default_candidates(),
+        options=CertifyOptions(guarantee="expected", target=0.9),
+    )
+    return AuditScores(np.array(correct), np.array(accepted), evidence)
 
 
 def test_gate_promotes_without_champion_and_refuses_a_clearly_worse_challenger(tmp_path: Path) -> None:
