@@ -11,7 +11,8 @@ modes, the default configuration (`configs/default.yaml`: strategy, audit design
 - ``accepted_accuracy_min``: the lowest accuracy of auto-accepted test items over seeds, modes and rounds
   that accepted anything;
 - ``through_api_gap``: |in-process - through-API| of the final accuracy and of the mean escalation rate,
-  on a smaller run (`--api-limit` stream items), the same seed and configuration;
+  on smaller runs (`--api-limit` stream items, `--api-seeds` seeds), the same seeds and configuration,
+  between the two drivers' means over seeds;
 - ``gate_false_reject_rate``: the paired gate (`learner.gate`) on retrains that only add
   `--gate-extra` random corrections to the same state: share refused, `--gate-trials` per catalog.
 
@@ -384,42 +385,75 @@ def through_api_gap(
     *,
     limit: int,
     rounds: int,
+    seeds: int,
 ) -> dict[str, Any]:
-    """The same small run in-process and through the real API; the absolute gaps."""
+    """The same small runs in-process and through the real API, ``seeds`` seeds each; the absolute
+    gaps between the two drivers' means (one seed alone is dominated by whether one round's
+    certificate passes)."""
     from experiments.through_api import run_or_skip_through_api
 
-    config = base_config(settings, 0, settings.learner.guarantee, rounds=rounds, limit=limit)
-    rows_in, _ = run_or_skip(data, x, config, out / "api-gap" / name / "in-process", inputs=inputs)
     products = {p.id: p for p in load_catalog(data_dir / name / "products.jsonl", strict=False).products}
-    # The API run's state (SQLite, MLflow, models: tens of MB) lives under the state dir; its rows are
-    # copied next to the in-process ones.
+    # The API runs' state (SQLite, MLflow, models: tens of MB) lives under the state dir; their rows
+    # are copied next to the in-process ones.
     work = settings.state_dir / "experiments" / "loop" / name
-    rows_api, _ = run_or_skip_through_api(data, x, products, config, settings, work, encoder_id=encoder_id)
-    record = out / "api-gap" / name / "through-api.jsonl"
-    record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text("".join(json.dumps(r) + "\n" for r in rows_api), encoding="utf-8")
+    drivers: dict[str, list[list[dict[str, Any]]]] = {"in_process": [], "through_api": []}
+    for seed in range(seeds):
+        config = base_config(settings, seed, settings.learner.guarantee, rounds=rounds, limit=limit)
+        rows_in, _ = run_or_skip(data, x, config, out / "api-gap" / name / "in-process", inputs=inputs)
+        rows_api, _ = run_or_skip_through_api(
+            data, x, products, config, settings, work, encoder_id=encoder_id
+        )
+        record = out / "api-gap" / name / "through-api" / f"seed{seed}.jsonl"
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text("".join(json.dumps(r) + "\n" for r in rows_api), encoding="utf-8")
+        drivers["in_process"].append(rows_in)
+        drivers["through_api"].append(rows_api)
 
     def mean_escalation(rows: list[dict[str, Any]]) -> float:
         return float(
             np.mean([r["escalation_rate"] for r in rows[1:] if r.get("escalation_rate") is not None])
         )
 
-    accuracy_gap = abs(rows_in[-1]["accuracy"] - rows_api[-1]["accuracy"])
-    escalation_gap = abs(mean_escalation(rows_in) - mean_escalation(rows_api))
+    accuracy = {k: float(np.mean([runs[-1]["accuracy"] for runs in v])) for k, v in drivers.items()}
+    escalation = {k: float(np.mean([mean_escalation(runs) for runs in v])) for k, v in drivers.items()}
+    accuracy_gap = abs(accuracy["in_process"] - accuracy["through_api"])
+    escalation_gap = abs(escalation["in_process"] - escalation["through_api"])
+
+    def mean_curve(group: list[list[dict[str, Any]]]) -> list[list[float | None]]:
+        """[corrections, mean escalation, mean accuracy] per round, over seeds."""
+        curve: list[list[float | None]] = []
+        for round_rows in zip(*group, strict=False):
+            esc = [r["escalation_rate"] for r in round_rows if r.get("escalation_rate") is not None]
+            curve.append(
+                [
+                    round_rows[0]["corrections"],
+                    float(np.mean(esc)) if esc else None,
+                    float(np.mean([r["accuracy"] for r in round_rows])),
+                ]
+            )
+        return curve
+
+    config = base_config(settings, 0, settings.learner.guarantee, rounds=rounds, limit=limit)
     return {
         "limit": limit,
         "rounds": rounds,
-        "accuracy_in_process": rows_in[-1]["accuracy"],
-        "accuracy_through_api": rows_api[-1]["accuracy"],
-        "escalation_in_process": mean_escalation(rows_in),
-        "escalation_through_api": mean_escalation(rows_api),
+        "seeds": seeds,
+        "accuracy_in_process": accuracy["in_process"],
+        "accuracy_through_api": accuracy["through_api"],
+        "escalation_in_process": escalation["in_process"],
+        "escalation_through_api": escalation["through_api"],
         "accuracy_gap": accuracy_gap,
         "escalation_gap": escalation_gap,
         "gap": max(accuracy_gap, escalation_gap),
-        "curves": {
-            "in_process": [[r["corrections"], r.get("escalation_rate"), r["accuracy"]] for r in rows_in],
-            "through_api": [[r["corrections"], r.get("escalation_rate"), r["accuracy"]] for r in rows_api],
-        },
+        "per_seed": [
+            {
+                "seed": seed,
+                "accuracy": {k: v[seed][-1]["accuracy"] for k, v in drivers.items()},
+                "escalation": {k: mean_escalation(v[seed]) for k, v in drivers.items()},
+            }
+            for seed in range(seeds)
+        ],
+        "curves": {k: mean_curve(v) for k, v in drivers.items()},
         "audit_rate": audit_rate(config, len(np.array_split(np.arange(limit - config.seed_size), rounds)[0])),
     }
 
@@ -495,7 +529,11 @@ def plot_catalog(
             color="tab:green",
             label=f"accuracy, {label}",
         )
-    axes[2].set(title=f"same run, two drivers (gap {api['gap']:.3f})", xlabel="corrections", ylim=(0, 1.05))
+    axes[2].set(
+        title=f"same runs, two drivers, mean of {api['seeds']} seeds (gap {api['gap']:.3f})",
+        xlabel="corrections",
+        ylim=(0, 1.05),
+    )
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
@@ -515,6 +553,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gate-extra", type=int, default=25)
     parser.add_argument("--api-limit", type=int, default=3200)
     parser.add_argument("--api-rounds", type=int, default=5)
+    parser.add_argument("--api-seeds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import torch
@@ -567,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             encoder_id,
             limit=args.api_limit,
             rounds=args.api_rounds,
+            seeds=args.api_seeds,
         )
         block["through_api"] = api
         block["through_api_gap"] = api["gap"]
