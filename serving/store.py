@@ -32,6 +32,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    case,
     create_engine,
     event,
     exists,
@@ -92,6 +93,18 @@ class Correction(Base):
     model_version: Mapped[str | None] = mapped_column(String(255))
     model_score: Mapped[float | None] = mapped_column(Float)
     received_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+
+
+# Label Studio's own clock orders the states of an annotation, never their arrival: webhooks can
+# arrive out of order, and a sync may fill a gap later. At the same updated_at, a deletion (keyed to
+# the state it deletes) and then an update outrank a creation; the row id breaks what remains.
+_ACTION_RANK = case(
+    (Correction.action == "deleted", 3),
+    (Correction.action.in_(("cancelled", "rejected")), 2),
+    (Correction.action == "updated", 1),
+    else_=0,
+)
+STATE_ORDER = (Correction.updated_at, _ACTION_RANK, Correction.id)
 
 
 class PushedTask(Base):
@@ -564,34 +577,30 @@ class Store:
             return session.scalars(
                 select(Correction)
                 .where(Correction.annotation_id == annotation_id)
-                .order_by(Correction.id.desc())
+                .order_by(*(key.desc() for key in STATE_ORDER))
             ).first()
 
     def annotation_versions(self, project_id: int) -> dict[int, datetime]:
-        latest = (
-            select(Correction.annotation_id, func.max(Correction.id).label("last_id"))
-            .where(Correction.project_id == project_id)
-            .group_by(Correction.annotation_id)
-            .subquery()
-        )
+        """annotation id -> updated_at of its latest state (`STATE_ORDER`), deleted ones left out."""
         with self.session() as session:
             rows = session.execute(
-                select(Correction.annotation_id, Correction.updated_at, Correction.action).join(
-                    latest, Correction.id == latest.c.last_id
-                )
+                select(Correction.annotation_id, Correction.updated_at, Correction.action)
+                .where(Correction.project_id == project_id)
+                .order_by(*STATE_ORDER)
             ).all()
-        return {aid: ts.replace(tzinfo=UTC) for aid, ts, action in rows if action != "deleted"}
+        latest = {aid: (ts, action) for aid, ts, action in rows}
+        return {aid: ts.replace(tzinfo=UTC) for aid, (ts, action) in latest.items() if action != "deleted"}
 
     def history(self, annotation_id: int) -> list[CorrectionRecord]:
         with self.session() as session:
             rows = session.scalars(
-                select(Correction).where(Correction.annotation_id == annotation_id).order_by(Correction.id)
+                select(Correction).where(Correction.annotation_id == annotation_id).order_by(*STATE_ORDER)
             ).all()
             return [CorrectionRecord.of(r) for r in rows]
 
     def corrections(self, *, project_id: int | None = None) -> list[CorrectionRecord]:
-        """Every stored state, oldest first."""
-        query = select(Correction).order_by(Correction.id)
+        """Every stored state, oldest first by Label Studio's clock (`STATE_ORDER`), not by arrival."""
+        query = select(Correction).order_by(*STATE_ORDER)
         if project_id is not None:
             query = query.where(Correction.project_id == project_id)
         with self.session() as session:
@@ -790,7 +799,7 @@ class Store:
                 select(Prediction).where(Prediction.item_id == item_id).order_by(Prediction.id)
             ).all()
             corrections = session.scalars(
-                select(Correction).where(Correction.item_id == item_id).order_by(Correction.id)
+                select(Correction).where(Correction.item_id == item_id).order_by(*STATE_ORDER)
             ).all()
             audit = session.scalars(
                 select(AuditEvent).where(AuditEvent.item_id == item_id).order_by(AuditEvent.id)

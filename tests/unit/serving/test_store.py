@@ -142,3 +142,23 @@ def test_an_older_database_gains_the_new_nullable_columns_and_keeps_its_rows(tmp
         rows = connection.execute(text("SELECT item_id, audit_probability FROM predictions")).all()
     assert [tuple(r) for r in rows] == [("a", None)]
     upgraded.close()
+
+
+def test_the_current_label_is_the_latest_by_label_studios_clock_not_by_arrival(store: Store) -> None:
+    # Issue #12.1: created as A, updated to B while serving was down; UPDATED(B) then arrives first.
+    later = T0 + timedelta(seconds=30)
+    assert store.record_correction(correction(action="updated", label="Hats", updated_at=later))
+    assert store.record_correction(correction(label="Shoes"))
+    assert store.current_labels()["sku-1"].label == "Hats"
+    assert [(r.action, r.label) for r in store.history(1)] == [("created", "Shoes"), ("updated", "Hats")]
+    assert store.annotation_versions(1) == {1: later}  # sync sees the latest state: nothing stale to keep
+    # A deletion keyed to the latest state outranks it, whatever arrives afterwards.
+    assert store.record_deletion(DeletionEvent((1,), 1, "webhook")) == 1
+    assert store.record_correction(correction(label="Shoes", source="sync", updated_at=T0 - timedelta(1)))
+    assert store.current_labels() == {}
+
+
+def test_states_at_the_same_instant_are_ordered_deterministically(store: Store) -> None:
+    store.record_correction(correction(action="updated", label="Hats"))
+    store.record_correction(correction(label="Shoes"))  # same updated_at, arrives later
+    assert store.current_labels()["sku-1"].label == "Hats"
