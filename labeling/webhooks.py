@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from labeling.config import Taxonomy, label_from_result
 from labeling.exceptions import WebhookAuthError, WebhookPayloadError
+from learner.data import check_identifier, check_text
 
 SECRET_HEADER = "X-HITL-Webhook-Secret"
 ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
@@ -32,28 +33,62 @@ def utc(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# Label Studio's ids are positive; the store keeps them in INTEGER columns, whose PostgreSQL range
+# ends at 2**31 - 1. Anything outside is malformed, not a 500 from the database.
+MAX_ID = 2**31 - 1
+LabelStudioId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where} must be a non-empty list of strings")
+    return [check_text(v, where) for v in value]
+
+
+def _check_result(result: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each region's ``value`` is an object; a ``taxonomy`` is a list of category paths (lists of
+    strings) and ``choices`` a list of strings, as Label Studio writes them."""
+    for i, region in enumerate(result):
+        value = region.get("value", {})
+        if not isinstance(value, dict):
+            raise ValueError(f"result[{i}].value must be an object, got {type(value).__name__}")
+        if "taxonomy" in value:
+            paths = value["taxonomy"]
+            if not isinstance(paths, list):
+                raise ValueError(f"result[{i}].value.taxonomy must be a list of category paths")
+            for j, path in enumerate(paths):
+                _strings(path, f"result[{i}].value.taxonomy[{j}]")
+        if "choices" in value:
+            _strings(value["choices"], f"result[{i}].value.choices")
+    return result
+
+
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class PredictionPayload(_Payload):
     model_version: str | None = None
-    score: float | None = None
+    score: float | None = Field(None, allow_inf_nan=False)
     result: list[dict[str, Any]] = Field(default_factory=list)
+
+    _result = field_validator("result")(_check_result)
 
 
 class AnnotationPayload(_Payload):
-    id: int
-    task: int
-    project: int | None = None
+    id: LabelStudioId
+    task: LabelStudioId
+    project: LabelStudioId | None = None
     result: list[dict[str, Any]] = Field(default_factory=list)
-    completed_by: int | None = None
-    updated_by: int | None = None
+    completed_by: LabelStudioId | None = None
+    updated_by: LabelStudioId | None = None
     created_at: datetime
     updated_at: datetime
-    lead_time: float | None = None
+    lead_time: float | None = Field(None, ge=0, allow_inf_nan=False)
     was_cancelled: bool = False
     prediction: PredictionPayload | None = None
+
+    _result = field_validator("result")(_check_result)
 
     @field_validator("completed_by", "updated_by", mode="before")
     @classmethod
@@ -68,15 +103,27 @@ class AnnotationPayload(_Payload):
 
 
 class TaskPayload(_Payload):
-    id: int
+    id: LabelStudioId
     data: dict[str, Any] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("data", "meta")
+    @classmethod
+    def _item_id(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The item id joins the correction to its prediction: a string (or a number) without
+        # control characters, or nothing.
+        item_id = value.get("item_id")
+        if item_id is None:
+            return value
+        if isinstance(item_id, bool) or not isinstance(item_id, str | int):
+            raise ValueError(f"item_id must be a string, got {type(item_id).__name__}")
+        return {**value, "item_id": check_identifier(str(item_id), "item_id")}
 
 
 class ProjectRef(_Payload):
     """Only the id: the rest of Label Studio's project object (token included) is dropped here."""
 
-    id: int
+    id: LabelStudioId
 
 
 class AnnotationEventPayload(_Payload):
@@ -87,7 +134,7 @@ class AnnotationEventPayload(_Payload):
 
 
 class DeletedAnnotationRef(_Payload):
-    id: int
+    id: LabelStudioId
 
 
 class AnnotationsDeletedPayload(_Payload):
@@ -98,6 +145,28 @@ class AnnotationsDeletedPayload(_Payload):
 
 WebhookPayload = Annotated[AnnotationEventPayload | AnnotationsDeletedPayload, Field(discriminator="action")]
 _ADAPTER: TypeAdapter[AnnotationEventPayload | AnnotationsDeletedPayload] = TypeAdapter(WebhookPayload)
+
+
+def payload_schema() -> dict[str, Any]:
+    """JSON Schema of a webhook body with every ``$ref`` inlined, for the OpenAPI document (so the
+    API's fuzzing generates webhook bodies too)."""
+    schema = _ADAPTER.json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    out: dict[str, Any] = inline(schema)
+    # The discriminator's mapping names $defs that are gone now; the oneOf alone says the same.
+    out.pop("discriminator", None)
+    return out
 
 
 @dataclass(frozen=True)
@@ -157,6 +226,10 @@ def parse_payload(
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WebhookPayloadError(
             [{"loc": "body", "msg": f"not JSON: {exc}", "type": "json_invalid"}]
+        ) from None
+    except RecursionError:
+        raise WebhookPayloadError(
+            [{"loc": "body", "msg": "JSON nested too deeply", "type": "json_invalid"}]
         ) from None
     if not isinstance(raw, dict):
         raise WebhookPayloadError([{"loc": "body", "msg": "expected a JSON object", "type": "dict_type"}])

@@ -41,7 +41,7 @@ DEFAULT_MEMORY_ITEMS = 20_000
 
 def cache_key(encoder_id: str, masked_text: str) -> bytes:
     """32-byte key of one already-masked text under one encoder."""
-    return hashlib.sha256(f"{encoder_id}\x00{masked_text}".encode()).digest()
+    return hashlib.sha256(f"{encoder_id}\x00{masked_text}".encode("utf-8", "surrogatepass")).digest()
 
 
 class EmbeddingCache:

@@ -40,7 +40,10 @@ __all__ = [
     "LabeledDataset",
     "Product",
     "build_dataset",
+    "check_identifier",
+    "check_text",
     "group_split",
+    "has_visible_text",
     "item_text",
     "label_of",
     "load_catalog",
@@ -57,6 +60,48 @@ UNLABELED_MARKER = "missing"
 JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson", ".json"})
 CSV_SUFFIXES = frozenset({".csv"})
 CSV_REQUIRED_COLUMNS = ("id", "title")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Text hygiene: one home for what a stored, pushed or featurized string may contain
+
+MAX_ID_LENGTH = 255
+_UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+
+
+def check_text(value: str, name: str) -> str:
+    """``value`` unchanged, or ValueError naming ``name`` when it cannot be stored as UTF-8 (a lone
+    surrogate such as ``"\\ud800"``: JSON allows it, every database and encoder downstream refuses it)
+    or holds a NUL."""
+    bad = _UNSTORABLE.search(value)
+    if bad is None:
+        return value
+    ch, position = bad.group(), bad.start()
+    if ch == "\x00":
+        raise ValueError(f"{name} contains a NUL character at position {position}")
+    raise ValueError(f"{name} is not valid UTF-8: lone surrogate U+{ord(ch):04X} at position {position}")
+
+
+def has_visible_text(value: str) -> bool:
+    """True when ``value`` has a letter, digit, mark, punctuation or symbol: a title of zero-width
+    spaces or control characters only is empty."""
+    return any(unicodedata.category(ch)[0] in "LNMPS" for ch in value)
+
+
+def check_identifier(value: str, name: str = "id") -> str:
+    """``value`` stripped, or ValueError: empty, longer than `MAX_ID_LENGTH`, or holding control or
+    format characters (ids travel into URLs, logs and Label Studio, where those hide or break)."""
+    value = check_text(value, name).strip()
+    if not value:
+        raise ValueError(f"{name} is empty")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{name} is {len(value)} characters long; at most {MAX_ID_LENGTH}")
+    for position, ch in enumerate(value):
+        if unicodedata.category(ch) in ("Cc", "Cf"):
+            raise ValueError(
+                f"{name} contains control or format character U+{ord(ch):04X} at position {position}"
+            )
+    return value
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -89,18 +134,16 @@ class Product(BaseModel):
         if isinstance(value, int):
             value = str(value)
         if isinstance(value, str):
-            value = value.strip()
-            if not value:
-                raise ValueError("id is empty")
+            value = check_identifier(value, "id")
         return value
 
     @field_validator("title", mode="before")
     @classmethod
     def _title(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = value.strip()
-            if not value:
-                raise ValueError("title is empty")
+            value = check_text(value, "title").strip()
+            if not has_visible_text(value):
+                raise ValueError("title is empty (no visible character)")
         return value
 
     @field_validator("description", mode="before")
@@ -108,7 +151,7 @@ class Product(BaseModel):
     def _description(cls, value: Any) -> Any:
         if value is None:
             return ""
-        return value.strip() if isinstance(value, str) else value
+        return check_text(value, "description").strip() if isinstance(value, str) else value
 
     @field_validator("price", mode="before")
     @classmethod
@@ -130,7 +173,7 @@ class Product(BaseModel):
     @classmethod
     def _brand(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = value.strip()
+            value = check_text(value, "brand").strip()
             return value or None
         return value
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -47,20 +46,13 @@ def sync_known_project(settings: Settings, store: Store) -> None:
 
 
 def _error(error: Any) -> dict[str, Any]:
-    """One validation error as strict JSON: loc, msg, type, and the input only when it is JSON-safe
-    (a NaN price must be reported, not crash the encoder)."""
-    out: dict[str, Any] = {
+    """One validation error as strict JSON: loc, msg and type. Never the input: it may be a title
+    holding an email address, or a string no JSON encoder can write (a lone surrogate, a NaN)."""
+    return {
         "loc": [p if isinstance(p, int | str) else str(p) for p in error.get("loc", ())],
-        "msg": str(error.get("msg", "")),
+        "msg": str(error.get("msg", "")).encode("utf-8", "replace").decode("utf-8"),
         "type": str(error.get("type", "value_error")),
     }
-    try:
-        json.dumps(error.get("input"), allow_nan=False)
-        if "input" in error:
-            out["input"] = error["input"]
-    except (TypeError, ValueError):
-        pass
-    return out
 
 
 class LatencyMiddleware:
@@ -86,11 +78,45 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.request_latency.labels(scope["method"], template, str(status_code)).observe(
+            self.metrics.request_latency.labels(scope["method"], _route_of(scope), str(status_code)).observe(
                 time.perf_counter() - started
             )
+
+
+class InternalErrorGuard:
+    """The last line of defence: an unexpected error becomes a plain 500 and the server keeps the
+    connection. Starlette's own handler answers and then re-raises, so uvicorn logs a traceback (which
+    can quote request data) and resets the keep-alive connection: the next, valid request on it fails.
+    Here the error is logged by type only and never re-raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            logger.error("unhandled %s in %s %s", type(exc).__name__, scope["method"], _route_of(scope))
+            if started:  # the status line is out: nothing more can be said on this response
+                return
+            response = JSONResponse(status_code=500, content={"detail": "internal error"})
+            await response(scope, receive, send)
+
+
+def _route_of(scope: Scope) -> str:
+    """The route template (``/v1/items/{item_id}``), never the raw path: paths carry ids."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
 
 
 def _register_version(store: Store, metrics: ServingMetrics) -> Any:
@@ -187,6 +213,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(LatencyMiddleware, metrics=metrics)
+    app.add_middleware(InternalErrorGuard)  # added last = outermost: it sees what the others raise
     app.include_router(health.router)
     app.include_router(predict.router)
     app.include_router(items.router)
@@ -226,10 +253,5 @@ def create_app(
     @app.exception_handler(LabelingError)
     async def _labeling(_: Request, exc: LabelingError) -> JSONResponse:
         return JSONResponse(status_code=502, content={"detail": str(exc)})
-
-    @app.exception_handler(Exception)
-    async def _internal(_: Request, exc: Exception) -> JSONResponse:
-        logger.error("unhandled %s in a request", type(exc).__name__)
-        return JSONResponse(status_code=500, content={"detail": "internal error"})
 
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
+from learner.data import check_identifier, check_text, has_visible_text
 from serving.routing import Decision
 
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -26,25 +27,30 @@ class ItemIn(BaseModel):
         None, max_length=500, description="the feed's own category, if any ('A > B'); checked for novelty"
     )
 
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return check_identifier(value, "id")
+
     @field_validator("title")
     @classmethod
     def _title(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("title is empty or whitespace")
+        value = check_text(value, "title").strip()
+        if not has_visible_text(value):
+            raise ValueError("title is empty: no visible character")
         return value
 
     @field_validator("description")
     @classmethod
     def _description(cls, value: str) -> str:
-        return value.strip()
+        return check_text(value, "description").strip()
 
     @field_validator("brand", "category_hint")
     @classmethod
-    def _optional(cls, value: str | None) -> str | None:
+    def _optional(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        return value.strip() or None
+        return check_text(value, str(info.field_name)).strip() or None
 
 
 class PredictRequest(BaseModel):

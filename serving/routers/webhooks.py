@@ -22,6 +22,7 @@ from labeling.webhooks import (
     check_secret,
     events_from,
     parse_payload,
+    payload_schema,
     project_id_of,
 )
 from serving.deps import SettingsDep, StoreDep
@@ -39,7 +40,12 @@ def _persist(store: Store, payload_event: CorrectionEvent | DeletionEvent) -> di
     return {"status": "stored" if stored else "duplicate", "action": payload_event.action}
 
 
-@router.post(WEBHOOK_PATH)
+@router.post(
+    WEBHOOK_PATH,
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": payload_schema()}}}
+    },
+)
 async def label_studio_webhook(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
     check_secret(request.headers.get(SECRET_HEADER), settings.labelstudio.webhook_secret.get_secret_value())
     payload = parse_payload(await request.body())

@@ -148,6 +148,21 @@ BAD: list[tuple[str, Any, tuple[Any, ...]]] = [
         ("body", "items", 1, "id"),
     ),
     ("not a list", {"items": {"id": "a"}}, ("body", "items")),
+    # Issue #12.2 / #12.8: each of these answered 500 or was stored.
+    (
+        "lone surrogate in a title",
+        {"items": [{"id": "a", "title": "t\ud800"}]},
+        ("body", "items", 0, "title"),
+    ),
+    ("lone surrogate in an id", {"items": [{"id": "\ud800", "title": "t"}]}, ("body", "items", 0, "id")),
+    ("zero-width title", {"items": [{"id": "a", "title": "\u200b\u200b"}]}, ("body", "items", 0, "title")),
+    ("NUL in an id", {"items": [{"id": "a\x00b", "title": "t"}]}, ("body", "items", 0, "id")),
+    ("control character in an id", {"items": [{"id": "a\x07", "title": "t"}]}, ("body", "items", 0, "id")),
+    (
+        "NUL in a description",
+        {"items": [{"id": "a", "title": "t", "description": "\x00"}]},
+        ("body", "items", 0, "description"),
+    ),
 ]
 
 
@@ -155,10 +170,15 @@ BAD: list[tuple[str, Any, tuple[Any, ...]]] = [
 def test_bad_input_is_422_per_field_and_stores_nothing(
     app_client: TestClient, store: Store, case: str, body: Any, loc: tuple[Any, ...]
 ) -> None:
-    answer = app_client.post("/v1/predict", json=body)
+    # json.dumps escapes lone surrogates, as a client's JSON encoder may (httpx refuses to).
+    raw = json.dumps(body).encode()
+    answer = app_client.post("/v1/predict", content=raw, headers={"content-type": "application/json"})
     assert answer.status_code == 422, case
     assert tuple(answer.json()["detail"][0]["loc"]) == loc
     assert store.count(Item) == store.count(Prediction) == store.count(AuditEvent) == 0
+    # The error body never echoes the input (it may hold PII), and the next request still works.
+    assert "input" not in answer.json()["detail"][0]
+    assert app_client.post("/v1/predict", json={"items": [{"id": "ok", "title": "a pan"}]}).status_code == 200
 
 
 def test_nan_price_is_422(app_client: TestClient, store: Store) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -128,3 +129,58 @@ def test_payload_secrets_never_reach_the_logs(client: TestClient, caplog: pytest
         post(client, payload(["Sports", "Running"]))
         post(client, payload(["Garden", "Hoses"], updated="2025-01-02T00:00:00Z"))
     assert "project-token-never-logged" not in caplog.text
+
+
+def _mutate(path: str, value: Any) -> dict[str, Any]:
+    body = payload(["Sports", "Running"])
+    *parents, last = path.split(".")
+    node: Any = body
+    for key in parents:
+        node = node[int(key)] if key.isdigit() else node[key]
+    node[int(last) if last.isdigit() else last] = value
+    return body
+
+
+MALFORMED = {
+    "value is a string": (_mutate("annotation.result.0.value", "Sports"), "annotation.result"),
+    "taxonomy [null]": (_mutate("annotation.result.0.value", {"taxonomy": [None]}), "annotation.result"),
+    "taxonomy {}": (_mutate("annotation.result.0.value", {"taxonomy": {}}), "annotation.result"),
+    "annotation id 2**70": (_mutate("annotation.id", 2**70), "annotation.id"),
+    "task id 2**70": (_mutate("task.id", 2**70), "task.id"),
+    "project id 2**70": (_mutate("project.id", 2**70), "project.id"),
+    "reviewer id 2**70": (_mutate("annotation.completed_by", 2**70), "annotation.completed_by"),
+    "negative annotation id": (_mutate("annotation.id", -7), "annotation.id"),
+    "NaN lead time": (_mutate("annotation.lead_time", "nan"), "annotation.lead_time"),
+    "NUL in the item id": (_mutate("task.meta.item_id", "sku\x00-1"), "task.meta"),
+    "item id is an object": (_mutate("task.meta.item_id", {"id": 1}), "task.meta"),
+    "lone surrogate in a label": (
+        _mutate("annotation.result.0.value", {"taxonomy": [["Sports", "\ud800"]]}),
+        "annotation.result",
+    ),
+    "deleted id 2**70": (
+        {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 2**70}], "project": {"id": 1}},
+        "annotations.0.id",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED), ids=list(MALFORMED))
+def test_malformed_bodies_are_4xx_naming_the_field_and_the_connection_stays_usable(
+    client: TestClient, store: Store, case: str
+) -> None:
+    """Issue #12.2: each of these answered 500 (and Label Studio never retries a webhook)."""
+    body, field = MALFORMED[case]
+    # json.dumps escapes a lone surrogate as JSON allows ("\\ud800"); httpx would refuse to encode it.
+    answer = client.post(URL, content=json.dumps(body).encode(), headers={SECRET_HEADER: SECRET})
+    assert answer.status_code == 422, answer.text
+    locs = [".".join(map(str, d["loc"][1:])) for d in answer.json()["detail"]]
+    assert field in locs
+    assert store.corrections() == []
+    assert post(client, payload(["Sports", "Running"])).json() == {"status": "stored", "action": "created"}
+
+
+def test_deeply_nested_json_is_422(client: TestClient, store: Store) -> None:
+    answer = client.post(URL, content=b"[" * 5_000_000, headers={SECRET_HEADER: SECRET})
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["msg"] == "JSON nested too deeply"
+    assert store.corrections() == []
