@@ -73,6 +73,10 @@ class MlflowSettings(BaseModel):
     tracking_uri: str | None = Field(None, description="unset = sqlite under the state dir")
     experiment: str = "hitl"
     registered_model: str = "hitl-product-categories"
+    # MLflow's HTTP client defaults (120 s, 7 retries with backoff) let one bad call hold a request
+    # thread for minutes; an HTTP tracking server answers a sane call in well under a second.
+    request_timeout_s: int = Field(10, ge=1, le=600)
+    request_retries: int = Field(2, ge=0, le=10)
 
 
 class ServingSettings(BaseModel):

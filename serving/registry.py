@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from hitl.settings import Settings
+from serving import tracking
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_NAME_IN_RUN = "model"
 
 
 def _client(settings: Settings) -> Any:
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    return tracking.client(settings)
 
 
 def _pip_requirements() -> list[str]:

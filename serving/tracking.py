@@ -14,6 +14,7 @@ charts them per version.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -33,6 +34,11 @@ MAX_PARAM_CHARS = 500
 
 
 def client(settings: Settings) -> Any:
+    """The one way to an MLflow client: tracking and registry at the configured URI, HTTP calls
+    bounded by `MlflowSettings.request_timeout_s` / `request_retries` (MLflow reads these from the
+    environment at each call; an explicitly set variable wins)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(settings.mlflow.request_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(settings.mlflow.request_retries))
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)

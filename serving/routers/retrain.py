@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
@@ -29,6 +29,14 @@ EngineerDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))]
 ReaderDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.PRODUCT_OWNER))]
 ReasonQuery = Annotated[
     str | None, Query(min_length=1, max_length=500, description="why (kept in the audit trail)")
+]
+
+# MLflow's own spelling of a version: digits, no leading zero. "03" would be audited as a version that
+# does not exist and queue a Label Studio update that can never succeed; 20 digits sent MLflow into
+# minutes of retries.
+VersionPath = Annotated[
+    str,
+    Path(pattern=r"^[1-9][0-9]{0,8}$", description="a registered version: 1 to 999999999, no leading zero"),
 ]
 
 
@@ -143,15 +151,20 @@ def _versions(request: Request) -> ModelsOut:
     client = tracking.client(settings)
     try:
         found = client.search_model_versions(f"name='{name}'")
+        # search_model_versions leaves `aliases` empty; the registered model holds them.
+        by_alias = dict(getattr(client.get_registered_model(name), "aliases", {}) or {})
     except Exception:  # no registry yet
-        found = []
+        found, by_alias = [], {}
+    aliases: dict[str, list[str]] = {}
+    for alias, aliased in sorted(by_alias.items()):
+        aliases.setdefault(str(aliased), []).append(alias)
     out = []
     for mv in sorted(found, key=lambda v: int(v.version), reverse=True):
         tags = dict(mv.tags or {})
         out.append(
             ModelVersionOut(
                 version=str(mv.version),
-                aliases=list(getattr(mv, "aliases", []) or []),
+                aliases=aliases.get(str(mv.version), []),
                 run_id=mv.run_id,
                 created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000)
                 if mv.creation_timestamp
@@ -209,7 +222,7 @@ async def _move_champion(
 
 @router.post("/models/{version}/promote", response_model=PromotionOut)
 async def promote(
-    request: Request, version: str, principal: EngineerDep, reason: ReasonQuery = None
+    request: Request, version: VersionPath, principal: EngineerDep, reason: ReasonQuery = None
 ) -> PromotionOut:
     """Make `version` the champion (bypasses the gate: an engineer's decision, recorded on the version
     and in the audit trail with who and why)."""
@@ -218,7 +231,7 @@ async def promote(
 
 @router.post("/models/{version}/rollback", response_model=PromotionOut)
 async def rollback(
-    request: Request, version: str, principal: EngineerDep, reason: ReasonQuery = None
+    request: Request, version: VersionPath, principal: EngineerDep, reason: ReasonQuery = None
 ) -> PromotionOut:
     """Point the champion back at an earlier `version` (audited with who and why)."""
     return await _move_champion(request, version, principal, "rollback", reason)

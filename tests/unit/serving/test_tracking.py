@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from hitl.settings import Settings
+from serving import tracking
 from serving.tracking import (
     EscalationWindow,
     confusion_matrix_png,
@@ -77,3 +78,15 @@ def test_plots_are_png_files(tmp_path: Path, evaluation: tuple[np.ndarray, np.nd
     for path in paths:
         assert path.read_bytes()[:8] == PNG_MAGIC
         assert path.stat().st_size > 2000
+
+
+def test_mlflow_http_calls_are_bounded_by_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Issue #12.4: MLflow's defaults (120 s timeout, 7 retries with backoff) held a request ~4 minutes.
+    from mlflow.environment_variables import MLFLOW_HTTP_REQUEST_MAX_RETRIES, MLFLOW_HTTP_REQUEST_TIMEOUT
+
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    settings = Settings(state_dir=tmp_path, mlflow={"request_timeout_s": 7, "request_retries": 1})
+    tracking.client(settings)
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1
