@@ -92,6 +92,12 @@ class ServingSettings(BaseModel):
         "through the API applies at once, one through the CLI within this time (0 = every request)",
     )
     max_text_length: int = Field(2000, ge=1)
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="request bodies above this are refused (413) before they are read"
+    )
+    max_ml_backend_body_bytes: int = Field(
+        16_777_216, ge=1024, description="the same for the ML backend, where Label Studio sends task batches"
+    )
     model_source: Literal["auto", "bundle", "registry", "none"] = Field(
         "auto",
         description="auto = bundle_path when set, else the MLflow registry when its database exists",

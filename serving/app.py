@@ -19,6 +19,7 @@ from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadError
 from labeling.sync import PeriodicSync, sync_project
+from serving.limits import BodyLimitMiddleware, BodyLimits
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError
 from serving.outbox import OutboxWorker
@@ -119,6 +120,19 @@ def _route_of(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+def body_limits(settings: Settings) -> BodyLimits:
+    """Per-route body limits (`serving.limits`): the login form, the ML backend, everything else."""
+    form = dashboard_router.MAX_FORM_BYTES
+    return BodyLimits(
+        default=settings.serving.max_body_bytes,
+        by_prefix=(
+            ("/login", form),
+            ("/logout", form),
+            (ml_backend.ML_BACKEND_PREFIX, settings.serving.max_ml_backend_body_bytes),
+        ),
+    )
+
+
 def _register_version(store: Store, metrics: ServingMetrics) -> Any:
     def callback(model: LoadedModel) -> None:
         store.register_model_version(
@@ -212,6 +226,7 @@ def create_app(
         description="Product category predictions with calibrated auto-accept and human review.",
         lifespan=lifespan,
     )
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(InternalErrorGuard)  # added last = outermost: it sees what the others raise
     app.include_router(health.router)

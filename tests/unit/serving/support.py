@@ -6,7 +6,15 @@ use it too); `catalog_items` draws fresh items from the same synthetic catalog.
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
 
 from experiments.fixtures import N_CATEGORIES
 from learner.synthetic import generate_catalog
@@ -27,3 +35,22 @@ def auth(store: Store, role: Role, name: str | None = None) -> dict[str, str]:
     """Headers carrying a fresh real API key with `role` (stored hashed by `serving.keys`)."""
     _, key = create_key(store, name or f"test-{role.value}", role)
     return {"Authorization": f"Bearer {key}"}
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[int]:
+    """`app` behind a real uvicorn server on a free local port (its lifespan runs); yields the port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

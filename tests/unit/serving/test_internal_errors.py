@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import http.client
 import logging
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from hitl.settings import Settings
 from serving.app import create_app
+from tests.unit.serving.support import served
 
 
 def test_after_a_500_the_next_request_on_the_same_connection_is_served(
@@ -27,16 +24,7 @@ def test_after_a_500_the_next_request_on_the_same_connection_is_served(
         raise RuntimeError(f"secret-ish detail {item}")
 
     app.add_api_route("/broken/{item}", broken)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    with served(app) as port:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         with caplog.at_level(logging.ERROR):
             connection.request("GET", "/broken/jane@example.com")
@@ -47,11 +35,8 @@ def test_after_a_500_the_next_request_on_the_same_connection_is_served(
         second = connection.getresponse()
         assert second.status == 200
         assert second.read() == b'{"status":"ok"}'
-        logged = caplog.text
-        assert "RuntimeError" in logged
-        assert "/broken/{item}" in logged  # the route template, not the path
-        assert "jane@example.com" not in logged
-        assert "Traceback" not in logged
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    logged = caplog.text
+    assert "RuntimeError" in logged
+    assert "/broken/{item}" in logged  # the route template, not the path
+    assert "jane@example.com" not in logged
+    assert "Traceback" not in logged

@@ -180,7 +180,13 @@ def test_malformed_bodies_are_4xx_naming_the_field_and_the_connection_stays_usab
 
 
 def test_deeply_nested_json_is_422(client: TestClient, store: Store) -> None:
-    answer = client.post(URL, content=b"[" * 5_000_000, headers={SECRET_HEADER: SECRET})
+    answer = client.post(URL, content=b"[" * 500_000, headers={SECRET_HEADER: SECRET})
     assert answer.status_code == 422
     assert answer.json()["detail"][0]["msg"] == "JSON nested too deeply"
+    assert store.corrections() == []
+
+
+def test_a_5_mb_body_is_refused_by_size_before_it_is_parsed(client: TestClient, store: Store) -> None:
+    answer = client.post(URL, content=b"[" * 5_000_000, headers={SECRET_HEADER: SECRET})
+    assert answer.status_code == 413
     assert store.corrections() == []

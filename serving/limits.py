@@ -1,0 +1,101 @@
+"""Request-body limits applied in the ASGI layer, before any route, dependency or key check runs.
+
+A body is refused with 413 as soon as it is known to be too large: at once when its ``Content-Length``
+says so, else (chunked) when the bytes received pass the limit. Nothing past the limit is buffered,
+so neither an unauthenticated caller nor a broken client can make the server hold hundreds of MB.
+
+Limits by route (the first matching prefix wins; see README "Limits"):
+
+- ``/login``, ``/logout``: `dashboard.MAX_FORM_BYTES` (a form with one API key);
+- the ML backend (``{ML_BACKEND_PREFIX}/...``): `ServingSettings.max_ml_backend_body_bytes`, since
+  Label Studio sends whole task batches there;
+- everything else: `ServingSettings.max_body_bytes`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    default: int
+    by_prefix: Sequence[tuple[str, int]] = ()
+
+    def for_path(self, path: str) -> int:
+        for prefix, limit in self.by_prefix:
+            if path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+                return limit
+        return self.default
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from inside ``receive``: an HTTPException, so the app's own handler answers 413 even
+    where FastAPI wraps body-parsing errors (it re-raises HTTPExceptions untouched)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes")
+
+
+def _refusal(limit: int) -> tuple[Message, Message]:
+    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+    start: Message = {
+        "type": "http.response.start",
+        "status": 413,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),  # the rest of the body is never read
+        ],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class BodyLimitMiddleware:
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.for_path(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            try:
+                too_large = int(declared) > limit
+            except ValueError:
+                too_large = False  # the server itself refuses a malformed Content-Length
+            if too_large:
+                for message in _refusal(limit):
+                    await send(message)
+                return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge(limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                for message in _refusal(limit):
+                    await send(message)
