@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from learner.exceptions import CatalogError, RecordProblem
+from learner.pii import mask_pii
 
 __all__ = [
     "LABEL_SEPARATOR",
@@ -144,6 +145,7 @@ class Product(BaseModel):
             value = check_text(value, "title").strip()
             if not has_visible_text(value):
                 raise ValueError("title is empty (no visible character)")
+            value = mask_pii(value)
         return value
 
     @field_validator("description", mode="before")
@@ -151,7 +153,7 @@ class Product(BaseModel):
     def _description(cls, value: Any) -> Any:
         if value is None:
             return ""
-        return check_text(value, "description").strip() if isinstance(value, str) else value
+        return mask_pii(check_text(value, "description").strip()) if isinstance(value, str) else value
 
     @field_validator("price", mode="before")
     @classmethod
@@ -173,7 +175,7 @@ class Product(BaseModel):
     @classmethod
     def _brand(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = check_text(value, "brand").strip()
+            value = mask_pii(check_text(value, "brand").strip())
             return value or None
         return value
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from learner.pii import mask_pii
+
 FeatureKind = Literal["embedding", "hybrid"]
 FEATURE_KINDS: tuple[str, ...] = ("embedding", "hybrid")
 
@@ -70,7 +72,9 @@ class FeatureSpec:
         import sklearn
         from sklearn.preprocessing import normalize
 
-        items = [str(t) for t in texts]
+        # Masked here too (idempotent): whoever calls, no fragment of personal data is hashed into
+        # the head's weights.
+        items = [mask_pii(str(t)) for t in texts]
         if not items:
             return np.empty((0, self.ngram_dims), dtype=np.float32)
         if len(items) <= _FAST_PATH_MAX_TEXTS:

@@ -8,13 +8,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
 from learner.data import check_identifier, check_text, has_visible_text
+from learner.pii import mask_pii
 from serving.routing import Decision
 
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
 
 
 class ItemIn(BaseModel):
-    """One catalog item to categorise. Types are strict: "12" is not a price, 1 is not an id."""
+    """One catalog item to categorise. Types are strict: "12" is not a price, 1 is not an id.
+
+    Free text is masked (`learner.pii.mask_pii`: emails, phone and card numbers) as it is validated,
+    so raw personal data goes no further than this model: not to the store, the outbox, Label Studio,
+    the features, the API's answers or the logs.
+    """
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -38,19 +44,19 @@ class ItemIn(BaseModel):
         value = check_text(value, "title").strip()
         if not has_visible_text(value):
             raise ValueError("title is empty: no visible character")
-        return value
+        return mask_pii(value)
 
     @field_validator("description")
     @classmethod
     def _description(cls, value: str) -> str:
-        return check_text(value, "description").strip()
+        return mask_pii(check_text(value, "description").strip())
 
     @field_validator("brand", "category_hint")
     @classmethod
     def _optional(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        return check_text(value, str(info.field_name)).strip() or None
+        return mask_pii(check_text(value, str(info.field_name)).strip()) or None
 
 
 class PredictRequest(BaseModel):

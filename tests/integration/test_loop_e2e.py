@@ -14,10 +14,14 @@ the audit; the reviewer works in Label Studio's order (lowest prediction score f
 
 from __future__ import annotations
 
+import json
+import logging
 import random
+import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -294,3 +298,70 @@ def test_an_engineer_rolls_back_and_the_audit_trail_says_who_and_why(loop: Loop)
     )
     assert last["actor"].startswith("ml_engineer:")
     assert last["details"]["reason"] == "the new model misroutes toys"
+
+
+PLANTED = ("jane.planted@example.com", "+1 (415) 555-2671", "4111 1111 1111 1111")
+
+
+def _files_holding(root: Path, needles: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path.name}: {n}" for n in needles if n.encode() in data]
+    return found
+
+
+def test_planted_pii_reaches_no_store_no_task_no_answer_and_no_log(
+    loop: Loop,
+    label_studio: LabelStudioServer,
+    reviewer_client: LabelStudioClient,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #12.3: an email, a phone and a card number in titles and descriptions are masked before
+    anything stores, pushes, featurizes, answers or logs them. Every store is grepped: the app's
+    database, Label Studio's task data and its database files, MLflow's database and artifacts, the
+    API's answers and the logs."""
+    caplog.set_level(logging.INFO)
+    email, phone, card = PLANTED
+    items = [
+        {
+            "id": f"pii-{i}",
+            "title": f"{base.title} contact {email}",
+            "description": f"call {phone} or pay with {card}",
+            "brand": base.brand,
+            "price": 5000.0,  # high value: escalated to Label Studio
+        }
+        for i, base in enumerate(loop.fresh[-5:])
+    ]
+    service = {"Authorization": f"Bearer {loop.keys[Role.SERVICE]}"}
+    answer = loop.http.post("/v1/predict", json={"items": items}, headers=service)
+    assert answer.status_code == 200, answer.text
+    assert all(p["decision"] == "escalated" for p in answer.json()["predictions"])
+    ids = {item["id"] for item in items}
+
+    def delivered() -> list[dict[str, Any]] | None:
+        mine = [t for t in reviewer_client.iter_tasks(loop.project_id) if t["data"]["item_id"] in ids]
+        return mine if len(mine) == len(ids) else None
+
+    tasks = wait_for(delivered, 60, "the planted items' tasks")
+    assert all("[EMAIL]" in t["data"]["title"] for t in tasks)
+    for task in tasks:  # corrections of them, then a retrain: MLflow gets a run and a bundle after them
+        truth = loop.truth.get(task["data"]["item_id"]) or sorted(loop.taxonomy)[0]
+        reviewer_client.create_annotation(task["id"], loop.taxonomy.result_for(truth))
+    run = loop.http.post("/v1/retrain", json={"reason": "pii"}, headers=engineer(loop))
+    assert run.status_code == 202
+    worker = loop.receiver._server.config.app.state.retrain_worker  # type: ignore[union-attr]
+    worker.wait(run.json()["run_id"], timeout=180)
+
+    answers = [
+        loop.http.get(f"/v1/items/{item_id}", headers=engineer(loop)).text for item_id in sorted(ids)
+    ] + [loop.http.get("/v1/escalations", headers=engineer(loop)).text, answer.text]
+    leaks = [n for n in PLANTED for text in answers if n in text]
+    dump = "\n".join(sqlite3.connect(str(loop.store.engine.url.database)).iterdump())
+    leaks += [f"app database: {n}" for n in PLANTED if n in dump]
+    leaks += [f"Label Studio task: {n}" for n in PLANTED for t in tasks if n in json.dumps(t)]
+    leaks += _files_holding(label_studio.data_dir, PLANTED)
+    leaks += _files_holding(loop.settings.state_dir, PLANTED)  # MLflow db + artifacts, bundles, caches
+    leaks += [f"log: {n}" for n in PLANTED if n in caplog.text]
+    assert leaks == []

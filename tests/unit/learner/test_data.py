@@ -548,3 +548,18 @@ def test_bigbasket_loads_cleanly_and_splits_without_title_leakage() -> None:
         title = str(text).split(" | brand: ")[0].lower()
         by_title.setdefault(title, set()).add(part_of[row])
     assert all(len(parts) == 1 for parts in by_title.values())
+
+
+def test_product_text_is_masked_and_ids_and_titles_are_clean() -> None:
+    # Issue #12.3 / #12.8: personal data never leaves the record; invisible titles and control
+    # characters in ids are refused.
+    product = Product(id="p1", title="Mug, mail me at jane@example.com", description="call +1 (415) 555-2671")
+    assert product.title == "Mug, mail me at [EMAIL]"
+    assert product.description == "call [PHONE]"
+    for bad in (
+        {"id": "a\x07", "title": "t"},
+        {"id": "a", "title": "\u200b\u200b"},
+        {"id": "a", "title": "\ud800"},
+    ):
+        with pytest.raises(ValidationError):
+            Product(**bad)

@@ -141,3 +141,13 @@ def test_the_few_texts_path_equals_the_sparse_path_bit_for_bit(sublinear_tf: boo
     sparse = spec.ngram_features(texts)  # more than the fast-path limit: the sklearn path
     few = np.vstack([spec.ngram_features([t]) for t in texts])
     assert np.array_equal(sparse, few)
+
+
+@pytest.mark.parametrize("count", [1, 40])  # both the per-text and the batched path
+def test_personal_data_is_masked_before_it_is_hashed(count: int) -> None:
+    # Issue #12.3: n-gram hashes of raw text put fragments of emails and phone numbers into the head.
+    spec = FeatureSpec(kind="hybrid")
+    raw = ["Kettle, ask jane.doe@example.com or +1 (415) 555-2671"] * count
+    masked = ["Kettle, ask [EMAIL] or [PHONE]"] * count
+    np.testing.assert_array_equal(spec.ngram_features(raw), spec.ngram_features(masked))
+    assert not np.array_equal(spec.ngram_features(raw), spec.ngram_features(["Kettle"] * count))

@@ -231,3 +231,17 @@ def test_concurrent_requests_each_get_their_own_committed_rows(app_client: TestC
     assert [r.id for r in history.predictions] == [
         p["prediction_id"] for p in by_id.values() if p["id"] == fresh[1]["id"]
     ]
+
+
+def test_personal_data_is_masked_before_it_is_stored_or_answered(
+    app_client: TestClient, store: Store
+) -> None:
+    # Issue #12.3: raw emails, phone and card numbers reached the items table and the outbox.
+    item = {"id": "pii", "title": "Pan, mail jane@example.com", "description": "card 4111 1111 1111 1111"}
+    answer = app_client.post("/v1/predict", json={"items": [item]})
+    assert answer.status_code == 200
+    with store.session() as session:
+        row = session.get(Item, "pii")
+        assert row is not None
+        assert (row.title, row.description) == ("Pan, mail [EMAIL]", "card [CARD]")
+    assert "jane@example.com" not in answer.text
