@@ -39,6 +39,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 BATCH = 32
+SWEEP_CLIENTS = (8, 50, 200)
+TARGET_SWEEP_VS_PEAK = 0.8
+TARGET_SWEEP_P99_MS = 1000.0
 TARGET_BATCH_RATIO = 0.8
 TARGET_SINGLE_P99_MS = 50.0
 
@@ -60,19 +63,74 @@ def _request(port: int, key: str, body: dict[str, Any]) -> bytes:
     return head.encode() + payload
 
 
-async def _exchange(
+async def _exchange_with_headers(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
-) -> tuple[int, bytes]:
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request on a keep-alive connection: (status, lower-cased headers, body)."""
     writer.write(request)
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    length = 0
+    headers = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        if name.lower() == "content-length":
-            length = int(value)
-    return status, await reader.readexactly(length)
+        if name:
+            headers[name.strip().lower()] = value.strip()
+    return status, headers, await reader.readexactly(int(headers.get("content-length", 0)))
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes]:
+    status, _, body = await _exchange_with_headers(reader, writer, request)
+    return status, body
+
+
+async def _sweep_point(port: int, requests: list[bytes], clients: int, seconds: float) -> dict[str, Any]:
+    """``clients`` keep-alive clients send single-item requests for ``seconds``; a client told 503
+    waits its Retry-After (as a well-behaved client does) before the next one."""
+    served: list[float] = []
+    counts = {"refused": 0, "refused_without_retry_after": 0, "errors": 0}
+    stop_at = time.perf_counter() + seconds
+
+    async def client(worker: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        i = worker
+        try:
+            while time.perf_counter() < stop_at:
+                t0 = time.perf_counter()
+                status, headers, _ = await _exchange_with_headers(reader, writer, requests[i % len(requests)])
+                i += clients
+                if status == 200:
+                    served.append(time.perf_counter() - t0)
+                elif status == 503:
+                    counts["refused"] += 1
+                    retry = headers.get("retry-after")
+                    if retry is None:
+                        counts["refused_without_retry_after"] += 1
+                    else:
+                        await asyncio.sleep(max(0.0, min(float(retry), stop_at - time.perf_counter())))
+                else:
+                    counts["errors"] += 1
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(w) for w in range(clients)))
+    wall = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "served": len(served),
+        "served_per_s": len(served) / wall,
+        "accepted_p50_ms": 1000 * _percentile(served, 50),
+        "accepted_p99_ms": 1000 * _percentile(served, 99),
+        **counts,
+        "wall_s": wall,
+    }
+
+
+def _sweep(port: int, requests: list[bytes], seconds: float) -> list[dict[str, Any]]:
+    return [asyncio.run(_sweep_point(port, requests, clients, seconds)) for clients in SWEEP_CLIENTS]
 
 
 async def _drive(
@@ -170,6 +228,15 @@ def _serve(config_path: Path) -> None:
     )
 
 
+def _start_server(settings: Any, config: Path) -> subprocess.Popen[bytes]:
+    """The real app in its own process, from the repository root wherever the benchmark started."""
+    config.write_text(settings.model_dump_json())
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.bench_serving", "--serve", str(config)],
+        cwd=Path(__file__).resolve().parents[1],
+    )
+
+
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 180.0) -> None:
     import httpx
 
@@ -191,6 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=256, help="fresh items for the throughput runs")
     parser.add_argument("--single-requests", type=int, default=480, help="cached single-item requests")
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--sweep-seconds", type=float, default=6.0, help="per point of the concurrency sweep")
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # internal: the server process
     args = parser.parse_args(argv)
@@ -242,12 +310,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     store = Store(settings.database_url)
     store.create_all()
     _, key = create_key(store, "bench", Role.SERVICE)
-    config = work / "settings.json"
-    config.write_text(settings.model_dump_json())
-    server = subprocess.Popen(  # from the repository root, wherever the benchmark was started
-        [sys.executable, "-m", "experiments.bench_serving", "--serve", str(config)],
-        cwd=Path(__file__).resolve().parents[1],
-    )
+    server = _start_server(settings, work / "settings.json")
     try:
         _wait_ready(port, server)
         # Warm-up: one request of each shape on items outside the measured sets.
@@ -283,13 +346,47 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         single_client_cpu = time.process_time() - cpu0
         single_server_cpu = _cpu(server.pid) - server_cpu0
         peak_rss_mb = _proc_stats(server.pid)[0]
+        # Backpressure: single cached items from 8, 50 and 200 clients, default max_in_flight ...
+        single_requests = [_request(port, key, {"items": [item]}) for item in served_items]
+        sweep_bounded = _sweep(port, single_requests, args.sweep_seconds)
     finally:
         server.terminate()  # SIGTERM: uvicorn runs the lifespan shutdown (the store drains)
+        server.wait(60)
+    # ... and the same sweep, same run, on a server without the bound (the comparison).
+    unbounded = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"max_in_flight": 0})}
+    )
+    server = _start_server(unbounded, work / "settings-unbounded.json")
+    try:
+        _wait_ready(port, server)
+        sweep_unbounded = _sweep(port, single_requests, args.sweep_seconds)
+    finally:
+        server.terminate()
         server.wait(60)
     stored = store.count(Prediction)
     store.close()
     shutil.rmtree(work, ignore_errors=True)
-    expected = BATCH + len(batch_answers) * BATCH + len(single_answers)
+    expected = (
+        BATCH
+        + len(batch_answers) * BATCH
+        + len(single_answers)
+        + sum(p["served"] for p in sweep_bounded + sweep_unbounded)
+    )
+    peak = max(p["served_per_s"] for p in sweep_bounded)
+    at_most = next(p for p in sweep_bounded if p["clients"] == max(SWEEP_CLIENTS))
+    sweep = {
+        "max_in_flight": settings.serving.max_in_flight,
+        "retry_after_s": settings.serving.overload_retry_after_s,
+        "seconds_per_point": args.sweep_seconds,
+        "points": sweep_bounded,
+        "unbounded_points": sweep_unbounded,
+        "peak_served_per_s": peak,
+        "served_at_max_clients_vs_peak": at_most["served_per_s"] / peak,
+        "accepted_p99_ms_at_max_clients": at_most["accepted_p99_ms"],
+        "every_refusal_503_with_retry_after": all(
+            p["refused_without_retry_after"] == 0 and p["errors"] == 0 for p in sweep_bounded
+        ),
+    }
 
     result: dict[str, Any] = {
         "command": "python -m experiments.bench_serving " + " ".join(argv or sys.argv[1:]),
@@ -324,14 +421,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "server_peak_rss_mb": peak_rss_mb,
         "predictions_stored": stored,
         "predictions_expected": expected,
+        "concurrency_sweep": sweep,
         "targets": {
             "batch32_vs_raw_encoder": f">= {TARGET_BATCH_RATIO}",
             "single_cached_p99_ms": f"< {TARGET_SINGLE_P99_MS:g}",
+            "concurrency_sweep.served_at_max_clients_vs_peak": f">= {TARGET_SWEEP_VS_PEAK}",
+            "concurrency_sweep.accepted_p99_ms_at_max_clients": f"< {TARGET_SWEEP_P99_MS:g}",
         },
     }
     result["targets_met"] = {
         "batch32_vs_raw_encoder": result["batch32_vs_raw_encoder"] >= TARGET_BATCH_RATIO,
         "single_cached_p99_ms": result["single_cached_p99_ms"] < TARGET_SINGLE_P99_MS,
+        "concurrency_sweep": sweep["served_at_max_clients_vs_peak"] >= TARGET_SWEEP_VS_PEAK
+        and sweep["accepted_p99_ms_at_max_clients"] < TARGET_SWEEP_P99_MS
+        and sweep["every_refusal_503_with_retry_after"],
         "no_errors_nothing_lost": result["batch32_errors"] == 0
         and result["single_cached_errors"] == 0
         and stored == expected,
@@ -351,7 +454,7 @@ def _plot(result: dict[str, Any], latencies: list[float], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right, sweep_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
     names = ["raw encoder", f"POST /v1/predict\n(batch {BATCH})"]
     values = [result["raw_encoder_items_per_s"], result["batch32_predictions_per_s"]]
     left.bar(names, values, color=["grey", "tab:blue"])
@@ -366,6 +469,22 @@ def _plot(result: dict[str, Any], latencies: list[float], path: Path) -> None:
     right.set_xlabel("ms")
     right.set_title(f"single cached item, {result['single_cached_clients']} clients")
     right.legend()
+    sweep = result["concurrency_sweep"]
+    latency_ax = sweep_ax.twinx()
+    for key, label, style in (
+        ("points", f"max_in_flight {sweep['max_in_flight']}", "-"),
+        ("unbounded_points", "unbounded", "--"),
+    ):
+        clients = [p["clients"] for p in sweep[key]]
+        sweep_ax.plot(
+            clients, [p["served_per_s"] for p in sweep[key]], "o" + style, color="tab:blue", label=label
+        )
+        latency_ax.plot(clients, [p["accepted_p99_ms"] for p in sweep[key]], "s" + style, color="tab:red")
+    sweep_ax.set(xscale="log", xlabel="clients", ylabel="served requests / s (blue)")
+    latency_ax.set_ylabel("p99 of accepted, ms (red)")
+    sweep_ax.set_title(f"backpressure (200 clients: {sweep['served_at_max_clients_vs_peak']:.2f}x peak)")
+    sweep_ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, result["command"], fontsize=7, family="monospace")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -98,6 +98,12 @@ class ServingSettings(BaseModel):
     max_ml_backend_body_bytes: int = Field(
         16_777_216, ge=1024, description="the same for the ML backend, where Label Studio sends task batches"
     )
+    max_in_flight: int = Field(
+        16,
+        ge=0,
+        description="predictions worked on at once; beyond it 503 with Retry-After (0 = unbounded)",
+    )
+    overload_retry_after_s: int = Field(1, ge=1, le=3600, description="the Retry-After of that 503")
     model_source: Literal["auto", "bundle", "registry", "none"] = Field(
         "auto",
         description="auto = bundle_path when set, else the MLflow registry when its database exists",

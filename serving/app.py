@@ -19,7 +19,7 @@ from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadError
 from labeling.sync import PeriodicSync, sync_project
-from serving.limits import BodyLimitMiddleware, BodyLimits
+from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddleware
 from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError
 from serving.outbox import OutboxWorker
@@ -227,6 +227,12 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
+    app.add_middleware(
+        InFlightLimitMiddleware,
+        limit=settings.serving.max_in_flight,
+        paths=("/v1/predict", f"{ml_backend.ML_BACKEND_PREFIX}/predict"),
+        retry_after_s=settings.serving.overload_retry_after_s,
+    )
     app.add_middleware(LatencyMiddleware, metrics=metrics)
     app.add_middleware(InternalErrorGuard)  # added last = outermost: it sees what the others raise
     app.include_router(health.router)

@@ -10,6 +10,8 @@ Limits by route (the first matching prefix wins; see README "Limits"):
 - the ML backend (``{ML_BACKEND_PREFIX}/...``): `ServingSettings.max_ml_backend_body_bytes`, since
   Label Studio sends whole task batches there;
 - everything else: `ServingSettings.max_body_bytes`.
+
+`InFlightLimitMiddleware` bounds how many predictions are worked on at once (backpressure).
 """
 
 from __future__ import annotations
@@ -99,3 +101,50 @@ class BodyLimitMiddleware:
             if not started:
                 for message in _refusal(limit):
                     await send(message)
+
+
+class InFlightLimitMiddleware:
+    """Backpressure: at most ``limit`` requests to the expensive routes (``paths``) are worked on at
+    once; beyond it a request is answered 503 with ``Retry-After`` before its body is read.
+
+    Without it, every extra client adds a thread, a GIL hand-off and a database session to the same
+    two cores: measured on main, 8 clients got 196 req/s, 200 clients 59 req/s at a p99 of 13 s. A
+    bounded number in flight keeps throughput at its peak and the accepted requests' latency bounded;
+    the refused ones are told when to come back. One event loop runs this, so a plain counter is
+    exact. ``limit`` 0 turns it off.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, paths: Sequence[str], retry_after_s: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.paths = frozenset(paths)
+        self.retry_after = str(retry_after_s).encode()
+        self.in_flight = 0
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.limit <= 0 or scope["path"] not in self.paths:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            reason = f"overloaded: {self.limit} requests in flight; retry after {int(self.retry_after)} s"
+            body = json.dumps({"detail": reason}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"retry-after", self.retry_after),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -60,7 +61,10 @@ def test_a_declared_oversized_body_is_413_before_it_is_read_or_authenticated(
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit(port: int) -> None:
-    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
     chunk = b"a" * 32_768
     body = b"".join(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n" for _ in range(3))
     status, _, _ = exchange(port, head, body)
@@ -80,3 +84,52 @@ def test_limits_by_route() -> None:
     assert limits.for_path("/loginx") == 100
     assert limits.for_path("/ml-backend/predict") == 1000
     assert limits.for_path("/v1/predict") == 100
+
+
+def test_beyond_the_in_flight_limit_requests_get_503_with_retry_after() -> None:
+    # Issue #12.7: a real server, a route that holds its slot 0.5 s, 6 requests at once, limit 2.
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    from serving.limits import InFlightLimitMiddleware
+
+    app = FastAPI()
+
+    @app.post("/slow")
+    async def slow() -> dict[str, str]:
+        await asyncio.sleep(0.5)
+        return {"status": "done"}
+
+    @app.post("/cheap")
+    async def cheap() -> dict[str, str]:
+        await asyncio.sleep(0.5)
+        return {"status": "done"}
+
+    app.add_middleware(InFlightLimitMiddleware, limit=2, paths=("/slow",), retry_after_s=3)
+
+    async def burst(port: int, path: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            return list(await asyncio.gather(*(client.post(path) for _ in range(6))))
+
+    with served(app) as bound:
+        answers = asyncio.run(burst(bound, "/slow"))
+        assert sorted(a.status_code for a in answers) == [200, 200, 503, 503, 503, 503]
+        assert all(a.headers["retry-after"] == "3" for a in answers if a.status_code == 503)
+        assert all("overloaded" in a.json()["detail"] for a in answers if a.status_code == 503)
+        assert [a.status_code for a in asyncio.run(burst(bound, "/cheap"))] == [200] * 6  # not limited
+        assert httpx.post(f"http://127.0.0.1:{bound}/slow").status_code == 200  # slots are given back
+
+
+def test_the_app_bounds_predictions_by_settings(tmp_path: Path) -> None:
+    from serving.limits import InFlightLimitMiddleware
+
+    settings = Settings(state_dir=tmp_path, serving={"max_in_flight": 5, "overload_retry_after_s": 2})
+    found = [
+        m for m in create_app(settings).user_middleware if getattr(m, "cls", None) is InFlightLimitMiddleware
+    ]
+    assert len(found) == 1
+    kwargs = dict(getattr(found[0], "kwargs", {}))
+    assert kwargs["limit"] == 5
+    assert "/v1/predict" in kwargs["paths"]
