@@ -104,6 +104,10 @@ class ServingSettings(BaseModel):
         description="predictions worked on at once; beyond it 503 with Retry-After (0 = unbounded)",
     )
     overload_retry_after_s: int = Field(1, ge=1, le=3600, description="the Retry-After of that 503")
+    auth_max_failures: int = Field(
+        30, ge=0, description="failed key checks per client address and window before 429 (0 = off)"
+    )
+    auth_failure_window_s: float = Field(60.0, gt=0)
     model_source: Literal["auto", "bundle", "registry", "none"] = Field(
         "auto",
         description="auto = bundle_path when set, else the MLflow registry when its database exists",

@@ -27,7 +27,7 @@ from serving.routers import audit, escalations, health, items, keys, ml_backend,
 from serving.routers import dashboard as dashboard_router
 from serving.routers import metrics_dashboard as metrics_router
 from serving.routers import retrain as retrain_router
-from serving.security import KeyCache
+from serving.security import AuthThrottle, KeyCache
 from serving.service import BackendHolder
 from serving.store import Store
 
@@ -174,6 +174,9 @@ def create_app(
         app.state.settings = settings
         app.state.store = active
         app.state.key_cache = KeyCache(settings.serving.key_cache_ttl_s)
+        app.state.auth_throttle = AuthThrottle(
+            settings.serving.auth_max_failures, settings.serving.auth_failure_window_s
+        )
         app.state.model = holder
         app.state.model_holder = BackendHolder(holder)  # the ML-backend router's view of it
         app.state.metrics = metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -91,6 +92,70 @@ class KeyCache:
             self._entries.clear()
 
 
+class AuthThrottle:
+    """Failed authentications per client address in a sliding window: past ``max_failures`` within
+    ``window_s`` the client is refused 429 (with Retry-After) before its key is even looked up, so
+    guessing keys costs it time and the database nothing. ``max_failures`` 0 turns it off."""
+
+    def __init__(self, max_failures: int, window_s: float, max_clients: int = 10_000) -> None:
+        self.max_failures = max_failures
+        self.window_s = window_s
+        self.max_clients = max_clients
+        self._failures: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _recent(self, client: str, now: float) -> list[float]:
+        kept = [t for t in self._failures.get(client, []) if now - t < self.window_s]
+        if kept:
+            self._failures[client] = kept
+        else:
+            self._failures.pop(client, None)
+        return kept
+
+    def retry_after(self, client: str) -> int | None:
+        """Seconds until ``client`` may try again, or None when it is not throttled."""
+        if self.max_failures <= 0:
+            return None
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent(client, now)
+            if len(recent) < self.max_failures:
+                return None
+            return max(1, math.ceil(self.window_s - (now - recent[-self.max_failures])))
+
+    def failed(self, client: str) -> None:
+        if self.max_failures <= 0:
+            return
+        now = time.monotonic()
+        with self._lock:
+            self._failures[client] = [*self._recent(client, now), now]
+            self._failures.move_to_end(client)
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client is not None else "unknown"
+
+
+def check_throttle(request: Request) -> None:
+    """429 with Retry-After when this client failed to authenticate too often (`AuthThrottle`)."""
+    throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
+    wait = throttle.retry_after(client_address(request)) if throttle is not None else None
+    if wait is not None:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"too many failed authentications from this address; retry after {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+def record_failure(request: Request) -> None:
+    throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
+    if throttle is not None:
+        throttle.failed(client_address(request))
+
+
 async def _principal(request: Request, presented: str) -> Principal | None:
     cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
     principal = cache.get(presented) if cache is not None else None
@@ -125,8 +190,12 @@ def require_roles(*roles: Role) -> Callable[..., Any]:
         api_key: Annotated[str | None, Depends(_api_key)],
     ) -> Principal:
         presented = bearer.credentials if bearer is not None else api_key
+        if presented:
+            check_throttle(request)
         principal = await _principal(request, presented) if presented else None
         if principal is None:
+            if presented:
+                record_failure(request)
             logger.info("rejected a request to %s: missing or invalid API key", request.url.path)
             raise _unauthorized()
         return admit(request, principal, allowed)
@@ -141,4 +210,15 @@ def allowed_roles_of(call: Any) -> frozenset[Role] | None:
     return roles if isinstance(roles, frozenset) else None
 
 
-__all__ = ["API_KEY_HEADER", "KeyCache", "Principal", "Role", "admit", "allowed_roles_of", "require_roles"]
+__all__ = [
+    "API_KEY_HEADER",
+    "AuthThrottle",
+    "KeyCache",
+    "Principal",
+    "Role",
+    "admit",
+    "allowed_roles_of",
+    "check_throttle",
+    "record_failure",
+    "require_roles",
+]

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from importlib import resources
 from string import Template
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from hitl.settings import Settings
 from serving.deps import SettingsDep, StoreDep
 from serving.keys import ApiKey, Principal, Role, authenticate, hash_key
-from serving.security import admit
+from serving.security import admit, check_throttle, record_failure
 from serving.store import Base, Store
 
 logger = logging.getLogger(__name__)
@@ -142,8 +142,12 @@ def require_dashboard_roles() -> Callable[..., Principal]:
         cookie: Annotated[str | None, Depends(_cookie)],
     ) -> Principal:
         key = bearer.credentials if bearer is not None else api_key
-        principal, _ = _presented_principal(store, key, cookie)
+        if key or cookie:
+            check_throttle(request)
+        principal, presented = _presented_principal(store, key, cookie)
         if principal is None:
+            if presented:
+                record_failure(request)
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
                 detail="missing or invalid API key or dashboard session",
@@ -186,6 +190,27 @@ def _set_cookie(response: Response, token: str, settings: Settings) -> None:
     )
 
 
+def _cross_origin(request: Request) -> bool:
+    """A browser form posted from another site (login CSRF): its Origin (or, without one, its
+    Referer) names a different origin than this server's. Non-browser clients send neither."""
+    own = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
+    origin = request.headers.get("origin")
+    if origin is None:
+        referer = request.headers.get("referer")
+        if referer is None:
+            return False
+        parts = urlsplit(referer)
+        origin = f"{parts.scheme}://{parts.netloc}"
+    return origin.rstrip("/").lower() != own.lower()
+
+
+def _refuse_cross_origin(request: Request) -> HTMLResponse | None:
+    if not _cross_origin(request):
+        return None
+    logger.info("refused a cross-origin form post to %s", request.url.path)
+    return _login_page("cross-origin form submissions are refused", status.HTTP_403_FORBIDDEN)
+
+
 @router.get("/login", response_class=HTMLResponse, include_in_schema=False)
 async def login_form(request: Request, store: StoreDep) -> Response:
     token = request.cookies.get(SESSION_COOKIE)
@@ -196,6 +221,10 @@ async def login_form(request: Request, store: StoreDep) -> Response:
 
 @router.post("/login", response_class=HTMLResponse, include_in_schema=False)
 async def login(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+    refused = _refuse_cross_origin(request)
+    if refused is not None:
+        return refused
+    check_throttle(request)
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return _login_page(
@@ -207,6 +236,7 @@ async def login(request: Request, store: StoreDep, settings: SettingsDep) -> Res
         return _login_page("enter an API key", status.HTTP_400_BAD_REQUEST)
     principal = await run_in_threadpool(authenticate, store, key)
     if principal is None:
+        record_failure(request)
         logger.info("dashboard login refused: unknown or revoked key")
         return _login_page("unknown or revoked API key", status.HTTP_401_UNAUTHORIZED)
     if principal.role not in DASHBOARD_ROLES:
@@ -220,6 +250,9 @@ async def login(request: Request, store: StoreDep, settings: SettingsDep) -> Res
 
 @router.post("/logout", include_in_schema=False)
 async def logout(request: Request, store: StoreDep) -> Response:
+    refused = _refuse_cross_origin(request)
+    if refused is not None:
+        return refused
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         await run_in_threadpool(end_session, store, token)

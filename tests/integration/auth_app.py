@@ -82,6 +82,9 @@ def running_app(tmp_path: Path, *, ml_backend_auth: bool = True) -> Iterator[Run
             model_poll_interval_s=0,
             outbox_enabled=False,
             ml_backend_auth=ml_backend_auth,
+            # The role matrix presents wrong keys to every endpoint from one address on purpose;
+            # throttling them is tested on its own (tests/unit/serving/test_security.py).
+            auth_max_failures=0,
         ),
     )
     holder = ModelHolder(settings, encoder_factory=lambda _ref: HashEncoder())

@@ -36,7 +36,18 @@ def test_bad_sizes_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
 @pytest.mark.slow
 def test_a_tiny_run_writes_results_and_loses_nothing(tmp_path: Path) -> None:
     result = bench_serving.main(
-        ["--n", "64", "--single-requests", "24", "--clients", "4", "--out", str(tmp_path)]
+        [
+            "--n",
+            "64",
+            "--single-requests",
+            "24",
+            "--clients",
+            "4",
+            "--sweep-seconds",
+            "0.5",
+            "--out",
+            str(tmp_path),
+        ]
     )
     saved = json.loads((tmp_path / "bench_serving.json").read_text())
     assert saved == json.loads(json.dumps(result))
@@ -44,8 +55,13 @@ def test_a_tiny_run_writes_results_and_loses_nothing(tmp_path: Path) -> None:
     assert result["batch32_requests"] == 2
     assert result["single_cached_requests"] == 24
     assert result["batch32_errors"] == result["single_cached_errors"] == 0
-    # warm-up (32) + 2 batches of 32 + 24 singles, all committed before the server process exited
-    assert result["predictions_stored"] == result["predictions_expected"] == 32 + 64 + 24
+    sweep = result["concurrency_sweep"]
+    assert [p["clients"] for p in sweep["points"]] == [p["clients"] for p in sweep["unbounded_points"]]
+    assert [p["clients"] for p in sweep["points"]] == [8, 50, 200]
+    assert sweep["unbounded_points"][-1]["refused"] == 0  # the comparison server has no bound
+    served = sum(p["served"] for p in sweep["points"] + sweep["unbounded_points"])
+    # warm-up (32) + 2 batches of 32 + 24 singles + the sweep's, all committed before the servers exited
+    assert result["predictions_stored"] == result["predictions_expected"] == 32 + 64 + 24 + served
     assert result["targets_met"]["no_errors_nothing_lost"] is True
     assert result["raw_encoder_items_per_s"] > 0
     assert result["raw_encoder_alone_items_per_s"] > 0
@@ -56,5 +72,6 @@ def test_a_tiny_run_writes_results_and_loses_nothing(tmp_path: Path) -> None:
     assert set(result["targets_met"]) == {
         "batch32_vs_raw_encoder",
         "single_cached_p99_ms",
+        "concurrency_sweep",
         "no_errors_nothing_lost",
     }

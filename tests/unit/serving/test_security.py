@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from serving import keys
 from serving.app import create_app
 from serving.keys import KEY_PREFIX, ApiKey, Role, authenticate, create_key, list_keys, revoke_key
 from serving.routers import keys as keys_router
-from serving.security import KeyCache, Principal, allowed_roles_of, require_roles
+from serving.security import AuthThrottle, KeyCache, Principal, allowed_roles_of, require_roles
 from serving.store import Store
 
 
@@ -249,3 +250,31 @@ def test_a_key_revoked_through_the_api_stops_working_at_once(tmp_path: Path) -> 
         assert client.delete(f"/v1/keys/{key_id}", headers={"X-API-Key": admin}).status_code == 204
         assert client.get("/v1/audit", headers=auth).status_code == 401
     store.close()
+
+
+def test_wrong_keys_are_throttled_per_address_then_429_with_retry_after(store: Store) -> None:
+    # Issue #12.8: wrong keys were never throttled.
+    app = _app(store)
+    app.state.auth_throttle = AuthThrottle(max_failures=3, window_s=60)
+    _, good = create_key(store, "eng", Role.ML_ENGINEER)
+    with TestClient(app) as client:
+        assert [client.get("/ml", headers={"X-API-Key": "hitl_wrong"}).status_code for _ in range(3)] == [
+            401
+        ] * 3
+        throttled = client.get("/ml", headers={"X-API-Key": "hitl_wrong"})
+        assert throttled.status_code == 429
+        assert 1 <= int(throttled.headers["Retry-After"]) <= 60
+        # Even a good key waits: the address is refused before any key is looked up.
+        assert client.get("/ml", headers={"X-API-Key": good}).status_code == 429
+        assert client.get("/ml").status_code == 401  # no key presented: nothing to guess
+
+
+def test_the_throttle_forgets_after_its_window() -> None:
+    throttle = AuthThrottle(max_failures=2, window_s=0.2)
+    throttle.failed("a")
+    throttle.failed("a")
+    assert throttle.retry_after("a") is not None
+    assert throttle.retry_after("b") is None
+    time.sleep(0.25)
+    assert throttle.retry_after("a") is None
+    assert AuthThrottle(max_failures=0, window_s=1).retry_after("a") is None
