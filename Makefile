@@ -28,6 +28,7 @@ pytest: install
 test: lint typecheck pytest
 
 up: install
+	$(BIN)/hitl db upgrade
 	$(BIN)/hitl up $(if $(CATALOG),--catalog $(CATALOG))
 
 down:

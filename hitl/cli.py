@@ -46,13 +46,14 @@ def settings_from(ctx: typer.Context) -> Settings:
 
 def _register() -> None:
     # Imported here, not at module top, so `hitl --help` stays fast and groups stay independent.
-    from hitl import cli_keys, cli_labelstudio, cli_learner, cli_serve
+    from hitl import cli_db, cli_keys, cli_labelstudio, cli_learner, cli_serve
 
     app.add_typer(cli_learner.catalog_app, name="catalog")
     app.add_typer(cli_learner.learner_app, name="learner")
     app.add_typer(cli_labelstudio.app, name="labelstudio")
     app.add_typer(cli_serve.app, name="serve")
     app.add_typer(cli_keys.app, name="keys")
+    app.add_typer(cli_db.app, name="db")
     from hitl import cli_models, cli_report, cli_up
 
     app.command("up")(cli_up.up)

@@ -8,7 +8,6 @@ flush that would change or delete a row raises) and in the database (triggers on
 
 from __future__ import annotations
 
-import importlib
 import logging
 import queue
 import threading
@@ -37,9 +36,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
-    inspect,
     select,
-    text,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -228,25 +225,28 @@ def _refuse_audit_changes(session: Session, _context: object, _instances: object
             raise AppendOnlyError("audit_events is append-only")
 
 
-for _op in ("UPDATE", "DELETE"):
-    event.listen(
-        AuditEvent.__table__,
-        "after_create",
-        DDL(  # type: ignore[no-untyped-call]
-            f"CREATE TRIGGER audit_events_no_{_op.lower()} BEFORE {_op} ON audit_events "
-            "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
-        ).execute_if(dialect="sqlite"),
-    )
-event.listen(
-    AuditEvent.__table__,
-    "after_create",
-    DDL(  # type: ignore[no-untyped-call]
+# The database itself refuses changes to the audit trail, per dialect (the initial migration runs
+# the same statements: serving/db/migrations).
+APPEND_ONLY_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "sqlite": tuple(
+        f"CREATE TRIGGER audit_events_no_{op.lower()} BEFORE {op} ON audit_events "
+        "BEGIN SELECT RAISE(ABORT, 'audit_events is append-only'); END"
+        for op in ("UPDATE", "DELETE")
+    ),
+    "postgresql": (
         "CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger AS $$ "
         "BEGIN RAISE EXCEPTION 'audit_events is append-only'; END; $$ LANGUAGE plpgsql; "
         "CREATE TRIGGER audit_events_append_only BEFORE UPDATE OR DELETE ON audit_events "
-        "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();"
-    ).execute_if(dialect="postgresql"),
-)
+        "FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();",
+    ),
+}
+for _dialect, _statements in APPEND_ONLY_TRIGGERS.items():
+    for _statement in _statements:
+        event.listen(
+            AuditEvent.__table__,
+            "after_create",
+            DDL(_statement).execute_if(dialect=_dialect),  # type: ignore[no-untyped-call]
+        )
 
 
 @dataclass(frozen=True)
@@ -444,28 +444,10 @@ class Store:
         self._writer: _GroupWriter | None = None  # started by the first prediction write
 
     def create_all(self) -> None:
-        try:  # the outbox table lives with its worker (serving.outbox), on this Base
-            importlib.import_module("serving.outbox")
-        except ModuleNotFoundError as exc:
-            if exc.name != "serving.outbox":
-                raise
-        Base.metadata.create_all(self.engine)
-        self._add_missing_columns()
+        """Bring the schema to the head revision, keeping every row (`serving.db.upgrade`)."""
+        from serving.db import upgrade
 
-    def _add_missing_columns(self) -> None:
-        """Additive upgrade of a database made by an older version: nullable columns that the models
-        have and the tables lack are added (existing rows get NULL); nothing is dropped or rewritten."""
-        inspector = inspect(self.engine)
-        with self.engine.begin() as connection:
-            for table in Base.metadata.sorted_tables:
-                if not inspector.has_table(table.name):
-                    continue
-                present = {c["name"] for c in inspector.get_columns(table.name)}
-                for column in table.columns:
-                    if column.name in present or not column.nullable:
-                        continue
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+        upgrade(self.engine)
 
     @property
     def dialect(self) -> str:

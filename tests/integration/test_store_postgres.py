@@ -29,6 +29,7 @@ from serving.outbox import OutboxEntry, enqueue_escalations
 from serving.store import AuditEvent, Item, Prediction, Store
 from tests.unit.serving import test_security, test_store, test_store_serving
 from tests.unit.serving.support import auth, catalog_items
+from tests.unit.serving.test_db import check_initial_to_head_keeps_every_row
 
 pytestmark = pytest.mark.integration
 
@@ -161,3 +162,8 @@ def test_the_app_predicts_and_records_on_postgresql(
     finally:
         holder.close()
         keys.close()
+
+
+def test_an_initial_database_with_data_upgrades_to_head_on_postgresql(postgres_url: str) -> None:
+    # Issue #12.9: the same check as on SQLite (tests/unit/serving/test_db.py), on a server database.
+    check_initial_to_head_keeps_every_row(postgres_url)

@@ -5,7 +5,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from labeling.config import Taxonomy
@@ -111,37 +110,6 @@ def test_champion_moves_are_audited_and_filterable_by_kind(store: Store) -> None
     assert moves[0].details["reason"] == "v2 misroutes toys"
     assert [a.kind for a in store.audit_trail(kind="model_event")] == ["model_event", "model_event"]
     assert store.audit_trail(kind="review") == []
-
-
-def test_an_older_database_gains_the_new_nullable_columns_and_keeps_its_rows(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'old.db'}"
-    old = Store(url)
-    old.create_all()
-    old.register_model_version("v1", source="test", encoder_id="x", n_labels=1, details={})
-    with old.engine.begin() as connection:  # what a database made before audit_probability looks like
-        connection.execute(text("ALTER TABLE predictions DROP COLUMN audit_probability"))
-        connection.execute(
-            text(
-                "INSERT INTO items (id, title, description, first_seen_at, updated_at) "
-                "VALUES ('a', 'old item', '', '2024-01-01', '2024-01-01')"
-            )
-        )
-        connection.execute(
-            text(
-                "INSERT INTO predictions (item_id, model_version, label, confidence, top_k, decision, "
-                "reasons, priority, created_at) VALUES ('a', 'v1', 'A > B', 0.9, '[]', 'auto_accepted', "
-                "'[\"above_threshold\"]', 0.1, '2024-01-01')"
-            )
-        )
-    old.close()
-    upgraded = Store(url)
-    upgraded.create_all()
-    columns = {c["name"] for c in inspect(upgraded.engine).get_columns("predictions")}
-    assert "audit_probability" in columns
-    with upgraded.engine.connect() as connection:
-        rows = connection.execute(text("SELECT item_id, audit_probability FROM predictions")).all()
-    assert [tuple(r) for r in rows] == [("a", None)]
-    upgraded.close()
 
 
 def test_the_current_label_is_the_latest_by_label_studios_clock_not_by_arrival(store: Store) -> None:

@@ -1,0 +1,143 @@
+"""Schema migrations (issue #12.9): every table registered in one place, and upgrades that keep data."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    MetaData,
+    create_engine,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection
+from typer.testing import CliRunner
+
+from hitl.settings import Settings
+from serving import db
+from serving.store import Store
+
+ROWS = 3
+
+
+def _value(column: Any, row: int) -> Any:
+    for key in column.foreign_keys:  # the value row `row` of the referenced table holds
+        return _value(key.column, row)
+    kind = column.type
+    if isinstance(kind, Boolean):
+        return row % 2 == 0
+    if isinstance(kind, Integer):
+        return row
+    if isinstance(kind, Float):
+        return row / 10
+    if isinstance(kind, DateTime):
+        return datetime(2026, 1, 1, 12, row)
+    if isinstance(kind, JSON):
+        return {"row": row}
+    return f"{column.name}-{row}"
+
+
+def fill_every_table(connection: Connection) -> dict[str, int]:
+    """ROWS rows in every table as it is at the connection's revision (reflected, so this works at
+    any revision); ids 1..ROWS, so foreign keys point at rows that exist."""
+    reflected = MetaData()
+    reflected.reflect(connection)
+    for table in reflected.sorted_tables:
+        if table.name == "alembic_version":
+            continue
+        connection.execute(
+            table.insert(), [{c.name: _value(c, row) for c in table.columns} for row in range(1, ROWS + 1)]
+        )
+    return {
+        t: connection.scalar(select(func.count()).select_from(reflected.tables[t])) or 0
+        for t in reflected.tables
+    }
+
+
+def check_initial_to_head_keeps_every_row(url: str) -> None:
+    """A database at the initial revision, full of rows, upgraded to head by the app's own path."""
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(db._config(connection), db.INITIAL_REVISION)
+        before = fill_every_table(connection)
+    assert db.current_revision(engine) == db.INITIAL_REVISION
+    assert "audit_probability" not in {c["name"] for c in inspect(engine).get_columns("predictions")}
+    store = Store(url)
+    store.create_all()
+    assert db.current_revision(store.engine) == db.head_revision()
+    with store.engine.connect() as connection:
+        after = {t: connection.scalar(text(f'SELECT COUNT(*) FROM "{t}"')) for t in before}
+        assert after == before
+        assert (
+            connection.scalar(text("SELECT COUNT(*) FROM predictions WHERE audit_probability IS NULL"))
+            == ROWS
+        )
+    with store.engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), db.metadata()) == []
+    store.close()
+    engine.dispose()
+
+
+def test_an_initial_database_with_data_upgrades_to_head_and_keeps_every_row(tmp_path: Path) -> None:
+    check_initial_to_head_keeps_every_row(f"sqlite:///{tmp_path / 'old.db'}")
+
+
+def test_the_migrations_build_exactly_the_models_schema(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'migrated.db'}")
+    with engine.begin() as connection:
+        command.upgrade(db._config(connection), "head")
+    with engine.connect() as connection:
+        assert compare_metadata(MigrationContext.configure(connection), db.metadata()) == []
+        triggers = connection.scalars(text("SELECT name FROM sqlite_master WHERE type = 'trigger'")).all()
+    assert sorted(triggers) == ["audit_events_no_delete", "audit_events_no_update"]
+
+
+def test_a_database_made_before_migrations_is_adopted_and_keeps_its_rows(tmp_path: Path) -> None:
+    # The releases before migrations built tables with create_all, and only those of imported modules.
+    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(db._config(connection), db.INITIAL_REVISION)
+        connection.execute(text("DROP TABLE alembic_version"))
+        connection.execute(text("DROP TABLE outbox"))  # its module was never imported there
+        before = fill_every_table(connection)
+    store = Store(url)
+    store.create_all()
+    assert db.current_revision(store.engine) == db.head_revision()
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"outbox", "predictions"} <= tables
+    with store.engine.connect() as connection:
+        assert {t: connection.scalar(text(f'SELECT COUNT(*) FROM "{t}"')) for t in before} == before
+    store.close()
+
+
+def test_every_table_is_registered_in_one_place() -> None:
+    names = set(db.metadata().tables)
+    assert {"predictions", "outbox", "api_keys", "dashboard_sessions", "retrain_runs"} <= names
+
+
+def test_the_cli_upgrades_and_reports_the_revision(tmp_path: Path) -> None:
+    from hitl import cli_db
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    settings = Settings(state_dir=tmp_path)
+    result = CliRunner().invoke(cli_db.app, ["upgrade", "--database-url", url], obj=settings)
+    assert result.exit_code == 0, result.output
+    assert f"revision {db.head_revision()} (was unversioned)" in result.output
+    assert db.current_revision(create_engine(url)) == db.head_revision()
+    nowhere = f"sqlite:///{tmp_path}"  # a directory, not a database file
+    bad = CliRunner().invoke(cli_db.app, ["upgrade", "--database-url", nowhere], obj=settings)
+    assert bad.exit_code == 1
+    assert "could not upgrade the database" in bad.output
