@@ -61,7 +61,7 @@ from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
 from learner.features import FeatureSpec
 from learner.gate import AuditScores, GateDecision, GatePolicy, audit_scores
-from learner.loop import AuditPolicy, strata_of
+from learner.loop import AuditPolicy, certification_stream, strata_of
 from learner.strategies import get_strategy, margin
 from learner.training import (
     AuditDesign,
@@ -516,9 +516,13 @@ def simulate_run(
 
 
 def _design(inputs: Inputs, state: _State, audit_rows: Sequence[int]) -> AuditDesign:
-    """The audit design of `audit_rows` over every item routed so far (and the seed)."""
-    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + state.stream_pi)
-    stream = np.asarray(state.stream_rows, dtype=np.int64)
+    """The audit design of `audit_rows` over every item routed so far (and the seed), leaving out the
+    items the models are trained on (`learner.loop.certification_stream`)."""
+    trained = {r for r in state.labelled if r not in state.audited}
+    keep = certification_stream(state.stream_rows, trained)
+    stream = np.asarray(state.stream_rows, dtype=np.int64)[keep]
+    stream_pi = [p for p, k in zip(state.stream_pi, keep, strict=True) if k]
+    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + stream_pi)
 
     def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
         parts = [

@@ -64,6 +64,8 @@ class RetrainJob:
         roles = loop.split_roles([r.provenance for r in labels])
         train = [labels[i] for i in roles.train]
         audits = [labels[i] for i in roles.certify]
+        fresh = loop.certification_stream([s.item_id for s in collected.stream], {r.item_id for r in train})
+        stream = [s for s, keep in zip(collected.stream, fresh, strict=True) if keep]
         outcome: dict[str, Any] = {"correction_watermark": collected.watermark, "n_labels": len(labels)}
         config = training_config(settings)
         n_seed = sum(r.source == "seed" for r in labels)
@@ -74,7 +76,8 @@ class RetrainJob:
             "n_correction_labels": len(labels) - n_seed,
             "n_train": len(train),
             "n_audits": len(audits),
-            "n_stream": len(collected.stream),
+            "n_stream": len(stream),
+            "n_stream_trained_on": len(collected.stream) - len(stream),
             "unreviewed_audits": collected.unreviewed_audits,
             "accuracy_tolerance": settings.retrain.accuracy_tolerance,
             "coverage_tolerance": settings.retrain.coverage_tolerance,
@@ -98,7 +101,7 @@ class RetrainJob:
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
         try:
-            return self._run(run_id, train, audits, collected.stream, config, outcome, trigger)
+            return self._run(run_id, train, audits, stream, config, outcome, trigger)
         except BaseException as exc:
             try:
                 tracking.end_run(settings, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")

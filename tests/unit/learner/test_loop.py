@@ -11,6 +11,7 @@ from learner.loop import (
     AuditPolicy,
     Provenance,
     band_low,
+    certification_stream,
     describe_guarantee,
     review_priority,
     split_roles,
@@ -95,3 +96,9 @@ def test_an_unknown_strategy_setting_lists_the_valid_names() -> None:
 def test_the_statement_in_force_reads_as_words() -> None:
     assert "with probability >= 0.95" in describe_guarantee("high_probability", 0.95, 0.05)
     assert "mean error" in describe_guarantee("expected", 0.95, 0.05)
+
+
+def test_a_model_is_certified_over_the_stream_items_it_was_not_trained_on() -> None:
+    keep = certification_stream(["seed-1", "seed-audit", "routed-1", "routed-2"], {"seed-1", "routed-2"})
+    assert keep.tolist() == [False, True, True, False]
+    assert certification_stream([], set()).shape == (0,)
