@@ -356,7 +356,11 @@ def test_planted_pii_reaches_no_store_no_task_no_answer_and_no_log(
 
     answers = [
         loop.http.get(f"/v1/items/{item_id}", headers=engineer(loop)).text for item_id in sorted(ids)
-    ] + [loop.http.get("/v1/escalations", headers=engineer(loop)).text, answer.text]
+    ] + [
+        loop.http.get("/v1/escalations", headers=engineer(loop)).text,
+        answer.text,
+        loop.http.get("/metrics").text,  # open by design (README): it must hold no item data
+    ]
     leaks = [n for n in PLANTED for text in answers if n in text]
     dump = "\n".join(sqlite3.connect(str(loop.store.engine.url.database)).iterdump())
     leaks += [f"app database: {n}" for n in PLANTED if n in dump]
