@@ -21,12 +21,15 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from labeling.client import WEBHOOK_PATH
 from labeling.webhooks import SECRET_HEADER
 from serving.keys import Role
 from tests.integration.auth_app import WEBHOOK_SECRET, RunningApp, running_app
 from tests.integration.test_roles import app_for_collection
 
 MAX_EXAMPLES = 20
+# Label Studio never retries a webhook, so a 500 there loses a correction: its body is fuzzed harder.
+MAX_EXAMPLES_BY_PATH = {WEBHOOK_PATH: 300}
 # 5xx found by this test and not fixed yet, each with its reproduction; strict, so a fix fails the test
 # until its entry is removed here.
 KNOWN_5XX: dict[tuple[str, str], str] = {}
@@ -72,7 +75,7 @@ def test_no_operation_answers_5xx(method: str, path: str, api_schema: Any, runni
 
     @given(case=cases)
     @settings(
-        max_examples=MAX_EXAMPLES,
+        max_examples=MAX_EXAMPLES_BY_PATH.get(path, MAX_EXAMPLES),
         deadline=None,
         derandomize=True,
         database=None,
