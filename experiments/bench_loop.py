@@ -155,7 +155,22 @@ def summarise_runs(runs: Mapping[str, list[list[dict[str, Any]]]]) -> dict[str, 
         for row in r
         if row.get("auto_accept_accuracy") is not None
     ]
+
+    def accepted_error(group: list[list[dict[str, Any]]], key: str) -> dict[str, Any]:
+        """Mean over rounds and seeds of the error among auto-accepted items, where any were: the
+        `expected` statement's quantity, realised in the loop (audits reused round after round and
+        the gate's selection included), on the next incoming batch and on the test split."""
+        errors = [1.0 - row[key] for r in group for row in r[1:] if row.get(key) is not None]
+        return {"rounds": len(errors), "mean": float(np.mean(errors)) if errors else None}
+
     return {
+        "accepted_error_realised": {
+            guarantee: {
+                "next_batch": accepted_error(group, "stream_auto_accept_accuracy"),
+                "test_split": accepted_error(group, "auto_accept_accuracy"),
+            }
+            for guarantee, group in runs.items()
+        },
         "escalation_after_3000": escalation(hp),
         "escalation_after_3000_expected": escalation(ex),
         "certified_coverage": certified,
