@@ -100,6 +100,7 @@ def base_config(settings: Settings, seed: int, guarantee: str, **overrides: Any)
         routing=settings.routing,
         audit=AuditPolicy.of(settings.learner.audit),
         gate=gate_policy(settings),
+        auto_resolve_on_promotion=settings.retrain.auto_resolve_on_promotion,
     )
     return replace(config, **overrides)
 

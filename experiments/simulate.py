@@ -106,6 +106,9 @@ class SimulationConfig:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     audit: AuditPolicy = field(default_factory=AuditPolicy)  # its rate is set per run from audit_share
     gate: GatePolicy = field(default_factory=GatePolicy)  # production's gate decides each round's champion
+    # As production (`retrain.auto_resolve_on_promotion`): a new champion auto-resolves the open
+    # escalations it would auto-accept, so they leave the review queue.
+    auto_resolve_on_promotion: bool = True
 
     def __post_init__(self) -> None:
         get_strategy(self.strategy)  # ValueError listing the valid names
@@ -483,8 +486,9 @@ def simulate_run(
             stream_auto_acc = float(auto_correct.mean()) if auto.any() else None
         else:
             escalation_rate = below_rate = stream_auto_acc = None
-        # Audits are reviewed first (they come first in the queue); the strategy spends the rest.
-        picked = _select(config, result, x, queue, state.labelled, rng, max(config.batch - len(audit), 0))
+        # Audits are reviewed first (they come first in the queue); the strategy spends the rest, ranked
+        # by the serving model (production's queue priority comes from the model that routed).
+        picked = _select(config, champion, x, queue, state.labelled, rng, max(config.batch - len(audit), 0))
         queue = np.setdiff1d(queue, picked, assume_unique=True).astype(np.int64)
         picked = np.concatenate([audit, picked]).astype(np.int64)
         reviewed = _noisy(y[picked], config.reviewer_noise, len(data.classes), noise_rng)
@@ -497,6 +501,11 @@ def simulate_run(
         decision = _gate(config, result, champion, x, data, state)
         if decision.promote:
             champion = result
+            if config.auto_resolve_on_promotion and len(queue):
+                still_escalated, _, _, _, _ = _routed(
+                    champion, x, data, queue, config.routing, None, config.strategy
+                )
+                queue = queue[still_escalated]
         yield {
             "round": number,
             "labels_used": len(state.labelled),

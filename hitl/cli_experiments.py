@@ -176,6 +176,7 @@ def _base_config(
             routing=settings.routing,
             audit=AuditPolicy.of(settings.learner.audit),
             gate=gate_policy(settings),
+            auto_resolve_on_promotion=settings.retrain.auto_resolve_on_promotion,
         )
     except ValueError as exc:
         raise _fail(str(exc)) from exc
