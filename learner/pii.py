@@ -46,6 +46,7 @@ _PHONE_RUN = re.compile(
     re.VERBOSE,
 )
 _DIGIT_GROUP = re.compile(r"\d+")
+_ANY_DIGIT = re.compile(r"\d")
 
 _MIN_PHONE_DIGITS, _MAX_PHONE_DIGITS = 9, 15
 _MIN_CARD_DIGITS, _MAX_CARD_DIGITS = 13, 19
@@ -203,6 +204,10 @@ def mask_pii(text: str) -> str:
         else is left byte-for-byte unchanged.
     """
     if not text:
+        return text
+    # Fast path (most titles, and text masked already): no "@" means no email, and fewer digits than
+    # the shortest phone number means no phone and no card. ~1 us instead of ~20 us per title.
+    if "@" not in text and len(_ANY_DIGIT.findall(text)) < _MIN_PHONE_DIGITS:
         return text
     masked = _EMAIL.sub(EMAIL_TOKEN, text)
     if not any(ch.isdigit() for ch in masked):

@@ -97,21 +97,16 @@ class InternalErrorGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, send)
         except Exception as exc:
             logger.error("unhandled %s in %s %s", type(exc).__name__, scope["method"], _route_of(scope))
-            if started:  # the status line is out: nothing more can be said on this response
+            try:
+                await JSONResponse(status_code=500, content={"detail": "internal error"})(
+                    scope, receive, send
+                )
+            except Exception:  # the status line was already sent: nothing more can be said
                 return
-            response = JSONResponse(status_code=500, content={"detail": "internal error"})
-            await response(scope, receive, send)
 
 
 def _route_of(scope: Scope) -> str:
