@@ -529,9 +529,9 @@ def _design(inputs: Inputs, state: _State, audit_rows: Sequence[int]) -> AuditDe
     items the models are trained on (`learner.loop.certification_stream`)."""
     trained = {r for r in state.labelled if r not in state.audited}
     keep = certification_stream(state.stream_rows, trained)
+    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + state.stream_pi)
+    stream_strata = strata[len(audit_rows) :]
     stream = np.asarray(state.stream_rows, dtype=np.int64)[keep]
-    stream_pi = [p for p, k in zip(state.stream_pi, keep, strict=True) if k]
-    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + stream_pi)
 
     def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
         parts = [
@@ -542,8 +542,9 @@ def _design(inputs: Inputs, state: _State, audit_rows: Sequence[int]) -> AuditDe
 
     return AuditDesign(
         strata=strata[: len(audit_rows)],
-        stream_strata=strata[len(audit_rows) :],
+        stream_strata=stream_strata[keep],
         stream_confidence=stream_confidence,
+        trained_strata=stream_strata[~keep],
     )
 
 

@@ -42,7 +42,7 @@ Everything here is a vectorized pure function over arrays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -112,14 +112,23 @@ class Evidence:
     predicted: NDArray[np.int64]  # (n_audits,) its predicted class
     wrong: NDArray[np.bool_]  # (n_audits,) its prediction is wrong (a class it does not know is wrong)
     strata: NDArray[np.int64]  # (n_audits,)
-    stream_confidence: NDArray[np.float64]  # (n_stream,) every stream item the audits came from
+    stream_confidence: NDArray[np.float64]  # (n_stream,) the stream items the model was not trained on
     stream_strata: NDArray[np.int64]  # (n_stream,)
     grid: NDArray[np.float64]  # candidate thresholds, strictest first
     options: CertifyOptions
+    # Strata of the stream items the model WAS trained on: their confidence is not a fresh item's, so
+    # each counts as accepted with its stratum's audit acceptance share (`_counts`).
+    trained_strata: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @property
     def n_strata(self) -> int:
-        return int(max(self.strata.max(initial=-1), self.stream_strata.max(initial=-1)) + 1)
+        highest = max(self.strata.max(initial=-1), self.stream_strata.max(initial=-1))
+        return int(max(highest, self.trained_strata.max(initial=-1)) + 1)
+
+    @property
+    def n_stream(self) -> int:
+        """Every stream item the audits were drawn from: scored ones and trained-on ones."""
+        return int(self.stream_confidence.size + self.trained_strata.size)
 
     @property
     def n_audits(self) -> int:
@@ -135,6 +144,7 @@ def evidence_of(
     *,
     options: CertifyOptions,
     candidates: ArrayLike | None = None,
+    trained_strata: ArrayLike | None = None,
 ) -> Evidence:
     """Validated `Evidence` from a model's calibrated probabilities on the audits (arrays as in
     `certify_thresholds`)."""
@@ -147,7 +157,10 @@ def evidence_of(
     if conf_stream.ndim != 1 or not np.all(np.isfinite(conf_stream)):
         raise CertificationError(f"stream_confidence must be 1-D and finite, got shape {conf_stream.shape}")
     s_stream = _strata(stream_strata, conf_stream.shape[0], "stream_strata")
-    missing = sorted(set(np.unique(s_audit).tolist()) - set(np.unique(s_stream).tolist()))
+    raw_trained = np.asarray([] if trained_strata is None else trained_strata, dtype=np.int64)
+    s_trained = _strata(raw_trained, raw_trained.shape[0], "trained_strata")
+    known = set(np.unique(s_stream).tolist()) | set(np.unique(s_trained).tolist())
+    missing = sorted(set(np.unique(s_audit).tolist()) - known)
     if missing:
         raise CertificationError(
             f"audit strata {missing} have no stream items: the stream must include the audits"
@@ -165,6 +178,7 @@ def evidence_of(
         stream_strata=s_stream,
         grid=grid,
         options=options,
+        trained_strata=s_trained,
     )
 
 
@@ -209,18 +223,18 @@ def _select(
     options: CertifyOptions,
 ) -> _Selection:
     """Certify on counts: ``n_acc``/``e_acc`` (n_draws, n_candidates, n_strata) audits accepted and
-    wrong ones among them, ``n_stream`` (n_candidates, n_strata) stream items accepted. Vectorized
-    over draws, so the gate's bootstrap re-certifies hundreds of samples at once."""
+    wrong ones among them, ``n_stream`` (n_draws, n_candidates, n_strata) stream items accepted.
+    Vectorized over draws, so the gate's bootstrap re-certifies hundreds of samples at once."""
     eps = 1.0 - float(options.target)
     draws, n_candidates, n_strata = n_acc.shape
-    total = n_stream.sum(axis=1)  # (n_candidates,)
+    total = n_stream.sum(axis=2)  # (n_draws, n_candidates)
     ks = np.arange(n_candidates)
     none = np.full(draws, -1, dtype=np.intp)
     if options.guarantee == "expected":
-        weight = np.where(n_stream > 0, n_stream, 0.0)[None, :, :]
+        weight = np.where(n_stream > 0, n_stream, 0.0)
         err = (weight * (e_acc + 1.0) / (n_acc + 1.0)).sum(axis=2)
-        estimate = np.where(total > 0, err / np.maximum(total, 1), np.inf)
-        ok = (estimate <= eps) & (total > 0)[None, :]
+        estimate = np.where(total > 0, err / np.maximum(total, 1e-12), np.inf)
+        ok = (estimate <= eps) & (total > 0)
         last = n_candidates - 1 - np.argmax(ok[:, ::-1], axis=1)
         k = np.where(ok.any(axis=1), last, -1).astype(np.intp)
         empty = np.zeros((draws, n_strata), dtype=np.bool_)
@@ -241,7 +255,7 @@ def _select(
         stride = float(n.max(initial=0.0)) + 1.0
         _, first, inverse = np.unique(e * stride + n, return_index=True, return_inverse=True)
         upper[cell] = beta_dist.ppf(1.0 - lvl, e[first] + 1, n[first] - e[first])[inverse]
-    bound = np.where(total > 0, (n_stream[None, :, :] * upper).sum(axis=2) / np.maximum(total, 1), 1.0)
+    bound = np.where(total > 0, (n_stream * upper).sum(axis=2) / np.maximum(total, 1e-12), 1.0)
     tested_total = (n_acc[:, -1, :] * tested).sum(axis=1)
     start = np.maximum(
         options.start_factor * n_min, np.ceil(options.start_share * tested_total).astype(np.int64)
@@ -264,13 +278,20 @@ def _counts(
     e_acc = _weighted_per_stratum(
         evidence.confidence, evidence.strata, weights * evidence.wrong[None, :], n_strata, grid
     )
-    n_stream = _weighted_per_stratum(
+    scored = _weighted_per_stratum(
         evidence.stream_confidence,
         evidence.stream_strata,
         np.ones((1, evidence.stream_confidence.size)),
         n_strata,
         grid,
-    )[0]
+    )
+    # A trained-on stream item counts as accepted with its stratum's audit acceptance share (the
+    # audits are a uniform sample of the stratum, fresh to the model); with no audit in the stratum,
+    # as accepted everywhere, which the estimate then counts as wrong.
+    trained = np.bincount(evidence.trained_strata, minlength=n_strata).astype(np.float64)
+    audits = n_acc[:, -1:, :]
+    share = np.where(audits > 0, n_acc / np.maximum(audits, 1e-12), 1.0)
+    n_stream = scored + trained[None, None, :] * share
     return n_acc, e_acc, n_stream
 
 
@@ -297,8 +318,8 @@ def certified_coverage(
         )
     n_acc, e_acc, n_stream = _counts(evidence, weights)
     k = _select(n_acc, e_acc, n_stream, evidence.options).k
-    total = n_stream.sum(axis=1)
-    share = total[np.maximum(k, 0)] / max(evidence.stream_confidence.size, 1)
+    total = n_stream.sum(axis=2)
+    share = total[np.arange(total.shape[0]), np.maximum(k, 0)] / max(evidence.n_stream, 1)
     return np.asarray(np.where(k >= 0, share, 0.0), dtype=np.float64)
 
 
@@ -309,14 +330,15 @@ def certify_evidence(evidence: Evidence, n_classes: int) -> ClassThresholds:
     n_acc3, e_acc3, n_stream = _counts(evidence, np.ones((1, evidence.n_audits)))
     selection = _select(n_acc3, e_acc3, n_stream, options)
     n_acc, e_acc, grid = n_acc3[0], e_acc3[0], evidence.grid
-    total = n_stream.sum(axis=1)
+    total = n_stream[0].sum(axis=1)
     k_raw = int(selection.k[0])
     k = None if k_raw < 0 else k_raw
     audits_per_stratum = np.bincount(evidence.strata, minlength=evidence.n_strata)
     extra: dict[str, Any] = {
         "guarantee": options.guarantee,
         "n_audits": evidence.n_audits,
-        "n_stream": int(evidence.stream_confidence.size),
+        "n_stream": evidence.n_stream,
+        "n_stream_trained_on": int(evidence.trained_strata.size),
         "audits_per_stratum": audits_per_stratum.tolist(),
         "stream_per_stratum": np.bincount(evidence.stream_strata, minlength=evidence.n_strata).tolist(),
         "n_candidates": int(grid.size),
@@ -351,7 +373,7 @@ def certify_evidence(evidence: Evidence, n_classes: int) -> ClassThresholds:
         extra.update(
             threshold=threshold,
             error_bound=float(selection.bound[0, k]),
-            stream_accepted_share=float(total[k] / max(evidence.stream_confidence.size, 1)),
+            stream_accepted_share=float(total[k] / max(evidence.n_stream, 1)),
             audits_accepted=int(n_acc[k].sum()),
             audit_errors_accepted=int(e_acc[k].sum()),
         )

@@ -62,6 +62,8 @@ class AuditDesign:
     strata: NDArray[np.int64]
     stream_strata: NDArray[np.int64]
     stream_confidence: Callable[[ModelBundle], NDArray[np.float64]]
+    # Strata of the stream items the model was trained on (not scored: see `learner.certify.Evidence`).
+    trained_strata: NDArray[np.int64] = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
 
 @dataclass(frozen=True)
@@ -134,10 +136,12 @@ def certify_bundle(
     as certified on the same evidence.
     """
     strata: NDArray[np.int64]
+    trained: NDArray[np.int64] = np.empty(0, dtype=np.int64)
     if design is None:
         strata = np.asarray(np.zeros(len(y), dtype=np.int64))
         stream_strata, stream_conf = strata, proba.max(axis=1)
     else:
+        trained = np.asarray(design.trained_strata, dtype=np.int64)
         if len(design.strata) != len(y):
             raise LearnerError(f"{len(design.strata)} audit strata for {len(y)} calibration items")
         strata, stream_strata = np.asarray(design.strata), np.asarray(design.stream_strata)
@@ -149,7 +153,9 @@ def certify_bundle(
         min_stratum_share=config.min_stratum_share,
         start_share=config.start_share,
     )
-    evidence = evidence_of(proba, y, strata, stream_conf, stream_strata, options=options)
+    evidence = evidence_of(
+        proba, y, strata, stream_conf, stream_strata, options=options, trained_strata=trained
+    )
     return certify_evidence(evidence, proba.shape[1]), evidence
 
 

@@ -64,8 +64,8 @@ class RetrainJob:
         roles = loop.split_roles([r.provenance for r in labels])
         train = [labels[i] for i in roles.train]
         audits = [labels[i] for i in roles.certify]
-        fresh = loop.certification_stream([s.item_id for s in collected.stream], {r.item_id for r in train})
-        stream = [s for s, keep in zip(collected.stream, fresh, strict=True) if keep]
+        stream = collected.stream
+        fresh = loop.certification_stream([s.item_id for s in stream], {r.item_id for r in train})
         outcome: dict[str, Any] = {"correction_watermark": collected.watermark, "n_labels": len(labels)}
         config = training_config(settings)
         n_seed = sum(r.source == "seed" for r in labels)
@@ -77,7 +77,7 @@ class RetrainJob:
             "n_train": len(train),
             "n_audits": len(audits),
             "n_stream": len(stream),
-            "n_stream_trained_on": len(collected.stream) - len(stream),
+            "n_stream_trained_on": int((~fresh).sum()),
             "unreviewed_audits": collected.unreviewed_audits,
             "accuracy_tolerance": settings.retrain.accuracy_tolerance,
             "coverage_tolerance": settings.retrain.coverage_tolerance,
@@ -101,7 +101,7 @@ class RetrainJob:
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
         try:
-            return self._run(run_id, train, audits, stream, config, outcome, trigger)
+            return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger)
         except BaseException as exc:
             try:
                 tracking.end_run(settings, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
@@ -115,6 +115,7 @@ class RetrainJob:
         train: list[LabeledText],
         audits: list[LabeledText],
         stream: list[StreamItem],
+        fresh: NDArray[np.bool_],
         config: TrainingConfig,
         outcome: dict[str, Any],
         trigger: str,
@@ -145,7 +146,8 @@ class RetrainJob:
 
         e_train, x_train = embed([r.text for r in train])
         e_audit, x_audit = embed([r.text for r in audits])
-        stream_texts = [s.text for s in stream]
+        # Only the items the model was not trained on are scored (`learner.loop.certification_stream`).
+        stream_texts = [s.text for s, keep in zip(stream, fresh, strict=True) if keep]
         audit_pi = np.array([r.inclusion for r in audits], dtype=np.float64)
         strata, levels = loop.strata_of(np.concatenate([audit_pi, [s.inclusion for s in stream]]))
 
@@ -164,8 +166,9 @@ class RetrainJob:
 
         design = AuditDesign(
             strata=strata[: len(audits)],
-            stream_strata=strata[len(audits) :],
+            stream_strata=strata[len(audits) :][fresh],
             stream_confidence=stream_confidence,
+            trained_strata=strata[len(audits) :][~fresh],
         )
         embed_seconds = time.perf_counter() - started
         self.on_stage("training")

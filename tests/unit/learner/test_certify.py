@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from learner.certify import GUARANTEES, CertificationError, certify_thresholds
+from learner.certify import (
+    GUARANTEES,
+    CertificationError,
+    CertifyOptions,
+    certified_coverage,
+    certify_evidence,
+    certify_thresholds,
+    evidence_of,
+)
 
 TARGET, DELTA = 0.95, 0.05
 STREAMS = 300  # >= 200 simulated streams per guarantee, as the issue asks
@@ -180,3 +188,38 @@ def test_an_audit_of_a_class_the_model_does_not_know_is_an_error() -> None:
     th = certify_thresholds(two_class(conf), y, strata, conf, strata, candidates=[0.99, 0.5])
     assert np.isinf(th.thresholds).all()
     assert "6 errors in 100 audits" in th.extra["reason"]
+
+
+def test_trained_on_stream_items_count_at_their_strata_audit_acceptance_share() -> None:
+    # 20 audits: 10 confident and right, 10 unsure and wrong; 80 more stream items the model was
+    # trained on (their confidence says nothing). At 0.99: 10 scored + 80 x (10 / 20) = 50 of 100.
+    conf = np.array([0.99] * 10 + [0.6] * 10)
+    y = np.array([0] * 10 + [1] * 10)
+    strata = np.zeros(20, dtype=np.int64)
+    options = CertifyOptions(guarantee="expected", target=0.9)
+    evidence = evidence_of(
+        two_class(conf),
+        y,
+        strata,
+        conf,
+        strata,
+        options=options,
+        candidates=[0.99, 0.5],
+        trained_strata=np.zeros(80, dtype=np.int64),
+    )
+    th = certify_evidence(evidence, 2)
+    assert th.thresholds[0] == 0.99
+    assert th.extra["stream_accepted_share"] == pytest.approx(0.5)
+    assert th.extra["n_stream"] == 100
+    assert certified_coverage(evidence)[0] == pytest.approx(0.5)
+    # Counted at their own (confident) scores instead, they would claim 0.9 of the stream.
+    naive = evidence_of(
+        two_class(conf),
+        y,
+        strata,
+        np.concatenate([conf, np.full(80, 0.99)]),
+        np.zeros(100, dtype=np.int64),
+        options=options,
+        candidates=[0.99, 0.5],
+    )
+    assert certified_coverage(naive)[0] == pytest.approx(0.9)
