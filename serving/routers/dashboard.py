@@ -50,7 +50,10 @@ PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; "
     "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # Not no-referrer: under it a browser sends `Origin: null` even for our own login form, and the
+    # cross-origin check below could not tell it from a foreign page's. same-origin sends nothing
+    # to other sites.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -192,7 +195,8 @@ def _set_cookie(response: Response, token: str, settings: Settings) -> None:
 
 def _cross_origin(request: Request) -> bool:
     """A browser form posted from another site (login CSRF): its Origin (or, without one, its
-    Referer) names a different origin than this server's. Non-browser clients send neither."""
+    Referer) names a different origin than this server's, or is "null" (an opaque origin: a page
+    that hides where it comes from). Non-browser clients send neither."""
     own = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}"
     origin = request.headers.get("origin")
     if origin is None:

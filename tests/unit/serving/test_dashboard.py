@@ -170,7 +170,12 @@ def test_the_json_equals_the_kpis_module_on_seeded_data(dash: Dashboard) -> None
 def test_a_cross_origin_login_or_logout_is_refused(dash: Dashboard) -> None:
     # Issue #12.8: /login had no CSRF defence. A browser names the page a form was posted from.
     key = {"api_key": dash.keys[Role.PRODUCT_OWNER][1]}
-    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/page"}):
+    foreign = (
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Referer": "https://evil.example/page"},
+    )
+    for headers in foreign:
         refused = dash.client.post("/login", data=key, headers=headers)
         assert refused.status_code == 403
         assert "cross-origin" in refused.text

@@ -141,3 +141,33 @@ def test_the_cli_upgrades_and_reports_the_revision(tmp_path: Path) -> None:
     bad = CliRunner().invoke(cli_db.app, ["upgrade", "--database-url", nowhere], obj=settings)
     assert bad.exit_code == 1
     assert "could not upgrade the database" in bad.output
+
+
+def test_personal_data_stored_before_masking_is_masked_by_the_upgrade(tmp_path: Path) -> None:
+    # Issue #12.3: rows written by releases that stored raw text.
+    url = f"sqlite:///{tmp_path / 'raw.db'}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(db._config(connection), "0002")
+        connection.execute(
+            text(
+                "INSERT INTO items (id, title, description, first_seen_at, updated_at) VALUES "
+                "('a', 'Mug, mail jane@example.com', 'call +1 (415) 555-2671', '2026-01-01', '2026-01-01'),"
+                "('b', 'Plain kettle', '', '2026-01-01', '2026-01-01')"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO outbox (item_id, model_version, priority, payload, status, attempts, "
+                "next_attempt_at, created_at) VALUES ('a', 'v1', 0.5, "
+                '\'{"title": "Mug, mail jane@example.com", "price": 3.0}\', \'pending\', 0, '
+                "'2026-01-01', '2026-01-01')"
+            )
+        )
+    Store(url).create_all()
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, title, description FROM items ORDER BY id")).all()
+        payload = connection.scalar(text("SELECT payload FROM outbox"))
+    assert [tuple(r) for r in rows] == [("a", "Mug, mail [EMAIL]", "call [PHONE]"), ("b", "Plain kettle", "")]
+    assert "jane@example.com" not in payload
+    assert "[EMAIL]" in payload
