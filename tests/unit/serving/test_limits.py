@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import Request
 
 from hitl.settings import Settings
 from serving.app import create_app
@@ -98,12 +99,14 @@ def test_beyond_the_in_flight_limit_requests_get_503_with_retry_after() -> None:
     app = FastAPI()
 
     @app.post("/slow")
-    async def slow() -> dict[str, str]:
+    async def slow(request: Request) -> dict[str, str]:
+        await request.body()
         await asyncio.sleep(0.5)
         return {"status": "done"}
 
     @app.post("/cheap")
-    async def cheap() -> dict[str, str]:
+    async def cheap(request: Request) -> dict[str, str]:
+        await request.body()
         await asyncio.sleep(0.5)
         return {"status": "done"}
 
@@ -120,6 +123,14 @@ def test_beyond_the_in_flight_limit_requests_get_503_with_retry_after() -> None:
         assert all("overloaded" in a.json()["detail"] for a in answers if a.status_code == 503)
         assert [a.status_code for a in asyncio.run(burst(bound, "/cheap"))] == [200] * 6  # not limited
         assert httpx.post(f"http://127.0.0.1:{bound}/slow").status_code == 200  # slots are given back
+        # Clients that never finish sending their bodies hold no slot (the reviewer's lock-out case).
+        stalled = [socket.create_connection(("127.0.0.1", bound)) for _ in range(3)]
+        for conn in stalled:
+            conn.sendall(b"POST /slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+        time.sleep(0.2)
+        assert httpx.post(f"http://127.0.0.1:{bound}/slow").status_code == 200
+        for conn in stalled:
+            conn.close()
 
 
 def test_the_app_bounds_predictions_by_settings(tmp_path: Path) -> None:

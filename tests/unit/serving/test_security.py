@@ -264,9 +264,17 @@ def test_wrong_keys_are_throttled_per_address_then_429_with_retry_after(store: S
         throttled = client.get("/ml", headers={"X-API-Key": "hitl_wrong"})
         assert throttled.status_code == 429
         assert 1 <= int(throttled.headers["Retry-After"]) <= 60
-        # Even a good key waits: the address is refused before any key is looked up.
+        # A key not verified lately waits: the address is refused before any key is looked up ...
         assert client.get("/ml", headers={"X-API-Key": good}).status_code == 429
         assert client.get("/ml").status_code == 401  # no key presented: nothing to guess
+    # ... while one verified moments ago passes: clients behind one proxy are not all locked out.
+    app.state.key_cache = KeyCache(60)
+    app.state.auth_throttle = AuthThrottle(max_failures=1, window_s=60)
+    with TestClient(app) as client:
+        assert client.get("/ml", headers={"X-API-Key": good}).status_code == 200
+        assert client.get("/ml", headers={"X-API-Key": "hitl_wrong"}).status_code == 401
+        assert client.get("/ml", headers={"X-API-Key": "hitl_other"}).status_code == 429
+        assert client.get("/ml", headers={"X-API-Key": good}).status_code == 200
 
 
 def test_the_throttle_forgets_after_its_window() -> None:
