@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from labeling.config import Taxonomy, label_from_result
 from labeling.exceptions import WebhookAuthError, WebhookPayloadError
@@ -89,6 +97,15 @@ class AnnotationPayload(_Payload):
     prediction: PredictionPayload | None = None
 
     _result = field_validator("result")(_check_result)
+
+    @field_validator("created_at", "updated_at")
+    @classmethod
+    def _instant(cls, value: datetime, info: ValidationInfo) -> datetime:
+        # Year 1 at +03:00 is year 0 in UTC: Python cannot hold it (OverflowError, once a 500).
+        try:
+            return utc(value)
+        except OverflowError:
+            raise ValueError(f"{info.field_name} is out of the representable range in UTC") from None
 
     @field_validator("completed_by", "updated_by", mode="before")
     @classmethod

@@ -151,6 +151,11 @@ MALFORMED = {
     "reviewer id 2**70": (_mutate("annotation.completed_by", 2**70), "annotation.completed_by"),
     "negative annotation id": (_mutate("annotation.id", -7), "annotation.id"),
     "NaN lead time": (_mutate("annotation.lead_time", "nan"), "annotation.lead_time"),
+    # Found by the schema fuzzing: year 1 at +03:00 is before year 1 in UTC.
+    "date before year 1 in UTC": (
+        _mutate("annotation.created_at", "0001-01-01T00:00:00.0+03:00"),
+        "annotation.created_at",
+    ),
     "NUL in the item id": (_mutate("task.meta.item_id", "sku\x00-1"), "task.meta"),
     "item id is an object": (_mutate("task.meta.item_id", {"id": 1}), "task.meta"),
     "lone surrogate in a label": (
