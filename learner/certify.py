@@ -41,6 +41,7 @@ Everything here is a vectorized pure function over arrays.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -134,6 +135,19 @@ class Evidence:
     def n_audits(self) -> int:
         return int(self.confidence.size)
 
+    @functools.cached_property
+    def scored_counts(self) -> NDArray[np.float64]:
+        """(n_candidates, n_strata) scored stream items each candidate accepts: they do not depend on
+        how the audits are re-drawn, so every certification of this evidence shares them."""
+        counts: NDArray[np.float64] = _weighted_per_stratum(
+            self.stream_confidence,
+            self.stream_strata,
+            np.ones((1, self.stream_confidence.size)),
+            self.n_strata,
+            self.grid,
+        )[0]
+        return counts
+
 
 def evidence_of(
     proba: ArrayLike,
@@ -220,11 +234,13 @@ def _select(
     n_acc: NDArray[np.float64],
     e_acc: NDArray[np.float64],
     n_stream: NDArray[np.float64],
+    per_stratum: NDArray[np.float64],
     options: CertifyOptions,
 ) -> _Selection:
     """Certify on counts: ``n_acc``/``e_acc`` (n_draws, n_candidates, n_strata) audits accepted and
-    wrong ones among them, ``n_stream`` (n_draws, n_candidates, n_strata) stream items accepted.
-    Vectorized over draws, so the gate's bootstrap re-certifies hundreds of samples at once."""
+    wrong ones among them, ``n_stream`` (n_draws, n_candidates, n_strata) stream items accepted,
+    ``per_stratum`` (n_draws, n_strata) audits of each stratum. Vectorized over draws, so the
+    gate's bootstrap re-certifies hundreds of samples at once."""
     eps = 1.0 - float(options.target)
     draws, n_candidates, n_strata = n_acc.shape
     total = n_stream.sum(axis=2)  # (n_draws, n_candidates)
@@ -240,7 +256,6 @@ def _select(
         empty = np.zeros((draws, n_strata), dtype=np.bool_)
         return _Selection(k, estimate, none, np.zeros(draws, np.int64), np.zeros(draws), empty)
 
-    per_stratum = n_acc[:, -1, :]  # audits of each stratum (the loosest candidate accepts all)
     n_total = per_stratum.sum(axis=1, keepdims=True)
     tested = (per_stratum >= options.min_stratum_share * np.maximum(n_total, 1)) & (per_stratum > 0)
     level = float(options.delta) / np.maximum(tested.sum(axis=1), 1)
@@ -256,6 +271,7 @@ def _select(
         _, first, inverse = np.unique(e * stride + n, return_index=True, return_inverse=True)
         upper[cell] = beta_dist.ppf(1.0 - lvl, e[first] + 1, n[first] - e[first])[inverse]
     bound = np.where(total > 0, (n_stream * upper).sum(axis=2) / np.maximum(total, 1e-12), 1.0)
+    # The walk's start counts what the loosest candidate accepts (all audits on the default grid).
     tested_total = (n_acc[:, -1, :] * tested).sum(axis=1)
     start = np.maximum(
         options.start_factor * n_min, np.ceil(options.start_share * tested_total).astype(np.int64)
@@ -271,28 +287,25 @@ def _select(
 
 def _counts(
     evidence: Evidence, weights: NDArray[np.float64]
-) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
-    """(n_acc, e_acc, n_stream) for `_select`, the audits weighted by each row of ``weights``."""
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(n_acc, e_acc, n_stream, per_stratum) for `_select`, the audits weighted by each row of
+    ``weights``."""
     n_strata, grid = evidence.n_strata, evidence.grid
     n_acc = _weighted_per_stratum(evidence.confidence, evidence.strata, weights, n_strata, grid)
     e_acc = _weighted_per_stratum(
         evidence.confidence, evidence.strata, weights * evidence.wrong[None, :], n_strata, grid
     )
-    scored = _weighted_per_stratum(
-        evidence.stream_confidence,
-        evidence.stream_strata,
-        np.ones((1, evidence.stream_confidence.size)),
-        n_strata,
-        grid,
-    )
+    per_stratum = np.zeros((weights.shape[0], n_strata), dtype=np.float64)
+    for stratum in range(n_strata):
+        per_stratum[:, stratum] = weights[:, evidence.strata == stratum].sum(axis=1)
     # A trained-on stream item counts as accepted with its stratum's audit acceptance share (the
     # audits are a uniform sample of the stratum, fresh to the model); with no audit in the stratum,
     # as accepted everywhere, which the estimate then counts as wrong.
     trained = np.bincount(evidence.trained_strata, minlength=n_strata).astype(np.float64)
-    audits = n_acc[:, -1:, :]
+    audits = per_stratum[:, None, :]
     share = np.where(audits > 0, n_acc / np.maximum(audits, 1e-12), 1.0)
-    n_stream = scored + trained[None, None, :] * share
-    return n_acc, e_acc, n_stream
+    n_stream = evidence.scored_counts[None, :, :] + trained[None, None, :] * share
+    return n_acc, e_acc, n_stream, per_stratum
 
 
 def resample_audits(strata: ArrayLike, draws: int, rng: np.random.Generator) -> NDArray[np.float64]:
@@ -316,8 +329,8 @@ def certified_coverage(
         raise CertificationError(
             f"multiplicity must be (n_draws, {evidence.n_audits}), got shape {weights.shape}"
         )
-    n_acc, e_acc, n_stream = _counts(evidence, weights)
-    k = _select(n_acc, e_acc, n_stream, evidence.options).k
+    n_acc, e_acc, n_stream, per_stratum = _counts(evidence, weights)
+    k = _select(n_acc, e_acc, n_stream, per_stratum, evidence.options).k
     total = n_stream.sum(axis=2)
     share = total[np.arange(total.shape[0]), np.maximum(k, 0)] / max(evidence.n_stream, 1)
     return np.asarray(np.where(k >= 0, share, 0.0), dtype=np.float64)
@@ -327,8 +340,8 @@ def certify_evidence(evidence: Evidence, n_classes: int) -> ClassThresholds:
     """One certified threshold for all ``n_classes`` from `Evidence` (see `certify_thresholds`)."""
     options = evidence.options
     eps = 1.0 - float(options.target)
-    n_acc3, e_acc3, n_stream = _counts(evidence, np.ones((1, evidence.n_audits)))
-    selection = _select(n_acc3, e_acc3, n_stream, options)
+    n_acc3, e_acc3, n_stream, per_stratum = _counts(evidence, np.ones((1, evidence.n_audits)))
+    selection = _select(n_acc3, e_acc3, n_stream, per_stratum, options)
     n_acc, e_acc, grid = n_acc3[0], e_acc3[0], evidence.grid
     total = n_stream[0].sum(axis=1)
     k_raw = int(selection.k[0])

@@ -153,9 +153,19 @@ def bootstrap_coverage_test(
         raise GateError("no audits to compare on")
     if draws < 1:
         raise GateError(f"bootstrap draws must be >= 1, got {draws}")
-    multiplicity = resample_audits(challenger.strata, draws, np.random.default_rng(seed))
-    a, b = float(certified_coverage(challenger)[0]), float(certified_coverage(champion)[0])
-    diffs = certified_coverage(challenger, multiplicity) - certified_coverage(champion, multiplicity)
+    # Row 0: the audits as drawn; the other rows: the re-draws. One certification call per model.
+    multiplicity = np.vstack(
+        [
+            np.ones((1, challenger.n_audits)),
+            resample_audits(challenger.strata, draws, np.random.default_rng(seed)),
+        ]
+    )
+    challenger_cov, champion_cov = (
+        certified_coverage(challenger, multiplicity),
+        certified_coverage(champion, multiplicity),
+    )
+    a, b = float(challenger_cov[0]), float(champion_cov[0])
+    diffs = challenger_cov[1:] - champion_cov[1:]
     p_value = float((1 + np.count_nonzero(diffs >= -margin)) / (draws + 1))
     low, high = np.quantile(diffs, [0.025, 0.975])
     return PairedTest(
