@@ -44,18 +44,23 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than {limit} bytes")
 
 
-def _refusal(limit: int) -> tuple[Message, Message]:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
-    start: Message = {
-        "type": "http.response.start",
-        "status": 413,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),  # the rest of the body is never read
-        ],
-    }
-    return start, {"type": "http.response.body", "body": body}
+async def _send_error(send: Send, error: HTTPException, *headers: tuple[bytes, bytes]) -> None:
+    """``error`` as the JSON response the app's own handler would give, sent from the ASGI layer."""
+    body = json.dumps({"detail": error.detail}).encode()
+    extra = [(k.lower().encode(), v.encode()) for k, v in (error.headers or {}).items()]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": error.status_code,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:
@@ -78,9 +83,8 @@ class BodyLimitMiddleware:
                 too_large = int(declared) > limit
             except ValueError:
                 too_large = False  # the server itself refuses a malformed Content-Length
-            if too_large:
-                for message in _refusal(limit):
-                    await send(message)
+            if too_large:  # the rest of the body is never read
+                await _send_error(send, BodyTooLarge(limit), (b"connection", b"close"))
                 return
             # The server delivers no more than the declared length: nothing left to count.
             await self.app(scope, receive, send)
@@ -104,10 +108,9 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except BodyTooLarge:
+        except BodyTooLarge as error:
             if not started:
-                for message in _refusal(limit):
-                    await send(message)
+                await _send_error(send, error, (b"connection", b"close"))
 
 
 class Overloaded(HTTPException):
@@ -170,21 +173,9 @@ class InFlightLimitMiddleware:
 
         try:
             await self.app(scope, gated_receive, tracking_send)
-        except Overloaded as exc:  # raised where no handler caught it
+        except Overloaded as error:  # raised where no handler caught it
             if not started:
-                body = json.dumps({"detail": exc.detail}).encode()
-                await send(
-                    {
-                        "type": "http.response.start",
-                        "status": 503,
-                        "headers": [
-                            (b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"retry-after", str(self.retry_after_s).encode()),
-                        ],
-                    }
-                )
-                await send({"type": "http.response.body", "body": body})
+                await _send_error(send, error)
         finally:
             if holding:
                 self.in_flight -= 1

@@ -73,17 +73,18 @@ def upgrade(engine: Engine) -> str:
         recorded = MigrationContext.configure(connection).get_current_revision()
         present = set(inspect(connection).get_table_names())
         config = _config(connection)
+        head = head_revision()
         if recorded is None and not present & set(tables.tables):
             tables.create_all(connection)
             command.stamp(config, "head")
-            logger.info("new database: created at revision %s", head_revision())
-            return head_revision()
+            logger.info("new database: created at revision %s", head)
+            return head
         if recorded is None:
             tables.create_all(connection)  # only the tables it lacks; existing ones are left alone
             command.stamp(config, INITIAL_REVISION)
             logger.info("database made before migrations: stamped %s", INITIAL_REVISION)
         command.upgrade(config, "head")
-    return head_revision()
+    return head
 
 
 __all__ = ["INITIAL_REVISION", "TABLE_MODULES", "current_revision", "head_revision", "metadata", "upgrade"]
