@@ -89,6 +89,20 @@ def has_visible_text(value: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LNMPS" for ch in value)
 
 
+def clean_text(value: str, name: str) -> str:
+    """Free text as it is stored, pushed and featurized: checked (`check_text`), stripped, and
+    masked (`learner.pii.mask_pii`)."""
+    return mask_pii(check_text(value, name).strip())
+
+
+def clean_title(value: str) -> str:
+    """`clean_text` for a title, which must have a visible character."""
+    title = clean_text(value, "title")
+    if not has_visible_text(title):
+        raise ValueError("title is empty (no visible character)")
+    return title
+
+
 def check_identifier(value: str, name: str = "id") -> str:
     """``value`` stripped, or ValueError: empty, longer than `MAX_ID_LENGTH`, or holding control or
     format characters (ids travel into URLs, logs and Label Studio, where those hide or break)."""
@@ -141,19 +155,14 @@ class Product(BaseModel):
     @field_validator("title", mode="before")
     @classmethod
     def _title(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = check_text(value, "title").strip()
-            if not has_visible_text(value):
-                raise ValueError("title is empty (no visible character)")
-            value = mask_pii(value)
-        return value
+        return clean_title(value) if isinstance(value, str) else value
 
     @field_validator("description", mode="before")
     @classmethod
     def _description(cls, value: Any) -> Any:
         if value is None:
             return ""
-        return mask_pii(check_text(value, "description").strip()) if isinstance(value, str) else value
+        return clean_text(value, "description") if isinstance(value, str) else value
 
     @field_validator("price", mode="before")
     @classmethod
@@ -175,8 +184,7 @@ class Product(BaseModel):
     @classmethod
     def _brand(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = mask_pii(check_text(value, "brand").strip())
-            return value or None
+            return clean_text(value, "brand") or None
         return value
 
     @field_validator("category", mode="before")

@@ -7,8 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from learner.data import check_identifier, check_text, has_visible_text
-from learner.pii import mask_pii
+from learner.data import check_identifier, clean_text, clean_title
 from serving.routing import Decision
 
 ItemId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -41,22 +40,19 @@ class ItemIn(BaseModel):
     @field_validator("title")
     @classmethod
     def _title(cls, value: str) -> str:
-        value = check_text(value, "title").strip()
-        if not has_visible_text(value):
-            raise ValueError("title is empty: no visible character")
-        return mask_pii(value)
+        return clean_title(value)
 
     @field_validator("description")
     @classmethod
     def _description(cls, value: str) -> str:
-        return mask_pii(check_text(value, "description").strip())
+        return clean_text(value, "description")
 
     @field_validator("brand", "category_hint")
     @classmethod
     def _optional(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
-        return mask_pii(check_text(value, str(info.field_name)).strip()) or None
+        return clean_text(value, str(info.field_name)) or None
 
 
 class PredictRequest(BaseModel):
