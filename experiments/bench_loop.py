@@ -72,7 +72,10 @@ CORRECTIONS = 3000
 RESULTS = Path("experiments/results/loop")
 
 
-def _load(settings: Settings, name: str, data_dir: Path) -> tuple[LabeledDataset, NDArray[np.float32], str]:
+def load_real(
+    settings: Settings, name: str, data_dir: Path
+) -> tuple[LabeledDataset, NDArray[np.float32], str]:
+    """Catalog `name` under `data_dir` at the configured label level, with its cached embeddings."""
     products = load_catalog(data_dir / name / "products.jsonl", strict=False).products
     data = build_dataset(products, level=settings.learner.label_level, min_class_size=CATALOGS[name])
     encoder = HFEncoder(
@@ -602,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     gate_rates: list[float] = []
     for name in args.catalogs:
-        data, x, encoder_id = _load(settings, name, args.data_dir)
+        data, x, encoder_id = load_real(settings, name, args.data_dir)
         inputs = model_inputs(data, x, training_config(settings.learner).features)
         runs = catalog_runs(settings, data, x, inputs, name, args.seeds, args.out)
         block = summarise_runs(runs)

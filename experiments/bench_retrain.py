@@ -7,12 +7,14 @@ holdout, logs the run and registers the model in MLflow (sqlite), passes the gat
 the serving `ModelHolder` has swapped to the new version. Plots are logged after the swap and are not
 in the latency.
 
-Embeddings are synthetic (384-d Gaussian clusters, one per category of the synthetic catalog), served
-from memory like cache hits: the encoder is frozen and every labelled item was embedded when it was
+Embeddings are synthetic (384-d Gaussian clusters, one per category of the synthetic catalog), or, with
+`--catalog`, a real catalog's items with their real MiniLM embeddings from the embedding cache; either
+way served from memory like cache hits: the encoder is frozen and every labelled item was embedded when it was
 predicted, so a retrain never runs the encoder for them. The gate tolerances are relaxed (the benchmark
 measures the promoted path, not the gate).
 
-    .venv/bin/python -m experiments.bench_retrain [--sizes 2000 20000] [--repeats 3]
+    .venv/bin/python -m experiments.bench_retrain [--sizes 2000 20000] [--repeats 3] \
+        [--catalog ../shared/data/bigbasket/products.jsonl]
 
 Writes experiments/results/bench_retrain.json and .png.
 """
@@ -25,6 +27,7 @@ import logging
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -37,7 +40,9 @@ from numpy.typing import NDArray
 
 from hitl.settings import LearnerSettings, RetrainSettings, ServingSettings, Settings
 from labeling.webhooks import CorrectionEvent
-from learner.data import item_text, label_of
+from learner.cache import EmbeddingCache
+from learner.data import Product, item_text, label_of, load_catalog
+from learner.encoder import HFEncoder
 from learner.synthetic import generate_catalog
 from serving.model import ModelHolder
 from serving.retrain import RetrainWorker, add_seed_labels
@@ -48,14 +53,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class SyntheticEncoder:
-    """Text -> a fixed 384-d vector near its category's centre (looked up like a cache hit)."""
+    """Text -> a fixed vector (looked up like a cache hit): synthetic clusters, or real cached embeddings."""
 
     encoder_id = "synthetic-clusters-384"
     encoder_ref = "synthetic"
     dim = DIM
 
-    def __init__(self, vectors: dict[str, NDArray[np.float32]]) -> None:
+    def __init__(self, vectors: dict[str, NDArray[np.float32]], encoder_id: str | None = None) -> None:
         self.vectors = vectors
+        if encoder_id is not None:
+            self.encoder_id = encoder_id
         self._fallback = np.zeros(DIM, dtype=np.float32)
         self._fallback[0] = 1.0
 
@@ -81,11 +88,38 @@ def synthetic_vectors(
     return out
 
 
-def bench_size(n_labels: int, repeats: int, workdir: Path) -> dict[str, Any]:
-    catalog = generate_catalog(n_labels + repeats, seed=7)
-    texts = [item_text(p) for p in catalog]
-    labels = [label_of(p, 2) for p in catalog]
-    encoder = SyntheticEncoder(synthetic_vectors(texts, labels))
+def real_items(path: Path, n: int, seed: int = 7) -> tuple[list[Product], SyntheticEncoder]:
+    """`n` labelled items of a real catalog (seeded order) and their cached MiniLM embeddings.
+
+    The embeddings come from the project's embedding cache (computed once, as serving computes them
+    when an item is predicted), so a retrain never runs the encoder, exactly as in production.
+    """
+    products = [p for p in load_catalog(path, strict=False).products if p.category and len(p.category) >= 2]
+    if len(products) < n:
+        raise SystemExit(f"error: {path} has {len(products)} items with a level-2 category, {n} needed")
+    order = np.random.default_rng(seed).permutation(len(products))[:n]
+    chosen = [products[i] for i in order]
+    settings = Settings()
+    encoder = HFEncoder(settings.learner.encoder, device="cpu", max_length=settings.learner.max_length)
+    texts = [item_text(p) for p in chosen]
+    with EmbeddingCache(settings.cache_dir, encoder) as cache:
+        vectors = cache.embed(texts)
+        encoder_id = str(cache.encoder_id)
+    table = {t: np.asarray(v, dtype=np.float32) for t, v in zip(texts, vectors, strict=True)}
+    return chosen, SyntheticEncoder(table, encoder_id=encoder_id)
+
+
+def bench_size(
+    n_labels: int, repeats: int, workdir: Path, catalog_path: Path | None = None
+) -> dict[str, Any]:
+    if catalog_path is None:
+        catalog = generate_catalog(n_labels + repeats, seed=7)
+        texts = [item_text(p) for p in catalog]
+        labels = [label_of(p, 2) for p in catalog]
+        encoder = SyntheticEncoder(synthetic_vectors(texts, labels))
+    else:
+        catalog, encoder = real_items(catalog_path, n_labels + repeats)
+        labels = [label_of(p, 2) for p in catalog]
     settings = Settings(
         state_dir=workdir,
         learner=LearnerSettings(device="cpu", encoder="synthetic"),
@@ -191,7 +225,12 @@ def bench_size(n_labels: int, repeats: int, workdir: Path) -> dict[str, Any]:
         worker.stop()
         holder.close()
         store.close()
-    return {"n_labels": n_labels, "median_latency_s": statistics.median(latencies), "runs": runs}
+    return {
+        "n_labels": n_labels,
+        "data": "synthetic" if catalog_path is None else catalog_path.parent.name,
+        "median_latency_s": statistics.median(latencies),
+        "runs": runs,
+    }
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
@@ -201,7 +240,7 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    sizes = [str(r["n_labels"]) for r in results]
+    sizes = [f"{r.get('data', 'synthetic')}\n{r['n_labels']:,}" for r in results]
     ax.bar(sizes, [r["median_latency_s"] for r in results], color="C0", alpha=0.7, label="median")
     for i, r in enumerate(results):
         ax.scatter([i] * len(r["runs"]), [x["latency_s"] for x in r["runs"]], color="black", s=12, zorder=3)
@@ -221,20 +260,40 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--catalog",
+        type=Path,
+        action="append",
+        default=[],
+        help="also run on this real catalog's items (JSONL) with their cached embeddings",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    for path in args.catalog:
+        if not path.is_file():
+            parser.error(f"--catalog {path}: no such file")
     logging.basicConfig(level=logging.WARNING)
     results = []
-    for size in args.sizes:
-        with tempfile.TemporaryDirectory(prefix=f"bench-retrain-{size}-") as tmp:
-            results.append(bench_size(size, args.repeats, Path(tmp)))
-        print(f"{size} labels: median {results[-1]['median_latency_s']:.2f} s", flush=True)
+    for catalog_path in [None, *args.catalog]:
+        for size in args.sizes:
+            with tempfile.TemporaryDirectory(prefix=f"bench-retrain-{size}-") as tmp:
+                results.append(bench_size(size, args.repeats, Path(tmp), catalog_path))
+            print(
+                f"{results[-1]['data']}, {size} labels: median {results[-1]['median_latency_s']:.2f} s",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": "correction received -> new champion serving",
         "device": "cpu",
         "machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)",
         "created_at": datetime.now(UTC).isoformat(),
+        "command": " ".join(
+            ["python -m experiments.bench_retrain", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "learner": Settings().learner.model_dump(
+            include={"features", "ngram_dims", "sublinear_tf", "brand_token", "head"}
+        ),
         "results": results,
     }
     (args.out / "bench_retrain.json").write_text(json.dumps(payload, indent=2))

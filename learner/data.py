@@ -219,10 +219,24 @@ class Product(BaseModel):
         """
         parts = [self.title]
         if self.brand:
-            parts.append(f"brand: {self.brand}")
+            parts.append(f"{BRAND_PREFIX}{self.brand}")
         if self.description:
             parts.append(self.description)
-        return " | ".join(parts)
+        return TEXT_SEPARATOR.join(parts)
+
+
+# The parts of `Product.text`.
+TEXT_SEPARATOR = " | "
+BRAND_PREFIX = "brand: "
+
+
+def brand_in_text(text: str) -> str | None:
+    """The brand of a `Product.text` (None when it has none): the first part after the title that
+    starts with ``"brand: "``."""
+    for part in text.split(TEXT_SEPARATOR)[1:]:
+        if part.startswith(BRAND_PREFIX):
+            return part[len(BRAND_PREFIX) :].strip() or None
+    return None
 
 
 def item_text(product: Product) -> str:

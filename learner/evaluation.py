@@ -61,45 +61,89 @@ def macro_f1(y: ArrayLike, pred: ArrayLike, n_classes: int) -> float:
     return float(np.mean(2.0 * tp[present] / denom[present]))
 
 
-def _confidence_order(proba: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Top-label confidence and correctness of each item, both (n_items,), by decreasing confidence."""
+def _top_and_correct(proba: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Top-label confidence and correctness of each item, both (n_items,)."""
     p = check_proba(proba)
     labels = check_labels(y, p.shape[0], p.shape[1])
-    if p.shape[0] == 0:
-        raise ValueError("need at least one item, got 0")
     pred = np.argmax(p, axis=1)
-    conf = p[np.arange(p.shape[0]), pred]
-    order = np.argsort(-conf, kind="stable")
-    return conf[order], (pred == labels)[order]
+    return p[np.arange(p.shape[0]), pred], pred == labels
+
+
+def selective_curve(score: ArrayLike, correct: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Selective risk against coverage when accepting items by decreasing `score`.
+
+    One point per distinct score: items tied on score cannot be separated by any threshold, so a point
+    inside a tie would not correspond to an achievable accept rule.
+
+    Parameters
+    ----------
+    score : array_like, shape (n_items,)
+        Any acceptance score (higher = accept first); only its order matters.
+    correct : array_like of bool, shape (n_items,)
+        Whether the item's predicted label is right.
+
+    Returns
+    -------
+    coverage : ndarray of float64, shape (n_points,)
+        Share of items with score ``>=`` the point's score; strictly increasing, ends at 1.
+    risk : ndarray of float64, shape (n_points,)
+        Error rate among those items.
+    """
+    s = np.asarray(score, dtype=np.float64)
+    ok = np.asarray(correct, dtype=np.bool_)
+    if s.ndim != 1 or s.shape != ok.shape:
+        raise ValueError(f"score and correct must be 1-D of one length, got {s.shape} and {ok.shape}")
+    if s.shape[0] == 0:
+        raise ValueError("need at least one item, got 0")
+    if not np.isfinite(s).all():
+        raise ValueError(f"scores must be finite, {int((~np.isfinite(s)).sum())} are not")
+    order = np.argsort(-s, kind="stable")
+    s_desc, ok_desc = s[order], ok[order]
+    n = s_desc.shape[0]
+    cum_errors = np.cumsum(~ok_desc)
+    # Last position of each run of equal scores in the descending order.
+    ends = np.flatnonzero(np.append(s_desc[1:] != s_desc[:-1], True))
+    accepted = ends + 1
+    coverage = accepted / n
+    risk = cum_errors[ends] / accepted
+    return coverage.astype(np.float64), risk.astype(np.float64)
+
+
+def curve_area(coverage: ArrayLike, risk: ArrayLike) -> float:
+    """AURC of a `selective_curve`: the step integral of risk over coverage (lower is better).
+
+    Each item contributes the risk of the smallest achievable accept set that contains it, so the
+    value depends only on accuracy and on how the score ranks the items.
+    """
+    c = np.asarray(coverage, dtype=np.float64)
+    r = np.asarray(risk, dtype=np.float64)
+    return float((r * np.diff(c, prepend=0.0)).sum())
+
+
+def curve_coverage_at(coverage: ArrayLike, risk: ArrayLike, target: float) -> float:
+    """Largest coverage of a `selective_curve` whose selective accuracy is ``>= target`` (0.0 if none)."""
+    if not (0.0 <= target <= 1.0):
+        raise ValueError(f"target must lie in [0, 1], got {target!r}")
+    c = np.asarray(coverage, dtype=np.float64)
+    # A tiny tolerance so that e.g. 19/20 counts as meeting 0.95 despite float round-off.
+    ok = (1.0 - np.asarray(risk, dtype=np.float64)) >= target - 1e-12
+    return float(c[ok].max()) if ok.any() else 0.0
 
 
 def risk_coverage_curve(proba: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """Selective risk against coverage when accepting the most confident items first.
-
-    One point per distinct confidence value: items tied on confidence cannot be separated by any
-    threshold, so a point inside a tie would not correspond to an achievable accept rule.
+    """`selective_curve` of the top-class probability.
 
     Parameters
     ----------
     proba : array_like, shape (n_items, n_classes)
     y : array_like of int, shape (n_items,)
-
-    Returns
-    -------
-    coverage : ndarray of float64, shape (n_points,)
-        Share of items with confidence ``>=`` the point's confidence; strictly increasing, ends at 1.
-    risk : ndarray of float64, shape (n_points,)
-        Error rate among those items.
     """
-    conf_desc, correct_desc = _confidence_order(proba, y)
-    n = conf_desc.shape[0]
-    cum_errors = np.cumsum(~correct_desc)
-    # Last position of each run of equal confidences in the descending order.
-    ends = np.flatnonzero(np.append(conf_desc[1:] != conf_desc[:-1], True))
-    accepted = ends + 1
-    coverage = accepted / n
-    risk = cum_errors[ends] / accepted
-    return coverage.astype(np.float64), risk.astype(np.float64)
+    return selective_curve(*_top_and_correct(proba, y))
+
+
+def aurc(proba: ArrayLike, y: ArrayLike) -> float:
+    """Area under the risk-coverage curve of the top-class probability (`curve_area`)."""
+    return curve_area(*risk_coverage_curve(proba, y))
 
 
 def coverage_at_accuracy(proba: ArrayLike, y: ArrayLike, target: float) -> float:
@@ -115,10 +159,7 @@ def coverage_at_accuracy(proba: ArrayLike, y: ArrayLike, target: float) -> float
     """
     if not (0.0 <= target <= 1.0):
         raise ValueError(f"target must lie in [0, 1], got {target!r}")
-    coverage, risk = risk_coverage_curve(proba, y)
-    # A tiny tolerance so that e.g. 19/20 counts as meeting 0.95 despite float round-off.
-    ok = (1.0 - risk) >= target - 1e-12
-    return float(coverage[ok].max()) if ok.any() else 0.0
+    return curve_coverage_at(*risk_coverage_curve(proba, y), target)
 
 
 @dataclass(frozen=True)

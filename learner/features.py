@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from learner.data import brand_in_text, normalize_title
 from learner.pii import mask_pii
 
 FeatureKind = Literal["embedding", "hybrid"]
@@ -41,6 +42,8 @@ class FeatureSpec:
     ngram_weight : scale of the (unit-norm) n-gram block against the (unit-norm) embedding; with the
         head's shared learning rate and weight decay, > 1 lets the lexical evidence count more
     sublinear_tf : ``sign * log1p(|count|)`` instead of raw hashed counts
+    brand_token : add the item's brand (`learner.data.brand_in_text`) as one word, so a brand is one
+        feature and not only scattered n-grams of its name (measured: experiments/results/learner)
     """
 
     kind: FeatureKind = "embedding"
@@ -49,6 +52,7 @@ class FeatureSpec:
     char_ngrams: tuple[int, int] = (2, 5)
     ngram_weight: float = 1.0
     sublinear_tf: bool = False
+    brand_token: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:
@@ -75,6 +79,8 @@ class FeatureSpec:
         # Masked here too (idempotent): whoever calls, no fragment of personal data is hashed into
         # the head's weights.
         items = [mask_pii(str(t)) for t in texts]
+        if self.brand_token:
+            items = [with_brand_token(t) for t in items]
         if not items:
             return np.empty((0, self.ngram_dims), dtype=np.float32)
         if len(items) <= _FAST_PATH_MAX_TEXTS:
@@ -158,8 +164,18 @@ class FeatureSpec:
             char_ngrams=_pair(data.get("char_ngrams", (2, 5))),
             ngram_weight=float(data.get("ngram_weight", 1.0)),
             sublinear_tf=bool(data.get("sublinear_tf", False)),
+            brand_token=bool(data.get("brand_token", False)),
         )
 
+
+def with_brand_token(text: str) -> str:
+    """`text` with its brand appended as one word (``"brandtoken" + normalized brand without spaces``)."""
+    brand = brand_in_text(text)
+    key = normalize_title(brand).replace(" ", "") if brand else ""
+    return f"{text} {BRAND_TOKEN_PREFIX}{key}" if key else text
+
+
+BRAND_TOKEN_PREFIX = "brandtoken"
 
 # Up to this many texts per call take the dense per-text path (`FeatureSpec._ngram_features_few`).
 _FAST_PATH_MAX_TEXTS = 16

@@ -27,8 +27,9 @@ _EMAIL = re.compile(
     r"\.[^\W\d_]{2,}(?!\w)"  # alphabetic top-level domain
 )
 
-# A maximal run of digit groups joined by single space/dash separators; cards are searched inside it.
-_CARD_RUN = re.compile(r"(?<!\w)(?<!\d[.,])\d+(?:[ -]\d+)*(?!\w)")
+# A maximal run of digit groups joined by single space/dash separators, with a leading "+" when there
+# is one (so "+1 ..." is seen as a country code); cards are searched inside it.
+_CARD_RUN = re.compile(r"(?<![\w+])(?<!\d[.,])\+?\d+(?:[ -]\d+)*(?!\w)")
 # Product codes that legitimately carry 13-19 digits; a number right after them is not a card.
 _CODE_LABEL = re.compile(r"(?:\b(?:ean|gtin|upc|isbn|asin|imei)(?:-?1[03])?)[\s:#.-]*$", re.IGNORECASE)
 
@@ -78,6 +79,10 @@ def _groups(run: str) -> list[_Group]:
 def _is_card(window: list[_Group], run: str) -> bool:
     digits = "".join(g.digits for g in window)
     if not _MIN_CARD_DIGITS <= len(digits) <= _MAX_CARD_DIGITS or not _luhn_valid(digits):
+        return False
+    if run.startswith("+") and window[0].start > 1:
+        # "+1 9923-5942-2314-51": the digits after a country code are a phone number, even when
+        # they happen to pass the Luhn check; the phone pass masks the whole number.
         return False
     if len(window) == 1:
         return True

@@ -30,9 +30,9 @@ class TrainingConfig:
     """Everything the training pipeline needs; mapped from `Settings.learner` by the caller."""
 
     hidden_dim: int = 0
-    epochs: int = 200
+    epochs: int = 50
     learning_rate: float = 0.01
-    weight_decay: float = 1e-4
+    weight_decay: float = 1e-5
     batch_size: int = 512
     class_weight: ClassWeight = "balanced"
     device: str = "auto"
@@ -94,6 +94,21 @@ class TrainingResult:
         if self.test_report is not None:
             out.update({f"test_{k}": v for k, v in self.test_report.to_dict().items()})
         return out
+
+
+def fit_head(x: NDArray[np.floating[Any]], y: Sequence[str], config: TrainingConfig) -> TorchHeadClassifier:
+    """The classifier head of `config`, fitted on head inputs `x` ((n, d)) with labels `y` ((n,))."""
+    head = TorchHeadClassifier(
+        hidden_dim=config.hidden_dim,
+        epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        batch_size=config.batch_size,
+        class_weight=config.class_weight,
+        device=config.device,
+        seed=config.seed,
+    )
+    return head.fit(x, np.asarray(y))
 
 
 def class_centroids(
@@ -193,17 +208,7 @@ def train_bundle(
     if len(set(y_train)) < 2:
         raise LearnerError(f"training needs at least 2 classes, got {len(set(y_train))}")
     started = time.perf_counter()
-    head = TorchHeadClassifier(
-        hidden_dim=config.hidden_dim,
-        epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        weight_decay=config.weight_decay,
-        batch_size=config.batch_size,
-        class_weight=config.class_weight,
-        device=config.device,
-        seed=config.seed,
-    )
-    head.fit(x_train, np.asarray(y_train))
+    head = fit_head(x_train, y_train, config)
     classes = [str(c) for c in head.classes_]
 
     y_cal_all = label_indices(y_calibration, classes)

@@ -563,3 +563,11 @@ def test_product_text_is_masked_and_ids_and_titles_are_clean() -> None:
     ):
         with pytest.raises(ValidationError):
             Product(**bad)
+
+
+def test_brand_in_text_reads_back_the_brand_product_text_wrote() -> None:
+    from learner.data import brand_in_text
+
+    assert brand_in_text(Product(id="1", title="Kettle | steel", brand="Prestige").text) == "Prestige"
+    assert brand_in_text(Product(id="2", title="Kettle", description="steel, 1.5 l").text) is None
+    assert brand_in_text(Product(id="3", title="Kettle", brand="Bosch", description="d").text) == "Bosch"

@@ -17,10 +17,14 @@ from learner.calibration import expected_calibration_error
 from learner.evaluation import (
     EvaluationReport,
     accuracy,
+    aurc,
     coverage_at_accuracy,
+    curve_area,
+    curve_coverage_at,
     evaluate,
     macro_f1,
     risk_coverage_curve,
+    selective_curve,
 )
 from learner.thresholds import ClassThresholds
 
@@ -137,6 +141,41 @@ def test_risk_coverage_properties(data: Any, n: int) -> None:
     # The chosen coverage is achievable, and no larger achievable one meets the target.
     assert cov == 0.0 or (1 - risk[coverage == cov][0]) >= target - 1e-12
     assert np.all(1 - risk[coverage > cov] < target)
+
+
+def test_aurc_known_answer() -> None:
+    # Risks 0, 1/2, 1/3, 1/2 at coverages 1/4 .. 1: the step integral is their mean.
+    proba = predicted([0.9, 0.8, 0.7, 0.6], [0, 1, 2, 0])
+    assert aurc(proba, [0, 2, 2, 1]) == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+
+
+def test_aurc_rewards_a_better_ranking_at_equal_accuracy() -> None:
+    correct = np.array([True, True, False, False])
+    good = curve_area(*selective_curve([0.9, 0.8, 0.2, 0.1], correct))
+    bad = curve_area(*selective_curve([0.1, 0.2, 0.8, 0.9], correct))
+    assert good < bad
+    assert good == pytest.approx((0 + 0 + 1 / 3 + 0.5) / 4)
+
+
+def test_selective_curve_takes_any_score_and_matches_the_probability_version() -> None:
+    proba = predicted([0.9, 0.8, 0.8, 0.5], [0, 0, 1, 2])
+    y = np.array([0, 0, 0, 2])
+    score = proba.max(axis=1) * 7.0 - 3.0  # any order-preserving rescaling, outside [0, 1]
+    for ours, theirs in zip(
+        selective_curve(score, proba.argmax(axis=1) == y), risk_coverage_curve(proba, y), strict=True
+    ):
+        np.testing.assert_allclose(ours, theirs)
+    coverage, risk = selective_curve(score, proba.argmax(axis=1) == y)
+    assert curve_coverage_at(coverage, risk, 0.6) == coverage_at_accuracy(proba, y, 0.6)
+
+
+@pytest.mark.parametrize(
+    ("score", "correct"),
+    [([], []), ([0.5, 0.4], [True]), ([0.5, float("nan")], [True, False]), ([[0.5]], [[True]])],
+)
+def test_selective_curve_rejects_bad_input(score: Any, correct: Any) -> None:
+    with pytest.raises(ValueError, match=r"one length|at least one|finite"):
+        selective_curve(score, correct)
 
 
 # ------------------------------------------------------------------------------------ report

@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.exceptions import BundleFormatError
-from learner.features import FeatureSpec
+from learner.features import FeatureSpec, with_brand_token
 from learner.training import TrainingConfig, train_bundle
 
 HYBRID = FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0)
@@ -126,11 +126,11 @@ def test_bundle_without_feature_record_loads_as_embedding(tmp_path: Path) -> Non
         ModelBundle.load(folder, device="cpu")
 
 
-@pytest.mark.parametrize("sublinear_tf", [False, True])
-def test_the_few_texts_path_equals_the_sparse_path_bit_for_bit(sublinear_tf: bool) -> None:
-    spec = FeatureSpec(kind="hybrid", ngram_dims=512, sublinear_tf=sublinear_tf)
+@pytest.mark.parametrize(("sublinear_tf", "brand_token"), [(False, False), (True, False), (True, True)])
+def test_the_few_texts_path_equals_the_sparse_path_bit_for_bit(sublinear_tf: bool, brand_token: bool) -> None:
+    spec = FeatureSpec(kind="hybrid", ngram_dims=512, sublinear_tf=sublinear_tf, brand_token=brand_token)
     texts = [
-        "Basmati Rice - Premium, 5 kg | Daawat",
+        "Basmati Rice - Premium, 5 kg | brand: Daawat",
         "Ünïcödé CAFÉ 500ml  tab\tand\nnewline",
         "",
         "   ",
@@ -151,3 +151,29 @@ def test_personal_data_is_masked_before_it_is_hashed(count: int) -> None:
     masked = ["Kettle, ask [EMAIL] or [PHONE]"] * count
     np.testing.assert_array_equal(spec.ngram_features(raw), spec.ngram_features(masked))
     assert not np.array_equal(spec.ngram_features(raw), spec.ngram_features(["Kettle"] * count))
+
+
+def test_the_brand_token_is_one_word_per_brand_and_absent_without_a_brand() -> None:
+    assert with_brand_token("Garlic Oil 500 mg | brand: Sri Sri Ayurveda") == (
+        "Garlic Oil 500 mg | brand: Sri Sri Ayurveda brandtokensrisriayurveda"
+    )
+    assert with_brand_token("Garlic Oil | brand: SRI-SRI  ayurveda | desc").endswith(
+        "brandtokensrisriayurveda"
+    )
+    assert with_brand_token("Garlic Oil | a description") == "Garlic Oil | a description"
+    # Only the brand part counts, not a title that happens to contain the word.
+    assert with_brand_token("brand: none here") == "brand: none here"
+
+
+def test_the_brand_token_makes_two_brands_differ_and_is_recorded_in_the_spec() -> None:
+    with_token = FeatureSpec(kind="hybrid", ngram_dims=4096, brand_token=True)
+    without = FeatureSpec(kind="hybrid", ngram_dims=4096)
+    texts = ["Shampoo 200 ml | brand: Dove", "Shampoo 200 ml | brand: Dave"]
+    # Char n-grams of "dove" and "dave" overlap; the token adds one feature each brand alone has.
+    gap_with = float(np.linalg.norm(np.subtract(*with_token.ngram_features(texts))))
+    gap_without = float(np.linalg.norm(np.subtract(*without.ngram_features(texts))))
+    assert gap_with > gap_without
+    assert FeatureSpec.from_dict(with_token.to_dict()) == with_token
+    legacy = with_token.to_dict()
+    del legacy["brand_token"]  # bundles written before the token existed
+    assert FeatureSpec.from_dict(legacy).brand_token is False

@@ -186,3 +186,9 @@ def test_masking_is_idempotent(text: str) -> None:
 def test_long_tables_of_numbers_stay_fast() -> None:
     text = " ".join(str(i % 97) for i in range(5_000))
     assert mask_pii(text) == text
+
+
+def test_a_luhn_valid_number_after_a_country_code_is_a_phone_not_a_card() -> None:
+    # Found by test_international_numbers_are_masked: the 14 digits after "+1" pass the Luhn check.
+    assert mask_pii("ring +1 9923-5942-2314-51 today") == "ring [PHONE] today"
+    assert mask_pii("card +4111 1111 1111 1111 ok") == "card [CARD] ok"
