@@ -14,12 +14,13 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from hitl.cli import settings_from
 from hitl.settings import Settings
-from labeling.client import LabelStudioClient
+from labeling.client import ML_BACKEND_STATES, LabelStudioClient
 from labeling.config import Taxonomy
 from labeling.exceptions import LabelingError
 from labeling.project import bootstrap_project, webhook_url
 from labeling.server import LabelStudioServer
 from labeling.sync import sync_project
+from serving.routers.ml_backend import ml_backend_spec
 from serving.store import Store
 
 app = typer.Typer(help="The Label Studio where merchandisers correct predictions.", no_args_is_help=True)
@@ -108,7 +109,8 @@ def stop(ctx: typer.Context) -> None:
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Is the local Label Studio running and healthy? Exit 1 when not."""
+    """Is Label Studio running and healthy, and is the project connected to our ML backend? Exit 1 when
+    Label Studio is down."""
     settings = settings_from(ctx)
     if settings.labelstudio.url:
         with LabelStudioClient.from_settings(settings.labelstudio) as client:
@@ -119,14 +121,44 @@ def status(ctx: typer.Context) -> None:
         console.print(
             f"external Label Studio at {settings.labelstudio.base_url}: reachable as {me.get('email')}"
         )
+        _print_ml_backend(settings)
         return
     current = _server(settings).status()
     if current.running and current.healthy:
         console.print(f"running at {current.url} (PID {current.pid}), healthy; data: {current.data_dir}")
+        _print_ml_backend(settings)
         return
     state = "running but not healthy" if current.running else "not running"
     err_console.print(f"Label Studio is {state} ({current.url})")
     raise typer.Exit(1)
+
+
+def _print_ml_backend(settings: Settings) -> None:
+    """One line on the project's ML-backend connection (what "Start training" reaches)."""
+    title = settings.labelstudio.project_title
+    wanted = ml_backend_spec(settings).url.rstrip("/")
+    try:
+        with LabelStudioClient.from_settings(settings.labelstudio) as client:
+            project = client.find_project(title)
+            if project is None:
+                console.print(f"project {title!r}: not created yet (hitl labelstudio bootstrap)")
+                return
+            backends = client.list_ml_backends(int(project["id"]))
+    except LabelingError as exc:
+        err_console.print(f"ML backend: could not be read ({exc})")
+        return
+    ours = [m for m in backends if str(m.get("url", "")).rstrip("/") == wanted]
+    if not ours:
+        console.print(
+            f"ML backend: not connected to project {project['id']} "
+            "(start the serving API, then hitl labelstudio bootstrap)"
+        )
+        return
+    state = str(ours[0].get("state"))
+    console.print(
+        f"ML backend {ours[0]['id']} -> {wanted}: {ML_BACKEND_STATES.get(state, state)} "
+        f"(model version {ours[0].get('model_version') or 'none'})"
+    )
 
 
 @app.command()
@@ -136,8 +168,15 @@ def bootstrap(
         Path, typer.Option("--taxonomy", "-t", help="JSON/YAML list or one `A > B` per line")
     ],
     model_version: Annotated[str | None, typer.Option(help="show this model version in the project")] = None,
+    ml_backend: Annotated[
+        bool,
+        typer.Option(
+            "--ml-backend/--no-ml-backend",
+            help="connect the serving API as the project's ML backend (the API must be running)",
+        ),
+    ] = True,
 ) -> None:
-    """Create (or update) the project and its webhook; safe to run again."""
+    """Create (or update) the project, its webhook and its ML backend; safe to run again."""
     settings = settings_from(ctx)
     try:
         tax = load_taxonomy(taxonomy)
@@ -152,15 +191,29 @@ def bootstrap(
                 webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
                 model_version=model_version,
             )
-        store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, tax)
-        store.close()
+            store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, tax)
+            store.close()
+            verb = (
+                "created" if info.project_created else "up to date" if not info.config_updated else "updated"
+            )
+            console.print(
+                f"project {info.project_id} ({len(tax)} categories) {verb}; webhook {info.webhook_id} "
+                f"{'created' if info.webhook_created else 'kept'} -> {webhook_url(settings.serving.base_url)}"
+            )
+            if not ml_backend:
+                return
+            spec = ml_backend_spec(settings)
+            try:
+                ml_id, ml_created = client.ensure_ml_backend(info.project_id, spec)
+            except LabelingError as exc:
+                err_console.print(
+                    f"ML backend not connected: {exc}\nThe project and its webhook are saved. Start the "
+                    "serving API with a model (hitl serve), then run this again, or pass --no-ml-backend."
+                )
+                raise typer.Exit(1) from None
+            console.print(f"ML backend {ml_id} {'connected' if ml_created else 'kept'} -> {spec.url}")
     except LabelingError as exc:
         raise _fail(exc) from None
-    verb = "created" if info.project_created else "up to date" if not info.config_updated else "updated"
-    console.print(
-        f"project {info.project_id} ({len(tax)} categories) {verb}; webhook {info.webhook_id} "
-        f"{'created' if info.webhook_created else 'kept'} -> {webhook_url(settings.serving.base_url)}"
-    )
 
 
 @app.command()

@@ -319,8 +319,10 @@ def _up(
         # 5. Label Studio project + webhook
         from labeling.client import LabelStudioClient
         from labeling.config import Taxonomy
+        from labeling.exceptions import LabelingError
         from labeling.project import bootstrap_project, webhook_url
         from learner.data import label_of
+        from serving.routers.ml_backend import ml_backend_spec
 
         taxonomy = Taxonomy.from_paths(sorted({label_of(p, settings.learner.label_level) for p in labelled}))
         champion = registry.champion_version(settings)
@@ -333,9 +335,17 @@ def _up(
                 webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
                 model_version=registry.version_label(settings, champion) if champion else None,
             )
+            try:
+                ml_id, _ = client.ensure_ml_backend(info.project_id, ml_backend_spec(settings))
+                ml_line = f"ML backend {ml_id} (Start training, Retrieve predictions)"
+            except LabelingError as exc:
+                # The loop works without it (tasks and webhooks do not need it): say so, go on.
+                ml_line = f"[yellow]no ML backend[/yellow] ({exc}; retry: hitl labelstudio bootstrap)"
         store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, taxonomy)
         state["project_id"] = info.project_id
-        console.print(f"[green]✓[/green] Label Studio project {info.project_id} with webhook -> {api}")
+        console.print(
+            f"[green]✓[/green] Label Studio project {info.project_id} with webhook -> {api}; {ml_line}"
+        )
 
         # 6. API keys (kept in a 0600 file so that re-running prints them again)
         keys = _keys(store, up_dir)

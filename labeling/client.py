@@ -45,6 +45,39 @@ class ProjectInfo:
 
 
 @dataclass(frozen=True)
+class MLBackendSpec:
+    """How Label Studio reaches our ML backend (`serving.routers.ml_backend`); no password: no auth."""
+
+    url: str
+    title: str = "hitl"
+    user: str | None = None
+    password: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The fields of Label Studio's `POST/PATCH /api/ml` that we own."""
+        if self.user is None or self.password is None:
+            return {"url": self.url, "title": self.title, "auth_method": "NONE", "is_interactive": False}
+        return {
+            "url": self.url,
+            "title": self.title,
+            "auth_method": "BASIC_AUTH",
+            "basic_auth_user": self.user,
+            "basic_auth_pass": self.password,
+            "is_interactive": False,
+        }
+
+
+# Label Studio's ML backend states (ml/models.py): connected, disconnected, error, training, predicting.
+ML_BACKEND_STATES = {
+    "CO": "connected",
+    "DI": "disconnected",
+    "ER": "error",
+    "TR": "training",
+    "PR": "predicting",
+}
+
+
+@dataclass(frozen=True)
 class ReviewerAccount:
     user_id: int
     email: str
@@ -180,6 +213,42 @@ class LabelStudioClient:
             )
         return int(hook["id"]), False
 
+    # ----------------------------------------------------------- ML backends
+    def list_ml_backends(self, project_id: int) -> list[dict[str, Any]]:
+        """The ML backends connected to the project, oldest first (passwords are never returned)."""
+        body = self._request("GET", "/api/ml", "list ML backends", params={"project": project_id})
+        found = [m for m in (body or []) if int(m.get("project") or -1) == project_id]
+        return sorted(found, key=lambda m: int(m["id"]))
+
+    def ensure_ml_backend(self, project_id: int, spec: MLBackendSpec) -> tuple[int, bool]:
+        """One ML backend per (project, url), connected with `spec`'s auth; returns (id, created).
+
+        Label Studio checks the backend's ``/health`` and ``/setup`` when it is created or updated, so
+        the serving API must be up; a refusal (unreachable, wrong password) is a `LabelStudioApiError`.
+        An existing backend is updated only when what we own differs, or when it is not connected
+        (a changed password, or the API was down last time).
+        """
+        wanted = spec.body()
+        url = spec.url.rstrip("/")
+        existing = [m for m in self.list_ml_backends(project_id) if str(m.get("url", "")).rstrip("/") == url]
+        if not existing:
+            created = self._request(
+                "POST", "/api/ml", "connect the ML backend", json={**wanted, "project": project_id}
+            )
+            return int(created["id"]), True
+        backend = existing[0]
+        for extra in existing[1:]:  # left over by an interrupted run
+            self._request("DELETE", f"/api/ml/{extra['id']}", f"delete ML backend {extra['id']}")
+        same = all(backend.get(k) == v for k, v in wanted.items() if k != "basic_auth_pass")
+        if not same or backend.get("state") != "CO":
+            self._request(
+                "PATCH",
+                f"/api/ml/{backend['id']}",
+                f"update ML backend {backend['id']}",
+                json={**wanted, "project": project_id},
+            )
+        return int(backend["id"]), False
+
     # ----------------------------------------------------------------- tasks
     def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
         """Import tasks (with predictions) and return their ids, in order."""
@@ -236,6 +305,35 @@ class LabelStudioClient:
             if not tasks or len(tasks) < page_size or (total is not None and page * page_size >= int(total)):
                 return
             page += 1
+
+    def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> int:
+        """Add a prediction (``model_version``, ``score``, ``result``) to a task; returns its id."""
+        body = self._request(
+            "POST",
+            "/api/predictions/",
+            f"add a prediction to task {task_id}",
+            json={**prediction, "task": task_id},
+        )
+        return int(body["id"])
+
+    def update_task(self, task_id: int, *, data: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Replace a task's data (what the reviewer sees) and meta."""
+        self._request(
+            "PATCH",
+            f"/api/tasks/{task_id}/",
+            f"update task {task_id}",
+            json={"data": dict(data), "meta": dict(meta)},
+        )
+
+    def delete_task(self, task_id: int) -> bool:
+        """Delete a task; False when it was already gone (404), so a retried delete is harmless."""
+        try:
+            self._request("DELETE", f"/api/tasks/{task_id}/", f"delete task {task_id}")
+        except LabelStudioApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def get_task(self, task_id: int) -> dict[str, Any]:
         task: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/", f"get task {task_id}")

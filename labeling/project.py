@@ -23,6 +23,8 @@ def bootstrap_project(
     """Create or update the project (config from `taxonomy`, uncertainty sampling) and its webhook.
 
     Running it again changes nothing but what differs; it never creates a second project or webhook.
+    The ML backend is connected separately (`LabelStudioClient.ensure_ml_backend`), once the project is
+    recorded: it needs the serving API up, and the project must not be lost when that API is down.
     """
     label_config = build_label_config(taxonomy)
     project = client.find_project(title)

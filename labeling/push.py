@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,12 +27,19 @@ class Escalation(BaseModel):
     priority: float = Field(ge=0, le=1, description="active-learning usefulness; higher is shown first")
     reasons: list[str] = Field(default_factory=list)
     model_version: str = Field(min_length=1)
+    # "push": show the item for review (a new task, or the newest prediction on its open task);
+    # "close": the model of `model_version` auto-accepted it, so its open task leaves the queue.
+    action: Literal["push", "close"] = "push"
 
 
 class PushLedger(Protocol):
-    """Remembers what was pushed, so the same item is never pushed twice for the same model version."""
+    """Remembers what was pushed: one task per item, and what each model version added to it."""
 
     def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]: ...
+
+    def open_task_ids(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
+        """The task of each item that still has one in the project (not closed)."""
+        ...
 
     def record_pushed(
         self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, float]]
@@ -40,10 +47,18 @@ class PushLedger(Protocol):
         """rows: (item_id, task_id, priority)."""
         ...
 
+    def record_closed(
+        self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, str]]
+    ) -> None:
+        """rows: (item_id, task_id, reason): the task left Label Studio's queue."""
+        ...
+
 
 @dataclass
 class PushReport:
-    pushed: int = 0
+    pushed: int = 0  # new tasks
+    updated: int = 0  # open tasks that got a newer model version's prediction
+    closed: int = 0  # open tasks removed because a newer model auto-accepted their item
     skipped: int = 0
     task_ids: dict[str, int] = field(default_factory=dict)
 
@@ -72,13 +87,7 @@ def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
             "reason": reasons,
             "model_confidence": f"{escalation.confidence:.2f}",
         },
-        "predictions": [
-            {
-                "model_version": escalation.model_version,
-                "score": sampling_score(escalation),
-                "result": taxonomy.result_for(escalation.predicted_label),
-            }
-        ],
+        "predictions": [prediction_payload(escalation, taxonomy)],
         "meta": {
             "item_id": escalation.item_id,
             "reasons": list(escalation.reasons),
@@ -88,6 +97,15 @@ def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
             "model_version": escalation.model_version,
             "model_score": escalation.confidence,
         },
+    }
+
+
+def prediction_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
+    """The pre-annotation of `escalation` (what the task shows pre-filled, and what it is sorted by)."""
+    return {
+        "model_version": escalation.model_version,
+        "score": sampling_score(escalation),
+        "result": taxonomy.result_for(escalation.predicted_label),
     }
 
 
@@ -101,14 +119,27 @@ def push_escalations(
     batch_size: int = 200,
     progress: Callable[[int, int], None] | None = None,
 ) -> PushReport:
-    """Import new escalations, most useful first, in batches; skip (item, model version) already pushed."""
+    """Deliver escalations, most useful first: one task per item across model versions.
+
+    - ``close``: the item's open task is deleted from the project (its item is auto-accepted now);
+    - ``push`` of an item with an open task: the task gets the newer version's prediction, data and
+      meta (so the queue order and the reasons follow the champion); no second task;
+    - ``push`` of any other item: a new task, imported in batches.
+
+    An (item, model version) already pushed is skipped.
+    """
     report = PushReport()
+    closes = {e.item_id: e for e in escalations if e.action == "close"}
+    pushes = [e for e in escalations if e.action == "push" and e.item_id not in closes]
+    report.skipped = len(escalations) - len(closes) - len(pushes)
+    _close(client, ledger, project_id, list(closes.values()), report)
+
     unique: dict[tuple[str, str], Escalation] = {}
-    for esc in escalations:
+    for esc in pushes:
         key = (esc.item_id, esc.model_version)
         if key not in unique or esc.priority > unique[key].priority:
             unique[key] = esc
-    report.skipped = len(escalations) - len(unique)
+    report.skipped += len(pushes) - len(unique)
     by_version: dict[str, list[Escalation]] = {}
     for esc in unique.values():
         by_version.setdefault(esc.model_version, []).append(esc)
@@ -119,10 +150,20 @@ def push_escalations(
         fresh.extend(e for e in group if e.item_id not in done)
     fresh.sort(key=lambda e: (-e.priority, e.item_id))
     # Validate every label before sending anything.
-    payloads = [task_payload(e, taxonomy) for e in fresh]
-    for start in range(0, len(fresh), batch_size):
-        batch = fresh[start : start + batch_size]
-        ids = client.import_tasks(project_id, payloads[start : start + batch_size])
+    payloads = {id(e): task_payload(e, taxonomy) for e in fresh}
+    open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in fresh])
+    for esc in [e for e in fresh if e.item_id in open_tasks]:
+        task_id = open_tasks[esc.item_id]
+        payload = payloads[id(esc)]
+        client.create_prediction(task_id, payload["predictions"][0])
+        client.update_task(task_id, data=payload["data"], meta=payload["meta"])
+        ledger.record_pushed(project_id, esc.model_version, [(esc.item_id, task_id, esc.priority)])
+        report.task_ids[esc.item_id] = task_id
+        report.updated += 1
+    new = [e for e in fresh if e.item_id not in open_tasks]
+    for start in range(0, len(new), batch_size):
+        batch = new[start : start + batch_size]
+        ids = client.import_tasks(project_id, [payloads[id(e)] for e in batch])
         for version in {e.model_version for e in batch}:
             rows = [
                 (e.item_id, tid, e.priority)
@@ -133,5 +174,25 @@ def push_escalations(
         report.task_ids.update({e.item_id: tid for e, tid in zip(batch, ids, strict=True)})
         report.pushed += len(batch)
         if progress is not None:
-            progress(report.pushed, len(fresh))
+            progress(report.pushed, len(new))
     return report
+
+
+def _close(
+    client: LabelStudioClient,
+    ledger: PushLedger,
+    project_id: int,
+    closes: list[Escalation],
+    report: PushReport,
+) -> None:
+    open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in closes])
+    for esc in closes:
+        task_id = open_tasks.get(esc.item_id)
+        if task_id is None:
+            report.skipped += 1  # never pushed, or closed already
+            continue
+        client.delete_task(task_id)
+        reason = f"auto-accepted by model {esc.model_version} at confidence {esc.confidence:.2f}"
+        ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, reason)])
+        report.task_ids[esc.item_id] = task_id
+        report.closed += 1

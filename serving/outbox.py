@@ -5,6 +5,11 @@ prediction that caused it was committed. `OutboxWorker.run_once` takes due pendi
 first), pushes them with `labeling.push.push_escalations` (whose ledger, the store's pushed tasks, stops a
 second import of the same item and model version) and marks them delivered with their task id.
 
+One task per item across model versions: a newer version's entry supersedes the item's pending older
+ones (status `superseded`, never delivered); delivering it puts the newer prediction on the item's open
+task instead of importing a second one; a `close` entry (written when a promotion's re-scoring
+auto-accepts the item) deletes the open task, and the store records when and why.
+
 Failures never lose an entry:
 - Label Studio down, 5xx, 401/403/404/408/429 -> the entry stays `pending`, `attempts` + 1, and
   `next_attempt_at` moves by an exponential backoff with jitter (`outbox_base_backoff_s` doubling up to
@@ -52,10 +57,11 @@ from serving.store import Base, PushedTask, Store
 
 logger = logging.getLogger(__name__)
 
-Status = Literal["pending", "delivered", "dead"]
+Status = Literal["pending", "delivered", "dead", "superseded"]
 PENDING: Status = "pending"
 DELIVERED: Status = "delivered"
 DEAD: Status = "dead"
+SUPERSEDED: Status = "superseded"  # a newer model version's entry for the same item replaced it
 
 # Label Studio answers that retrying will not fix (for a single task); everything else is retried.
 PERMANENT_STATUSES = frozenset({400, 413, 422})
@@ -117,6 +123,18 @@ def enqueue_escalations(session: Session, escalations: Sequence[Escalation], mod
     if not fresh:
         return 0
     now = _now()
+    ids = list(fresh)
+    for start in range(0, len(ids), 500):
+        # One task per item: only the newest decision about an item is delivered.
+        session.execute(
+            update(OutboxEntry)
+            .where(
+                OutboxEntry.item_id.in_(ids[start : start + 500]),
+                OutboxEntry.status == PENDING,
+                OutboxEntry.model_version != model_version,
+            )
+            .values(status=SUPERSEDED, last_error=f"superseded by model version {model_version}")
+        )
     rows = [
         {
             "item_id": esc.item_id,
@@ -234,9 +252,12 @@ class OutboxWorker:
             return report
         self._warned_no_project = False
 
-        deliverable = [d for d in due if d.escalation.predicted_label in taxonomy]
+        def fits(entry: _Due) -> bool:  # a close needs no label; a task needs one of the project's
+            return entry.escalation.action == "close" or entry.escalation.predicted_label in taxonomy
+
+        deliverable = [d for d in due if fits(d)]
         for entry in due:
-            if entry.escalation.predicted_label not in taxonomy:
+            if not fits(entry):
                 self._mark_dead(entry, f"label not in the project's {len(taxonomy)} categories", now)
                 report.dead += 1
         if not deliverable:

@@ -37,6 +37,7 @@ from sqlalchemy import (
     exists,
     func,
     select,
+    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
@@ -115,6 +116,9 @@ class PushedTask(Base):
     task_id: Mapped[int] = mapped_column(Integer)
     priority: Mapped[float] = mapped_column(Float)
     pushed_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
+    # Set on every row of the task when it left Label Studio's queue (migration 0004).
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime)
+    close_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class LabelingProject(Base):
@@ -188,6 +192,7 @@ class Prediction(Base):
 
 
 MODEL_EVENT = "model_event"  # audit kind of a champion move (see `Store.record_model_event`)
+TASK_EVENT = "labelstudio_task"  # audit kind of a task leaving Label Studio's queue (`Store.record_closed`)
 
 
 class AuditEvent(Base):
@@ -909,6 +914,51 @@ class Store:
                 )
                 for i, t, p in rows
             )
+
+    def open_task_ids(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
+        """The newest task of each item in the project that has not been closed."""
+        found: dict[str, int] = {}
+        ids = list(dict.fromkeys(item_ids))
+        with self.session() as session:
+            for start in range(0, len(ids), 500):
+                rows = session.execute(
+                    select(PushedTask.item_id, PushedTask.task_id)
+                    .where(
+                        PushedTask.project_id == project_id,
+                        PushedTask.item_id.in_(ids[start : start + 500]),
+                        PushedTask.closed_at.is_(None),
+                    )
+                    .order_by(PushedTask.id)
+                ).all()
+                found.update({item: task for item, task in rows})
+        return found
+
+    def record_closed(
+        self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, str]]
+    ) -> None:
+        """Tasks deleted from Label Studio's queue: every ledger row of the task is closed with the
+        reason, and the audit trail gets one `labelstudio_task` / `task_closed` event per task."""
+        now = _now()
+        with self.session() as session:
+            for item_id, task_id, reason in rows:
+                session.execute(
+                    update(PushedTask)
+                    .where(PushedTask.project_id == project_id, PushedTask.task_id == task_id)
+                    .values(closed_at=now, close_reason=reason)
+                )
+                session.add(
+                    AuditEvent(
+                        item_id=item_id,
+                        kind=TASK_EVENT,
+                        actor=f"model:{model_version}",
+                        action="task_closed",
+                        before=str(task_id),
+                        after=None,
+                        model_version=model_version,
+                        details={"project_id": project_id, "task_id": task_id, "reason": reason},
+                        created_at=now,
+                    )
+                )
 
     def pushed_tasks(self, model_version: str | None = None) -> dict[tuple[str, str], int]:
         query = select(PushedTask)

@@ -127,8 +127,12 @@ def rescore_open_escalations(
     store: Store, model: LoadedModel, settings: Settings, *, auto_resolve: bool
 ) -> tuple[int, int]:
     """Re-score every open escalation with `model`: auto-resolve those now auto-accepted (when
-    `auto_resolve`), re-prioritise the rest. Recorded as new predictions + audit rows; returns the counts."""
+    `auto_resolve`), re-prioritise the rest. Recorded as new predictions + audit rows, and as outbox
+    entries that move each item's Label Studio task along (the new prediction on it, or the task out
+    of the queue when its item was auto-resolved); returns the counts."""
+    from labeling.push import Escalation
     from learner.loop import AUDIT_PRIORITY
+    from serving.outbox import enqueue_escalations
     from serving.routing import AUDIT_REASONS
     from serving.schemas import ItemIn
     from serving.service import LoopPolicy, score_items
@@ -165,6 +169,7 @@ def rescore_open_escalations(
         chunk = items[start : start + 256]
         loop_policy = replace(LoopPolicy.of(settings.learner), draw_audits=False)
         scored = score_items(model, chunk, settings.routing, loop_policy)
+        to_labelstudio: list[Escalation] = []
         with store.session() as session:
             for s, old in zip(scored, previous[start : start + 256], strict=True):
                 # An audited item stays in review whatever the new model says: auto-resolving it would
@@ -219,6 +224,23 @@ def rescore_open_escalations(
                     resolved += 1
                 else:
                     reprioritized += 1
+                to_labelstudio.append(
+                    Escalation(
+                        item_id=s.item.id,
+                        title=s.item.title,
+                        description=s.item.description,
+                        brand=s.item.brand or "",
+                        price=s.item.price,
+                        predicted_label=s.routed.label,
+                        confidence=min(max(s.routed.confidence, 0.0), 1.0),
+                        priority=prediction.priority,
+                        reasons=reasons,
+                        model_version=model.version,
+                        action="close" if resolve else "push",
+                    )
+                )
+            # The item's task follows: the new prediction on it, or out of the queue (`labeling.push`).
+            enqueue_escalations(session, to_labelstudio, model.version)
     return resolved, reprioritized
 
 

@@ -37,6 +37,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hitl.settings import Settings
+from labeling.client import MLBackendSpec
 from labeling.config import Taxonomy
 from serving.deps import SettingsDep, StoreDep, get_settings
 from serving.store import Store
@@ -53,6 +55,18 @@ REALM = "hitl-ml-backend"
 def ml_backend_url(base_url: str) -> str:
     """The URL to register in Label Studio (`POST /api/ml {"url": ...}`)."""
     return base_url.rstrip("/") + ML_BACKEND_PREFIX
+
+
+def ml_backend_spec(settings: Settings) -> MLBackendSpec:
+    """How the project's Label Studio connects to this API's ML backend (basic auth when it is on)."""
+    serving = settings.serving
+    if not serving.ml_backend_auth:
+        return MLBackendSpec(url=ml_backend_url(serving.base_url))
+    return MLBackendSpec(
+        url=ml_backend_url(serving.base_url),
+        user=serving.ml_backend_user,
+        password=serving.ml_backend_password.get_secret_value(),
+    )
 
 
 # ---------------------------------------------------------------- the model it needs

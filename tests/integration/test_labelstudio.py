@@ -246,11 +246,23 @@ def test_cli_status_bootstrap_and_sync(
     assert "healthy" in status.output
     taxonomy = tmp_path / "taxonomy.txt"
     taxonomy.write_text("\n".join(TAXONOMY.labels))
-    boot = runner.invoke(cli_labelstudio.app, ["bootstrap", "--taxonomy", str(taxonomy)], obj=settings)
+    boot = runner.invoke(
+        cli_labelstudio.app, ["bootstrap", "--taxonomy", str(taxonomy), "--no-ml-backend"], obj=settings
+    )
     assert boot.exit_code == 0, boot.output
     assert f"project {project_id}" in boot.output
     assert "up to date" in boot.output
     assert "kept" in boot.output
+    # This receiver serves no model, so its ML backend's /setup answers 503 and Label Studio refuses
+    # the connection: a clear message and exit 1, and the project stays recorded.
+    with_backend = runner.invoke(
+        cli_labelstudio.app, ["bootstrap", "--taxonomy", str(taxonomy)], obj=settings
+    )
+    assert with_backend.exit_code == 1
+    assert "ML backend not connected" in with_backend.output
+    assert "project and its webhook are saved" in with_backend.output
+    status = runner.invoke(cli_labelstudio.app, ["status"], obj=settings)
+    assert "ML backend: not connected" in status.output
     synced = runner.invoke(cli_labelstudio.app, ["sync"], obj=settings)
     assert synced.exit_code == 0, synced.output
     assert "0 recorded" in synced.output

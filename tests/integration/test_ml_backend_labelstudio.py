@@ -100,3 +100,39 @@ def test_label_studio_connects_to_our_ml_backend_and_starts_training(
         for hook in ls_client.list_webhooks(project_id):
             if str(hook.get("url", "")).startswith(backend.url):
                 ls_client._request("DELETE", f"/api/webhooks/{hook['id']}/", "delete webhook")
+
+
+def test_bootstrap_connects_the_ml_backend_once_and_start_training_reaches_the_trigger(
+    ls_client: LabelStudioClient, backend: Backend, settings: Settings
+) -> None:
+    from labeling.client import MLBackendSpec
+    from labeling.config import Taxonomy
+    from labeling.project import bootstrap_project
+
+    password = settings.serving.ml_backend_password.get_secret_value()
+    spec = MLBackendSpec(url=backend.url, user="labelstudio", password=password)
+    kwargs = {
+        "title": "ML backend bootstrap",
+        "webhook_url": "http://127.0.0.1:9/v1/webhooks/label-studio",
+        "webhook_secret": "s3cret-for-this-test",
+    }
+    taxonomy = Taxonomy.from_paths(["Sports > Running", "Sports > Tennis"])
+    first = bootstrap_project(ls_client, taxonomy, **kwargs)  # type: ignore[arg-type]
+    try:
+        ml_id, created = ls_client.ensure_ml_backend(first.project_id, spec)
+        assert created
+        again = bootstrap_project(ls_client, taxonomy, **kwargs)  # type: ignore[arg-type]
+        assert again.project_id == first.project_id
+        assert ls_client.ensure_ml_backend(first.project_id, spec) == (ml_id, False)
+        backends = ls_client.list_ml_backends(first.project_id)
+        assert [m["id"] for m in backends] == [ml_id]
+        assert backends[0]["state"] == "CO"
+        assert backends[0]["model_version"] == "v-ml-it"  # Label Studio asked our /setup
+        assert password not in str(backends)
+
+        # "Start training" in that project reaches the retrain trigger.
+        before = len(backend.trainings)
+        ls_client._request("POST", f"/api/ml/{ml_id}/train", "train", json={})
+        assert len(backend.trainings) == before + 1
+    finally:
+        ls_client._request("DELETE", f"/api/projects/{first.project_id}/", "delete project")

@@ -117,3 +117,83 @@ def test_outbox_survives_label_studio_down_and_delivers_once(
     assert again.delivered == 20
     assert len(_our_tasks(ls_client, project_id)) == 20
     assert up.run_once().attempted == 0
+
+
+def test_one_task_per_item_across_versions_and_auto_resolved_tasks_leave_the_queue(
+    ls_client: LabelStudioClient, project_id: int, outbox_store: Store, settings: Settings
+) -> None:
+    """A newer champion's escalation updates the item's task (no second task); its auto-accept deletes
+    the task with the reason in the audit trail; the project's model_version can then be set (Label
+    Studio 1.23 accepts only a version some task has predictions of)."""
+    base = {"title": "Versioned item", "brand": "Acme", "price": 9.0, "confidence": 0.4, "priority": 0.5}
+    item = f"{PREFIX}-versions"
+    other = f"{PREFIX}-versions-resolved"
+
+    def deliver(escalations: list[Escalation], version: str) -> None:
+        with outbox_store.session() as session:
+            enqueue_escalations(session, escalations, version)
+        report = OutboxWorker(
+            outbox_store,
+            settings,
+            lambda: LabelStudioClient.from_settings(settings.labelstudio),
+            clock=_later,
+        ).run_once()
+        assert report.failed == 0, report.errors
+
+    v1 = [
+        Escalation(
+            item_id=i,
+            predicted_label="Sports > Cycling",
+            reasons=["low_confidence"],
+            model_version="v-it-1",
+            **base,
+        )
+        for i in (item, other)
+    ]
+    deliver(v1, "v-it-1")
+    tasks = {
+        t["data"]["item_id"]: t
+        for t in _our_tasks(ls_client, project_id)
+        if t["data"]["item_id"] in (item, other)
+    }
+    assert set(tasks) == {item, other}
+
+    v2 = [
+        Escalation(
+            item_id=item,
+            predicted_label="Home & Kitchen > Cookware",
+            reasons=["below_threshold"],
+            model_version="v-it-2",
+            **base,
+        ),
+        Escalation(
+            item_id=other,
+            predicted_label="Sports > Cycling",
+            reasons=["auto_accepted"],
+            model_version="v-it-2",
+            action="close",
+            **{**base, "confidence": 0.98},
+        ),
+    ]
+    deliver(v2, "v-it-2")
+    mine = [t for t in _our_tasks(ls_client, project_id) if t["data"]["item_id"] in (item, other)]
+    assert [t["data"]["item_id"] for t in mine] == [item]  # one task left, the same one
+    assert mine[0]["id"] == tasks[item]["id"]
+    predictions = ls_client._request(
+        "GET", "/api/predictions/", "list predictions", params={"task": mine[0]["id"]}
+    )
+    assert sorted(p["model_version"] for p in predictions) == ["v-it-1", "v-it-2"]
+    assert mine[0]["meta"]["model_version"] == "v-it-2"
+    assert mine[0]["data"]["reason"] == "below_threshold"
+    closed = outbox_store.audit_trail(item_id=other, kind="labelstudio_task")
+    assert [e.action for e in closed] == ["task_closed"]
+    assert "auto-accepted by model v-it-2" in closed[0].details["reason"]
+
+    before = ls_client.get_project(project_id).get("model_version")
+    ls_client.set_model_version(project_id, "v-it-2")  # refused (400) without predictions of it
+    try:
+        assert ls_client.get_project(project_id)["model_version"] == "v-it-2"
+    finally:
+        if before:  # the project is shared by the session's tests
+            ls_client.update_project(project_id, model_version=before)
+        ls_client.delete_task(mine[0]["id"])

@@ -27,3 +27,23 @@ class FakeLabelStudio:
         for task in self.tasks:
             if task["annotations"] or not annotated_only:
                 yield task
+
+    def _task(self, task_id: int) -> dict[str, Any]:
+        for task in self.tasks:
+            if task["id"] == task_id:
+                return task
+        raise KeyError(f"no task {task_id}")
+
+    def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> int:
+        self._task(task_id)["predictions"].append(dict(prediction))
+        self._next_id += 1
+        return self._next_id
+
+    def update_task(self, task_id: int, *, data: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        task = self._task(task_id)
+        task["data"], task["meta"] = dict(data), dict(meta)
+
+    def delete_task(self, task_id: int) -> bool:
+        before = len(self.tasks)
+        self.tasks = [t for t in self.tasks if t["id"] != task_id]
+        return len(self.tasks) < before

@@ -16,9 +16,13 @@ TAX = Taxonomy.from_paths(["Shoes", "Hats & Caps"])
 class MemoryLedger:
     def __init__(self) -> None:
         self.rows: dict[tuple[str, str], int] = {}
+        self.closed: dict[int, str] = {}
 
     def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]:
         return {i for i in item_ids if (i, model_version) in self.rows}
+
+    def open_task_ids(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
+        return {i: t for (i, _), t in self.rows.items() if i in item_ids and t not in self.closed}
 
     def record_pushed(
         self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, float]]
@@ -26,9 +30,18 @@ class MemoryLedger:
         for item, task, _ in rows:
             self.rows[(item, model_version)] = task
 
+    def record_closed(
+        self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, str]]
+    ) -> None:
+        for _, task, reason in rows:
+            self.closed[task] = reason
 
-def esc(item: str, priority: float, version: str = "v1", label: str = "Shoes") -> Escalation:
+
+def esc(
+    item: str, priority: float, version: str = "v1", label: str = "Shoes", action: str = "push"
+) -> Escalation:
     return Escalation(
+        action=action,  # type: ignore[arg-type]
         item_id=item,
         title=f"t {item}",
         predicted_label=label,
@@ -69,8 +82,33 @@ def test_same_item_never_pushed_twice_for_a_model_version() -> None:
     assert fake.tasks[0]["meta"]["priority"] == 0.7
     again = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5), esc("b", 0.2)])
     assert (again.pushed, again.skipped) == (1, 1)
-    newer = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5, version="v2")])
-    assert newer.pushed == 1
+    newer = push_escalations(client, ledger, 1, TAX, [esc("a", 0.6, version="v2", label="Hats & Caps")])
+    # One task per item: the newer version's prediction goes onto the open task, with its meta.
+    assert (newer.pushed, newer.updated) == (0, 1)
+    assert len(fake.tasks) == 2
+    task = next(t for t in fake.tasks if t["meta"]["item_id"] == "a")
+    assert [p["model_version"] for p in task["predictions"]] == ["v1", "v2"]
+    assert task["predictions"][1]["result"][0]["value"] == {"choices": ["Hats & Caps"]}
+    assert (task["meta"]["model_version"], task["meta"]["priority"]) == ("v2", 0.6)
+    assert newer.task_ids["a"] == task["id"]
+
+
+def test_a_close_removes_the_open_task_with_its_reason_and_a_later_escalation_gets_a_new_one() -> None:
+    fake, ledger = FakeLabelStudio(), MemoryLedger()
+    client = cast(LabelStudioClient, fake)
+    first = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5), esc("b", 0.4)])
+    closed = push_escalations(client, ledger, 1, TAX, [esc("a", 0.1, version="v2", action="close")])
+    assert closed.closed == 1
+    assert [t["meta"]["item_id"] for t in fake.tasks] == ["b"]
+    assert "auto-accepted by model v2" in ledger.closed[first.task_ids["a"]]
+    # Closing again (a retried entry) or closing an item that never had a task changes nothing.
+    again = push_escalations(
+        client, ledger, 1, TAX, [esc("a", 0.1, version="v2", action="close"), esc("z", 0.1, action="close")]
+    )
+    assert (again.closed, again.skipped) == (0, 2)
+    later = push_escalations(client, ledger, 1, TAX, [esc("a", 0.7, version="v3")])
+    assert (later.pushed, later.updated) == (1, 0)
+    assert later.task_ids["a"] != first.task_ids["a"]
 
 
 def test_a_label_outside_the_taxonomy_sends_nothing() -> None:

@@ -99,7 +99,7 @@ def _worker(store: Store, settings: Settings, client: FlakyLabelStudio, clock: C
 
 
 # ------------------------------------------------------------------ enqueue
-def test_enqueue_is_idempotent_per_item_and_version(tmp_path: Path) -> None:
+def test_enqueue_is_idempotent_per_item_and_version_and_a_newer_version_supersedes(tmp_path: Path) -> None:
     store = _store(tmp_path)
     assert _enqueue(store, [_esc(1), _esc(2), _esc(1, priority=0.9)]) == 2
     assert _enqueue(store, [_esc(1), _esc(2)]) == 0
@@ -111,7 +111,10 @@ def test_enqueue_is_idempotent_per_item_and_version(tmp_path: Path) -> None:
         ("item-2", "v1"),
     ]
     assert rows[0].priority == 0.9  # the duplicate with the higher priority won
-    assert all(r.status == "pending" and r.attempts == 0 for r in rows)
+    # One task per item: the pending v1 entry of item-1 will not be delivered after v2's.
+    assert [r.status for r in rows] == ["superseded", "pending", "pending"]
+    assert "v2" in (rows[0].last_error or "")
+    assert all(r.attempts == 0 for r in rows)
     assert Escalation.model_validate(rows[2].payload) == _esc(2)
 
 

@@ -130,3 +130,18 @@ def test_states_at_the_same_instant_are_ordered_deterministically(store: Store) 
     store.record_correction(correction(action="updated", label="Hats"))
     store.record_correction(correction(label="Shoes"))  # same updated_at, arrives later
     assert store.current_labels()["sku-1"].label == "Hats"
+
+
+def test_one_open_task_per_item_until_it_is_closed_with_a_reason_in_the_audit_trail(store: Store) -> None:
+    store.record_pushed(7, "v1", [("a", 101, 0.5), ("b", 102, 0.4)])
+    store.record_pushed(7, "v2", [("a", 101, 0.6)])  # a newer prediction on the same task
+    assert store.open_task_ids(7, ["a", "b", "c"]) == {"a": 101, "b": 102}
+    assert store.open_task_ids(8, ["a"]) == {}  # another project
+    store.record_closed(7, "v2", [("a", 101, "auto-accepted by model v2 at confidence 0.97")])
+    assert store.open_task_ids(7, ["a", "b"]) == {"b": 102}
+    assert store.pushed_item_ids("v1", ["a"]) == {"a"}  # the ledger keeps what was pushed
+    events = store.audit_trail(item_id="a", kind="labelstudio_task")
+    assert [(e.action, e.before, e.actor) for e in events] == [("task_closed", "101", "model:v2")]
+    assert events[0].details["reason"].startswith("auto-accepted by model v2")
+    store.record_pushed(7, "v3", [("a", 205, 0.8)])  # escalated again later: a fresh task
+    assert store.open_task_ids(7, ["a"]) == {"a": 205}
