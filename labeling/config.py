@@ -17,7 +17,7 @@ FROM_NAME = "category"
 TO_NAME = "title"
 
 # Task data keys the config shows; `push` fills them.
-DATA_FIELDS = ("title", "description", "brand", "price", "reason", "model_confidence")
+DATA_FIELDS = ("title", "description", "brand", "price", "reason", "candidates")
 
 
 def _split(path: Sequence[str] | str) -> tuple[str, ...]:
@@ -125,17 +125,18 @@ def _choices_xml(tree: dict[str, Any], indent: str) -> list[str]:
 
 def build_label_config(taxonomy: Taxonomy) -> str:
     """The XML labeling config: the item's fields, why it was escalated, and the category control."""
+    # Each field once: the title (what the category control labels), then brand, price, description,
+    # why the item is here in plain words, and the model's best guesses (the first is pre-selected).
     head = [
         "<View>",
-        '  <Header value="$title"/>',
         f'  <Text name="{TO_NAME}" value="$title"/>',
         '  <View style="display: flex; gap: 2em">',
         '    <Text name="brand" value="Brand: $brand"/>',
         '    <Text name="price" value="Price: $price"/>',
-        '    <Text name="model_confidence" value="Model confidence: $model_confidence"/>',
         "  </View>",
         '  <Text name="description" value="$description"/>',
-        '  <Text name="reason" value="Escalated because: $reason"/>',
+        '  <Text name="reason" value="Why it is here: $reason"/>',
+        '  <Text name="candidates" value="Model\'s best guesses: $candidates"/>',
     ]
     if taxonomy.hierarchical:
         control = [

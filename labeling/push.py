@@ -30,6 +30,54 @@ class Escalation(BaseModel):
     # "push": show the item for review (a new task, or the newest prediction on its open task);
     # "close": the model of `model_version` auto-accepted it, so its open task leaves the queue.
     action: Literal["push", "close"] = "push"
+    threshold: float | None = Field(None, description="the predicted category's certified threshold")
+    candidates: list[tuple[str, float]] = Field(
+        default_factory=list, description="the model's best categories with their probabilities, best first"
+    )
+    review_price: float | None = Field(None, description="the high-value review limit in force")
+
+
+# What each routing reason (`serving.routing.Reason`) means to a merchandiser; numbers filled in below.
+_REASON_WORDS = {
+    "always_review_category": "this category is always reviewed",
+    "always_review_brand": "this brand is always reviewed",
+    "unknown_category_hint": "the seller's category is not one of ours",
+    "out_of_distribution": "unlike anything the model was trained on",
+    "spot_check": "random spot check of an auto-accepted item",
+    "audit": "random audit (measures the model's accuracy)",
+}
+
+
+def reason_text(escalation: Escalation) -> str:
+    """Why the item is in review, in plain words with its numbers, e.g. "confidence 0.38 below this
+    category's certified 0.91; price 1,250 >= review limit 1,000"."""
+    parts: list[str] = []
+    for reason in escalation.reasons:
+        if reason == "below_threshold":
+            threshold = escalation.threshold
+            if threshold is None or not 0.0 <= threshold <= 1.0:
+                parts.append(
+                    f"confidence {escalation.confidence:.2f}; no certified threshold for this category yet"
+                )
+            else:
+                parts.append(
+                    f"confidence {escalation.confidence:.2f} below this category's certified {threshold:.2f}"
+                )
+        elif reason == "high_value":
+            price = "unknown" if escalation.price is None else f"{escalation.price:,.0f}"
+            limit = (
+                "" if escalation.review_price is None else f" >= review limit {escalation.review_price:,.0f}"
+            )
+            parts.append(f"price {price}{limit}")
+        else:
+            parts.append(_REASON_WORDS.get(reason, reason.replace("_", " ")))
+    return "; ".join(parts) or "uncertain prediction"
+
+
+def candidates_text(escalation: Escalation, limit: int = 3) -> str:
+    """The model's best categories with probabilities: "1. A > B 62% · 2. C > D 21% · 3. E > F 9%"."""
+    ranked = escalation.candidates or [(escalation.predicted_label, escalation.confidence)]
+    return " · ".join(f"{i}. {label} {p:.0%}" for i, (label, p) in enumerate(ranked[:limit], start=1))
 
 
 class PushLedger(Protocol):
@@ -76,7 +124,6 @@ def sampling_score(escalation: Escalation) -> float:
 def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
     """One Label Studio task: what the config shows, the pre-annotation, and our meta."""
     price = "" if escalation.price is None else f"{escalation.price:.2f}"
-    reasons = ", ".join(escalation.reasons) or "uncertain prediction"
     return {
         "data": {
             "item_id": escalation.item_id,
@@ -84,7 +131,8 @@ def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
             "description": escalation.description,
             "brand": escalation.brand,
             "price": price,
-            "reason": reasons,
+            "reason": reason_text(escalation),
+            "candidates": candidates_text(escalation),
             "model_confidence": f"{escalation.confidence:.2f}",
         },
         "predictions": [prediction_payload(escalation, taxonomy)],

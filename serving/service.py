@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastapi.concurrency import run_in_threadpool
+from sqlalchemy.orm import Session
 
 from hitl.settings import LearnerSettings, RoutingSettings
+from labeling.push import Escalation
 from learner.data import Product, item_text
 from learner.loop import AuditPolicy
 from serving.model import LoadedModel, ModelHolder
@@ -79,9 +81,17 @@ def score_items(
     return [Scored(i, r) for i, r in zip(items, routed, strict=True)]
 
 
-def outbox_hook() -> EscalationHook:
-    """Escalations go to the outbox in the transaction that stores them (delivered by `OutboxWorker`)."""
-    return enqueue_escalations
+def outbox_hook(review_price: float | None = None) -> EscalationHook:
+    """Escalations go to the outbox in the transaction that stores them (delivered by `OutboxWorker`),
+    with the high-value review limit in force, which the task's reasons quote."""
+    if review_price is None:
+        return enqueue_escalations
+
+    def hook(session: Session, escalations: Sequence[Escalation], model_version: str) -> int:
+        priced = [e.model_copy(update={"review_price": review_price}) for e in escalations]
+        return enqueue_escalations(session, priced, model_version)
+
+    return hook
 
 
 def new_predictions(scored: Sequence[Scored]) -> list[NewPrediction]:

@@ -734,6 +734,8 @@ class Store:
                     priority=r.priority,
                     reasons=list(r.reasons),
                     model_version=job.model_version,
+                    threshold=r.threshold,
+                    candidates=[(str(c), float(p)) for c, p in r.top_k[:3]],
                 )
                 for r in job.rows
                 if r.decision == "escalated"

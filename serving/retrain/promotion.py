@@ -237,6 +237,9 @@ def rescore_open_escalations(
                         reasons=reasons,
                         model_version=model.version,
                         action="close" if resolve else "push",
+                        threshold=s.routed.threshold,
+                        candidates=[(str(c), float(p)) for c, p in s.routed.top_k[:3]],
+                        review_price=settings.routing.high_value_price,
                     )
                 )
             # The item's task follows: the new prediction on it, or out of the queue (`labeling.push`).

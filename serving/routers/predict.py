@@ -83,7 +83,7 @@ async def predict(
         settings.routing,
         LoopPolicy.of(settings.learner),
         requested_by=principal.name,
-        on_escalated=outbox_hook(),
+        on_escalated=outbox_hook(settings.routing.high_value_price),
     )
     metrics.observe_decisions(
         model.version, [(s.routed.decision.value, [r.value for r in s.routed.reasons]) for s in scored]

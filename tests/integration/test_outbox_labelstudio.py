@@ -184,7 +184,7 @@ def test_one_task_per_item_across_versions_and_auto_resolved_tasks_leave_the_que
     )
     assert sorted(p["model_version"] for p in predictions) == ["v-it-1", "v-it-2"]
     assert mine[0]["meta"]["model_version"] == "v-it-2"
-    assert mine[0]["data"]["reason"] == "below_threshold"
+    assert mine[0]["data"]["reason"] == "confidence 0.40; no certified threshold for this category yet"
     closed = outbox_store.audit_trail(item_id=other, kind="labelstudio_task")
     assert [e.action for e in closed] == ["task_closed"]
     assert "auto-accepted by model v-it-2" in closed[0].details["reason"]

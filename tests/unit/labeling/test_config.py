@@ -33,7 +33,14 @@ def test_hierarchical_config_uses_taxonomy_and_escapes_names() -> None:
     assert tops == ["Home & Kitchen", "Toys <3+>"]
     assert [c.get("value") for c in control.findall("Choice/Choice")] == ['Pots "big"', "Games"]
     shown = {t.get("value") for t in root.iter("Text")}
-    assert {"$title", "$description", "Brand: $brand", "Price: $price", "Escalated because: $reason"} <= shown
+    assert {
+        "$title",
+        "$description",
+        "Brand: $brand",
+        "Price: $price",
+        "Why it is here: $reason",
+        "Model's best guesses: $candidates",
+    } <= shown
 
 
 def test_flat_config_uses_choices() -> None:

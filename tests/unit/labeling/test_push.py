@@ -7,7 +7,7 @@ import pytest
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
-from labeling.push import Escalation, push_escalations, sampling_score
+from labeling.push import Escalation, candidates_text, push_escalations, reason_text, sampling_score
 from tests.unit.labeling.fakes import FakeLabelStudio
 
 TAX = Taxonomy.from_paths(["Shoes", "Hats & Caps"])
@@ -70,7 +70,7 @@ def test_most_useful_first_in_batches_with_prediction_and_meta() -> None:
     }
     assert first["meta"]["reasons"] == ["low_confidence", "high_price"]
     assert first["data"]["price"] == "12.50"
-    assert first["data"]["reason"] == "low_confidence, high_price"
+    assert first["data"]["reason"] == "low confidence; high price"  # unknown reasons in words too
     assert ledger.rows[("b", "v1")] == report.task_ids["b"]
 
 
@@ -123,3 +123,31 @@ def test_a_label_outside_the_taxonomy_sends_nothing() -> None:
 def test_sampling_score_orders_like_priority() -> None:
     scores = [sampling_score(esc("x", p)) for p in (0.9, 0.5, 0.1)]
     assert scores == sorted(scores)  # Label Studio serves the lowest score first
+
+
+def test_the_task_says_why_in_plain_words_with_numbers_and_shows_the_best_candidates() -> None:
+    item = esc("a", 0.5).model_copy(
+        update={
+            "reasons": ["below_threshold", "high_value", "audit"],
+            "confidence": 0.38,
+            "threshold": 0.91,
+            "price": 1250.0,
+            "review_price": 1000.0,
+            "candidates": [("Shoes", 0.38), ("Hats & Caps", 0.21), ("Socks", 0.09)],
+        }
+    )
+    data = push_escalations(
+        cast(LabelStudioClient, fake := FakeLabelStudio()), MemoryLedger(), 1, TAX, [item]
+    )
+    task = fake.tasks[0]["data"]
+    assert data.pushed == 1
+    assert task["reason"] == (
+        "confidence 0.38 below this category's certified 0.91; price 1,250 >= review limit 1,000; "
+        "random audit (measures the model's accuracy)"
+    )
+    assert task["candidates"] == "1. Shoes 38% · 2. Hats & Caps 21% · 3. Socks 9%"
+    uncertified = item.model_copy(
+        update={"threshold": None, "reasons": ["below_threshold"], "candidates": []}
+    )
+    assert reason_text(uncertified) == "confidence 0.38; no certified threshold for this category yet"
+    assert candidates_text(uncertified) == "1. Shoes 38%"
