@@ -131,6 +131,9 @@ def summarize(results: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], targ
             "final_auto_accept_accuracy": mean_of([f.get("auto_accept_accuracy") for f in finals]),
             "final_coverage_at_target": mean_of([f.get("coverage_at_target") for f in finals]),
             "label_efficiency_ratio": ratios.get(name),
+            # Reviewed tasks a reviewer solves at once: the pre-selected guess, or one of the 3 shown.
+            "preselected_share": mean_of([r.get("preselected_share") for run in runs for r in run]),
+            "one_click_share": mean_of([r.get("one_click_share") for run in runs for r in run]),
         }
         for checkpoint in CHECKPOINTS:
             entry[f"escalation_rate_after_{checkpoint}"] = mean_of(
@@ -170,8 +173,9 @@ def summary_markdown(summary: Mapping[str, Any], command: str | None = None) -> 
         f"(label-efficiency ratio {_fmt(summary['best_label_efficiency_ratio'])}).",
         "",
         "| strategy | seeds | labels | accuracy | macro-F1 | ECE | label-eff. ratio | esc. @1k | esc. @3k "
-        "| test esc. @1k | test esc. @3k | auto-accept cov. | auto-accept acc. |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| test esc. @1k | test esc. @3k | auto-accept cov. | auto-accept acc. | pre-selected right "
+        "| solved in 1 click |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in summary["strategies"].items():
         lines.append(
@@ -180,13 +184,17 @@ def summary_markdown(summary: Mapping[str, Any], command: str | None = None) -> 
             f"| {_fmt(e['label_efficiency_ratio'], 2)} | {_fmt(e['escalation_rate_after_1000'])} "
             f"| {_fmt(e['escalation_rate_after_3000'])} | {_fmt(e['test_escalation_rate_after_1000'])} "
             f"| {_fmt(e['test_escalation_rate_after_3000'])} | {_fmt(e['final_auto_accept_coverage'])} "
-            f"| {_fmt(e['final_auto_accept_accuracy'])} |"
+            f"| {_fmt(e['final_auto_accept_accuracy'])} | {_fmt(e.get('preselected_share'))} "
+            f"| {_fmt(e.get('one_click_share'))} |"
         )
     lines += [
         "",
         "esc. @N: escalation rate of the incoming batch routed by the model trained with the largest "
         "correction count <= N (mean over seeds); test esc.: the same routing policy applied to the "
-        "test split after the retrain at <= N corrections. n/a: not reached within the budget.",
+        "test split after the retrain at <= N corrections. n/a: not reached within the budget. "
+        "Pre-selected right / solved in 1 click: share of reviewed tasks whose true category is the "
+        "champion's pre-selected guess / among the 3 candidates the task shows (a reviewer who takes "
+        "the first correct candidate), over every round.",
         "",
     ]
     return "\n".join(lines)

@@ -386,6 +386,23 @@ def _select(
     return out
 
 
+def _review_clicks(
+    champion: TrainingResult, inputs: Inputs, data: LabeledDataset, picked: NDArray[np.int64]
+) -> dict[str, float | None]:
+    """How the round's reviewed tasks get solved by a reviewer who takes the first correct candidate the
+    task shows (`labeling.push`: the champion's guess pre-selected, its 3 best categories listed):
+    ``preselected_share`` = the guess is right (Submit), ``one_click_share`` = right within the top 3
+    (one click at most), the rest need the full taxonomy."""
+    if not len(picked):
+        return {"preselected_share": None, "one_click_share": None}
+    proba = champion.bundle.predict_proba(inputs.x[picked])
+    top3 = np.argsort(-proba, axis=1)[:, :3]
+    labels = np.array(champion.bundle.labels, dtype=object)[top3]
+    truth = np.asarray(data.labels[picked], dtype=object)[:, None]
+    hits = labels == truth
+    return {"preselected_share": float(hits[:, 0].mean()), "one_click_share": float(hits.any(axis=1).mean())}
+
+
 def audit_rate(config: SimulationConfig, incoming_per_round: int) -> float:
     """The in-band audit rate that draws ~``audit_share * batch`` of a round's incoming items, given that
     ``band_share`` of them lie in the band and the rest are drawn ``outside_factor`` times as often."""
@@ -491,6 +508,7 @@ def simulate_run(
         picked = _select(config, champion, x, queue, state.labelled, rng, max(config.batch - len(audit), 0))
         queue = np.setdiff1d(queue, picked, assume_unique=True).astype(np.int64)
         picked = np.concatenate([audit, picked]).astype(np.int64)
+        clicks = _review_clicks(champion, x, data, picked)
         reviewed = _noisy(y[picked], config.reviewer_noise, len(data.classes), noise_rng)
         for r, label in zip(picked, reviewed, strict=True):
             state.labelled.append(int(r))
@@ -517,6 +535,7 @@ def simulate_run(
             "stream_auto_accept_accuracy": stream_auto_acc,
             "queue_size": len(queue),
             "audited": len(audit),
+            **clicks,
             "train_seconds": time.perf_counter() - started,
             "promoted": decision.promote,
             "gate_reason": decision.reason,

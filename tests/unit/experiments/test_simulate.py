@@ -55,6 +55,8 @@ def test_labels_grow_by_batch_and_rates_are_shares(tiny: Tiny, strategy: str) ->
         assert 0.0 <= row["test_escalation_rate"] <= 1.0
         assert 0.0 <= row["accuracy"] <= 1.0
         assert row["incoming"] > 0
+        # The reviewer who takes the first correct candidate: the 3 shown include the pre-selected one.
+        assert 0.0 <= row["preselected_share"] <= row["one_click_share"] <= 1.0
 
 
 def test_escalation_covers_every_below_threshold_item(tiny: Tiny) -> None:
