@@ -197,9 +197,7 @@ class LabelStudioClient:
                 "POST", "/api/webhooks/", "create webhook", json={**wanted, "project": project_id}
             )
             return int(hook["id"]), True
-        hook = existing[0]
-        for extra in existing[1:]:  # left over by an interrupted run
-            self._request("DELETE", f"/api/webhooks/{extra['id']}/", f"delete webhook {extra['id']}")
+        hook = self._keep_oldest(existing, "/api/webhooks/{id}/", "webhook")
         same = (
             sorted(hook.get("actions") or []) == sorted(WEBHOOK_ACTIONS)
             and (hook.get("headers") or {}) == wanted["headers"]
@@ -212,6 +210,13 @@ class LabelStudioClient:
                 "PATCH", f"/api/webhooks/{hook['id']}/", f"update webhook {hook['id']}", json=wanted
             )
         return int(hook["id"]), False
+
+    def _keep_oldest(self, existing: Sequence[dict[str, Any]], path: str, what: str) -> dict[str, Any]:
+        """The first of `existing` (sorted oldest first); the others, left over by an interrupted run,
+        are deleted (`path` has an ``{id}`` placeholder)."""
+        for extra in existing[1:]:
+            self._request("DELETE", path.format(id=extra["id"]), f"delete {what} {extra['id']}")
+        return dict(existing[0])
 
     # ----------------------------------------------------------- ML backends
     def list_ml_backends(self, project_id: int) -> list[dict[str, Any]]:
@@ -236,9 +241,7 @@ class LabelStudioClient:
                 "POST", "/api/ml", "connect the ML backend", json={**wanted, "project": project_id}
             )
             return int(created["id"]), True
-        backend = existing[0]
-        for extra in existing[1:]:  # left over by an interrupted run
-            self._request("DELETE", f"/api/ml/{extra['id']}", f"delete ML backend {extra['id']}")
+        backend = self._keep_oldest(existing, "/api/ml/{id}", "ML backend")
         same = all(backend.get(k) == v for k, v in wanted.items() if k != "basic_auth_pass")
         if not same or backend.get("state") != "CO":
             self._request(
