@@ -568,6 +568,7 @@ def summarize(
                 "ngram_dims": learner.ngram_dims,
                 "ngram_weight": learner.ngram_weight,
                 "sublinear_tf": learner.sublinear_tf,
+                "brand_token": learner.brand_token,
                 "head": learner.head.model_dump(),
             },
             "targets_at_3200_random": default_targets,
@@ -628,10 +629,15 @@ def write_readme(summary: Mapping[str, Any], out: Path) -> None:
     lines += ["## The default against the targets (3,200 random labels)", ""]
     for name, checks in summary["default"]["targets_at_3200_random"].items():
         for metric, check in checks.items():
-            lines.append(
-                f"- {name} {metric}: measured {check['measured']}, target {check['target']}: "
-                f"{'met' if check['met'] else 'MISSED'}"
+            measured = check["measured"]
+            shown = (
+                ", ".join(f"{k} {v:.3f}" for k, v in measured.items())
+                if isinstance(measured, dict)
+                else f"{measured:.3f}"
             )
+            verdict = "met" if check["met"] else "MISSED"
+            lines.append(f"- {name} {metric}: measured {shown}, target {check['target']}: {verdict}")
+    lines += ["", "What the numbers mean and what was kept: [FINDINGS.md](FINDINGS.md).", ""]
     (out / "README.md").write_text("\n".join(lines) + "\n")
 
 
