@@ -8,6 +8,7 @@ rounds of 40 reviews. Gate tolerances are wide so a retrain on more labels is pr
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
@@ -143,8 +144,13 @@ def test_cli_through_api_runs_and_writes_rows_with_the_in_process_keys(simulated
     for row in rows[1:]:
         assert set(row) >= IN_PROCESS_KEYS, IN_PROCESS_KEYS - set(row)
         assert row["retrain_status"] in ("promoted", "rejected", "failed")
-    assert [r["corrections"] for r in rows] == [0, BATCH, 2 * BATCH]
-    assert rows[-1]["labels_used"] == SEED_SIZE + 2 * BATCH
+    # Each round reviews up to BATCH items: fewer when the queue of open escalations runs short (a
+    # confident model on this small catalog auto-accepts most of the stream).
+    counts = [int(r["corrections"]) for r in rows]  # type: ignore[call-overload]
+    steps = [b - a for a, b in itertools.pairwise(counts)]
+    assert counts[0] == 0
+    assert all(0 < step <= BATCH for step in steps), counts
+    assert rows[-1]["labels_used"] == SEED_SIZE + counts[-1]
     assert 0.0 <= float(rows[-1]["accuracy"]) <= 1.0  # type: ignore[arg-type]
     print(f"\nthrough-API simulation took {simulated.seconds:.1f} s")
 
@@ -168,7 +174,7 @@ def test_the_api_recorded_predictions_corrections_and_retrains(simulated: Simula
         assert requested == streamed
         assert decisions is not None
         assert decisions >= streamed
-        assert len(corrections) == 2 * BATCH
+        assert len(corrections) == rows[-1]["corrections"]  # every webhook the driver sent, once
         assert {c.source for c in corrections} == {"webhook"}
         assert all(c.action == "created" and c.label for c in corrections)
         # The seed run (in-process, like `hitl up`) and one API-triggered run per round.
