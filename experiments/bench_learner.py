@@ -59,9 +59,8 @@ from numpy.typing import NDArray
 
 from experiments.bench_loop import CATALOGS, load_real
 from hitl.settings import Settings, load_settings
-from learner.data import LabeledDataset, Product, group_split, load_catalog, normalize_title
+from learner.data import LabeledDataset, Product, group_split, load_catalog
 from learner.evaluation import curve_area, curve_coverage_at, macro_f1, selective_curve
-from learner.features import FeatureSpec
 from learner.loop import training_config
 from learner.strategies import get_strategy
 from learner.training import TrainingConfig, fit_head
@@ -92,7 +91,6 @@ class Corpus:
     pool: NDArray[np.int64]
     test: NDArray[np.int64]
     parents: NDArray[np.int64]  # level-1 class index of each row
-    brand: list[str]
     price: NDArray[np.float64]
 
 
@@ -145,7 +143,6 @@ def corpus_of(
         pool=np.sort(np.concatenate([split.train, split.calibration])).astype(np.int64),
         test=split.test.astype(np.int64),
         parents=np.array([names.index(v) for v in level1], dtype=np.int64),
-        brand=[normalize_title(p.brand or "") for p in rows],
         price=np.array([math.nan if p.price is None else p.price for p in rows], dtype=np.float64),
     )
 
@@ -294,16 +291,19 @@ def run_no_brand_token(corpus: Corpus, train: NDArray[np.int64], config: Trainin
 def run_committee(corpus: Corpus, train: NDArray[np.int64], config: TrainingConfig) -> Scored:
     full, columns, train_s, infer_s = _head_scores(corpus, train, config)
     views = [full]
-    for features in (FeatureSpec(kind="embedding"), None):
+    y = [str(v) for v in corpus.data.y[train]]
+    texts = [str(t) for t in corpus.data.texts]
+
+    def embedding_view(rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        return corpus.embeddings[rows]
+
+    def ngram_view(rows: NDArray[np.int64]) -> NDArray[np.float32]:
+        return config.features.ngram_features([texts[i] for i in rows])
+
+    for view in (embedding_view, ngram_view):
         started = time.perf_counter()
-        y = [str(v) for v in corpus.data.y[train]]
-        if features is None:  # the n-gram view alone
-            texts = [str(t) for t in corpus.data.texts]
-            x_train = config.features.ngram_features([texts[i] for i in train])
-            x_test = config.features.ngram_features([texts[i] for i in corpus.test])
-        else:
-            x_train, x_test = corpus.embeddings[train], corpus.embeddings[corpus.test]
-        head = fit_head(x_train, y, replace(config, features=features or config.features))
+        x_train, x_test = view(train), view(corpus.test)
+        head = fit_head(x_train, y, config)
         train_s += time.perf_counter() - started
         started = time.perf_counter()
         views.append(head.predict_proba(x_test))

@@ -78,6 +78,12 @@ def load_real(
     """Catalog `name` under `data_dir` at the configured label level, with its cached embeddings."""
     products = load_catalog(data_dir / name / "products.jsonl", strict=False).products
     data = build_dataset(products, level=settings.learner.label_level, min_class_size=CATALOGS[name])
+    x, encoder_id = cached_embeddings(settings, [str(t) for t in data.texts])
+    return data, x, encoder_id
+
+
+def cached_embeddings(settings: Settings, texts: Sequence[str]) -> tuple[NDArray[np.float32], str]:
+    """The configured encoder's embeddings of `texts` through the project's cache, and its encoder id."""
     encoder = HFEncoder(
         settings.learner.encoder,
         device=settings.learner.device,
@@ -85,8 +91,7 @@ def load_real(
         max_length=settings.learner.max_length,
     )
     with EmbeddingCache(settings.cache_dir, encoder) as cache:
-        x = cache.embed([str(t) for t in data.texts])
-        return data, np.asarray(x, dtype=np.float32), str(cache.encoder_id)
+        return np.asarray(cache.embed(list(texts)), dtype=np.float32), str(cache.encoder_id)
 
 
 def base_config(settings: Settings, seed: int, guarantee: str, **overrides: Any) -> SimulationConfig:

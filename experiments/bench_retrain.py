@@ -38,11 +38,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from experiments.bench_loop import cached_embeddings
 from hitl.settings import LearnerSettings, RetrainSettings, ServingSettings, Settings
 from labeling.webhooks import CorrectionEvent
-from learner.cache import EmbeddingCache
 from learner.data import Product, item_text, label_of, load_catalog
-from learner.encoder import HFEncoder
 from learner.synthetic import generate_catalog
 from serving.model import ModelHolder
 from serving.retrain import RetrainWorker, add_seed_labels
@@ -99,13 +98,9 @@ def real_items(path: Path, n: int, seed: int = 7) -> tuple[list[Product], Synthe
         raise SystemExit(f"error: {path} has {len(products)} items with a level-2 category, {n} needed")
     order = np.random.default_rng(seed).permutation(len(products))[:n]
     chosen = [products[i] for i in order]
-    settings = Settings()
-    encoder = HFEncoder(settings.learner.encoder, device="cpu", max_length=settings.learner.max_length)
     texts = [item_text(p) for p in chosen]
-    with EmbeddingCache(settings.cache_dir, encoder) as cache:
-        vectors = cache.embed(texts)
-        encoder_id = str(cache.encoder_id)
-    table = {t: np.asarray(v, dtype=np.float32) for t, v in zip(texts, vectors, strict=True)}
+    vectors, encoder_id = cached_embeddings(Settings(), texts)
+    table = dict(zip(texts, vectors, strict=True))
     return chosen, SyntheticEncoder(table, encoder_id=encoder_id)
 
 

@@ -136,18 +136,17 @@ def status(ctx: typer.Context) -> None:
 def _print_ml_backend(settings: Settings) -> None:
     """One line on the project's ML-backend connection (what "Start training" reaches)."""
     title = settings.labelstudio.project_title
-    wanted = ml_backend_spec(settings).url.rstrip("/")
+    wanted = ml_backend_spec(settings).url
     try:
         with LabelStudioClient.from_settings(settings.labelstudio) as client:
             project = client.find_project(title)
             if project is None:
                 console.print(f"project {title!r}: not created yet (hitl labelstudio bootstrap)")
                 return
-            backends = client.list_ml_backends(int(project["id"]))
+            ours = client.ml_backends_at(int(project["id"]), wanted)
     except LabelingError as exc:
         err_console.print(f"ML backend: could not be read ({exc})")
         return
-    ours = [m for m in backends if str(m.get("url", "")).rstrip("/") == wanted]
     if not ours:
         console.print(
             f"ML backend: not connected to project {project['id']} "

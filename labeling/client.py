@@ -225,6 +225,11 @@ class LabelStudioClient:
         found = [m for m in (body or []) if int(m.get("project") or -1) == project_id]
         return sorted(found, key=lambda m: int(m["id"]))
 
+    def ml_backends_at(self, project_id: int, url: str) -> list[dict[str, Any]]:
+        """The project's ML backends registered at `url` (trailing slashes ignored), oldest first."""
+        wanted = url.rstrip("/")
+        return [m for m in self.list_ml_backends(project_id) if str(m.get("url", "")).rstrip("/") == wanted]
+
     def ensure_ml_backend(self, project_id: int, spec: MLBackendSpec) -> tuple[int, bool]:
         """One ML backend per (project, url), connected with `spec`'s auth; returns (id, created).
 
@@ -234,8 +239,7 @@ class LabelStudioClient:
         (a changed password, or the API was down last time).
         """
         wanted = spec.body()
-        url = spec.url.rstrip("/")
-        existing = [m for m in self.list_ml_backends(project_id) if str(m.get("url", "")).rstrip("/") == url]
+        existing = self.ml_backends_at(project_id, spec.url)
         if not existing:
             created = self._request(
                 "POST", "/api/ml", "connect the ML backend", json={**wanted, "project": project_id}

@@ -198,11 +198,11 @@ def push_escalations(
         fresh.extend(e for e in group if e.item_id not in done)
     fresh.sort(key=lambda e: (-e.priority, e.item_id))
     # Validate every label before sending anything.
-    payloads = {id(e): task_payload(e, taxonomy) for e in fresh}
+    payloads = {(e.item_id, e.model_version): task_payload(e, taxonomy) for e in fresh}
     open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in fresh])
     for esc in [e for e in fresh if e.item_id in open_tasks]:
         task_id = open_tasks[esc.item_id]
-        payload = payloads[id(esc)]
+        payload = payloads[(esc.item_id, esc.model_version)]
         client.create_prediction(task_id, payload["predictions"][0])
         client.update_task(task_id, data=payload["data"], meta=payload["meta"])
         ledger.record_pushed(project_id, esc.model_version, [(esc.item_id, task_id, esc.priority)])
@@ -211,7 +211,7 @@ def push_escalations(
     new = [e for e in fresh if e.item_id not in open_tasks]
     for start in range(0, len(new), batch_size):
         batch = new[start : start + batch_size]
-        ids = client.import_tasks(project_id, [payloads[id(e)] for e in batch])
+        ids = client.import_tasks(project_id, [payloads[(e.item_id, e.model_version)] for e in batch])
         for version in {e.model_version for e in batch}:
             rows = [
                 (e.item_id, tid, e.priority)

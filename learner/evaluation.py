@@ -157,8 +157,6 @@ def coverage_at_accuracy(proba: ArrayLike, y: ArrayLike, target: float) -> float
     float
         In [0, 1]; 0.0 when even the most confident items miss ``target``.
     """
-    if not (0.0 <= target <= 1.0):
-        raise ValueError(f"target must lie in [0, 1], got {target!r}")
     return curve_coverage_at(*risk_coverage_curve(proba, y), target)
 
 

@@ -168,14 +168,15 @@ class FeatureSpec:
         )
 
 
+BRAND_TOKEN_PREFIX = "brandtoken"
+
+
 def with_brand_token(text: str) -> str:
     """`text` with its brand appended as one word (``"brandtoken" + normalized brand without spaces``)."""
     brand = brand_in_text(text)
     key = normalize_title(brand).replace(" ", "") if brand else ""
     return f"{text} {BRAND_TOKEN_PREFIX}{key}" if key else text
 
-
-BRAND_TOKEN_PREFIX = "brandtoken"
 
 # Up to this many texts per call take the dense per-text path (`FeatureSpec._ngram_features_few`).
 _FAST_PATH_MAX_TEXTS = 16

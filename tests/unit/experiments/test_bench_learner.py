@@ -26,7 +26,7 @@ def test_the_corpus_keeps_the_projects_split_and_aligns_its_side_columns(
 ) -> None:
     assert not set(corpus.pool.tolist()) & set(corpus.test.tolist())
     assert len(corpus.pool) + len(corpus.test) == len(corpus.data)
-    assert len(corpus.brand) == len(corpus.price) == len(corpus.parents) == len(corpus.data)
+    assert len(corpus.price) == len(corpus.parents) == len(corpus.data)
     # Each level-2 class has one level-1 parent.
     pairs = set(zip(corpus.data.y.tolist(), corpus.parents.tolist(), strict=True))
     assert len(pairs) == len(corpus.data.classes)
