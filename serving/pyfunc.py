@@ -1,17 +1,24 @@
 """The pyfunc wrapper logged with each bundle, so `mlflow.pyfunc.load_model(...)` can also predict.
 
-Imported only by `serving.registry` (it imports mlflow at the top, which costs ~2 s).
+Logged as a model from code (`serving/pyfunc_model.py`), not as a pickled object, and with type hints
+MLflow turns into the signature: a list of texts in, one `Categorized` per text out. Imported only when a
+model is logged or loaded (mlflow costs ~2 s to import).
 """
-
-from __future__ import annotations
 
 from typing import Any
 
 import mlflow.pyfunc
+from pydantic import BaseModel
+
+
+class Categorized(BaseModel):
+    label: str
+    confidence: float
+    auto_accept: bool
 
 
 class BundlePythonModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]
-    """Input: a DataFrame with a ``text`` column (or a list of texts). Output: label and confidence."""
+    """Input: the texts (a list, or a DataFrame of one ``text`` column). Output: label and confidence."""
 
     def load_context(self, context: Any) -> None:
         from learner.bundle import ModelBundle
@@ -20,11 +27,12 @@ class BundlePythonModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-de
         self._bundle = ModelBundle.load(context.artifacts["bundle"], device="cpu")
         self._encoder = HFEncoder(self._bundle.resolve_encoder_ref(), device="cpu")
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
-        import pandas as pd  # type: ignore[import-untyped]
-
-        texts = list(model_input["text"]) if hasattr(model_input, "columns") else list(model_input)
-        items = [str(t) for t in texts]
+    # MLflow reads these hints at class creation: the annotations must stay evaluable (no string forms).
+    def predict(self, model_input: list[str], params: dict[str, str] | None = None) -> list[Categorized]:
+        items = [str(t) for t in model_input]
         inputs = self._bundle.model_inputs(self._encoder.encode(items), items)
         labels, confidence, accepted = self._bundle.predict(inputs)
-        return pd.DataFrame({"label": labels, "confidence": confidence, "auto_accept": accepted})
+        return [
+            Categorized(label=str(label), confidence=float(p), auto_accept=bool(a))
+            for label, p, a in zip(labels, confidence, accepted, strict=True)
+        ]

@@ -31,7 +31,7 @@ def _pip_requirements() -> list[str]:
     from importlib import metadata
 
     pins = []
-    for dist in ("mlflow", "numpy", "torch", "transformers"):
+    for dist in ("mlflow", "numpy", "pydantic", "torch", "transformers"):
         try:
             pins.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
@@ -63,8 +63,6 @@ def log_bundle(
     """
     import mlflow
 
-    from serving.pyfunc import BundlePythonModel
-
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     with mlflow.start_run(experiment_id=_experiment_id(settings)) as run:
@@ -72,19 +70,11 @@ def log_bundle(
             mlflow.log_params(params)
         if metrics:
             mlflow.log_metrics(metrics)
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN,
-            python_model=BundlePythonModel(),
-            artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
-            pip_requirements=_pip_requirements(),
-        )
+        info = log_pyfunc(bundle_dir)
         run_id = run.info.run_id
     client = _client(settings)
     name = settings.mlflow.registered_model
-    try:
-        client.get_registered_model(name)
-    except Exception:  # RESOURCE_DOES_NOT_EXIST
-        client.create_registered_model(name)
+    tracking.ensure_registered_model(client, name)
     source = info.model_uri if getattr(info, "model_uri", None) else f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
     # The logged model's id is required when the registry is an MLflow server (source models:/m-...).
     model_id = getattr(info, "model_id", None)
@@ -92,6 +82,20 @@ def log_bundle(
     if alias:
         set_alias(settings, version, alias)
     return version
+
+
+def log_pyfunc(bundle_dir: Path) -> Any:
+    """Log `bundle_dir` as the active run's pyfunc model: the model from code (`serving/pyfunc_model.py`,
+    nothing pickled), its signature from the type hints, explicit pip requirements. Returns MLflow's
+    ModelInfo."""
+    import mlflow
+
+    return mlflow.pyfunc.log_model(
+        name=MODEL_NAME_IN_RUN,
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),
+        artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
+        pip_requirements=_pip_requirements(),
+    )
 
 
 def set_alias(settings: Settings, version: str, alias: str | None = None) -> None:

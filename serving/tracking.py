@@ -120,16 +120,15 @@ def end_run(settings: Settings, run_id: str, *, failed: bool = False, error: str
     mlflow_client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
 
-def _pip_requirements() -> list[str]:
-    from importlib import metadata
-
-    pins = []
-    for dist in ("mlflow", "numpy", "torch", "transformers"):
+def ensure_registered_model(mlflow_client: Any, name: str) -> None:
+    """Create the registered model `name` unless it exists (also when another process creates it now)."""
+    try:
+        mlflow_client.get_registered_model(name)
+    except Exception:  # RESOURCE_DOES_NOT_EXIST
         try:
-            pins.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
-            pins.append(dist)
-    return pins
+            mlflow_client.create_registered_model(name)
+        except Exception:  # created concurrently
+            mlflow_client.get_registered_model(name)
 
 
 def log_model_version(settings: Settings, run_id: str, bundle_dir: Path, *, tags: Mapping[str, str]) -> str:
@@ -139,28 +138,16 @@ def log_model_version(settings: Settings, run_id: str, bundle_dir: Path, *, tags
     """
     import mlflow
 
-    from serving.pyfunc import BundlePythonModel
-    from serving.registry import BUNDLE_ARTIFACT, MODEL_NAME_IN_RUN
+    from serving.registry import MODEL_NAME_IN_RUN, log_pyfunc
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     with mlflow.start_run(run_id=run_id, nested=False) as run:
-        info = mlflow.pyfunc.log_model(
-            name=MODEL_NAME_IN_RUN,
-            python_model=BundlePythonModel(),
-            artifacts={BUNDLE_ARTIFACT: str(Path(bundle_dir).resolve())},
-            pip_requirements=_pip_requirements(),
-        )
+        info = log_pyfunc(bundle_dir)
         del run  # leaving the block ends the run FINISHED; it is re-opened below
         mlflow_client = client(settings)
         name = settings.mlflow.registered_model
-        try:
-            mlflow_client.get_registered_model(name)
-        except Exception:  # RESOURCE_DOES_NOT_EXIST
-            try:
-                mlflow_client.create_registered_model(name)
-            except Exception:  # created concurrently
-                mlflow_client.get_registered_model(name)
+        ensure_registered_model(mlflow_client, name)
         source = getattr(info, "model_uri", None) or f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
         version = str(
             mlflow_client.create_model_version(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_log_alias_download_and_serve(
-    tmp_path: Path, bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
+    tmp_path: Path,
+    bundle_dir: Path,
+    embedding_dir: Path,
+    minilm_encoder: HFEncoder,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = Settings(
         state_dir=tmp_path,
@@ -25,8 +31,24 @@ def test_log_alias_download_and_serve(
     )
     cwd = set(os.listdir())
     assert registry.champion_version(settings) is None
-    version = registry.log_bundle(settings, bundle_dir, alias="champion", metrics={"acc": 0.9})
+    import mlflow.pyfunc  # its own import-time warnings are not ours
+
+    # A newcomer's terminal stays clean: no type-hint, signature or CloudPickle warnings (issue #14).
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with caplog.at_level(logging.WARNING, logger="mlflow"):
+            version = registry.log_bundle(settings, bundle_dir, alias="champion", metrics={"acc": 0.9})
+    assert [str(w.message)[:120] for w in caught] == []
+    assert [r.getMessage()[:120] for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert registry.champion_version(settings) == version
+    # The logged model predicts through MLflow too, with the signature its type hints give.
+    loaded = mlflow.pyfunc.load_model(f"models:/{settings.mlflow.registered_model}/{version}")
+    assert loaded.metadata.signature is not None
+    texts = ["Stainless steel frying pan 28 cm", "Trail running shoes"]
+    out = loaded.predict(texts)
+    bundle = ModelBundle.load(bundle_dir)
+    assert len(out) == 2
+    assert all(o.label in bundle.labels and 0.0 <= o.confidence <= 1.0 for o in out)
     folder = registry.download(settings, version)
     assert ModelBundle.load(folder).labels == ModelBundle.load(bundle_dir).labels
     assert set(os.listdir()) == cwd, "nothing written to the working directory (mlruns, mlflow.db)"
