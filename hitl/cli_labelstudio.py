@@ -18,6 +18,7 @@ from labeling.client import ML_BACKEND_STATES, LabelStudioClient
 from labeling.config import Taxonomy
 from labeling.exceptions import LabelingError
 from labeling.project import bootstrap_project, webhook_url
+from labeling.reviewers import senior_check, tiers_from
 from labeling.server import LabelStudioServer
 from labeling.sync import sync_project
 from serving.routers.ml_backend import ml_backend_spec
@@ -122,11 +123,13 @@ def status(ctx: typer.Context) -> None:
             f"external Label Studio at {settings.labelstudio.base_url}: reachable as {me.get('email')}"
         )
         _print_ml_backend(settings)
+        _print_tiers(settings)
         return
     current = _server(settings).status()
     if current.running and current.healthy:
         console.print(f"running at {current.url} (PID {current.pid}), healthy; data: {current.data_dir}")
         _print_ml_backend(settings)
+        _print_tiers(settings)
         return
     state = "running but not healthy" if current.running else "not running"
     err_console.print(f"Label Studio is {state} ({current.url})")
@@ -158,6 +161,25 @@ def _print_ml_backend(settings: Settings) -> None:
         f"ML backend {ours[0]['id']} -> {wanted}: {ML_BACKEND_STATES.get(state, state)} "
         f"(model version {ours[0].get('model_version') or 'none'})"
     )
+
+
+def _print_tiers(settings: Settings) -> None:
+    """One line on the reviewer tiers: who is senior, and whether Label Studio knows them."""
+    seniors = settings.labelstudio.senior_reviewers
+    if not seniors:
+        console.print("senior review: off (labelstudio.senior_reviewers is empty)")
+        return
+    try:
+        with LabelStudioClient.from_settings(settings.labelstudio) as client:
+            known = set(client.user_emails().values())
+    except LabelingError as exc:
+        err_console.print(f"senior review: users could not be read ({exc})")
+        return
+    missing = [e for e in seniors if e not in {k.lower() for k in known}]
+    line = f"senior review: {len(seniors)} senior reviewer(s) for high-stakes items"
+    if missing:
+        line += f"; {len(missing)} not a Label Studio user yet: {', '.join(missing)}"
+    console.print(line)
 
 
 @app.command()
@@ -234,6 +256,7 @@ def sync(ctx: typer.Context) -> None:
                 project_id,
                 store.taxonomy(project_id),
                 progress=lambda n: progress.update(task, description=f"{n} annotations read"),
+                is_senior=senior_check(tiers_from(settings.labelstudio)),
             )
         store.record_sync(project_id, report.recorded, report.deleted)
     except LabelingError as exc:

@@ -63,6 +63,24 @@ class LabelStudioSettings(BaseModel):
     push_batch_size: int = Field(200, ge=1, le=5000)
     sync_interval_s: float = Field(300.0, ge=0, description="periodic reconciliation; 0 = off")
     request_timeout_s: float = Field(30.0, gt=0)
+    senior_reviewers: list[str] = Field(
+        default_factory=lambda: ["admin@hitl.local"],
+        description="Label Studio user emails whose annotation is the label of a high-stakes item (high "
+        "value, always-review category or brand); anyone else's is stored as a proposal and the task stays "
+        "open for them. Empty = no tiers: every reviewer's annotation is the label",
+    )
+    reviewer_refresh_s: float = Field(
+        60.0, gt=0, description="how long the user id -> email directory of Label Studio is trusted"
+    )
+
+    @field_validator("senior_reviewers")
+    @classmethod
+    def _emails(cls, value: list[str]) -> list[str]:
+        cleaned = [v.strip().lower() for v in value]
+        bad = [v for v in cleaned if "@" not in v or any(c.isspace() for c in v)]
+        if bad:
+            raise ValueError(f"{len(bad)} senior reviewer(s) are not email addresses: {bad[:3]}")
+        return sorted(set(cleaned))
 
     @property
     def base_url(self) -> str:

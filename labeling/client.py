@@ -342,6 +342,30 @@ class LabelStudioClient:
             raise
         return True
 
+    def hold_task(self, task_id: int, *, hold: bool) -> int:
+        """Keep a task in the labeling queue for one more annotator (``hold``), or let its annotations
+        so far finish it; returns the task's new ``overlap``.
+
+        Label Studio finishes a task (``is_labeled``) once as many distinct users annotated it as its
+        ``overlap``; it then leaves everyone's queue, and the queue never serves a task to a user who
+        annotated it already. Holding sets overlap to the annotators so far + 1.
+        """
+        task = self.get_task(task_id)
+        annotators = {
+            _user_id(a.get("completed_by"))
+            for a in task.get("annotations") or []
+            if isinstance(a, dict) and not a.get("was_cancelled")
+        }
+        done = len(annotators - {None})
+        overlap = done + 1 if hold else max(done, 1)
+        self._request(
+            "PATCH",
+            f"/api/tasks/{task_id}/",
+            f"{'hold' if hold else 'release'} task {task_id}",
+            json={"overlap": overlap, "is_labeled": done >= overlap},
+        )
+        return overlap
+
     def get_task(self, task_id: int) -> dict[str, Any]:
         task: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/", f"get task {task_id}")
         return task
@@ -389,6 +413,12 @@ class LabelStudioClient:
         self._request("DELETE", f"/api/annotations/{annotation_id}/", f"delete annotation {annotation_id}")
 
     # ----------------------------------------------------------------- users
+    def user_emails(self) -> dict[int, str]:
+        """Every user of the organization: id -> email."""
+        body = self._request("GET", "/api/users/", "list users")
+        users = body.get("results", []) if isinstance(body, dict) else body or []
+        return {int(u["id"]): str(u.get("email") or "") for u in users if isinstance(u, dict) and "id" in u}
+
     def invite_token(self) -> str:
         body = self._request("GET", "/api/invite", "get the organization invite")
         return str(body["token"])
@@ -417,6 +447,11 @@ class LabelStudioClient:
                     f"could not read the token of reviewer {email}: {exc}"
                 ) from None
         return ReviewerAccount(user_id=int(me["id"]), email=email, token=str(token))
+
+
+def _user_id(user: Any) -> Any:
+    # The tasks API may expand a user to an object.
+    return user.get("id") if isinstance(user, Mapping) else user
 
 
 def _csrf(web: httpx.Client, path: str) -> str:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
+from labeling.reviewers import NEEDS_SENIOR, high_stakes
 
 
 class Escalation(BaseModel):
@@ -121,9 +122,17 @@ def sampling_score(escalation: Escalation) -> float:
     return round(1.0 - escalation.priority, 6)
 
 
-def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
-    """One Label Studio task: what the config shows, the pre-annotation, and our meta."""
+def task_payload(
+    escalation: Escalation, taxonomy: Taxonomy, *, senior_review: bool = False
+) -> dict[str, Any]:
+    """One Label Studio task: what the config shows, the pre-annotation, and our meta.
+
+    With `senior_review` (reviewer tiers on), a high-stakes item's task needs a senior reviewer: its meta
+    says so (`labeling.reviewers.NEEDS_SENIOR`) and so does its reason.
+    """
     price = "" if escalation.price is None else f"{escalation.price:.2f}"
+    needs_senior = senior_review and high_stakes(escalation.reasons)
+    reason = reason_text(escalation) + ("; needs a senior reviewer" if needs_senior else "")
     return {
         "data": {
             "item_id": escalation.item_id,
@@ -131,7 +140,7 @@ def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
             "description": escalation.description,
             "brand": escalation.brand,
             "price": price,
-            "reason": reason_text(escalation),
+            "reason": reason,
             "candidates": candidates_text(escalation),
             "model_confidence": f"{escalation.confidence:.2f}",
         },
@@ -144,6 +153,7 @@ def task_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, Any]:
             "predicted_label": escalation.predicted_label,
             "model_version": escalation.model_version,
             "model_score": escalation.confidence,
+            NEEDS_SENIOR: needs_senior,
         },
     }
 
@@ -166,6 +176,7 @@ def push_escalations(
     *,
     batch_size: int = 200,
     progress: Callable[[int, int], None] | None = None,
+    senior_review: bool = False,
 ) -> PushReport:
     """Deliver escalations, most useful first: one task per item across model versions.
 
@@ -198,7 +209,9 @@ def push_escalations(
         fresh.extend(e for e in group if e.item_id not in done)
     fresh.sort(key=lambda e: (-e.priority, e.item_id))
     # Validate every label before sending anything.
-    payloads = {(e.item_id, e.model_version): task_payload(e, taxonomy) for e in fresh}
+    payloads = {
+        (e.item_id, e.model_version): task_payload(e, taxonomy, senior_review=senior_review) for e in fresh
+    }
     open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in fresh])
     for esc in [e for e in fresh if e.item_id in open_tasks]:
         task_id = open_tasks[esc.item_id]

@@ -68,8 +68,10 @@ def sync_project(
     taxonomy: Taxonomy | None,
     *,
     progress: Callable[[int], None] | None = None,
+    is_senior: Callable[[int | None], bool] | None = None,
 ) -> SyncReport:
-    """Record every annotation state the store lacks, and deletions of annotations gone from Label Studio."""
+    """Record every annotation state the store lacks, and deletions of annotations gone from Label Studio
+    (with the same reviewer tiers as the webhooks: `is_senior`)."""
     report = SyncReport()
     known = {aid: utc(ts) for aid, ts in sink.annotation_versions(project_id).items()}
     present: set[int] = set()
@@ -96,6 +98,7 @@ def sync_project(
                 updated=previous is not None,
                 source="sync",
                 project_id=project_id,
+                is_senior=is_senior,
             )
             if sink.record_correction(event):
                 report.recorded += 1

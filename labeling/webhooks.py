@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -26,6 +26,7 @@ from pydantic import (
 
 from labeling.config import Taxonomy, label_from_result
 from labeling.exceptions import WebhookAuthError, WebhookPayloadError
+from labeling.reviewers import NEEDS_SENIOR
 from learner.data import check_identifier, check_text
 
 SECRET_HEADER = "X-HITL-Webhook-Secret"
@@ -33,7 +34,9 @@ ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 Source = Literal["webhook", "sync"]
-CorrectionAction = Literal["created", "updated", "cancelled", "rejected"]
+# "proposed": a category chosen on a high-stakes task by a reviewer who is not senior
+# (`labeling.reviewers`): kept with who proposed what, but not a label.
+CorrectionAction = Literal["created", "updated", "cancelled", "rejected", "proposed"]
 
 
 def utc(value: datetime) -> datetime:
@@ -196,7 +199,7 @@ class CorrectionEvent:
     project_id: int | None
     item_id: str | None
     label: str | None  # the category when action is created/updated; else None
-    raw_label: str | None  # what the reviewer chose, even when rejected
+    raw_label: str | None  # what the reviewer chose, even when rejected or only proposed
     reviewer_id: int | None
     created_at: datetime
     updated_at: datetime
@@ -290,8 +293,12 @@ def correction_from(
     updated: bool,
     source: Source,
     project_id: int | None = None,
+    is_senior: Callable[[int | None], bool] | None = None,
 ) -> CorrectionEvent:
-    """Apply the rules: cancelled -> recorded, not a label; label outside the taxonomy -> rejected."""
+    """Apply the rules: cancelled -> recorded, not a label; label outside the taxonomy -> rejected; a
+    category on a task that needs a senior reviewer, chosen by someone else -> proposed (with
+    `is_senior`; None = no tiers). The author of an edit is its ``updated_by``: a senior who edits a
+    junior's annotation makes it the label."""
     data = task.data if task else {}
     meta = task.meta if task else {}
     item_id = meta.get("item_id", data.get("item_id"))
@@ -313,6 +320,10 @@ def correction_from(
             f"annotation {annotation.id}: label {raw_label!r} is not one of the taxonomy's "
             f"{len(taxonomy)} categories"
         )
+    elif is_senior is not None and meta.get(NEEDS_SENIOR) is True:
+        author = (annotation.updated_by if updated else None) or annotation.completed_by
+        if not is_senior(author):
+            action, label = "proposed", None
     return CorrectionEvent(
         action=action,
         annotation_id=annotation.id,
@@ -335,7 +346,9 @@ def correction_from(
 
 
 def events_from(
-    payload: AnnotationEventPayload | AnnotationsDeletedPayload, taxonomy: Taxonomy | None
+    payload: AnnotationEventPayload | AnnotationsDeletedPayload,
+    taxonomy: Taxonomy | None,
+    is_senior: Callable[[int | None], bool] | None = None,
 ) -> CorrectionEvent | DeletionEvent:
     """The typed event for one webhook payload."""
     project_id = payload.project.id if payload.project else None
@@ -348,6 +361,7 @@ def events_from(
         updated=payload.action == "ANNOTATION_UPDATED",
         source="webhook",
         project_id=project_id,
+        is_senior=is_senior,
     )
 
 

@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadError
+from labeling.reviewers import ReviewerTiers, senior_check, tiers_from
 from labeling.sync import PeriodicSync, sync_project
 from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddleware
 from serving.metrics import ServingMetrics
@@ -34,13 +35,15 @@ from serving.store import Store
 logger = logging.getLogger(__name__)
 
 
-def sync_known_project(settings: Settings, store: Store) -> None:
+def sync_known_project(settings: Settings, store: Store, tiers: ReviewerTiers | None = None) -> None:
     """One reconciliation pass over the configured project (a no-op until it was bootstrapped)."""
     project_id = store.project_by_title(settings.labelstudio.project_title)
     if project_id is None:
         return
     with LabelStudioClient.from_settings(settings.labelstudio) as client:
-        report = sync_project(client, store, project_id, store.taxonomy(project_id))
+        report = sync_project(
+            client, store, project_id, store.taxonomy(project_id), is_senior=senior_check(tiers)
+        )
     store.record_sync(project_id, report.recorded, report.deleted)
     if report.recorded or report.deleted:
         logger.info("sync: %d recorded, %d deleted", report.recorded, report.deleted)
@@ -175,6 +178,8 @@ def create_app(
         app.state.model = holder
         app.state.model_holder = BackendHolder(holder)  # the ML-backend router's view of it
         app.state.metrics = metrics
+        tiers = tiers_from(settings.labelstudio)
+        app.state.reviewer_tiers = tiers
         if holder.current is None:
             try:
                 await run_in_threadpool(holder.refresh)
@@ -190,7 +195,7 @@ def create_app(
         periodic: PeriodicSync | None = None
         if settings.labelstudio.sync_interval_s > 0:
             periodic = PeriodicSync(
-                lambda: sync_known_project(settings, active), settings.labelstudio.sync_interval_s
+                lambda: sync_known_project(settings, active, tiers), settings.labelstudio.sync_interval_s
             )
             periodic.start()
         retrainer = None  # the retraining loop (serving.retrain): one worker thread, coalescing triggers

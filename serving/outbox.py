@@ -178,6 +178,7 @@ class DeliveryReport:
     delivered: int = 0
     failed: int = 0  # still pending, retried later
     dead: int = 0
+    held: int = 0  # tasks held open for a senior reviewer, or released (`labeling.reviewers`)
     waiting_for_project: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -233,6 +234,7 @@ class OutboxWorker:
 
     def _run_once(self) -> DeliveryReport:
         report = DeliveryReport()
+        self._apply_senior_holds(report)
         now = self.clock()
         due = self._due(now)
         if not due:
@@ -281,6 +283,30 @@ class OutboxWorker:
             logger.info("outbox: %d delivered, %d dead", report.delivered, report.dead)
         return report
 
+    def _apply_senior_holds(self, report: DeliveryReport) -> None:
+        """Keep tasks with only a junior's proposal in the queue for a senior, and let a senior's label
+        finish them. State-based, so a pass that fails (Label Studio down) is simply redone."""
+        project_id = self.store.project_by_title(self.settings.labelstudio.project_title)
+        changes = self.store.senior_holds(project_id) if project_id is not None else []
+        if project_id is None or not changes:
+            return
+        client = self.client_factory()
+        try:
+            for change in changes:
+                try:
+                    overlap = client.hold_task(change.task_id, hold=change.hold)
+                except LabelStudioApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    overlap = 0  # the task is gone from Label Studio: nothing left to hold
+                self.store.record_hold(project_id, change, overlap)
+                report.held += 1
+        except LabelingError as exc:
+            report.errors.append(_short(exc))
+            logger.warning("outbox: holding tasks for senior reviewers failed, retried next pass: %s", exc)
+        finally:
+            client.close()
+
     def _due(self, now: datetime) -> list[_Due]:
         with self.store.session() as session:
             rows = session.scalars(
@@ -310,6 +336,7 @@ class OutboxWorker:
                 taxonomy,
                 [d.escalation for d in chunk],
                 batch_size=len(chunk),
+                senior_review=bool(self.settings.labelstudio.senior_reviewers),
             )
         except Exception as exc:  # any failure keeps the entries; only the kind decides retry vs dead
             if not isinstance(exc, LabelingError | OSError | ValueError):

@@ -73,7 +73,7 @@ class Correction(Base):
     __table_args__ = (UniqueConstraint("annotation_id", "updated_at", "action", name="uq_correction_state"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    action: Mapped[str] = mapped_column(String(16))  # created/updated/deleted/cancelled/rejected
+    action: Mapped[str] = mapped_column(String(16))  # created/updated/deleted/cancelled/rejected/proposed
     source: Mapped[str] = mapped_column(String(16))  # webhook/sync
     project_id: Mapped[int | None] = mapped_column(Integer, index=True)
     item_id: Mapped[str | None] = mapped_column(String(255), index=True)
@@ -193,6 +193,8 @@ class Prediction(Base):
 
 MODEL_EVENT = "model_event"  # audit kind of a champion move (see `Store.record_model_event`)
 TASK_EVENT = "labelstudio_task"  # audit kind of a task leaving Label Studio's queue (`Store.record_closed`)
+# ... and of a task held open for a senior reviewer, then released (`Store.record_hold`).
+HELD, RELEASED = "held_for_senior", "released_by_senior"
 
 
 class AuditEvent(Base):
@@ -413,6 +415,13 @@ class OpenEscalation:
     price: float | None
 
 
+@dataclass(frozen=True)
+class SeniorHold:
+    task_id: int
+    item_id: str | None
+    hold: bool  # True: keep the task open for a senior reviewer; False: let its annotations finish it
+
+
 # Called inside the transaction that stores the predictions (the outbox enqueues there: nothing is lost).
 EscalationHook = Callable[[Session, list[Escalation], str], object]
 
@@ -521,7 +530,8 @@ class Store:
             actor=f"reviewer:{row.reviewer_id}" if row.reviewer_id is not None else "reviewer:unknown",
             action=action,
             before=predicted,
-            after=row.label if row.action != "deleted" else None,
+            # A proposal's category is not a label, but the trail shows who proposed what.
+            after={"proposed": row.raw_label, "deleted": None}.get(row.action, row.label),
             model_version=version,
             details={
                 "annotation_id": row.annotation_id,
@@ -961,6 +971,58 @@ class Store:
                         created_at=now,
                     )
                 )
+
+    # ---------------------------------------------------------- reviewer tiers
+    def senior_holds(self, project_id: int) -> list[SeniorHold]:
+        """Tasks whose hold for a senior reviewer must change (`labeling.reviewers`): held while their
+        live annotations are proposals only; released once one of them is a label (or none is left)."""
+        with self.session() as session:
+            task_ids = session.scalars(
+                select(Correction.task_id)
+                .where(Correction.project_id == project_id, Correction.action == "proposed")
+                .distinct()
+            ).all()
+            if not task_ids:
+                return []
+            states = session.scalars(
+                select(Correction).where(Correction.task_id.in_(task_ids)).order_by(*STATE_ORDER)
+            ).all()
+            marks = session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind == TASK_EVENT, AuditEvent.action.in_((HELD, RELEASED)))
+                .order_by(AuditEvent.id)
+            ).all()
+        latest: dict[int, Correction] = {}
+        for state in states:
+            latest[state.annotation_id] = state
+        by_task: dict[int, list[Correction]] = {}
+        for state in latest.values():
+            if state.task_id is not None:
+                by_task.setdefault(state.task_id, []).append(state)
+        held = {int(m.details.get("task_id", -1)): m.action == HELD for m in marks}
+        changes: list[SeniorHold] = []
+        for task_id, task_states in sorted(by_task.items()):
+            labelled = any(s.action in ("created", "updated") for s in task_states)
+            hold = not labelled and any(s.action == "proposed" for s in task_states)
+            if hold != held.get(task_id, False):
+                item_id = next((s.item_id for s in task_states if s.item_id), None)
+                changes.append(SeniorHold(task_id=task_id, item_id=item_id, hold=hold))
+        return changes
+
+    def record_hold(self, project_id: int, change: SeniorHold, overlap: int) -> None:
+        """The audit trail's record that a task was held for (or released by) a senior reviewer."""
+        with self.session() as session:
+            session.add(
+                AuditEvent(
+                    item_id=change.item_id,
+                    kind=TASK_EVENT,
+                    actor="hitl:reviewer-tiers",
+                    action=HELD if change.hold else RELEASED,
+                    before=str(change.task_id),
+                    after=None,
+                    details={"project_id": project_id, "task_id": change.task_id, "overlap": overlap},
+                )
+            )
 
     def pushed_tasks(self, model_version: str | None = None) -> dict[tuple[str, str], int]:
         query = select(PushedTask)

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from labeling.client import WEBHOOK_PATH
+from labeling.reviewers import ReviewerTiers, senior_check
 from labeling.webhooks import (
     SECRET_HEADER,
     CorrectionEvent,
@@ -51,7 +52,9 @@ async def label_studio_webhook(request: Request, store: StoreDep, settings: Sett
     payload = parse_payload(await request.body())
     project_id = project_id_of(payload)
     taxonomy = await run_in_threadpool(store.taxonomy, project_id) if project_id is not None else None
-    event = events_from(payload, taxonomy)
+    tiers: ReviewerTiers | None = getattr(request.app.state, "reviewer_tiers", None)
+    # In the threadpool: an unknown reviewer id costs one look-up of Label Studio's users.
+    event = await run_in_threadpool(events_from, payload, taxonomy, senior_check(tiers))
     outcome = await run_in_threadpool(_persist, store, event)
     # Log ids and outcome only: the payload carries the project's token.
     logger.info("webhook %s project=%s -> %s", payload.action, project_id, outcome["status"])

@@ -244,6 +244,7 @@ def test_cli_status_bootstrap_and_sync(
     status = runner.invoke(cli_labelstudio.app, ["status"], obj=settings)
     assert status.exit_code == 0, status.output
     assert "healthy" in status.output
+    assert "senior review: 1 senior reviewer(s) for high-stakes items\n" in status.output
     taxonomy = tmp_path / "taxonomy.txt"
     taxonomy.write_text("\n".join(TAXONOMY.labels))
     boot = runner.invoke(

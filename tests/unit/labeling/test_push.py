@@ -151,3 +151,19 @@ def test_the_task_says_why_in_plain_words_with_numbers_and_shows_the_best_candid
     )
     assert reason_text(uncertified) == "confidence 0.38; no certified threshold for this category yet"
     assert candidates_text(uncertified) == "1. Shoes 38%"
+
+
+def test_with_reviewer_tiers_a_high_stakes_task_says_it_needs_a_senior() -> None:
+    fake = FakeLabelStudio()
+    high = esc("a", 0.5).model_copy(update={"reasons": ["high_value"], "price": 1250.0, "review_price": 1e3})
+    low = esc("b", 0.4).model_copy(update={"reasons": ["below_threshold"], "threshold": 0.9})
+    push_escalations(cast(LabelStudioClient, fake), MemoryLedger(), 1, TAX, [high, low], senior_review=True)
+    by_item = {t["meta"]["item_id"]: t for t in fake.tasks}
+    assert by_item["a"]["meta"]["needs_senior"] is True
+    assert by_item["a"]["data"]["reason"] == "price 1,250 >= review limit 1,000; needs a senior reviewer"
+    assert by_item["b"]["meta"]["needs_senior"] is False
+    assert "senior" not in by_item["b"]["data"]["reason"]
+    # Tiers off: nobody is asked for.
+    off = FakeLabelStudio()
+    push_escalations(cast(LabelStudioClient, off), MemoryLedger(), 1, TAX, [high])
+    assert off.tasks[0]["meta"]["needs_senior"] is False

@@ -151,3 +151,43 @@ def test_malformed_payloads_name_the_field_but_never_echo_values(mutate: Any, lo
 def test_non_object_bodies_are_malformed(raw: bytes | str) -> None:
     with pytest.raises(WebhookPayloadError):
         parse_payload(raw)
+
+
+def _high_stakes(body: dict[str, Any]) -> dict[str, Any]:
+    body["task"]["meta"]["needs_senior"] = True
+    return body
+
+
+SENIORS = {5}
+
+
+def test_on_a_task_that_needs_a_senior_only_a_seniors_category_is_the_label() -> None:
+    def is_senior(user: int | None) -> bool:
+        return user in SENIORS
+
+    junior = events_from(parse_payload(_high_stakes(created(["Sports", "Running"]))), TAX, is_senior)
+    assert isinstance(junior, CorrectionEvent)
+    assert (junior.action, junior.label, junior.raw_label) == ("proposed", None, "Sports > Running")
+    assert junior.error is None
+
+    senior = events_from(
+        parse_payload(_high_stakes(created(["Sports", "Running"], completed_by=5))), TAX, is_senior
+    )
+    assert (senior.action, senior.label) == ("created", "Sports > Running")  # type: ignore[union-attr]
+
+    # A senior's edit of the junior's annotation decides: the author of an update is its updated_by.
+    edited = _high_stakes(created(["Sports", "Running"], updated_by=5))
+    edited["action"] = "ANNOTATION_UPDATED"
+    assert events_from(parse_payload(edited), TAX, is_senior).action == "updated"  # type: ignore[union-attr]
+
+    # Without tiers, or on an ordinary task, anyone's category is the label.
+    body = _high_stakes(created(["Sports", "Running"]))
+    assert events_from(parse_payload(body), TAX).action == "created"  # type: ignore[union-attr]
+    ordinary = events_from(parse_payload(created(["Sports", "Running"])), TAX, is_senior)
+    assert ordinary.action == "created"  # type: ignore[union-attr]
+
+    # The other rules come first: a skip stays a skip, a category outside the taxonomy is rejected.
+    skipped = _high_stakes(created(["Sports", "Running"], was_cancelled=True))
+    assert events_from(parse_payload(skipped), TAX, is_senior).action == "cancelled"  # type: ignore[union-attr]
+    outside = _high_stakes(created(["Garden", "Hoses"]))
+    assert events_from(parse_payload(outside), TAX, is_senior).action == "rejected"  # type: ignore[union-attr]

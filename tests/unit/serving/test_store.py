@@ -145,3 +145,36 @@ def test_one_open_task_per_item_until_it_is_closed_with_a_reason_in_the_audit_tr
     assert events[0].details["reason"].startswith("auto-accepted by model v2")
     store.record_pushed(7, "v3", [("a", 205, 0.8)])  # escalated again later: a fresh task
     assert store.open_task_ids(7, ["a"]) == {"a": 205}
+
+
+def test_a_task_with_only_proposals_is_held_for_a_senior_until_a_label_releases_it(store: Store) -> None:
+    from serving.store import HELD, RELEASED
+
+    proposal = correction(1, label=None, raw_label="Shoes", action="proposed", task_id=40, item_id="sku-x")
+    store.record_correction(proposal)
+    (hold,) = store.senior_holds(1)
+    assert (hold.task_id, hold.item_id, hold.hold) == (40, "sku-x", True)
+    store.record_hold(1, hold, overlap=2)
+    assert store.senior_holds(1) == []  # recorded: nothing to change until the next state
+
+    # A second junior's proposal keeps it held; a senior's label releases it.
+    store.record_correction(replace(proposal, annotation_id=2, reviewer_id=3))
+    assert store.senior_holds(1) == []
+    label = correction(3, label="Boots", task_id=40, item_id="sku-x", updated_at=T0 + timedelta(minutes=1))
+    store.record_correction(label)
+    (release,) = store.senior_holds(1)
+    assert (release.task_id, release.hold) == (40, False)
+    store.record_hold(1, release, overlap=3)
+    assert store.senior_holds(1) == []
+    assert store.current_labels()["sku-x"].label == "Boots"
+    trail = store.audit_trail(item_id="sku-x")
+    assert [(a.kind, a.action, a.after) for a in trail] == [
+        ("review", "proposed", "Shoes"),
+        ("labelstudio_task", HELD, None),
+        ("review", "proposed", "Shoes"),
+        ("review", "corrected", "Boots"),
+        ("labelstudio_task", RELEASED, None),
+    ]
+    # Ordinary tasks never show up.
+    store.record_correction(correction(9, task_id=41))
+    assert store.senior_holds(1) == []

@@ -1,0 +1,98 @@
+"""Reviewer tiers: whose annotation is the label of a high-stakes item, and whose is only a proposal.
+
+A junior analyst should not approve what a department head approves. Items escalated for high value, an
+always-review category or an always-review brand carry ``needs_senior`` in their task's meta (set by
+`labeling.push`); on such a task the annotation of a reviewer outside `ReviewerTiers.seniors` is stored as
+a proposal (`labeling.webhooks.correction_from`) and the task is held open for a senior
+(`LabelStudioClient.hold_task`).
+
+Label Studio's webhooks name the annotator by user id only, so the tiers keep Label Studio's id -> email
+directory, refreshed when it is older than ``refresh_s`` or when an unknown id shows up (at most every
+``min_refresh_s``, so a burst of annotations by a new user costs one lookup).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+from hitl.settings import LabelStudioSettings
+from labeling.exceptions import LabelingError
+
+logger = logging.getLogger(__name__)
+
+# The routing reasons (`serving.routing.Reason` values) that make an item high-stakes.
+HIGH_STAKES_REASONS = frozenset({"high_value", "always_review_category", "always_review_brand"})
+NEEDS_SENIOR = "needs_senior"  # the task meta key
+
+
+def high_stakes(reasons: Sequence[str]) -> bool:
+    return not HIGH_STAKES_REASONS.isdisjoint(reasons)
+
+
+class ReviewerTiers:
+    """`is_senior(user_id)` for the Label Studio users whose email is in `seniors` (case-insensitive)."""
+
+    def __init__(
+        self,
+        seniors: Iterable[str],
+        directory: Callable[[], Mapping[int, str]],
+        *,
+        refresh_s: float = 60.0,
+        min_refresh_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.seniors = frozenset(e.strip().lower() for e in seniors)
+        self._directory = directory
+        self._refresh_s = refresh_s
+        self._min_refresh_s = min_refresh_s
+        self._clock = clock
+        self._emails: dict[int, str] = {}
+        self._loaded_at: float | None = None
+        self._lock = threading.Lock()
+
+    def _load(self, now: float) -> None:
+        try:
+            emails = {int(uid): email.strip().lower() for uid, email in self._directory().items()}
+        except LabelingError as exc:  # keep what we knew; an unknown reviewer counts as junior meanwhile
+            logger.warning("reviewer tiers: Label Studio's user directory could not be read: %s", exc)
+        else:
+            self._emails = emails
+        self._loaded_at = now
+
+    def email_of(self, user_id: int) -> str | None:
+        with self._lock:
+            now = self._clock()
+            age = None if self._loaded_at is None else now - self._loaded_at
+            stale = age is None or age >= self._refresh_s
+            unknown = user_id not in self._emails and (age is None or age >= self._min_refresh_s)
+            if stale or unknown:
+                self._load(now)
+            return self._emails.get(user_id)
+
+    def is_senior(self, user_id: int | None) -> bool:
+        """True for a senior reviewer; False for anyone else, an unknown user id, or no user at all."""
+        if user_id is None:
+            return False
+        email = self.email_of(user_id)
+        return email is not None and email in self.seniors
+
+
+def tiers_from(settings: LabelStudioSettings) -> ReviewerTiers | None:
+    """The tiers `settings` ask for, reading Label Studio's users through the API; None = no tiers."""
+    if not settings.senior_reviewers:
+        return None
+
+    def directory() -> dict[int, str]:
+        from labeling.client import LabelStudioClient  # the client imports nothing of this module
+
+        with LabelStudioClient.from_settings(settings) as client:
+            return client.user_emails()
+
+    return ReviewerTiers(settings.senior_reviewers, directory, refresh_s=settings.reviewer_refresh_s)
+
+
+def senior_check(tiers: ReviewerTiers | None) -> Callable[[int | None], bool] | None:
+    return None if tiers is None else tiers.is_senior
