@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 SEPARATOR = " > "
-FROM_NAME = "category"
+FROM_NAME = "category"  # the whole taxonomy
+SUGGESTION_NAME = "suggestion"  # the model's best categories, one click each (task data `suggestions`)
 TO_NAME = "title"
 
 # Task data keys the config shows; `push` fills them.
-DATA_FIELDS = ("title", "description", "brand", "price", "reason", "candidates")
+DATA_FIELDS = ("title", "description", "brand", "price", "reason", "suggestions", "similar")
 
 
 def _split(path: Sequence[str] | str) -> tuple[str, ...]:
@@ -68,11 +70,21 @@ class Taxonomy:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def result_for(self, label: str) -> list[dict[str, Any]]:
-        """A Label Studio `result` selecting `label` (used for pre-annotations)."""
+    def result_for(self, label: str, *, suggested: bool = False) -> list[dict[str, Any]]:
+        """A Label Studio `result` selecting `label` (used for pre-annotations): in the whole taxonomy,
+        or (`suggested`) among the task's one-click suggestions, which must then hold `label`."""
         path = _split(label)
         if path not in set(self.paths):
             raise ValueError(f"label {label!r} is not one of the taxonomy's {len(self.paths)} categories")
+        if suggested:
+            return [
+                {
+                    "from_name": SUGGESTION_NAME,
+                    "to_name": TO_NAME,
+                    "type": "choices",
+                    "value": {"choices": [SEPARATOR.join(path)]},
+                }
+            ]
         if self.hierarchical:
             return [
                 {
@@ -87,19 +99,36 @@ class Taxonomy:
         ]
 
 
-def label_from_result(result: Sequence[dict[str, Any]]) -> str | None:
-    """The chosen category of an annotation `result` as a `" > "`-joined path; None if none was chosen."""
-    for region in result:
-        if region.get("from_name") != FROM_NAME:
-            continue
-        value = region.get("value") or {}
-        taxonomy = value.get("taxonomy")
-        if taxonomy:
-            return SEPARATOR.join(str(p) for p in taxonomy[0])
-        choices = value.get("choices")
-        if choices:
-            return str(choices[0])
+def suggestions_data(candidates: Sequence[tuple[str, float]]) -> list[dict[str, str]]:
+    """The task data of the one-click suggestions: each option's value is the category, its label
+    shows the model's probability ("Home &amp; Kitchen > Cookware · 62%": HTML-escaped)."""
+    return [{"value": label, "html": f"{escape(label)} · {p:.0%}"} for label, p in candidates]
+
+
+def _chosen(region: dict[str, Any]) -> str | None:
+    value = region.get("value") or {}
+    taxonomy = value.get("taxonomy")
+    if taxonomy:
+        return SEPARATOR.join(str(p) for p in taxonomy[0])
+    choices = value.get("choices")
+    if choices:
+        return str(choices[0])
     return None
+
+
+def label_from_result(result: Sequence[dict[str, Any]]) -> str | None:
+    """The chosen category of an annotation `result` as a `" > "`-joined path; None if none was chosen.
+
+    A category picked in the whole taxonomy wins over the one-click suggestions: the best suggestion
+    comes pre-selected, so a reviewer who disagrees with all of them picks another category there.
+    """
+    by_control: dict[str, str] = {}
+    for region in result:
+        name = region.get("from_name")
+        chosen = _chosen(region) if name in (FROM_NAME, SUGGESTION_NAME) else None
+        if chosen is not None and isinstance(name, str):
+            by_control.setdefault(name, chosen)
+    return by_control.get(FROM_NAME) or by_control.get(SUGGESTION_NAME)
 
 
 def _tree(paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
@@ -124,9 +153,11 @@ def _choices_xml(tree: dict[str, Any], indent: str) -> list[str]:
 
 
 def build_label_config(taxonomy: Taxonomy) -> str:
-    """The XML labeling config: the item's fields, why it was escalated, and the category control."""
-    # Each field once: the title (what the category control labels), then brand, price, description,
-    # why the item is here in plain words, and the model's best guesses (the first is pre-selected).
+    """The XML labeling config: the item's fields, why it was escalated, the model's best categories as
+    one-click choices (the first pre-selected), similar items that people labelled, and the whole
+    taxonomy for any other category."""
+    # Each field once: the title (what the category controls label), then brand, price, description,
+    # and why the item is here in plain words.
     head = [
         "<View>",
         f'  <Text name="{TO_NAME}" value="$title"/>',
@@ -136,7 +167,10 @@ def build_label_config(taxonomy: Taxonomy) -> str:
         "  </View>",
         '  <Text name="description" value="$description"/>',
         '  <Text name="reason" value="Why it is here: $reason"/>',
-        '  <Text name="candidates" value="Model\'s best guesses: $candidates"/>',
+        '  <Header value="The model\'s best guesses (one click):" size="5"/>',
+        f'  <Choices name="{SUGGESTION_NAME}" toName="{TO_NAME}" choice="single" value="$suggestions"/>',
+        '  <Text name="similar" value="Similar items people labelled: $similar"/>',
+        '  <Header value="None of them? Choose the category:" size="5"/>',
     ]
     if taxonomy.hierarchical:
         control = [
@@ -146,7 +180,7 @@ def build_label_config(taxonomy: Taxonomy) -> str:
         ]
     else:
         control = [
-            f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single" required="true">',
+            f'  <Choices name="{FROM_NAME}" toName="{TO_NAME}" choice="single">',
             *_choices_xml(_tree(taxonomy.paths), "    "),
             "  </Choices>",
         ]

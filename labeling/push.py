@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from labeling.client import LabelStudioClient
-from labeling.config import Taxonomy
+from labeling.config import Taxonomy, suggestions_data
 from labeling.reviewers import NEEDS_SENIOR, high_stakes
 
 
@@ -36,6 +36,9 @@ class Escalation(BaseModel):
         default_factory=list, description="the model's best categories with their probabilities, best first"
     )
     review_price: float | None = Field(None, description="the high-value review limit in force")
+    similar: list[tuple[str, str]] = Field(
+        default_factory=list, description="(title, human label) of the most similar labelled items"
+    )
 
 
 # What each routing reason (`serving.routing.Reason`) means to a merchandiser; numbers filled in below.
@@ -75,10 +78,19 @@ def reason_text(escalation: Escalation) -> str:
     return "; ".join(parts) or "uncertain prediction"
 
 
-def candidates_text(escalation: Escalation, limit: int = 3) -> str:
-    """The model's best categories with probabilities: "1. A > B 62% · 2. C > D 21% · 3. E > F 9%"."""
-    ranked = escalation.candidates or [(escalation.predicted_label, escalation.confidence)]
-    return " · ".join(f"{i}. {label} {p:.0%}" for i, (label, p) in enumerate(ranked[:limit], start=1))
+def top_candidates(escalation: Escalation, taxonomy: Taxonomy, limit: int = 3) -> list[tuple[str, float]]:
+    """The model's best categories of the project's taxonomy with their probabilities, its prediction
+    first (what the one-click suggestions offer, the first pre-selected)."""
+    ranked = [(escalation.predicted_label, escalation.confidence)]
+    ranked += [(label, p) for label, p in escalation.candidates if label != escalation.predicted_label]
+    return [(label, p) for label, p in ranked if label in taxonomy][:limit]
+
+
+def similar_text(escalation: Escalation) -> str:
+    """The labelled items most like this one: "“Steel pan 24 cm” → Home & Kitchen > Cookware · ..."."""
+    if not escalation.similar:
+        return "none labelled yet"
+    return " · ".join(f"“{title}” → {label}" for title, label in escalation.similar)
 
 
 class PushLedger(Protocol):
@@ -141,7 +153,8 @@ def task_payload(
             "brand": escalation.brand,
             "price": price,
             "reason": reason,
-            "candidates": candidates_text(escalation),
+            "suggestions": suggestions_data(top_candidates(escalation, taxonomy)),
+            "similar": similar_text(escalation),
             "model_confidence": f"{escalation.confidence:.2f}",
         },
         "predictions": [prediction_payload(escalation, taxonomy)],
@@ -163,7 +176,7 @@ def prediction_payload(escalation: Escalation, taxonomy: Taxonomy) -> dict[str, 
     return {
         "model_version": escalation.model_version,
         "score": sampling_score(escalation),
-        "result": taxonomy.result_for(escalation.predicted_label),
+        "result": taxonomy.result_for(escalation.predicted_label, suggested=True),
     }
 
 

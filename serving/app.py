@@ -30,6 +30,7 @@ from serving.routers import metrics_dashboard as metrics_router
 from serving.routers import retrain as retrain_router
 from serving.security import AuthThrottle, KeyCache
 from serving.service import BackendHolder
+from serving.similar import SimilarLabelled
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def create_app(
         holder.start()
         worker = None
         if settings.serving.outbox_enabled:
-            worker = OutboxWorker(active, settings)
+            worker = OutboxWorker(active, settings, similar=SimilarLabelled(active).fill)
             worker.start()
         periodic: PeriodicSync | None = None
         if settings.labelstudio.sync_interval_s > 0:

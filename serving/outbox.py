@@ -199,6 +199,17 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, LabelStudioApiError) and exc.status in PERMANENT_STATUSES
 
 
+def _with_similar(
+    fill: Callable[[Sequence[Escalation]], list[Escalation]], entries: list[_Due]
+) -> list[_Due]:
+    try:
+        filled = fill([e.escalation for e in entries])
+    except Exception:  # a task without similar items beats a task not delivered
+        logger.exception("outbox: similar labelled items could not be found; pushing without them")
+        return entries
+    return [_Due(e.id, e.attempts, esc) for e, esc in zip(entries, filled, strict=True)]
+
+
 class OutboxWorker:
     """Delivers due outbox entries; `run_once()` for one pass, `start()`/`stop()` for a background thread.
 
@@ -214,8 +225,10 @@ class OutboxWorker:
         *,
         clock: Callable[[], datetime] = _now,
         rng: random.Random | None = None,
+        similar: Callable[[Sequence[Escalation]], list[Escalation]] | None = None,
     ) -> None:
         self.store = store
+        self.similar = similar  # fills each task's similar labelled items (`serving.similar`)
         self.settings = settings
         self.client_factory = client_factory or (
             lambda: LabelStudioClient.from_settings(settings.labelstudio)
@@ -264,6 +277,8 @@ class OutboxWorker:
                 report.dead += 1
         if not deliverable:
             return report
+        if self.similar is not None:
+            deliverable = _with_similar(self.similar, deliverable)
         batch_size = self.settings.labelstudio.push_batch_size
         client = self.client_factory()
         try:

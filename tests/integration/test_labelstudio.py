@@ -97,7 +97,8 @@ def test_push_50_read_back_never_twice_and_most_useful_first(
     assert sample["meta"]["reasons"] == ["low_confidence"]
     (prediction,) = sample["predictions"]
     assert prediction["model_version"] == "v-push"
-    assert prediction["result"][0]["value"]["taxonomy"] == [["Sports", "Running"]]
+    assert prediction["result"][0]["from_name"] == "suggestion"
+    assert prediction["result"][0]["value"]["choices"] == ["Sports > Running"]
     assert prediction["score"] == pytest.approx(1 - 8 / 51, abs=1e-5)
 
     # Label Studio serves the most useful item first once the project shows this model version.

@@ -28,7 +28,8 @@ def test_hierarchical_config_uses_taxonomy_and_escapes_names() -> None:
     root = ET.fromstring(xml)  # well-formed despite &, <, > and quotes
     control = root.find("Taxonomy")
     assert control is not None
-    assert root.find("Choices") is None
+    (suggestions,) = root.findall("Choices")  # only the one-click suggestions, from task data
+    assert (suggestions.get("name"), suggestions.get("value")) == ("suggestion", "$suggestions")
     tops = [c.get("value") for c in control.findall("Choice")]
     assert tops == ["Home & Kitchen", "Toys <3+>"]
     assert [c.get("value") for c in control.findall("Choice/Choice")] == ['Pots "big"', "Games"]
@@ -39,14 +40,15 @@ def test_hierarchical_config_uses_taxonomy_and_escapes_names() -> None:
         "Brand: $brand",
         "Price: $price",
         "Why it is here: $reason",
-        "Model's best guesses: $candidates",
+        "Similar items people labelled: $similar",
     } <= shown
 
 
 def test_flat_config_uses_choices() -> None:
     root = ET.fromstring(build_label_config(Taxonomy.from_paths(["Shoes", "Hats & Caps"])))
-    control = root.find("Choices")
-    assert control is not None
+    controls = {c.get("name"): c for c in root.findall("Choices")}
+    assert set(controls) == {"suggestion", "category"}
+    control = controls["category"]
     assert root.find("Taxonomy") is None
     assert [c.get("value") for c in control.findall("Choice")] == ["Hats & Caps", "Shoes"]
 
@@ -56,6 +58,7 @@ def test_result_round_trips_through_label_from_result(paths: list[str]) -> None:
     tax = Taxonomy.from_paths(paths)
     for label in tax.labels:
         assert label_from_result(tax.result_for(label)) == label
+        assert label_from_result(tax.result_for(label, suggested=True)) == label
     with pytest.raises(ValueError, match="not one of the taxonomy's 2 categories"):
         tax.result_for("Nope")
 
@@ -63,3 +66,10 @@ def test_result_round_trips_through_label_from_result(paths: list[str]) -> None:
 def test_label_from_result_ignores_other_controls_and_empty_results() -> None:
     assert label_from_result([]) is None
     assert label_from_result([{"from_name": "other", "value": {"choices": ["X"]}}]) is None
+
+
+def test_a_category_chosen_in_the_taxonomy_wins_over_the_preselected_suggestion() -> None:
+    tax = Taxonomy.from_paths(["A > x", "B > y"])
+    both = tax.result_for("A > x", suggested=True) + tax.result_for("B > y")
+    assert label_from_result(both) == "B > y"
+    assert label_from_result(list(reversed(both))) == "B > y"

@@ -7,7 +7,7 @@ import pytest
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
-from labeling.push import Escalation, candidates_text, push_escalations, reason_text, sampling_score
+from labeling.push import Escalation, push_escalations, reason_text, sampling_score, top_candidates
 from tests.unit.labeling.fakes import FakeLabelStudio
 
 TAX = Taxonomy.from_paths(["Shoes", "Hats & Caps"])
@@ -65,7 +65,12 @@ def test_most_useful_first_in_batches_with_prediction_and_meta() -> None:
         "model_version": "v1",
         "score": pytest.approx(0.1),
         "result": [
-            {"from_name": "category", "to_name": "title", "type": "choices", "value": {"choices": ["Shoes"]}}
+            {
+                "from_name": "suggestion",
+                "to_name": "title",
+                "type": "choices",
+                "value": {"choices": ["Shoes"]},
+            }
         ],
     }
     assert first["meta"]["reasons"] == ["low_confidence", "high_price"]
@@ -145,12 +150,24 @@ def test_the_task_says_why_in_plain_words_with_numbers_and_shows_the_best_candid
         "confidence 0.38 below this category's certified 0.91; price 1,250 >= review limit 1,000; "
         "random audit (measures the model's accuracy)"
     )
-    assert task["candidates"] == "1. Shoes 38% · 2. Hats & Caps 21% · 3. Socks 9%"
+    # One-click suggestions: the prediction first, only categories of the project ("Socks" is not).
+    assert task["suggestions"] == [
+        {"value": "Shoes", "html": "Shoes · 38%"},
+        {"value": "Hats & Caps", "html": "Hats &amp; Caps · 21%"},
+    ]
+    assert task["similar"] == "none labelled yet"
+    (prediction,) = fake.tasks[0]["predictions"]
+    assert prediction["result"] == [
+        {"from_name": "suggestion", "to_name": "title", "type": "choices", "value": {"choices": ["Shoes"]}}
+    ]
     uncertified = item.model_copy(
         update={"threshold": None, "reasons": ["below_threshold"], "candidates": []}
     )
     assert reason_text(uncertified) == "confidence 0.38; no certified threshold for this category yet"
-    assert candidates_text(uncertified) == "1. Shoes 38%"
+    assert top_candidates(uncertified, TAX) == [("Shoes", 0.38)]
+    similar = item.model_copy(update={"similar": [("Trail shoe 42", "Shoes"), ("Cap", "Hats & Caps")]})
+    push_escalations(cast(LabelStudioClient, fake2 := FakeLabelStudio()), MemoryLedger(), 1, TAX, [similar])
+    assert fake2.tasks[0]["data"]["similar"] == "“Trail shoe 42” → Shoes · “Cap” → Hats & Caps"
 
 
 def test_with_reviewer_tiers_a_high_stakes_task_says_it_needs_a_senior() -> None:
