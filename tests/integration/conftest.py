@@ -36,6 +36,7 @@ from labeling.project import bootstrap_project, webhook_url
 from labeling.server import LabelStudioServer, free_port
 from serving.app import create_app
 from serving.store import Store
+from tests.integration.browser import browser, chromium  # noqa: F401  (fixtures for every module)
 
 if TYPE_CHECKING:
     from learner.encoder import HFEncoder

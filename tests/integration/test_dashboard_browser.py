@@ -6,19 +6,14 @@ charts, and every chart's data (its `data-series` attribute) is compared with fi
 independently, with plain SQL on the same database file (not with `serving.kpis`). A merchandiser key is
 refused; a fresh store shows its empty states. A screenshot is saved under the test's tmp dir.
 
-Chromium and its driver come from Debian (`chromium`, `chromium-driver`), installed by this module's
-setup when /usr/bin/chromium is missing; selenium drives them (no Selenium Manager download).
+Chromium comes from the session's `browser` fixture (`tests.integration.browser`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sqlite3
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -41,51 +36,7 @@ from tests.unit.serving.dashboard_seed import BIASED_BRAND, seed
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FIRST_PASS = "(requested_by IS NULL OR requested_by != 'retrain:rescore')"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1400,2600",
-)
-
-
-def _apt_install() -> None:
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends",
-               "chromium", "chromium-driver"]  # fmt: skip
-    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
-    if done.returncode != 0:  # stale package lists: refresh once and retry
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
-    if done.returncode != 0:
-        raise RuntimeError(
-            f"apt-get install chromium chromium-driver failed:\n{(done.stdout + done.stderr)[-3000:]}"
-        )
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Path:
-    """Debian's chromium + chromium-driver, installed when missing (CI does not need them preinstalled)."""
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        if shutil.which("apt-get") is None:
-            pytest.skip(
-                "chromium is not installed and apt-get is unavailable to install it (Debian/Ubuntu only)"
-            )
-        if os.geteuid() != 0:
-            pytest.skip("chromium is not installed and installing it with apt-get needs root")
-        started = time.monotonic()
-        _apt_install()
-        print(f"\ninstalled chromium + chromium-driver in {time.monotonic() - started:.0f} s")
-    return CHROMIUM
 
 
 @dataclass
@@ -139,25 +90,6 @@ def serve(tmp: Path, *, seeded: bool) -> Iterator[Served]:
         server.should_exit = True
         thread.join(10)
         store.close()
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: Path) -> Iterator[Any]:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(chromium)
-    profile = tempfile.mkdtemp(prefix="hitl-chromium-")
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 def login(driver: Any, base: str, key: str) -> None:

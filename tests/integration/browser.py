@@ -1,0 +1,82 @@
+"""Headless Chromium for the tests where a person would look (the dashboard, Label Studio's UI).
+
+Chromium and its driver come from Debian (`chromium`, `chromium-driver`), installed by the `chromium`
+fixture when /usr/bin/chromium is missing; selenium drives them (no Selenium Manager download).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,2600",
+)
+
+
+def _apt_install() -> None:
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends",
+               "chromium", "chromium-driver"]  # fmt: skip
+    done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:  # stale package lists: refresh once and retry
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"apt-get install chromium chromium-driver failed:\n{(done.stdout + done.stderr)[-3000:]}"
+        )
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Path:
+    """Debian's chromium + chromium-driver, installed when missing (CI does not need them preinstalled)."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        if shutil.which("apt-get") is None:
+            pytest.skip(
+                "chromium is not installed and apt-get is unavailable to install it (Debian/Ubuntu only)"
+            )
+        if os.geteuid() != 0:
+            pytest.skip("chromium is not installed and installing it with apt-get needs root")
+        started = time.monotonic()
+        _apt_install()
+        print(f"\ninstalled chromium + chromium-driver in {time.monotonic() - started:.0f} s")
+    return CHROMIUM
+
+
+@pytest.fixture(scope="session")
+def browser(chromium: Path) -> Iterator[Any]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    profile = tempfile.mkdtemp(prefix="hitl-chromium-")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
