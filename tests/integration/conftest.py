@@ -20,10 +20,10 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 import uvicorn
@@ -52,6 +52,26 @@ TAXONOMY = Taxonomy.from_paths(
     ]
 )
 REVIEWER_PASSWORD = "reviewer-password-1"
+T = TypeVar("T")
+
+
+def eventually(
+    read: Callable[[], T], ok: Callable[[T], object] = bool, *, timeout: float = 20.0, what: str = "it"
+) -> T:
+    """Poll `read` until `ok` holds for its value (webhooks and the outbox worker run on their own time);
+    a read that raises (an element not rendered yet) counts as not yet. Fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = read()
+        except Exception:
+            pass
+        else:
+            if ok(value):
+                return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ that category as the label.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,8 +21,8 @@ from learner.data import Product
 from serving.outbox import OutboxWorker, enqueue_escalations
 from serving.retrain.labels import add_seed_labels
 from serving.similar import SimilarLabelled
-from serving.store import CorrectionRecord, Store
-from tests.integration.conftest import TAXONOMY, Receiver
+from serving.store import Store
+from tests.integration.conftest import TAXONOMY, Receiver, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -106,12 +105,7 @@ def test_a_task_offers_the_top_3_as_one_click_choices_with_similar_labelled_item
     annotation = reviewer_client.create_annotation(
         task_id, TAXONOMY.result_for("Home & Kitchen > Cookware", suggested=True)
     )
-    rows: list[CorrectionRecord] = []
-    deadline = time.monotonic() + 10
-    while not rows and time.monotonic() < deadline:
-        rows = store.history(annotation["id"])
-        time.sleep(0.1)
-    (row,) = rows
+    (row,) = eventually(lambda: store.history(annotation["id"]), what="the webhook's correction")
     assert (row.action, row.label, row.predicted_label) == (
         "created",
         "Home & Kitchen > Cookware",

@@ -10,11 +10,9 @@ guess, and the item it auto-accepted is gone from the queue. Screenshots are sav
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -23,26 +21,11 @@ from labeling.client import LabelStudioClient, ReviewerAccount
 from labeling.push import Escalation
 from serving.outbox import OutboxWorker, enqueue_escalations
 from serving.store import Store
-from tests.integration.conftest import REVIEWER_PASSWORD, Receiver
+from tests.integration.conftest import REVIEWER_PASSWORD, Receiver, eventually
 
 pytestmark = pytest.mark.integration
 
 VERSION = "v-browser"
-T = TypeVar("T")
-
-
-def _until(read: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = read()
-        except Exception:  # the element is not there (yet), or went stale while React re-rendered
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def _escalation(item_id: str, reasons: list[str], priority: float, **changes: Any) -> Escalation:
@@ -92,75 +75,80 @@ def test_a_merchandiser_picks_a_suggested_category_with_one_click(
     _deliver(store, settings, [audit, ordinary, resolved], VERSION)
     ls_client.set_model_version(project_id, VERSION)  # as a promotion does: the queue follows it
 
-    base = settings.labelstudio.base_url
-    browser.delete_all_cookies()
-    browser.get(f"{base}/user/login/")
-    browser.find_element(By.ID, "email").send_keys(reviewer.email)
-    browser.find_element(By.ID, "password").send_keys(REVIEWER_PASSWORD)
-    browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-    _until(lambda: "/user/login" not in browser.current_url, "the login to finish")
-    browser.get(f"{base}/projects/{project_id}/data?labeling=1")  # what "Label All Tasks" opens
+    try:
+        base = settings.labelstudio.base_url
+        browser.delete_all_cookies()
+        browser.get(f"{base}/user/login/")
+        browser.find_element(By.ID, "email").send_keys(reviewer.email)
+        browser.find_element(By.ID, "password").send_keys(REVIEWER_PASSWORD)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        eventually(lambda: "/user/login" not in browser.current_url, what="the login to finish", timeout=30)
+        browser.get(f"{base}/projects/{project_id}/data?labeling=1")  # what "Label All Tasks" opens
 
-    title = _until(
-        lambda: browser.find_element(By.XPATH, "//*[contains(text(), 'Cast iron skillet browser-')]"),
-        "the first task",
-    )
-    browser.save_screenshot(str(tmp_path / "01-first-task.png"))
-    print(f"\nscreenshots in {tmp_path}")
-    assert "browser-audit" in title.text, "the open audit is served first"
-    page = browser.find_element(By.TAG_NAME, "body").text
-    assert "Why it is here: random audit (measures the model's accuracy)" in page
-    for shown in ("Home & Kitchen > Decor · 44%", "Home & Kitchen > Cookware · 39%", "Sports > Running · 6%"):
-        assert shown in page, shown
-    assert page.count("Cast iron skillet browser-audit") == 1, "the title once"
+        title = eventually(
+            lambda: browser.find_element(By.XPATH, "//*[contains(text(), 'Cast iron skillet browser-')]"),
+            what="the first task",
+            timeout=30,
+        )
+        browser.save_screenshot(str(tmp_path / "01-first-task.png"))
+        print(f"\nscreenshots in {tmp_path}")
+        assert "browser-audit" in title.text, "the open audit is served first"
+        page = browser.find_element(By.TAG_NAME, "body").text
+        assert "Why it is here: random audit (measures the model's accuracy)" in page
+        top3 = ("Home & Kitchen > Decor · 44%", "Home & Kitchen > Cookware · 39%", "Sports > Running · 6%")
+        for shown in top3:
+            assert shown in page, shown
+        assert page.count("Cast iron skillet browser-audit") == 1, "the title once"
 
-    def choice(text: str) -> Any:
-        return browser.find_element(By.XPATH, f"//label[.//*[contains(text(), '{text}')]]")
+        def choice(text: str) -> Any:
+            return browser.find_element(By.XPATH, f"//label[.//*[contains(text(), '{text}')]]")
 
-    preselected = choice("Home & Kitchen > Decor · 44%").find_element(By.TAG_NAME, "input")
-    assert preselected.is_selected(), "the champion's guess is pre-selected"
-    choice("Home & Kitchen > Cookware · 39%").click()
-    browser.save_screenshot(str(tmp_path / "02-picked.png"))
-    browser.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
+        preselected = choice("Home & Kitchen > Decor · 44%").find_element(By.TAG_NAME, "input")
+        assert preselected.is_selected(), "the champion's guess is pre-selected"
+        choice("Home & Kitchen > Cookware · 39%").click()
+        browser.save_screenshot(str(tmp_path / "02-picked.png"))
+        browser.find_element(By.XPATH, "//button[normalize-space()='Submit']").click()
 
-    def stored() -> Any:
-        current = store.current_labels().get("browser-audit")
-        return current if current is not None and current.source == "webhook" else None
+        def stored() -> Any:
+            current = store.current_labels().get("browser-audit")
+            return current if current is not None and current.source == "webhook" else None
 
-    label = _until(stored, "the webhook's correction in the store")
-    browser.save_screenshot(str(tmp_path / "03-submitted.png"))
-    assert label.label == "Home & Kitchen > Cookware"
-    assert label.reviewer_id == reviewer.user_id
-    assert label.predicted_label == "Home & Kitchen > Decor"
+        label = eventually(stored, what="the webhook's correction in the store", timeout=30)
+        browser.save_screenshot(str(tmp_path / "03-submitted.png"))
+        assert label.label == "Home & Kitchen > Cookware"
+        assert label.reviewer_id == reviewer.user_id
+        assert label.predicted_label == "Home & Kitchen > Decor"
 
-    # A promotion: the new champion re-scores the open items (what `serving.retrain.promotion` enqueues):
-    # one stays in review with the new guess, one is auto-accepted now and leaves the queue.
-    v2 = f"{VERSION}-2"
-    rescored = _escalation(
-        "browser-low",
-        ["below_threshold"],
-        0.8,
-        model_version=v2,
-        predicted_label="Home & Kitchen > Cookware",
-        confidence=0.71,
-        candidates=[("Home & Kitchen > Cookware", 0.71), ("Home & Kitchen > Decor", 0.2)],
-    )
-    accepted = _escalation("browser-resolved", ["auto_accepted"], 0.1, model_version=v2, action="close")
-    _deliver(store, settings, [rescored, accepted], v2)
-    ls_client.set_model_version(project_id, v2)
-    assert ls_client.get_project(project_id)["model_version"] == v2
-    browser.get(f"{base}/projects/{project_id}/data?labeling=1")
-    _until(
-        lambda: browser.find_element(By.XPATH, "//*[contains(text(), 'Cast iron skillet browser-low')]"),
-        "the re-scored task, served next",
-    )
-    browser.save_screenshot(str(tmp_path / "04-after-promotion.png"))
-    newer = choice("Home & Kitchen > Cookware · 71%").find_element(By.TAG_NAME, "input")
-    assert newer.is_selected(), "the new champion's guess is pre-selected"
-    open_items = {t["meta"].get("item_id") for t in ls_client.iter_tasks(project_id)}
-    assert "browser-low" in open_items
-    assert "browser-resolved" not in open_items, "the auto-accepted item left the queue"
-    # The project is shared by the session's tests: leave nothing open behind.
-    for item_id, task_id in store.open_task_ids(project_id, ["browser-low"]).items():
-        ls_client.delete_task(task_id)
-        store.record_closed(project_id, v2, [(item_id, task_id, "test cleanup")])
+        # A promotion: the new champion re-scores the open items (what `serving.retrain.promotion` enqueues):
+        # one stays in review with the new guess, one is auto-accepted now and leaves the queue.
+        v2 = f"{VERSION}-2"
+        rescored = _escalation(
+            "browser-low",
+            ["below_threshold"],
+            0.8,
+            model_version=v2,
+            predicted_label="Home & Kitchen > Cookware",
+            confidence=0.71,
+            candidates=[("Home & Kitchen > Cookware", 0.71), ("Home & Kitchen > Decor", 0.2)],
+        )
+        accepted = _escalation("browser-resolved", ["auto_accepted"], 0.1, model_version=v2, action="close")
+        _deliver(store, settings, [rescored, accepted], v2)
+        ls_client.set_model_version(project_id, v2)
+        assert ls_client.get_project(project_id)["model_version"] == v2
+        browser.get(f"{base}/projects/{project_id}/data?labeling=1")
+        eventually(
+            lambda: browser.find_element(By.XPATH, "//*[contains(text(), 'Cast iron skillet browser-low')]"),
+            what="the re-scored task, served next",
+            timeout=30,
+        )
+        browser.save_screenshot(str(tmp_path / "04-after-promotion.png"))
+        newer = choice("Home & Kitchen > Cookware · 71%").find_element(By.TAG_NAME, "input")
+        assert newer.is_selected(), "the new champion's guess is pre-selected"
+        open_items = {t["meta"].get("item_id") for t in ls_client.iter_tasks(project_id)}
+        assert "browser-low" in open_items
+        assert "browser-resolved" not in open_items, "the auto-accepted item left the queue"
+    finally:  # the project is shared by the session's tests: leave nothing open behind
+        items = ["browser-audit", "browser-low", "browser-resolved"]
+        for item_id, task_id in store.open_task_ids(project_id, items).items():
+            ls_client.delete_task(task_id)
+            store.record_closed(project_id, "test", [(item_id, task_id, "test cleanup")])

@@ -7,30 +7,15 @@ Label Studio, and the admin's annotation is the label that releases it. The audi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
 import pytest
 
 from hitl.settings import Settings
 from labeling.client import LabelStudioClient, ReviewerAccount
 from labeling.push import Escalation, push_escalations
 from serving.store import HELD, RELEASED, TASK_EVENT, AuditRecord, Store
-from tests.integration.conftest import TAXONOMY, Receiver
+from tests.integration.conftest import TAXONOMY, Receiver, eventually
 
 pytestmark = pytest.mark.integration
-
-T = TypeVar("T")
-
-
-def _eventually(read: Callable[[], T], ok: Callable[[T], bool], timeout: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def _escalation(item_id: str, reasons: list[str], price: float) -> Escalation:
@@ -75,23 +60,23 @@ def test_a_juniors_annotation_on_a_high_value_task_is_a_proposal_and_a_seniors_i
 
     # The junior's choice: stored as a proposal, not a label.
     junior = reviewer_client.create_annotation(task_id, TAXONOMY.result_for("Home & Kitchen > Cookware"))
-    (state,) = _eventually(lambda: store.history(junior["id"]), lambda rows: len(rows) >= 1)
+    (state,) = eventually(lambda: store.history(junior["id"]), lambda rows: len(rows) >= 1)
     assert (state.action, state.label, state.raw_label) == ("proposed", None, "Home & Kitchen > Cookware")
     assert state.reviewer_id == reviewer.user_id
     assert "tier-high" not in store.current_labels()
 
     # The outbox worker holds the task open for a senior: one more annotator, not finished.
-    marks = _eventually(lambda: _task_marks(store, "tier-high"), lambda found: len(found) >= 1)
+    marks = eventually(lambda: _task_marks(store, "tier-high"), lambda found: len(found) >= 1)
     assert [m.action for m in marks] == [HELD]
     held = ls_client.get_task(task_id)
     assert (held["overlap"], held["is_labeled"]) == (2, False)
 
     # The senior's annotation is the label, and releases the task.
     senior = ls_client.create_annotation(task_id, TAXONOMY.result_for("Sports > Cycling"))
-    (label_state,) = _eventually(lambda: store.history(senior["id"]), lambda rows: len(rows) >= 1)
+    (label_state,) = eventually(lambda: store.history(senior["id"]), lambda rows: len(rows) >= 1)
     assert (label_state.action, label_state.label) == ("created", "Sports > Cycling")
     assert store.current_labels()["tier-high"].label == "Sports > Cycling"
-    marks = _eventually(lambda: _task_marks(store, "tier-high"), lambda found: len(found) >= 2)
+    marks = eventually(lambda: _task_marks(store, "tier-high"), lambda found: len(found) >= 2)
     assert [m.action for m in marks] == [HELD, RELEASED]
     done = ls_client.get_task(task_id)
     assert (done["overlap"], done["is_labeled"]) == (2, True)
@@ -113,10 +98,10 @@ def test_a_senior_editing_a_juniors_proposal_makes_it_the_label(
 ) -> None:
     task_id = _push(ls_client, store, project_id, _escalation("tier-brand", ["always_review_brand"], 20.0))
     junior = reviewer_client.create_annotation(task_id, TAXONOMY.result_for("Home & Kitchen > Cookware"))
-    _eventually(lambda: store.history(junior["id"]), lambda rows: len(rows) >= 1)
+    eventually(lambda: store.history(junior["id"]), lambda rows: len(rows) >= 1)
     # The senior accepts it by editing it in place (Label Studio records them as `updated_by`).
     ls_client.update_annotation(junior["id"], TAXONOMY.result_for("Home & Kitchen > Cookware"))
-    rows = _eventually(lambda: store.history(junior["id"]), lambda found: len(found) >= 2)
+    rows = eventually(lambda: store.history(junior["id"]), lambda found: len(found) >= 2)
     assert [r.action for r in rows] == ["proposed", "updated"]
     assert store.current_labels()["tier-brand"].label == "Home & Kitchen > Cookware"
 
@@ -131,5 +116,5 @@ def test_a_juniors_annotation_on_an_ordinary_task_is_the_label(
     task_id = _push(ls_client, store, project_id, _escalation("tier-low", ["below_threshold"], 20.0))
     assert ls_client.get_task(task_id)["meta"]["needs_senior"] is False
     junior = reviewer_client.create_annotation(task_id, TAXONOMY.result_for("Sports > Running"))
-    (state,) = _eventually(lambda: store.history(junior["id"]), lambda rows: len(rows) >= 1)
+    (state,) = eventually(lambda: store.history(junior["id"]), lambda rows: len(rows) >= 1)
     assert (state.action, state.label) == ("created", "Sports > Running")
