@@ -17,15 +17,17 @@ from typing import Any
 import pytest
 
 from hitl.settings import Settings
-from labeling.client import LabelStudioClient, ReviewerAccount
+from labeling.client import LabelStudioClient
+from labeling.project import bootstrap_project, webhook_url
 from labeling.push import Escalation
 from serving.outbox import OutboxWorker, enqueue_escalations
 from serving.store import Store
-from tests.integration.conftest import REVIEWER_PASSWORD, Receiver, eventually
+from tests.integration.conftest import REVIEWER_PASSWORD, TAXONOMY, Receiver, eventually
 
 pytestmark = pytest.mark.integration
 
 VERSION = "v-browser"
+MERCHANDISER = "merchandiser@hitl.local"
 
 
 def _escalation(item_id: str, reasons: list[str], priority: float, **changes: Any) -> Escalation:
@@ -57,21 +59,43 @@ def _deliver(store: Store, settings: Settings, escalations: list[Escalation], ve
     assert report.failed == 0, report.errors
 
 
+@pytest.fixture
+def own_project(
+    ls_client: LabelStudioClient, settings: Settings, store: Store, receiver: Receiver
+) -> tuple[int, Settings]:
+    """A project of this test's own (webhook to the session's app): Label Studio's queue order is the
+    point here, and the session's shared project holds other tests' open tasks."""
+    own = settings.model_copy(
+        update={"labelstudio": settings.labelstudio.model_copy(update={"project_title": "Merchandiser view"})}
+    )
+    info = bootstrap_project(
+        ls_client,
+        TAXONOMY,
+        title=own.labelstudio.project_title,
+        webhook_url=webhook_url(own.serving.base_url),
+        webhook_secret=own.labelstudio.webhook_secret.get_secret_value(),
+    )
+    store.save_project(info.project_id, own.labelstudio.project_title, info.webhook_id, TAXONOMY)
+    return info.project_id, own
+
+
 def test_a_merchandiser_picks_a_suggested_category_with_one_click(
     browser: Any,
     ls_client: LabelStudioClient,
-    reviewer: ReviewerAccount,
     store: Store,
-    project_id: int,
-    receiver: Receiver,
-    settings: Settings,
+    own_project: tuple[int, Settings],
     tmp_path: Path,
 ) -> None:
     from selenium.webdriver.common.by import By
 
+    project_id, settings = own_project
+
     audit = _escalation("browser-audit", ["audit"], priority=1.0)  # routing gives audits 1.0
     ordinary = _escalation("browser-low", ["below_threshold"], priority=0.9)
     resolved = _escalation("browser-resolved", ["below_threshold"], priority=0.5)
+    # A merchandiser of their own: Label Studio serves a user their own locked or drafted task first,
+    # so the session's shared reviewer (whom other tests use through the API) would see another task.
+    reviewer = ls_client.ensure_reviewer(MERCHANDISER, REVIEWER_PASSWORD)
     _deliver(store, settings, [audit, ordinary, resolved], VERSION)
     ls_client.set_model_version(project_id, VERSION)  # as a promotion does: the queue follows it
 
@@ -147,7 +171,7 @@ def test_a_merchandiser_picks_a_suggested_category_with_one_click(
         open_items = {t["meta"].get("item_id") for t in ls_client.iter_tasks(project_id)}
         assert "browser-low" in open_items
         assert "browser-resolved" not in open_items, "the auto-accepted item left the queue"
-    finally:  # the project is shared by the session's tests: leave nothing open behind
+    finally:  # a rerun starts from an empty queue
         items = ["browser-audit", "browser-low", "browser-resolved"]
         for item_id, task_id in store.open_task_ids(project_id, items).items():
             ls_client.delete_task(task_id)
