@@ -975,7 +975,11 @@ class Store:
     # ---------------------------------------------------------- reviewer tiers
     def senior_holds(self, project_id: int) -> list[SeniorHold]:
         """Tasks whose hold for a senior reviewer must change (`labeling.reviewers`): held while their
-        live annotations are proposals only; released once one of them is a label (or none is left)."""
+        live annotations are proposals only; released once one of them is a label (or none is left).
+
+        A task is (task id, item id) within the project: Label Studio on SQLite hands out the ids of
+        deleted tasks and annotations again, so a task id alone may name an earlier, deleted task.
+        """
         with self.session() as session:
             task_ids = session.scalars(
                 select(Correction.task_id)
@@ -985,27 +989,34 @@ class Store:
             if not task_ids:
                 return []
             states = session.scalars(
-                select(Correction).where(Correction.task_id.in_(task_ids)).order_by(*STATE_ORDER)
+                select(Correction)
+                .where(Correction.project_id == project_id, Correction.task_id.in_(task_ids))
+                .order_by(*STATE_ORDER)
             ).all()
             marks = session.scalars(
                 select(AuditEvent)
                 .where(AuditEvent.kind == TASK_EVENT, AuditEvent.action.in_((HELD, RELEASED)))
                 .order_by(AuditEvent.id)
             ).all()
-        latest: dict[int, Correction] = {}
+        latest: dict[tuple[int | None, str | None, int], Correction] = {}
         for state in states:
-            latest[state.annotation_id] = state
-        by_task: dict[int, list[Correction]] = {}
+            latest[(state.task_id, state.item_id, state.annotation_id)] = state
+        by_task: dict[tuple[int, str | None], list[Correction]] = {}
         for state in latest.values():
             if state.task_id is not None:
-                by_task.setdefault(state.task_id, []).append(state)
-        held = {int(m.details.get("task_id", -1)): m.action == HELD for m in marks}
+                by_task.setdefault((state.task_id, state.item_id), []).append(state)
+        held = {
+            (int(m.details.get("task_id", -1)), m.item_id): m.action == HELD
+            for m in marks
+            if m.details.get("project_id") == project_id
+        }
         changes: list[SeniorHold] = []
-        for task_id, task_states in sorted(by_task.items()):
+        for (task_id, item_id), task_states in sorted(
+            by_task.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
+        ):
             labelled = any(s.action in ("created", "updated") for s in task_states)
             hold = not labelled and any(s.action == "proposed" for s in task_states)
-            if hold != held.get(task_id, False):
-                item_id = next((s.item_id for s in task_states if s.item_id), None)
+            if hold != held.get((task_id, item_id), False):
                 changes.append(SeniorHold(task_id=task_id, item_id=item_id, hold=hold))
         return changes
 

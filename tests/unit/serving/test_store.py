@@ -178,3 +178,16 @@ def test_a_task_with_only_proposals_is_held_for_a_senior_until_a_label_releases_
     # Ordinary tasks never show up.
     store.record_correction(correction(9, task_id=41))
     assert store.senior_holds(1) == []
+
+
+def test_a_reused_task_id_does_not_mix_an_earlier_tasks_label_into_the_hold(store: Store) -> None:
+    # Label Studio on SQLite hands out a deleted task's id (and its annotations' ids) again.
+    store.record_correction(correction(1, label="Boots", task_id=50, item_id="old-item"))
+    store.record_correction(correction(3, label="Boots", task_id=50, item_id="other", project_id=2))
+    proposal = correction(
+        2, label=None, raw_label="Shoes", action="proposed", task_id=50, item_id="new-item",
+        updated_at=T0 + timedelta(minutes=5),
+    )  # fmt: skip
+    store.record_correction(proposal)
+    (hold,) = store.senior_holds(1)
+    assert (hold.task_id, hold.item_id, hold.hold) == (50, "new-item", True)
