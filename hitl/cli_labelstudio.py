@@ -171,11 +171,11 @@ def _print_tiers(settings: Settings) -> None:
         return
     try:
         with LabelStudioClient.from_settings(settings.labelstudio) as client:
-            known = set(client.user_emails().values())
+            known = {email.lower() for email in client.user_emails().values()}
     except LabelingError as exc:
         err_console.print(f"senior review: users could not be read ({exc})")
         return
-    missing = [e for e in seniors if e not in {k.lower() for k in known}]
+    missing = [e for e in seniors if e not in known]
     line = f"senior review: {len(seniors)} senior reviewer(s) for high-stakes items"
     if missing:
         line += f"; {len(missing)} not a Label Studio user yet: {', '.join(missing)}"

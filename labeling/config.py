@@ -18,9 +18,6 @@ FROM_NAME = "category"  # the whole taxonomy
 SUGGESTION_NAME = "suggestion"  # the model's best categories, one click each (task data `suggestions`)
 TO_NAME = "title"
 
-# Task data keys the config shows; `push` fills them.
-DATA_FIELDS = ("title", "description", "brand", "price", "reason", "suggestions", "similar")
-
 
 def _split(path: Sequence[str] | str) -> tuple[str, ...]:
     parts = path.split(SEPARATOR) if isinstance(path, str) else list(path)

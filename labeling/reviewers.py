@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from hitl.settings import LabelStudioSettings
+from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError
 
 logger = logging.getLogger(__name__)
@@ -86,8 +87,6 @@ def tiers_from(settings: LabelStudioSettings) -> ReviewerTiers | None:
         return None
 
     def directory() -> dict[int, str]:
-        from labeling.client import LabelStudioClient  # the client imports nothing of this module
-
         with LabelStudioClient.from_settings(settings) as client:
             return client.user_emails()
 

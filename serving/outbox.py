@@ -302,8 +302,10 @@ class OutboxWorker:
         """Keep tasks with only a junior's proposal in the queue for a senior, and let a senior's label
         finish them. State-based, so a pass that fails (Label Studio down) is simply redone."""
         project_id = self.store.project_by_title(self.settings.labelstudio.project_title)
-        changes = self.store.senior_holds(project_id) if project_id is not None else []
-        if project_id is None or not changes:
+        if project_id is None:
+            return
+        changes = self.store.senior_holds(project_id)
+        if not changes:
             return
         client = self.client_factory()
         try:

@@ -50,12 +50,16 @@ class SimilarLabelled:
             for e in pushes
         ]
         neighbours, _ = index.nearest(texts, self.k + 1)
-        filled: dict[int, Escalation] = {}
-        for esc, row in zip(pushes, neighbours, strict=True):
-            similar = [
-                (labelled[i].text.split(TEXT_SEPARATOR)[0], labelled[i].label)
-                for i in row
-                if i >= 0 and labelled[i].item_id != esc.item_id
-            ][: self.k]
-            filled[id(esc)] = esc.model_copy(update={"similar": similar})
-        return [filled.get(id(e), e) for e in escalations]
+        filled = iter(
+            esc.model_copy(
+                update={
+                    "similar": [
+                        (labelled[i].text.split(TEXT_SEPARATOR)[0], labelled[i].label)
+                        for i in row
+                        if i >= 0 and labelled[i].item_id != esc.item_id
+                    ][: self.k]
+                }
+            )
+            for esc, row in zip(pushes, neighbours, strict=True)
+        )
+        return [next(filled) if e.action == "push" else e for e in escalations]

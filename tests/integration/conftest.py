@@ -20,10 +20,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 import uvicorn
@@ -33,8 +34,10 @@ from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.client import LabelStudioClient, ReviewerAccount
 from labeling.config import Taxonomy
 from labeling.project import bootstrap_project, webhook_url
+from labeling.push import Escalation
 from labeling.server import LabelStudioServer, free_port
 from serving.app import create_app
+from serving.outbox import DeliveryReport, OutboxWorker, enqueue_escalations
 from serving.store import Store
 from tests.integration.browser import browser, chromium  # noqa: F401  (fixtures for every module)
 
@@ -166,6 +169,12 @@ def receiver(settings: Settings, store: Store) -> Iterator[Receiver]:
 
 @pytest.fixture(scope="session")
 def project_id(ls_client: LabelStudioClient, settings: Settings, store: Store) -> int:
+    return bootstrap_recorded(ls_client, settings, store)
+
+
+def bootstrap_recorded(ls_client: LabelStudioClient, settings: Settings, store: Store) -> int:
+    """The project `settings` name, on `TAXONOMY`, with its webhook to the session's app, recorded in
+    `store` (as `hitl labelstudio bootstrap` does)."""
     info = bootstrap_project(
         ls_client,
         TAXONOMY,
@@ -175,6 +184,17 @@ def project_id(ls_client: LabelStudioClient, settings: Settings, store: Store) -
     )
     store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, TAXONOMY)
     return info.project_id
+
+
+def deliver_now(
+    store: Store, settings: Settings, escalations: Sequence[Escalation], version: str, **worker: Any
+) -> DeliveryReport:
+    """Enqueue `escalations` and run one outbox pass an hour ahead (past any backoff), as the serving
+    app's worker would; `worker` goes to `OutboxWorker` (e.g. ``similar``)."""
+    with store.session() as session:
+        enqueue_escalations(session, escalations, version)
+    later = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
+    return OutboxWorker(store, settings, clock=lambda: later, **worker).run_once()
 
 
 # ---------------------------------------------------------------- a small real model bundle

@@ -9,7 +9,6 @@ that category as the label.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,10 @@ from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.push import Escalation
 from learner.data import Product
-from serving.outbox import OutboxWorker, enqueue_escalations
 from serving.retrain.labels import add_seed_labels
 from serving.similar import SimilarLabelled
 from serving.store import Store
-from tests.integration.conftest import TAXONOMY, Receiver, eventually
+from tests.integration.conftest import TAXONOMY, Receiver, deliver_now, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -74,12 +72,8 @@ def test_a_task_offers_the_top_3_as_one_click_choices_with_similar_labelled_item
         reasons=["below_threshold"],
         model_version="v-assist",
     )
-    with labelled_store.session() as session:
-        enqueue_escalations(session, [escalation], "v-assist")
-    later = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
-    report = OutboxWorker(
-        labelled_store, settings, clock=lambda: later, similar=SimilarLabelled(labelled_store).fill
-    ).run_once()
+    similar = SimilarLabelled(labelled_store).fill
+    report = deliver_now(labelled_store, settings, [escalation], "v-assist", similar=similar)
     assert (report.delivered, report.failed) == (1, 0), report.errors
     (task_id,) = labelled_store.open_task_ids(project_id, ["assist-pan"]).values()
     task = ls_client.get_task(task_id)

@@ -10,7 +10,6 @@ guess, and the item it auto-accepted is gone from the queue. Screenshots are sav
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +17,15 @@ import pytest
 
 from hitl.settings import Settings
 from labeling.client import LabelStudioClient
-from labeling.project import bootstrap_project, webhook_url
 from labeling.push import Escalation
-from serving.outbox import OutboxWorker, enqueue_escalations
 from serving.store import Store
-from tests.integration.conftest import REVIEWER_PASSWORD, TAXONOMY, Receiver, eventually
+from tests.integration.conftest import (
+    REVIEWER_PASSWORD,
+    Receiver,
+    bootstrap_recorded,
+    deliver_now,
+    eventually,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +55,7 @@ def _escalation(item_id: str, reasons: list[str], priority: float, **changes: An
 
 
 def _deliver(store: Store, settings: Settings, escalations: list[Escalation], version: str) -> None:
-    with store.session() as session:
-        enqueue_escalations(session, escalations, version)
-    later = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
-    report = OutboxWorker(store, settings, clock=lambda: later).run_once()
+    report = deliver_now(store, settings, escalations, version)
     assert report.failed == 0, report.errors
 
 
@@ -68,15 +68,7 @@ def own_project(
     own = settings.model_copy(
         update={"labelstudio": settings.labelstudio.model_copy(update={"project_title": "Merchandiser view"})}
     )
-    info = bootstrap_project(
-        ls_client,
-        TAXONOMY,
-        title=own.labelstudio.project_title,
-        webhook_url=webhook_url(own.serving.base_url),
-        webhook_secret=own.labelstudio.webhook_secret.get_secret_value(),
-    )
-    store.save_project(info.project_id, own.labelstudio.project_title, info.webhook_id, TAXONOMY)
-    return info.project_id, own
+    return bootstrap_recorded(ls_client, own, store), own
 
 
 def test_a_merchandiser_picks_a_suggested_category_with_one_click(

@@ -17,7 +17,7 @@ from labeling.push import Escalation
 from labeling.server import free_port
 from serving.outbox import OutboxEntry, OutboxWorker, enqueue_escalations
 from serving.store import Store
-from tests.integration.conftest import TAXONOMY
+from tests.integration.conftest import TAXONOMY, deliver_now
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +130,7 @@ def test_one_task_per_item_across_versions_and_auto_resolved_tasks_leave_the_que
     other = f"{PREFIX}-versions-resolved"
 
     def deliver(escalations: list[Escalation], version: str) -> None:
-        with outbox_store.session() as session:
-            enqueue_escalations(session, escalations, version)
-        report = OutboxWorker(
-            outbox_store,
-            settings,
-            lambda: LabelStudioClient.from_settings(settings.labelstudio),
-            clock=_later,
-        ).run_once()
+        report = deliver_now(outbox_store, settings, escalations, version)
         assert report.failed == 0, report.errors
 
     v1 = [
