@@ -977,8 +977,9 @@ class Store:
         """Tasks whose hold for a senior reviewer must change (`labeling.reviewers`): held while their
         live annotations are proposals only; released once one of them is a label (or none is left).
 
-        A task is (task id, item id) within the project: Label Studio on SQLite hands out the ids of
-        deleted tasks and annotations again, so a task id alone may name an earlier, deleted task.
+        A task is (task id, item id) within the project: Label Studio 1.23 on SQLite was seen handing out
+        the id of a deleted task again (to a task of another project), so a task id alone may name an
+        earlier, deleted task.
         """
         with self.session() as session:
             task_ids = session.scalars(

@@ -181,7 +181,7 @@ def test_a_task_with_only_proposals_is_held_for_a_senior_until_a_label_releases_
 
 
 def test_a_reused_task_id_does_not_mix_an_earlier_tasks_label_into_the_hold(store: Store) -> None:
-    # Label Studio on SQLite hands out a deleted task's id (and its annotations' ids) again.
+    # Label Studio 1.23 on SQLite was seen handing out a deleted task's id again.
     store.record_correction(correction(1, label="Boots", task_id=50, item_id="old-item"))
     store.record_correction(correction(3, label="Boots", task_id=50, item_id="other", project_id=2))
     proposal = correction(
