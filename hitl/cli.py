@@ -54,10 +54,11 @@ def _register() -> None:
     app.add_typer(cli_serve.app, name="serve")
     app.add_typer(cli_keys.app, name="keys")
     app.add_typer(cli_db.app, name="db")
-    from hitl import cli_models, cli_report, cli_up
+    from hitl import cli_demo, cli_models, cli_report, cli_up
 
     app.command("up")(cli_up.up)
     app.command("down")(cli_up.down)
+    app.add_typer(cli_demo.app, name="demo")
     app.command("retrain")(cli_models.retrain)
     app.command("retrain-status")(cli_models.retrain_status)
     app.add_typer(cli_models.models_app, name="models")

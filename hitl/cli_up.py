@@ -2,7 +2,8 @@
 
 `up` starts (or reuses) Label Studio, a lean MLflow server and the serving API, then bootstraps a demo:
 seed labels from the catalog -> first model (registered as champion) -> Label Studio project + webhook ->
-API keys -> the rest of the catalog streamed through `/v1/predict`, so escalations appear in Label Studio.
+API keys -> a background stream of the rest of the catalog through `/v1/predict` at a steady rate
+(`hitl demo stream`), so escalations keep arriving in Label Studio.
 Every step is skipped when already done (state under ``<state_dir>/up``), so re-running resumes.
 `down` stops only the processes `up` started (their PIDs are recorded under ``<state_dir>/up``).
 """
@@ -10,6 +11,7 @@ Every step is skipped when already done (state under ``<state_dir>/up``), so re-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -21,20 +23,24 @@ from typing import Annotated, Any
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
+from hitl.cli_demo import split_demo
 from hitl.settings import Settings, load_settings
 
 console = Console()
 err_console = Console(stderr=True)
 KEY_ROLES = ("service", "ml_engineer", "product_owner", "merchandiser")
+STREAM_MARKER = "demo stream"  # in the stream process's command line
+# Offline (nothing is downloaded at run time), and a clean terminal: no weight-loading or artifact
+# progress bars, no run links printed by MLflow (the summary prints the MLflow UI once). Any of these
+# already set in the environment wins.
+QUIET_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -50,7 +56,7 @@ def serving_app() -> Any:
     return create_app(load_settings())
 
 
-def _up_dir(settings: Settings) -> Path:
+def up_dir_of(settings: Settings) -> Path:
     path = (settings.state_dir / "up").resolve()
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -60,7 +66,7 @@ def _mlflow_url(settings: Settings) -> str:
     return f"http://{settings.retrain.mlflow_host}:{settings.retrain.mlflow_port}"
 
 
-def _stack_settings(settings: Settings) -> Settings:
+def stack_settings(settings: Settings) -> Settings:
     """The settings every process of the stack shares: tracking through the MLflow server."""
     if settings.mlflow.tracking_uri:
         return settings
@@ -101,7 +107,10 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _spawn(cmd: list[str], *, env: dict[str, str], log: Path, pid_file: Path, health: str, what: str) -> int:
+def _spawn(
+    cmd: list[str], *, env: dict[str, str], log: Path, pid_file: Path, health: str | None, what: str
+) -> int:
+    """Start `cmd` in its own session; wait until `health` answers 200 (None: until it has run 2 s)."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
             cmd,
@@ -112,12 +121,14 @@ def _spawn(cmd: list[str], *, env: dict[str, str], log: Path, pid_file: Path, he
             start_new_session=True,
         )
     pid_file.write_text(f"{proc.pid}\n")
-    deadline = time.monotonic() + 180
+    started = time.monotonic()
+    deadline = started + 180
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
             raise RuntimeError(f"{what} exited with code {proc.returncode}; last lines of {log}:\n{tail}")
-        if _healthy(health):
+        alive_for = time.monotonic() - started
+        if (health is None and alive_for >= 2.0) or (health is not None and _healthy(health)):
             return proc.pid
         time.sleep(0.5)
     raise RuntimeError(f"{what} was not healthy after 180 s; see {log}")
@@ -143,7 +154,7 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def _state(up: Path) -> dict[str, Any]:
+def read_state(up: Path) -> dict[str, Any]:
     try:
         data = json.loads((up / "state.json").read_text())
         return data if isinstance(data, dict) else {}
@@ -163,23 +174,24 @@ def up(
 ) -> None:
     """Start Label Studio, MLflow and the serving API on loopback and bootstrap the demo loop."""
     base = _settings(ctx)
-    settings = _stack_settings(base)
-    up_dir = _up_dir(settings)
-    state = _state(up_dir)
+    settings = stack_settings(base)
+    up_dir = up_dir_of(settings)
+    state = read_state(up_dir)
     started: dict[str, bool] = state.setdefault("started", {})
     env = dict(os.environ)
     env.update(
         {
             "HITL_STATE_DIR": str(settings.state_dir),
             "HITL_MLFLOW__TRACKING_URI": settings.tracking_uri,
-            "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-            "TRANSFORMERS_OFFLINE": env.get("TRANSFORMERS_OFFLINE", "1"),
+            **{name: env.get(name, value) for name, value in QUIET_ENV.items()},
         }
     )
     config = ctx.find_root().params.get("config")
     if config:
         env["HITL_CONFIG"] = str(Path(config).resolve())
-    os.environ.update({k: env[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")})
+    os.environ.update({k: env[k] for k in QUIET_ENV})
+    # The registry's "waiting for model version creation" INFO lines are not news to a newcomer.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         _up(settings, up_dir, state, started, env, catalog)
     except Exception as exc:
@@ -253,24 +265,25 @@ def _up(
     from serving.retrain import RetrainWorker, add_seed_labels, seed_count
     from serving.store import Store
 
-    path = catalog_path
-    if path is None:
-        path = up_dir / "catalog.jsonl"
-        size = settings.retrain.demo_catalog_size
-        stale = path.is_file() and "streamed" not in state and _count_lines(path) != size
+    path = catalog_path or Path(state.get("catalog") or up_dir / "catalog.jsonl")
+    if catalog_path is None and "catalog" not in state:
+        size = settings.demo.catalog_size
+        stale = path.is_file() and _count_lines(path) != size
         if not path.is_file() or stale:  # a demo catalog of another size, from an unfinished up: redo
             from learner.synthetic import generate_catalog, write_catalog
 
             write_catalog(generate_catalog(size, seed=settings.learner.seed), path)
     products = load_catalog(path).products
     labelled = [p for p in products if p.category]
-    seed = labelled[: settings.retrain.seed_size]
-    seed_ids = {p.id for p in seed}
     store = Store(settings.database_url)
     store.create_all()
     try:
         if seed_count(store) == 0:
+            seed, _ = split_demo(products, settings.demo.seed_size)
             added = add_seed_labels(store, seed, level=settings.learner.label_level)
+            # The stream is what the seed is not, so both are fixed once seeded (a re-run resumes them).
+            state.update(catalog=str(path.resolve()), seed_size=settings.demo.seed_size)
+            _save_state(up_dir, state)
             console.print(f"[green]✓[/green] {added} seed labels from {path.name}")
         if registry.champion_version(settings) is None:
             worker = RetrainWorker(settings, store, None, auto=False)
@@ -350,13 +363,23 @@ def _up(
         # 6. API keys (kept in a 0600 file so that re-running prints them again)
         keys = _keys(store, up_dir)
 
-        # 7. Stream the catalog through /v1/predict
-        stream = [p for p in products if p.id not in seed_ids]
-        done = int(state.get("streamed", 0))
-        if done < len(stream):
-            _stream(settings, stream, done, keys["service"], state, up_dir)
+        # 7. The stream of new items, in the background at demo.stream_items_per_s
+        stream_pid_file = up_dir / "stream.pid"
+        if _recorded(stream_pid_file, STREAM_MARKER):
+            console.print("[green]✓[/green] the item stream is already running")
+        else:
+            _spawn(
+                [str(Path(sys.executable).parent / "hitl"), "demo", "stream"],
+                env=env,
+                log=up_dir / "stream.log",
+                pid_file=stream_pid_file,
+                health=None,
+                what="the item stream",
+            )
+            started["stream"] = True
         console.print(
-            f"[green]✓[/green] {len(stream)} items streamed; escalated: {state.get('escalated', '?')}"
+            f"[green]✓[/green] new items stream to /v1/predict at {settings.demo.stream_items_per_s:g}/s "
+            f"(log: {up_dir / 'stream.log'})"
         )
     finally:
         store.close()
@@ -380,44 +403,6 @@ def _keys(store: Any, up_dir: Path) -> dict[str, str]:
     return keys
 
 
-def _stream(
-    settings: Settings, stream: list[Any], done: int, key: str, state: dict[str, Any], up_dir: Path
-) -> None:
-    batch = min(100, settings.serving.max_batch_size)
-    escalated = int(state.get("escalated", 0))
-    with (
-        httpx.Client(
-            base_url=settings.serving.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120.0
-        ) as client,
-        Progress(
-            SpinnerColumn(),
-            TextColumn("streaming the catalog through /v1/predict"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress,
-    ):
-        task = progress.add_task("stream", total=len(stream), completed=done)
-        for start in range(done, len(stream), batch):
-            items = [
-                {
-                    "id": p.id,
-                    "title": p.title,
-                    "description": p.description,
-                    "brand": p.brand,
-                    "price": p.price,
-                }
-                for p in stream[start : start + batch]
-            ]
-            answer = client.post("/v1/predict", json={"items": items})
-            answer.raise_for_status()
-            escalated += sum(p["decision"] == "escalated" for p in answer.json()["predictions"])
-            state["streamed"], state["escalated"] = start + len(items), escalated
-            _save_state(up_dir, state)
-            progress.update(task, completed=start + len(items))
-
-
 def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) -> None:
     ls = settings.labelstudio
     project = state.get("project_id")
@@ -434,7 +419,10 @@ def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) ->
                   f"{settings.state_dir / 'up' / 'keys.json'}'))['ml_engineer'])\")")  # fmt: skip
     console.print("Next:")
     console.print(
-        "  1. Open the project in Label Studio, click 'Label All Tasks', pick the right category, Submit."
+        "  1. Open the project in Label Studio, click 'Label All Tasks', pick the right category, Submit;"
+    )
+    console.print(
+        "     or let a simulated merchandiser work that queue: .venv/bin/hitl demo review --minutes 10"
     )
     console.print(
         f"  2. After {settings.retrain.retrain_every_n_corrections} corrections a retrain starts by itself "
@@ -453,9 +441,11 @@ def down(ctx: typer.Context) -> None:
     from labeling.server import LabelStudioServer
 
     settings = _settings(ctx)
-    up_dir = _up_dir(settings)
-    state = _state(up_dir)
+    up_dir = up_dir_of(settings)
+    state = read_state(up_dir)
     started: dict[str, bool] = state.get("started", {})
+    if _stop_pid(up_dir / "stream.pid", STREAM_MARKER):
+        console.print("stopped the item stream")
     if _stop_pid(up_dir / "serving.pid", "uvicorn"):
         console.print("stopped the serving API")
     if _stop_pid(up_dir / "mlflow.pid", "mlflow"):

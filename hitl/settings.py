@@ -189,17 +189,28 @@ class RetrainSettings(BaseModel):
     escalation_log_interval_s: float = Field(
         300.0, ge=0, description="how often escalation rates are logged to MLflow; 0 = only after retrains"
     )
-    seed_size: int = Field(
-        6000,
-        ge=10,
-        description="labelled catalog items `hitl up` trains the first model on (enough for several "
-        "classes to pass the accuracy guarantee: each needs ~60 calibration items)",
-    )
-    demo_catalog_size: int = Field(
-        8000, ge=50, description="items in the synthetic demo catalog (seed + the items streamed)"
-    )
     mlflow_host: str = "127.0.0.1"
     mlflow_port: int = Field(5000, ge=1, le=65535, description="the MLflow server `hitl up` starts")
+
+
+class DemoSettings(BaseModel):
+    """What `hitl up` starts from and feeds in: a small seed, then a steady stream of new items."""
+
+    seed_size: int = Field(
+        300,
+        ge=10,
+        description="labelled catalog items the first model is trained on (a quarter of them audit it), "
+        "a team's first few hundred labels",
+    )
+    catalog_size: int = Field(
+        8000, ge=50, description="items in the synthetic demo catalog (the seed, then the stream)"
+    )
+    stream_items_per_s: float = Field(
+        2.0, gt=0, le=1000, description="rate of new catalog items sent to /v1/predict after the seed"
+    )
+    stream_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="the stream posts one batch this often (rate x interval items)"
+    )
 
 
 class DashboardSettings(BaseModel):
@@ -251,6 +262,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = ServingSettings()
     routing: RoutingSettings = RoutingSettings()
     retrain: RetrainSettings = RetrainSettings()
+    demo: DemoSettings = DemoSettings()
     dashboard: DashboardSettings = DashboardSettings()
 
     @field_validator("state_dir")
