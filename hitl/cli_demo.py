@@ -152,7 +152,9 @@ def stream(
                     f"model {', '.join(sorted(versions))}"
                 )
                 minute, minute_start = Counter(), time.monotonic()
-            next_at += interval
+            # The next batch one interval after this one was due, never in a burst to catch up: after an
+            # outage the stream goes on at its rate instead of flooding the queue with what it missed.
+            next_at = max(next_at + interval, time.monotonic())
             time.sleep(max(0.0, next_at - time.monotonic()))
     console.print(f"the stream is done: {len(items)} items")
 

@@ -11,7 +11,6 @@ Every step is skipped when already done (state under ``<state_dir>/up``), so re-
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -40,6 +39,7 @@ QUIET_ENV = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # e.g. the registry's "waiting for model version creation"
 }
 
 
@@ -190,8 +190,6 @@ def up(
     if config:
         env["HITL_CONFIG"] = str(Path(config).resolve())
     os.environ.update({k: env[k] for k in QUIET_ENV})
-    # The registry's "waiting for model version creation" INFO lines are not news to a newcomer.
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
     try:
         _up(settings, up_dir, state, started, env, catalog)
     except Exception as exc:

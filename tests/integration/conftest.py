@@ -17,6 +17,7 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -26,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
 import pytest
 import uvicorn
 from sqlalchemy import create_engine, text
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
     from learner.encoder import HFEncoder
 
 REPO = Path(__file__).resolve().parents[2]
+HITL = Path(sys.executable).with_name("hitl")  # the console script of this environment
 TAXONOMY = Taxonomy.from_paths(
     [
         "Home & Kitchen > Cookware",
@@ -195,6 +198,22 @@ def deliver_now(
         enqueue_escalations(session, escalations, version)
     later = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
     return OutboxWorker(store, settings, clock=lambda: later, **worker).run_once()
+
+
+def wait_healthy(process: subprocess.Popen[str], url: str, deadline_s: float = 180) -> None:
+    """Wait until `hitl serve` (`process`) answers /healthz at `url`; fail with its output if it exits."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            pytest.fail(f"`hitl serve` exited with {process.returncode} before it was healthy:\n{output}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"`hitl serve` was not healthy at {url} within {deadline_s:.0f} s")
 
 
 # ---------------------------------------------------------------- a small real model bundle

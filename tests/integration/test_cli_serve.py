@@ -13,26 +13,9 @@ import httpx
 import pytest
 
 from labeling.server import free_port
+from tests.integration.conftest import HITL, REPO, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-HITL = Path(sys.executable).with_name("hitl")  # the console script of this environment
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _wait_healthy(process: subprocess.Popen[str], url: str, deadline_s: float = 180) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else ""
-            pytest.fail(f"`hitl serve` exited with {process.returncode} before it was healthy:\n{output}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"`hitl serve` was not healthy at {url} within {deadline_s:.0f} s")
 
 
 def test_hitl_serve_starts_is_ready_and_stops_cleanly_on_sigterm(
@@ -59,7 +42,7 @@ def test_hitl_serve_starts_is_ready_and_stops_cleanly_on_sigterm(
         text=True,
     )
     try:
-        _wait_healthy(process, url)
+        wait_healthy(process, url)
         ready = httpx.get(f"{url}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
         body = ready.json()
