@@ -703,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from learner.cache import EmbeddingCache
-    from learner.encoder import HFEncoder
+    from learner.encoder import HFEncoder, encoder_from
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.fresh and _cells_path(args.out).exists():
@@ -715,9 +715,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     def encoder(name: str) -> HFEncoder:
-        return HFEncoder(
-            name, device="cpu", batch_size=learner.encode_batch_size, max_length=learner.max_length
-        )
+        return encoder_from(learner.model_copy(update={"device": "cpu"}), name)
 
     configs: dict[str, Config] = {name: CONFIGS[name] for name in args.configs if name in CONFIGS}
     default_encoder = encoder(learner.encoder)

@@ -58,10 +58,9 @@ from experiments.simulate import (
     value_at,
 )
 from hitl.settings import Settings, load_settings
-from learner.cache import EmbeddingCache
+from learner.cache import cached_encoder
 from learner.certify import GUARANTEES, certify_thresholds
 from learner.data import LabeledDataset, build_dataset, load_catalog
-from learner.encoder import HFEncoder
 from learner.gate import AuditScores, audit_scores
 from learner.loop import AuditPolicy, strata_of, training_config
 from learner.training import AuditDesign, TrainingResult, train_bundle
@@ -84,13 +83,7 @@ def load_real(
 
 def cached_embeddings(settings: Settings, texts: Sequence[str]) -> tuple[NDArray[np.float32], str]:
     """The configured encoder's embeddings of `texts` through the project's cache, and its encoder id."""
-    encoder = HFEncoder(
-        settings.learner.encoder,
-        device=settings.learner.device,
-        batch_size=settings.learner.encode_batch_size,
-        max_length=settings.learner.max_length,
-    )
-    with EmbeddingCache(settings.cache_dir, encoder) as cache:
+    with cached_encoder(settings.learner, settings.cache_dir) as cache:
         return np.asarray(cache.embed(list(texts)), dtype=np.float32), str(cache.encoder_id)
 
 

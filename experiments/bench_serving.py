@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from hitl.settings import LabelStudioSettings, ServingSettings, Settings
     from labeling.server import free_port
     from learner.data import item_text
-    from learner.encoder import PACKAGED_ENCODER, HFEncoder
+    from learner.encoder import HFEncoder
+    from learner.settings import PACKAGED_ENCODER
     from learner.synthetic import generate_catalog
     from serving.keys import create_key
     from serving.security import Role

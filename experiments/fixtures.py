@@ -20,8 +20,7 @@ from learner.data import item_text, label_of
 from learner.encoder import TextEncoder
 from learner.features import FeatureSpec
 from learner.synthetic import generate_catalog
-from learner.training import TrainingConfig, train_bundle
-from serving.routing import class_centroids
+from learner.training import TrainingConfig, class_centroids, train_bundle
 
 N_ITEMS = 400
 N_CATEGORIES = 5

@@ -10,7 +10,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from hitl.settings import ConfigFileError, Settings, load_settings
+from hitl.settings import ConfigFileError, load_settings
 
 app = typer.Typer(
     name="hitl",
@@ -34,14 +34,6 @@ def _root(
     except (ConfigFileError, ValidationError) as exc:
         err_console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from exc
-
-
-def settings_from(ctx: typer.Context) -> Settings:
-    """The settings the root callback read once for this invocation."""
-    settings = ctx.find_root().obj
-    if not isinstance(settings, Settings):  # pragma: no cover - the root callback always sets it
-        raise RuntimeError("settings were not loaded")
-    return settings
 
 
 def _register() -> None:

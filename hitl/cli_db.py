@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from hitl.cli import settings_from
+from hitl.context import settings_from
 from serving import db
 from serving.store import Store
 

@@ -43,8 +43,8 @@ MAX_FAILURES = 5  # consecutive failed Label Studio calls before `review` gives 
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli import settings_from
     from hitl.cli_up import stack_settings
+    from hitl.context import settings_from
 
     return stack_settings(settings_from(ctx))
 

@@ -36,7 +36,7 @@ ALL_STRATEGIES = "random,least_confidence,margin,entropy,batch_diverse"
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli import settings_from
+    from hitl.context import settings_from
 
     return settings_from(ctx)
 
@@ -52,17 +52,9 @@ def _command_line() -> str:
 
 def load_embedder(settings: Settings) -> Any:
     """The configured encoder behind the on-disk cache (replaced by a fake in tests)."""
-    from learner.cache import EmbeddingCache
-    from learner.encoder import HFEncoder
+    from learner.cache import cached_encoder
 
-    encoder = HFEncoder(
-        settings.learner.encoder,
-        device=settings.learner.device,
-        batch_size=settings.learner.encode_batch_size,
-        max_length=settings.learner.max_length,
-        progress=True,
-    )
-    return EmbeddingCache(settings.cache_dir, encoder)
+    return cached_encoder(settings.learner, settings.cache_dir, progress=True)
 
 
 def _load(

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hitl.cli import settings_from
+from hitl.context import settings_from
 from serving import keys
 from serving.store import Store
 

@@ -12,7 +12,7 @@ import yaml
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from hitl.cli import settings_from
+from hitl.context import settings_from
 from hitl.settings import Settings
 from labeling.client import ML_BACKEND_STATES, LabelStudioClient
 from labeling.config import Taxonomy

@@ -25,7 +25,7 @@ err_console = Console(stderr=True)
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli import settings_from
+    from hitl.context import settings_from
 
     return settings_from(ctx)
 
@@ -76,9 +76,8 @@ def train(
     """Train a bundle (head, temperature, per-class thresholds) and report test metrics."""
     from datetime import UTC, datetime
 
-    from learner.cache import EmbeddingCache
+    from learner.cache import cached_encoder
     from learner.data import build_dataset, group_split, load_catalog
-    from learner.encoder import HFEncoder
     from learner.exceptions import LearnerError
     from learner.loop import training_config
     from learner.training import train_bundle
@@ -96,14 +95,8 @@ def train(
             test_fraction=cfg.test_fraction,
             seed=cfg.seed,
         )
-        encoder = HFEncoder(
-            cfg.encoder,
-            device=cfg.device,
-            batch_size=cfg.encode_batch_size,
-            max_length=cfg.max_length,
-            progress=True,
-        )
-        cache = EmbeddingCache(settings.cache_dir / "embeddings", encoder)
+        # The cache serving and retraining read, so a bundle trained here warms theirs.
+        cache = cached_encoder(cfg, settings.cache_dir, progress=True)
         texts = [str(t) for t in dataset.texts]
         config = training_config(cfg)
         features = config.features
@@ -124,7 +117,7 @@ def train(
             y_cal,
             config=config,
             encoder_ref=cfg.encoder,
-            encoder_id=encoder.encoder_id,
+            encoder_id=cache.encoder_id,
             x_test=x_te,
             y_test=y_te,
             metadata={"catalog": catalog.name, "label_level": cfg.label_level},

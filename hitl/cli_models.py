@@ -32,7 +32,7 @@ Url = Annotated[str | None, typer.Option("--url", help="serving API (default: fr
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli import settings_from
+    from hitl.context import settings_from
 
     return settings_from(ctx)
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from rich.console import Console
 from sqlalchemy.engine import make_url
 
-from hitl.cli import settings_from
+from hitl.context import settings_from
 from hitl.settings import Settings
 from serving import kpis
 from serving.store import Store
@@ -288,7 +288,7 @@ def write_report(settings: Settings, out: Path, *, now: datetime | None = None) 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ReportError(f"cannot create {out}: {exc.strerror}") from exc
-    import serving.routers.dashboard  # noqa: F401  (its session table is part of the schema)
+    import serving.sessions  # noqa: F401  (its session table is part of the schema)
 
     store = Store(settings.database_url)
     try:

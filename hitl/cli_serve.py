@@ -20,7 +20,7 @@ console = Console(stderr=True)
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli import settings_from
+    from hitl.context import settings_from
 
     return settings_from(ctx)
 

@@ -44,7 +44,7 @@ QUIET_ENV = {
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli import settings_from
+    from hitl.context import settings_from
 
     return settings_from(ctx)
 
@@ -63,7 +63,7 @@ def up_dir_of(settings: Settings) -> Path:
 
 
 def _mlflow_url(settings: Settings) -> str:
-    return f"http://{settings.retrain.mlflow_host}:{settings.retrain.mlflow_port}"
+    return f"http://{settings.mlflow.server_host}:{settings.mlflow.server_port}"
 
 
 def stack_settings(settings: Settings) -> Settings:
@@ -239,9 +239,9 @@ def _up(
             "--default-artifact-root",
             artifacts.as_uri(),
             "--host",
-            settings.retrain.mlflow_host,
+            settings.mlflow.server_host,
             "--port",
-            str(settings.retrain.mlflow_port),
+            str(settings.mlflow.server_port),
             "--workers",
             "1",
         ]

@@ -1,17 +1,18 @@
 """One place that reads configuration: `configs/*.yaml`, then `HITL_*` environment overrides.
 
-`load_settings()` is called once by an entry point (CLI, app factory, test fixture) and the result is
-passed down; nothing here runs at import time.
+Each package owns its section (`learner.settings`, `labeling.settings`, `serving.settings`); `Settings`
+composes them with the sections only the CLI reads (`demo`), and adds the sources. `load_settings()` is
+called once by an entry point (CLI, app factory, test fixture) and the result is passed down; nothing
+here runs at import time.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -19,178 +20,36 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from learner.settings import (
-    PACKAGED_ENCODER,
-    AuditSettings,
-    FineTuneSettings,
-    HeadSettings,
-    LearnerSettings,
+from labeling.settings import LabelStudioSettings
+from learner.settings import AuditSettings, FineTuneSettings, HeadSettings, LearnerSettings
+from serving.settings import (
+    AppSettings,
+    DashboardSettings,
+    MlflowSettings,
+    RetrainSettings,
+    RoutingSettings,
+    ServingSettings,
 )
 
-__all__ = [
-    "PACKAGED_ENCODER",
+__all__ = [  # the composed view: each section is defined in its package
+    "AppSettings",
     "AuditSettings",
+    "DashboardSettings",
+    "DemoSettings",
     "FineTuneSettings",
     "HeadSettings",
+    "LabelStudioSettings",
     "LearnerSettings",
+    "MlflowSettings",
+    "RetrainSettings",
+    "RoutingSettings",
+    "ServingSettings",
     "Settings",
     "load_settings",
 ]
 
 DEFAULT_CONFIG = Path("configs/default.yaml")
 CONFIG_ENV_VAR = "HITL_CONFIG"
-# Secrets shorter than this are refused outside dev mode.
-MIN_SECRET_LENGTH = 16
-
-
-class LabelStudioSettings(BaseModel):
-    url: str | None = Field(None, description="An external Label Studio; unset = the project's local one")
-    version: str = "1.23.2"
-    sdk_version: str = "2.1.2"
-    host: str = "127.0.0.1"
-    port: int = Field(8081, ge=1, le=65535)
-    venv: Path = Path(".venv-labelstudio")
-    username: str = "admin@hitl.local"
-    password: SecretStr = SecretStr("hitl-dev-password")
-    token: SecretStr = SecretStr("hitl-dev-token-0123456789")
-    reviewer_username: str = "reviewer@hitl.local"
-    webhook_secret: SecretStr = SecretStr("hitl-dev-webhook-secret")
-    project_title: str = "Product categories"
-    start_timeout_s: float = Field(240.0, gt=0)
-    webhook_timeout_s: float = Field(
-        3.0, gt=0, description="Label Studio's WEBHOOK_TIMEOUT (it never retries)"
-    )
-    push_batch_size: int = Field(200, ge=1, le=5000)
-    sync_interval_s: float = Field(300.0, ge=0, description="periodic reconciliation; 0 = off")
-    request_timeout_s: float = Field(30.0, gt=0)
-    senior_reviewers: list[str] = Field(
-        default_factory=lambda: ["admin@hitl.local"],
-        description="Label Studio user emails whose annotation is the label of a high-stakes item (high "
-        "value, always-review category or brand); anyone else's is stored as a proposal and the task stays "
-        "open for them. Empty = no tiers: every reviewer's annotation is the label",
-    )
-    reviewer_refresh_s: float = Field(
-        60.0, gt=0, description="how long the user id -> email directory of Label Studio is trusted"
-    )
-
-    @field_validator("senior_reviewers")
-    @classmethod
-    def _emails(cls, value: list[str]) -> list[str]:
-        cleaned = [v.strip().lower() for v in value]
-        bad = [v for v in cleaned if "@" not in v or any(c.isspace() for c in v)]
-        if bad:
-            raise ValueError(f"{len(bad)} senior reviewer(s) are not email addresses: {bad[:3]}")
-        return sorted(set(cleaned))
-
-    @property
-    def base_url(self) -> str:
-        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
-
-
-class MlflowSettings(BaseModel):
-    tracking_uri: str | None = Field(None, description="unset = sqlite under the state dir")
-    experiment: str = "hitl"
-    registered_model: str = "hitl-product-categories"
-    # MLflow's HTTP client defaults (120 s, 7 retries with backoff) let one bad call hold a request
-    # thread for minutes; an HTTP tracking server answers a sane call in well under a second.
-    request_timeout_s: int = Field(10, ge=1, le=600)
-    request_retries: int = Field(2, ge=0, le=10)
-
-
-class ServingSettings(BaseModel):
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
-    public_url: str | None = Field(None, description="How Label Studio reaches us (webhooks)")
-    database_url: str | None = Field(None, description="unset = sqlite under the state dir")
-    max_batch_size: int = Field(256, ge=1)
-    key_cache_ttl_s: float = Field(
-        5.0,
-        ge=0,
-        description="how long a verified API key is trusted without a database lookup; a revocation "
-        "through the API applies at once, one through the CLI within this time (0 = every request)",
-    )
-    max_text_length: int = Field(2000, ge=1)
-    max_body_bytes: int = Field(
-        1_048_576, ge=1024, description="request bodies above this are refused (413) before they are read"
-    )
-    max_ml_backend_body_bytes: int = Field(
-        16_777_216, ge=1024, description="the same for the ML backend, where Label Studio sends task batches"
-    )
-    max_in_flight: int = Field(
-        16,
-        ge=0,
-        description="predictions worked on at once; beyond it 503 with Retry-After (0 = unbounded)",
-    )
-    overload_retry_after_s: int = Field(1, ge=1, le=3600, description="the Retry-After of that 503")
-    auth_max_failures: int = Field(
-        30, ge=0, description="failed key checks per client address and window before 429 (0 = off)"
-    )
-    auth_failure_window_s: float = Field(60.0, gt=0)
-    model_source: Literal["auto", "bundle", "registry", "none"] = Field(
-        "auto",
-        description="auto = bundle_path when set, else the MLflow registry when its database exists",
-    )
-    bundle_path: Path | None = Field(None, description="a local model bundle folder")
-    model_alias: str = Field("champion", min_length=1)
-    model_poll_interval_s: float = Field(30.0, ge=0, description="champion alias / bundle check; 0 = off")
-    outbox_enabled: bool = Field(True, description="run the worker that delivers escalations")
-    outbox_interval_s: float = Field(5.0, gt=0, description="how often the outbox worker runs")
-    outbox_batch_size: int = Field(200, ge=1, le=5000, description="escalations taken per outbox pass")
-    outbox_base_backoff_s: float = Field(2.0, gt=0, description="first retry delay after a failed push")
-    outbox_max_backoff_s: float = Field(300.0, gt=0, description="retry delays double up to this cap")
-    ml_backend_auth: bool = Field(True, description="require HTTP basic auth on the ML-backend endpoints")
-    ml_backend_user: str = Field("labelstudio", min_length=1)
-    ml_backend_password: SecretStr = SecretStr("hitl-dev-ml-backend-password")
-
-    @property
-    def base_url(self) -> str:
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
-
-
-class RoutingSettings(BaseModel):
-    """The auto-accept / escalate policy applied to every prediction (see `serving.routing`)."""
-
-    high_value_price: float | None = Field(
-        1000.0, ge=0, description="items at or above this price are reviewed; null = off"
-    )
-    always_review_categories: list[str] = Field(
-        default_factory=list, description="labels (or label prefixes such as 'Health') always reviewed"
-    )
-    always_review_brands: list[str] = Field(default_factory=list, description="case-insensitive")
-    top_k: int = Field(3, ge=1, le=50)
-    novelty_min_similarity: float = Field(
-        0.35, ge=-1, le=1, description="cosine to the nearest class centroid below this = out of distribution"
-    )
-
-
-class RetrainSettings(BaseModel):
-    """The retraining loop (`serving.retrain`) and the local stack that `hitl up` starts."""
-
-    enabled: bool = Field(True, description="run the retrain worker in the serving app")
-    retrain_every_n_corrections: int = Field(
-        25, ge=0, description="new usable corrections that trigger a retrain; 0 = only explicit triggers"
-    )
-    poll_interval_s: float = Field(1.0, gt=0, description="how often the worker counts new corrections")
-    min_labels: int = Field(20, ge=2, description="fewer training labels than this fails the run")
-    accuracy_tolerance: float = Field(
-        0.01, ge=0, lt=1, description="gate margin: refused only if significantly worse by more than this"
-    )
-    coverage_tolerance: float = Field(
-        0.02, ge=0, lt=1, description="... and the same margin for certified coverage"
-    )
-    gate_alpha: float = Field(
-        0.05, gt=0, lt=1, description="level of the gate's paired tests (split over accuracy and coverage)"
-    )
-    auto_resolve_on_promotion: bool = Field(
-        True, description="after a promotion, auto-resolve open escalations now above their threshold"
-    )
-    challenger_alias: str = Field("challenger", min_length=1)
-    escalation_window_s: int = Field(3600, ge=60, description="time window of the escalation-rate metric")
-    escalation_log_interval_s: float = Field(
-        300.0, ge=0, description="how often escalation rates are logged to MLflow; 0 = only after retrains"
-    )
-    mlflow_host: str = "127.0.0.1"
-    mlflow_port: int = Field(5000, ge=1, le=65535, description="the MLflow server `hitl up` starts")
 
 
 class DemoSettings(BaseModel):
@@ -213,37 +72,7 @@ class DemoSettings(BaseModel):
     )
 
 
-class DashboardSettings(BaseModel):
-    """The product owners' dashboard, its KPIs (`serving.kpis`) and `hitl report`."""
-
-    human_cost_per_review: float = Field(0.5, ge=0, description="cost of one human review (currency units)")
-    compute_cost_per_item: float = Field(0.0005, ge=0, description="compute cost of one prediction")
-    currency: str = Field("USD", min_length=1, max_length=8)
-    window_s: int = Field(86400, ge=60, description="time bucket of the charts over time")
-    price_bands: list[float] = Field(
-        default_factory=lambda: [10.0, 50.0, 200.0, 1000.0],
-        description="ascending upper bounds of the price bands used as segments",
-    )
-    significance: float = Field(
-        0.05, gt=0, lt=1, description="family-wise level of the bias flags (Holm-corrected Fisher tests)"
-    )
-    min_segment_size: int = Field(10, ge=1, description="segments with fewer reviewed items are not tested")
-    top_brands: int = Field(20, ge=1, description="brands shown as segments (the most frequent)")
-    session_ttl_s: int = Field(8 * 3600, ge=60, description="how long a dashboard login lasts")
-    secure_cookie: bool = Field(False, description="mark the session cookie Secure (serve over HTTPS)")
-    mlflow_ui_url: str | None = Field(
-        None, description="MLflow UI for run links; unset = http://<retrain.mlflow_host>:<mlflow_port>"
-    )
-
-    @field_validator("price_bands")
-    @classmethod
-    def _ascending(cls, value: list[float]) -> list[float]:
-        if any(b <= a for a, b in itertools.pairwise(value)) or any(v <= 0 for v in value):
-            raise ValueError("price_bands must be positive and strictly ascending")
-        return value
-
-
-class Settings(BaseSettings):
+class Settings(AppSettings, BaseSettings):
     """All configuration. Env: `HITL_<FIELD>`, nested with `__` (e.g. `HITL_LEARNER__DEVICE=cpu`)."""
 
     model_config = SettingsConfigDict(
@@ -254,55 +83,7 @@ class Settings(BaseSettings):
         hide_input_in_errors=True,  # validation errors must not print the (secret-bearing) input
     )
 
-    dev_mode: bool = True
-    state_dir: Path = Path(".hitl")
-    learner: LearnerSettings = LearnerSettings()
-    labelstudio: LabelStudioSettings = LabelStudioSettings()
-    mlflow: MlflowSettings = MlflowSettings()
-    serving: ServingSettings = ServingSettings()
-    routing: RoutingSettings = RoutingSettings()
-    retrain: RetrainSettings = RetrainSettings()
     demo: DemoSettings = DemoSettings()
-    dashboard: DashboardSettings = DashboardSettings()
-
-    @field_validator("state_dir")
-    @classmethod
-    def _expand(cls, value: Path) -> Path:
-        return value.expanduser()
-
-    @model_validator(mode="after")
-    def _refuse_placeholder_secrets(self) -> Settings:
-        """Outside dev mode, every secret must be set, and not to its shipped (public) default."""
-        if self.dev_mode:
-            return self
-        checked: list[tuple[str, BaseModel, str]] = [
-            ("labelstudio.password", self.labelstudio, "password"),
-            ("labelstudio.token", self.labelstudio, "token"),
-            ("labelstudio.webhook_secret", self.labelstudio, "webhook_secret"),
-        ]
-        if self.serving.ml_backend_auth:
-            checked.append(("serving.ml_backend_password", self.serving, "ml_backend_password"))
-        placeholder: list[str] = []
-        short: list[str] = []
-        for name, section, field in checked:
-            value: SecretStr = getattr(section, field)
-            default = type(section).model_fields[field].default
-            if isinstance(default, SecretStr) and value.get_secret_value() == default.get_secret_value():
-                placeholder.append(name)
-            elif len(value.get_secret_value()) < MIN_SECRET_LENGTH:
-                short.append(name)
-        problems: list[str] = []
-        if placeholder:
-            problems.append(f"still the shipped placeholder: {', '.join(placeholder)}")
-        if short:
-            problems.append(f"shorter than {MIN_SECRET_LENGTH} characters: {', '.join(short)}")
-        if problems:
-            raise ValueError(
-                "dev_mode is false but secrets are unsafe ("
-                + "; ".join(problems)
-                + "); set them (e.g. HITL_LABELSTUDIO__TOKEN) or set dev_mode: true for local use"
-            )
-        return self
 
     @classmethod
     def settings_customise_sources(
@@ -315,22 +96,6 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Precedence: explicit arguments > environment > YAML file > defaults.
         return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls), file_secret_settings)
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.state_dir / "cache"
-
-    @property
-    def models_dir(self) -> Path:
-        return self.state_dir / "models"
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{(self.state_dir / 'mlflow.db').resolve()}"
-
-    @property
-    def database_url(self) -> str:
-        return self.serving.database_url or f"sqlite:///{(self.state_dir / 'hitl.db').resolve()}"
 
 
 class ConfigFileError(ValueError):

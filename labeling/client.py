@@ -16,8 +16,8 @@ from typing import Any, Literal
 
 import httpx
 
-from hitl.settings import LabelStudioSettings
 from labeling.exceptions import LabelingError, LabelStudioApiError, LabelStudioUnavailableError
+from labeling.settings import LabelStudioSettings
 
 WEBHOOK_PATH = "/v1/webhooks/label-studio"
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")

@@ -18,9 +18,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from hitl.settings import LabelStudioSettings
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError
+from labeling.settings import LabelStudioSettings
 
 logger = logging.getLogger(__name__)
 

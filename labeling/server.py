@@ -19,12 +19,12 @@ from pathlib import Path
 
 import httpx
 
-from hitl.settings import LabelStudioSettings
 from labeling.exceptions import (
     LabelStudioInstallError,
     LabelStudioNotInstalledError,
     LabelStudioStartError,
 )
+from labeling.settings import LabelStudioSettings
 
 # Label Studio's default SSRF block list (core/utils/io.py, 1.23) minus the loopback ranges, so that
 # webhooks may reach our own server on 127.0.0.1 while every other reserved range stays banned.

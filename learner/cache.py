@@ -18,9 +18,10 @@ from types import TracebackType
 import numpy as np
 from numpy.typing import NDArray
 
-from learner.encoder import TextEncoder
+from learner.encoder import TextEncoder, encoder_from
 from learner.exceptions import LearnerError
 from learner.pii import mask_pii
+from learner.settings import LearnerSettings
 
 DB_NAME = "embeddings.sqlite3"
 # SQLite's default host-parameter limit is 32766 on current builds but 999 on old ones.
@@ -215,3 +216,11 @@ class EmbeddingCache:
 
     def __repr__(self) -> str:
         return f"EmbeddingCache({str(self.directory)!r}, encoder_id={self.encoder_id!r})"
+
+
+def cached_encoder(
+    settings: LearnerSettings, cache_dir: Path, *, encoder: TextEncoder | None = None, progress: bool = False
+) -> EmbeddingCache:
+    """The configured encoder (or `encoder`) behind the on-disk cache in `cache_dir` (the state dir's
+    `cache_dir`): every process that embeds reads and warms the same cache."""
+    return EmbeddingCache(cache_dir, encoder or encoder_from(settings, progress=progress))

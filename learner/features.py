@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from learner.data import brand_in_text, normalize_title
 from learner.pii import mask_pii
+from learner.settings import LearnerSettings
 
 FeatureKind = Literal["embedding", "hybrid"]
 FEATURE_KINDS: tuple[str, ...] = ("embedding", "hybrid")
@@ -53,6 +54,19 @@ class FeatureSpec:
     ngram_weight: float = 1.0
     sublinear_tf: bool = False
     brand_token: bool = False
+
+    @classmethod
+    def of(cls, settings: LearnerSettings) -> FeatureSpec:
+        """The spec the learner settings configure."""
+        return cls(
+            kind=settings.features,
+            ngram_dims=settings.ngram_dims,
+            word_ngrams=settings.word_ngram_range,
+            char_ngrams=settings.char_ngram_range,
+            ngram_weight=settings.ngram_weight,
+            sublinear_tf=settings.sublinear_tf,
+            brand_token=settings.brand_token,
+        )
 
     def __post_init__(self) -> None:
         if self.kind not in FEATURE_KINDS:

@@ -205,7 +205,7 @@ def training_config(
         seed=learner.seed,
         target_accuracy=learner.target_accuracy if target is None else target,
         delta=learner.delta if delta is None else delta,
-        features=FeatureSpec(**learner.feature_kwargs()),
+        features=FeatureSpec.of(learner),
         guarantee=learner.guarantee,
         min_stratum_share=learner.audit.min_stratum_share,
         start_share=learner.audit.start_share,

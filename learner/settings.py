@@ -5,7 +5,7 @@ The learner never imports `hitl`; functions take the section (or the values they
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
@@ -116,15 +116,3 @@ class LearnerSettings(BaseModel):
 
         get_strategy(value)  # ValueError listing the valid names
         return value
-
-    def feature_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `learner.features.FeatureSpec` (kept here: learner never imports hitl)."""
-        return {
-            "kind": self.features,
-            "ngram_dims": self.ngram_dims,
-            "word_ngrams": self.word_ngram_range,
-            "char_ngrams": self.char_ngram_range,
-            "ngram_weight": self.ngram_weight,
-            "sublinear_tf": self.sublinear_tf,
-            "brand_token": self.brand_token,
-        }

@@ -15,7 +15,6 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadError
 from labeling.reviewers import ReviewerTiers, senior_check, tiers_from
@@ -30,13 +29,14 @@ from serving.routers import metrics_dashboard as metrics_router
 from serving.routers import retrain as retrain_router
 from serving.security import AuthThrottle, KeyCache
 from serving.service import BackendHolder
+from serving.settings import AppSettings
 from serving.similar import SimilarLabelled
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
 
 
-def sync_known_project(settings: Settings, store: Store, tiers: ReviewerTiers | None = None) -> None:
+def sync_known_project(settings: AppSettings, store: Store, tiers: ReviewerTiers | None = None) -> None:
     """One reconciliation pass over the configured project (a no-op until it was bootstrapped)."""
     project_id = store.project_by_title(settings.labelstudio.project_title)
     if project_id is None:
@@ -119,7 +119,7 @@ def _route_of(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-def body_limits(settings: Settings) -> BodyLimits:
+def body_limits(settings: AppSettings) -> BodyLimits:
     """Per-route body limits (`serving.limits`): the login form, the ML backend, everything else."""
     form = dashboard_router.MAX_FORM_BYTES
     return BodyLimits(
@@ -152,7 +152,7 @@ def _register_version(store: Store, metrics: ServingMetrics) -> Any:
 
 
 def create_app(
-    settings: Settings, *, store: Store | None = None, model: ModelHolder | None = None
+    settings: AppSettings, *, store: Store | None = None, model: ModelHolder | None = None
 ) -> FastAPI:
     """Build the app. The lifespan opens the store, loads the model (and starts watching its source),
     starts the outbox worker and the periodic Label Studio sync, and closes them all.

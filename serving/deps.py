@@ -10,9 +10,9 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from hitl.settings import Settings
 from serving.metrics import ServingMetrics
 from serving.model import ModelHolder
+from serving.settings import AppSettings
 from serving.store import Store
 
 
@@ -20,8 +20,8 @@ def get_store(request: Request) -> Store:
     return cast(Store, request.app.state.store)
 
 
-def get_settings(request: Request) -> Settings:
-    return cast(Settings, request.app.state.settings)
+def get_settings(request: Request) -> AppSettings:
+    return cast(AppSettings, request.app.state.settings)
 
 
 def get_model_holder(request: Request) -> ModelHolder:
@@ -36,7 +36,7 @@ async def _store(request: Request) -> Store:
     return get_store(request)
 
 
-async def _settings(request: Request) -> Settings:
+async def _settings(request: Request) -> AppSettings:
     return get_settings(request)
 
 
@@ -49,6 +49,6 @@ async def _metrics(request: Request) -> ServingMetrics:
 
 
 StoreDep = Annotated[Store, Depends(_store)]
-SettingsDep = Annotated[Settings, Depends(_settings)]
+SettingsDep = Annotated[AppSettings, Depends(_settings)]
 ModelHolderDep = Annotated[ModelHolder, Depends(_model_holder)]
 MetricsDep = Annotated[ServingMetrics, Depends(_metrics)]

@@ -40,10 +40,10 @@ from pydantic import BaseModel
 from scipy import stats
 from sqlalchemy import ColumnElement, func, or_, select
 
-from hitl.settings import Settings
 from learner.loop import describe_guarantee
 from serving.retrain import RESCORE_ACTOR, RetrainRun
 from serving.routing import AUDIT_REASONS
+from serving.settings import AppSettings
 from serving.store import Correction, CorrectionRecord, Item, ModelVersion, Prediction, Store, review_action
 
 SPOT_CHECK = "spot_check"
@@ -273,9 +273,9 @@ def price_band(price: float | None, bounds: Sequence[float]) -> str:
     return f">={bounds[-1]:g}"
 
 
-def mlflow_ui_url(settings: Settings) -> str:
+def mlflow_ui_url(settings: AppSettings) -> str:
     configured = settings.dashboard.mlflow_ui_url
-    url = configured or f"http://{settings.retrain.mlflow_host}:{settings.retrain.mlflow_port}"
+    url = configured or f"http://{settings.mlflow.server_host}:{settings.mlflow.server_port}"
     return url.rstrip("/")
 
 
@@ -304,7 +304,7 @@ class _Tally:
         return dict(sorted(self.by_reason.items()))
 
 
-def escalation(store: Store, settings: Settings) -> EscalationKpis:
+def escalation(store: Store, settings: AppSettings) -> EscalationKpis:
     window_s = settings.dashboard.window_s
     query = (
         select(Prediction.model_version, Prediction.decision, Prediction.reasons, Prediction.created_at)
@@ -413,7 +413,7 @@ def _status(interval: Interval | None, target: float) -> TargetStatus:
     return "inconclusive"
 
 
-def spot_checks(store: Store, settings: Settings, items: list[_ItemView] | None = None) -> SpotCheckKpis:
+def spot_checks(store: Store, settings: AppSettings, items: list[_ItemView] | None = None) -> SpotCheckKpis:
     confidence = 1.0 - settings.learner.delta
     views = items if items is not None else _items(store)
     sampled = [i for i in views if i.reasons == [SPOT_CHECK]]
@@ -516,7 +516,7 @@ def reviews(store: Store) -> ReviewKpis:
     )
 
 
-def throughput(store: Store, settings: Settings, now: datetime | None = None) -> ThroughputKpis:
+def throughput(store: Store, settings: AppSettings, now: datetime | None = None) -> ThroughputKpis:
     window_s = settings.dashboard.window_s
     since = _naive(_now(now) - timedelta(seconds=window_s))
     with store.session() as session:
@@ -538,7 +538,7 @@ def throughput(store: Store, settings: Settings, now: datetime | None = None) ->
     )
 
 
-def cost(store: Store, settings: Settings, escalation_rate: float | None) -> CostKpis:
+def cost(store: Store, settings: AppSettings, escalation_rate: float | None) -> CostKpis:
     config = settings.dashboard
     with store.session() as session:
         n_reviews = int(
@@ -580,7 +580,7 @@ def _segment_order(key: tuple[Dimension, str], bounds: Sequence[float]) -> tuple
     return DIMENSIONS.index(dimension), rank, name
 
 
-def segments(store: Store, settings: Settings, items: list[_ItemView] | None = None) -> SegmentKpis:
+def segments(store: Store, settings: AppSettings, items: list[_ItemView] | None = None) -> SegmentKpis:
     config = settings.dashboard
     views = items if items is not None else _items(store)
     brand_counts = Counter(i.brand or NO_BRAND for i in views)
@@ -652,7 +652,7 @@ def _registry_version(label: str, registered_model: str) -> str | None:
     return label[len(prefix) :] if label.startswith(prefix) else None
 
 
-def timeline(store: Store, settings: Settings) -> list[TimelineEvent]:
+def timeline(store: Store, settings: AppSettings) -> list[TimelineEvent]:
     ui = mlflow_ui_url(settings)
     name = settings.mlflow.registered_model
     events: list[TimelineEvent] = []
@@ -758,7 +758,7 @@ def empty_states(store: Store, escalation_kpis: EscalationKpis, review_kpis: Rev
     return out
 
 
-def dashboard(store: Store, settings: Settings, now: datetime | None = None) -> DashboardKpis:
+def dashboard(store: Store, settings: AppSettings, now: datetime | None = None) -> DashboardKpis:
     at = _now(now)
     escalation_kpis = escalation(store, settings)
     review_kpis = reviews(store)

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hitl.settings import Settings
 from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.cache import EmbeddingCache
-from learner.encoder import HFEncoder, TextEncoder
+from learner.encoder import TextEncoder, encoder_from
+from serving.settings import AppSettings
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class ModelHolder:
         Encoders are reused across swaps when the new bundle names the same ref and encoder id.
     """
 
-    def __init__(self, settings: Settings, *, encoder_factory: EncoderFactory | None = None) -> None:
+    def __init__(self, settings: AppSettings, *, encoder_factory: EncoderFactory | None = None) -> None:
         self.settings = settings
         self._encoder_factory = encoder_factory or self._default_encoder
         self._encoders: dict[str, TextEncoder] = {}
@@ -148,10 +148,7 @@ class ModelHolder:
 
     # ----------------------------------------------------------------- loading
     def _default_encoder(self, ref: str) -> TextEncoder:
-        learner = self.settings.learner
-        return HFEncoder(
-            ref, device=learner.device, batch_size=learner.encode_batch_size, max_length=learner.max_length
-        )
+        return encoder_from(self.settings.learner, ref)
 
     def _cache_for(self, ref: str, encoder_id: str) -> EmbeddingCache:
         key = f"{ref}|{encoder_id}"

@@ -48,11 +48,11 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
 from labeling.exceptions import LabelingError, LabelStudioApiError
 from labeling.push import Escalation, push_escalations
+from serving.settings import AppSettings
 from serving.store import Base, PushedTask, Store
 
 logger = logging.getLogger(__name__)
@@ -220,7 +220,7 @@ class OutboxWorker:
     def __init__(
         self,
         store: Store,
-        settings: Settings,
+        settings: AppSettings,
         client_factory: Callable[[], LabelStudioClient] | None = None,
         *,
         clock: Callable[[], datetime] = _now,

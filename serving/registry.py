@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hitl.settings import Settings
 from serving import tracking
+from serving.settings import AppSettings
 
 BUNDLE_ARTIFACT = "bundle"
 MODEL_NAME_IN_RUN = "model"
 
 
-def _client(settings: Settings) -> Any:
+def _client(settings: AppSettings) -> Any:
     return tracking.client(settings)
 
 
@@ -39,18 +40,8 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def _experiment_id(settings: Settings) -> str:
-    client = _client(settings)
-    found = client.get_experiment_by_name(settings.mlflow.experiment)
-    if found is not None:
-        return str(found.experiment_id)
-    artifacts = (settings.state_dir / "mlartifacts").resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
-    return str(client.create_experiment(settings.mlflow.experiment, artifact_location=artifacts.as_uri()))
-
-
 def log_bundle(
-    settings: Settings,
+    settings: AppSettings,
     bundle_dir: Path,
     *,
     alias: str | None = None,
@@ -65,23 +56,32 @@ def log_bundle(
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
-    with mlflow.start_run(experiment_id=_experiment_id(settings)) as run:
+    with mlflow.start_run(experiment_id=tracking.experiment_id(settings)) as run:
         if params:
             mlflow.log_params(params)
         if metrics:
             mlflow.log_metrics(metrics)
         info = log_pyfunc(bundle_dir)
         run_id = run.info.run_id
-    client = _client(settings)
-    name = settings.mlflow.registered_model
-    tracking.ensure_registered_model(client, name)
-    source = info.model_uri if getattr(info, "model_uri", None) else f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
-    # The logged model's id is required when the registry is an MLflow server (source models:/m-...).
-    model_id = getattr(info, "model_id", None)
-    version = str(client.create_model_version(name, source, run_id=run_id, model_id=model_id).version)
+    version = register(settings, info, run_id)
     if alias:
         set_alias(settings, version, alias)
     return version
+
+
+def register(settings: AppSettings, info: Any, run_id: str, *, tags: Mapping[str, str] | None = None) -> str:
+    """Register the model `info` (what `log_pyfunc` returned) logged in `run_id` as a new version of
+    `mlflow.registered_model`, creating the registered model when missing; the new version (a string)."""
+    client = _client(settings)
+    name = settings.mlflow.registered_model
+    tracking.ensure_registered_model(client, name)
+    source = getattr(info, "model_uri", None) or f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
+    # The logged model's id is required when the registry is an MLflow server (source models:/m-...).
+    model_id = getattr(info, "model_id", None)
+    created = client.create_model_version(
+        name, source, run_id=run_id, tags=dict(tags or {}), model_id=model_id
+    )
+    return str(created.version)
 
 
 def log_pyfunc(bundle_dir: Path) -> Any:
@@ -98,14 +98,14 @@ def log_pyfunc(bundle_dir: Path) -> Any:
     )
 
 
-def set_alias(settings: Settings, version: str, alias: str | None = None) -> None:
+def set_alias(settings: AppSettings, version: str, alias: str | None = None) -> None:
     """Point `alias` (default: the served alias, `serving.model_alias`) at `version`."""
     _client(settings).set_registered_model_alias(
         settings.mlflow.registered_model, alias or settings.serving.model_alias, version
     )
 
 
-def champion_version(settings: Settings, alias: str | None = None) -> str | None:
+def champion_version(settings: AppSettings, alias: str | None = None) -> str | None:
     """The version the served alias points to, or None when the model or alias does not exist."""
     from mlflow.exceptions import MlflowException
 
@@ -118,12 +118,12 @@ def champion_version(settings: Settings, alias: str | None = None) -> str | None
     return str(found.version)
 
 
-def version_label(settings: Settings, version: str) -> str:
+def version_label(settings: AppSettings, version: str) -> str:
     """The model version string we show and store: ``<registered model>:v<version>``."""
     return f"{settings.mlflow.registered_model}:v{version}"
 
 
-def download(settings: Settings, version: str) -> Path:
+def download(settings: AppSettings, version: str) -> Path:
     """Fetch a registered version's bundle into ``state_dir/models/registry/<name>/<version>``.
 
     Returns the bundle folder. A version already downloaded is not fetched again (versions are

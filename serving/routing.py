@@ -37,11 +37,8 @@ from enum import StrEnum
 import numpy as np
 from numpy.typing import NDArray
 
-from hitl.settings import RoutingSettings
 from learner.loop import AuditPolicy, review_priority, unit_draw
-from learner.training import class_centroids
-
-__all__ = ["class_centroids"]  # computed at training time; re-exported for serving callers
+from serving.settings import RoutingSettings
 
 LABEL_SEPARATOR = " > "
 

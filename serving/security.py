@@ -156,14 +156,34 @@ def record_failure(request: Request) -> None:
         throttle.failed(client_address(request))
 
 
-async def _principal(request: Request, presented: str) -> Principal | None:
+async def presented_key(
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    api_key: Annotated[str | None, Depends(_api_key)],
+) -> str | None:
+    """The API key a request presents: `Authorization: Bearer <key>`, else `X-API-Key` (a dependency)."""
+    return bearer.credentials if bearer is not None else api_key
+
+
+PresentedKey = Annotated[str | None, Depends(presented_key)]
+
+
+async def key_principal(request: Request, presented: str) -> Principal | None:
+    """The principal of the API key `presented`, or None (then counted as a failure for the client's
+    address). A key verified within `serving.key_cache_ttl_s` is trusted without a database lookup,
+    and passes even from a throttled address: many clients can share one (a proxy, NAT, Label
+    Studio's container), and one guesser must not lock them all out; any other key from a throttled
+    address is refused with 429."""
     cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
     principal = cache.get(presented) if cache is not None else None
+    if principal is not None:
+        return principal
+    check_throttle(request)
+    store: Store = request.app.state.store
+    principal = await run_in_threadpool(authenticate, store, presented)
     if principal is None:
-        store: Store = request.app.state.store
-        principal = await run_in_threadpool(authenticate, store, presented)
-        if principal is not None and cache is not None:
-            cache.put(presented, principal)
+        record_failure(request)
+    elif cache is not None:
+        cache.put(presented, principal)
     return principal
 
 
@@ -184,21 +204,9 @@ def require_roles(*roles: Role) -> Callable[..., Any]:
     """A dependency that admits callers whose key has one of `roles` (or `admin`)."""
     allowed = frozenset(roles) | {Role.ADMIN}
 
-    async def dependency(
-        request: Request,
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        api_key: Annotated[str | None, Depends(_api_key)],
-    ) -> Principal:
-        presented = bearer.credentials if bearer is not None else api_key
-        cache: KeyCache | None = getattr(request.app.state, "key_cache", None)
-        # A key verified moments ago passes even from a throttled address: many clients can share
-        # one (a proxy, NAT, Label Studio's container), and one guesser must not lock them all out.
-        if presented and (cache is None or cache.get(presented) is None):
-            check_throttle(request)
-        principal = await _principal(request, presented) if presented else None
+    async def dependency(request: Request, presented: PresentedKey) -> Principal:
+        principal = await key_principal(request, presented) if presented else None
         if principal is None:
-            if presented:
-                record_failure(request)
             logger.info("rejected a request to %s: missing or invalid API key", request.url.path)
             raise _unauthorized()
         return admit(request, principal, allowed)

@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
-from hitl.settings import LearnerSettings, RoutingSettings
 from labeling.push import Escalation
 from learner.data import Product, item_text
 from learner.loop import AuditPolicy
+from learner.settings import LearnerSettings
 from serving.model import LoadedModel, ModelHolder
 from serving.outbox import enqueue_escalations
-from serving.routers import ml_backend
+from serving.predictor import ItemText, LabelGuess
 from serving.routing import AuditRouting, Routed, RouteInput, centroid_similarity, route
 from serving.schemas import ItemIn
+from serving.settings import RoutingSettings
 from serving.store import EscalationHook, NewPrediction, Store
 
 logger = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class _BackendPredictor:
     def model_version(self) -> str:
         return self._model.version
 
-    def predict_items(self, items: Sequence[ml_backend.ItemText]) -> list[ml_backend.ItemPrediction]:
+    def predict_items(self, items: Sequence[ItemText]) -> list[LabelGuess]:
         if not items:
             return []
         # The router sends only items with a usable title (`ItemText.has_title`); Product rejects others.
@@ -182,8 +183,7 @@ class _BackendPredictor:
         ]
         labels, confidence, _ = self._model.bundle.predict(self._model.features(texts)[1])
         return [
-            ml_backend.ItemPrediction(label=label, confidence=float(c))
-            for label, c in zip(labels, confidence, strict=True)
+            LabelGuess(label=label, confidence=float(c)) for label, c in zip(labels, confidence, strict=True)
         ]
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hitl.settings import Settings
+from serving.settings import AppSettings
 
 KIND_TAG = "hitl.kind"
 TRIGGER_TAG = "hitl.trigger"
@@ -33,7 +33,7 @@ ERROR_TAG = "hitl.error"
 MAX_PARAM_CHARS = 500
 
 
-def client(settings: Settings) -> Any:
+def client(settings: AppSettings) -> Any:
     """The one way to an MLflow client: tracking and registry at the configured URI, HTTP calls
     bounded by `MlflowSettings.request_timeout_s` / `request_retries` (MLflow reads these from the
     environment at each call; an explicitly set variable wins)."""
@@ -44,7 +44,7 @@ def client(settings: Settings) -> Any:
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
-def experiment_id(settings: Settings) -> str:
+def experiment_id(settings: AppSettings) -> str:
     """The configured experiment, created with its artifacts under the state dir when missing."""
     mlflow_client = client(settings)
     found = mlflow_client.get_experiment_by_name(settings.mlflow.experiment)
@@ -63,7 +63,7 @@ def experiment_id(settings: Settings) -> str:
         return str(again.experiment_id)
 
 
-def start_run(settings: Settings, *, run_name: str, trigger: str, params: Mapping[str, Any]) -> str:
+def start_run(settings: AppSettings, *, run_name: str, trigger: str, params: Mapping[str, Any]) -> str:
     """Open a training run (status RUNNING) with its params; returns the run id."""
     mlflow_client = client(settings)
     run = mlflow_client.create_run(
@@ -74,7 +74,7 @@ def start_run(settings: Settings, *, run_name: str, trigger: str, params: Mappin
     return run_id
 
 
-def log_params(settings: Settings, run_id: str, params: Mapping[str, Any]) -> None:
+def log_params(settings: AppSettings, run_id: str, params: Mapping[str, Any]) -> None:
     from mlflow.entities import Param
 
     if params:
@@ -95,7 +95,7 @@ def finite_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def log_metrics(
-    settings: Settings,
+    settings: AppSettings,
     run_id: str,
     metrics: Mapping[str, Any],
     *,
@@ -112,7 +112,7 @@ def log_metrics(
         )
 
 
-def end_run(settings: Settings, run_id: str, *, failed: bool = False, error: str | None = None) -> None:
+def end_run(settings: AppSettings, run_id: str, *, failed: bool = False, error: str | None = None) -> None:
     """Terminate the run FINISHED, or FAILED with a one-line error tag (no traceback, no secrets)."""
     mlflow_client = client(settings)
     if error:
@@ -131,34 +131,28 @@ def ensure_registered_model(mlflow_client: Any, name: str) -> None:
             mlflow_client.get_registered_model(name)
 
 
-def log_model_version(settings: Settings, run_id: str, bundle_dir: Path, *, tags: Mapping[str, str]) -> str:
+def log_model_version(
+    settings: AppSettings, run_id: str, bundle_dir: Path, *, tags: Mapping[str, str]
+) -> str:
     """Log `bundle_dir` as a pyfunc model (explicit pip requirements) into `run_id` and register it.
 
     Returns the new version of `mlflow.registered_model` (no alias is moved here).
     """
     import mlflow
 
-    from serving.registry import MODEL_NAME_IN_RUN, log_pyfunc
+    from serving.registry import log_pyfunc, register
 
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
     with mlflow.start_run(run_id=run_id, nested=False) as run:
         info = log_pyfunc(bundle_dir)
         del run  # leaving the block ends the run FINISHED; it is re-opened below
-        mlflow_client = client(settings)
-        name = settings.mlflow.registered_model
-        ensure_registered_model(mlflow_client, name)
-        source = getattr(info, "model_uri", None) or f"runs:/{run_id}/{MODEL_NAME_IN_RUN}"
-        version = str(
-            mlflow_client.create_model_version(
-                name, source, run_id=run_id, tags=dict(tags), model_id=getattr(info, "model_id", None)
-            ).version
-        )
-    mlflow_client.update_run(run_id, status="RUNNING")  # still open: gate and artifacts follow
+        version = register(settings, info, run_id, tags=tags)
+    client(settings).update_run(run_id, status="RUNNING")  # still open: gate and artifacts follow
     return version
 
 
-def set_version_tags(settings: Settings, version: str, tags: Mapping[str, str]) -> None:
+def set_version_tags(settings: AppSettings, version: str, tags: Mapping[str, str]) -> None:
     mlflow_client = client(settings)
     for key, value in tags.items():
         mlflow_client.set_model_version_tag(settings.mlflow.registered_model, version, key, value[:5000])
@@ -244,7 +238,7 @@ def risk_coverage_png(proba: NDArray[np.float64], y: NDArray[np.int64], target: 
 
 
 def log_evaluation_figures(
-    settings: Settings,
+    settings: AppSettings,
     run_id: str,
     proba: NDArray[np.float64],
     y: NDArray[np.int64],
@@ -296,13 +290,13 @@ class EscalationWindow:
         return out
 
 
-def registered_version_of(settings: Settings, model_version: str) -> str | None:
+def registered_version_of(settings: AppSettings, model_version: str) -> str | None:
     """``<registered model>:v<N>`` -> ``N``; None for other names (local bundles)."""
     prefix = f"{settings.mlflow.registered_model}:v"
     return model_version[len(prefix) :] if model_version.startswith(prefix) else None
 
 
-def log_escalation_windows(settings: Settings, windows: Sequence[EscalationWindow]) -> int:
+def log_escalation_windows(settings: AppSettings, windows: Sequence[EscalationWindow]) -> int:
     """Log each window's rates into the training run of its (registered) version; returns points logged."""
     mlflow_client = client(settings)
     run_ids: dict[str, str | None] = {}

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 @pytest.fixture(scope="session")
 def minilm_encoder() -> HFEncoder:
     """The packaged all-MiniLM-L6-v2 on CPU, loaded once per session and strictly offline."""
-    from learner.encoder import PACKAGED_ENCODER, HFEncoder
+    from learner.encoder import HFEncoder
+    from learner.settings import PACKAGED_ENCODER
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")

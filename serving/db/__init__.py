@@ -31,7 +31,7 @@ TABLE_MODULES = (
     "serving.store",
     "serving.keys",
     "serving.outbox",
-    "serving.routers.dashboard",
+    "serving.sessions",
     "serving.retrain.tables",
 )
 INITIAL_REVISION = "0001"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from hitl.settings import Settings
 from learner.gate import AuditScores, GateDecision, GatePolicy
+from serving.settings import AppSettings
 
 
-def gate_policy(settings: Settings) -> GatePolicy:
+def gate_policy(settings: AppSettings) -> GatePolicy:
     retrain = settings.retrain
     return GatePolicy(retrain.accuracy_tolerance, retrain.coverage_tolerance, retrain.gate_alpha)
 
@@ -18,7 +18,7 @@ def gate(
     challenger: AuditScores,
     champion: AuditScores | None,
     inclusion: NDArray[np.float64],
-    settings: Settings,
+    settings: AppSettings,
 ) -> GateDecision:
     """The paired gate on the audits, with the margins and level from `retrain` settings."""
     return gate_policy(settings).decide(challenger, champion, inclusion)

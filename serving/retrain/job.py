@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from hitl.settings import Settings
 from learner import loop
 from learner.bundle import ModelBundle
 from learner.gate import AuditScores, GateDecision, audit_scores
@@ -36,6 +35,7 @@ from serving.retrain.training import (
     default_train,
     training_config,
 )
+from serving.settings import AppSettings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 class RetrainJob:
     """One training run, start to finish (see the module docstring)."""
 
-    settings: Settings
+    settings: AppSettings
     store: Store
     embedder: Embedder
     promoter: Promoter
@@ -187,7 +187,7 @@ class RetrainJob:
         )
         train_seconds = time.perf_counter() - started_train
         bundle = result.bundle
-        from serving.routing import class_centroids
+        from learner.training import class_centroids
 
         # Encoder space, as serving compares them (`LoadedModel.features` -> embeddings).
         bundle.metadata["class_centroids"] = class_centroids(e_train, [r.label for r in train], bundle.labels)

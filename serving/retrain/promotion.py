@@ -10,12 +10,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from hitl.settings import Settings
 from serving.model import LoadedModel, ModelHolder
 from serving.retrain.tables import (
     RESCORE_ACTOR,
     _now,
 )
+from serving.settings import AppSettings
 from serving.store import AuditEvent, Item, Prediction, Store
 from serving.tracking import EscalationWindow
 
@@ -34,7 +34,7 @@ class PromotionReport:
 class Promoter:
     """Moves the served alias and does everything a new champion implies."""
 
-    def __init__(self, settings: Settings, store: Store, holder: ModelHolder | None) -> None:
+    def __init__(self, settings: AppSettings, store: Store, holder: ModelHolder | None) -> None:
         self.settings = settings
         self.store = store
         self.holder = holder
@@ -124,7 +124,7 @@ class Promoter:
 
 
 def rescore_open_escalations(
-    store: Store, model: LoadedModel, settings: Settings, *, auto_resolve: bool
+    store: Store, model: LoadedModel, settings: AppSettings, *, auto_resolve: bool
 ) -> tuple[int, int]:
     """Re-score every open escalation with `model`: auto-resolve those now auto-accepted (when
     `auto_resolve`), re-prioritise the rest. Recorded as new predictions + audit rows, and as outbox

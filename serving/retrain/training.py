@@ -10,12 +10,12 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from hitl.settings import Settings
 from learner import loop
-from learner.cache import EmbeddingCache
-from learner.encoder import HFEncoder, TextEncoder
+from learner.cache import EmbeddingCache, cached_encoder
+from learner.encoder import TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
+from serving.settings import AppSettings
 
 
 class Embedder(Protocol):
@@ -34,7 +34,7 @@ class CachedEmbedder:
     """The configured encoder behind the embedding cache serving uses (so predicted items are hits)."""
 
     def __init__(
-        self, settings: Settings, *, encoder_factory: Callable[[str], TextEncoder] | None = None
+        self, settings: AppSettings, *, encoder_factory: Callable[[str], TextEncoder] | None = None
     ) -> None:
         self.settings = settings
         self._factory = encoder_factory
@@ -49,17 +49,8 @@ class CachedEmbedder:
         with self._lock:
             if self._cache is None:
                 learner = self.settings.learner
-                encoder: TextEncoder = (
-                    self._factory(learner.encoder)
-                    if self._factory is not None
-                    else HFEncoder(
-                        learner.encoder,
-                        device=learner.device,
-                        batch_size=learner.encode_batch_size,
-                        max_length=learner.max_length,
-                    )
-                )
-                self._cache = EmbeddingCache(self.settings.cache_dir, encoder)
+                made = self._factory(learner.encoder) if self._factory is not None else None
+                self._cache = cached_encoder(learner, self.settings.cache_dir, encoder=made)
             return self._cache
 
     @property
@@ -107,7 +98,7 @@ def default_train(inputs: TrainingInputs) -> TrainingResult:
     )
 
 
-def training_config(settings: Settings) -> TrainingConfig:
+def training_config(settings: AppSettings) -> TrainingConfig:
     return loop.training_config(settings.learner)
 
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from hitl.settings import Settings
 from serving.model import ModelHolder
 from serving.retrain.job import RetrainJob
 from serving.retrain.labels import (
@@ -36,6 +35,7 @@ from serving.retrain.training import (
     TrainFn,
     default_train,
 )
+from serving.settings import AppSettings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class RetrainWorker:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: AppSettings,
         store: Store,
         holder: ModelHolder | None = None,
         *,

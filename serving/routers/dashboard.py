@@ -7,43 +7,39 @@
   it redirects to the login page. Its charts fetch `GET /v1/metrics/dashboard`, which accepts the session
   cookie or the usual `Authorization: Bearer` / `X-API-Key` headers (`require_dashboard_roles`).
 
-Session: the cookie holds 256 random bits; only their SHA-256 is stored (`dashboard_sessions`), with an
-expiry (`dashboard.session_ttl_s`). The cookie is HttpOnly and SameSite=Strict, which is what keeps other
-sites from posting to `/logout` or reading the metrics with it. A session dies with its key: a revoked key
-ends every session it opened.
+Sessions live in `serving.sessions`. The cookie is HttpOnly and SameSite=Strict, which is what keeps other
+sites from posting to `/logout` or reading the metrics with it.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-import secrets
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from importlib import resources
 from string import Template
-from typing import Annotated
 from urllib.parse import parse_qs, urlsplit
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.security import APIKeyCookie, APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import DateTime, ForeignKey, Integer, String, delete, select
-from sqlalchemy.orm import Mapped, mapped_column
 
-from hitl.settings import Settings
 from serving.deps import SettingsDep, StoreDep
-from serving.keys import ApiKey, Principal, Role, authenticate, hash_key
-from serving.security import admit, check_throttle, record_failure
-from serving.store import Base, Store
+from serving.keys import Principal, authenticate
+from serving.security import PresentedKey, check_throttle, record_failure
+from serving.sessions import (
+    DASHBOARD_ROLES,
+    SESSION_COOKIE,
+    end_session,
+    open_session,
+    presented_principal,
+    session_principal,
+)
+from serving.settings import AppSettings
 
 logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["dashboard"])
 
-SESSION_COOKIE = "hitl_session"
-DASHBOARD_ROLES = frozenset({Role.PRODUCT_OWNER, Role.ML_ENGINEER, Role.ADMIN})
 MAX_FORM_BYTES = 4096
 # The page runs only our own script and style: no inline code, no third-party origin.
 PAGE_HEADERS = {
@@ -56,110 +52,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
-
-_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer hitl_...`")
-_api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key (alternative header)")
-_cookie = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="A dashboard session (see /login)")
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
-
-
-class DashboardSession(Base):
-    """One dashboard login. The token itself is never stored."""
-
-    __tablename__ = "dashboard_sessions"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    token_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
-    key_id: Mapped[int] = mapped_column(Integer, ForeignKey("api_keys.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime, default=_now)
-    expires_at: Mapped[datetime] = mapped_column(DateTime)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
-
-
-def open_session(store: Store, principal: Principal, ttl_s: int) -> str:
-    """A new session for `principal`; returns the token (for the cookie only)."""
-    token = secrets.token_urlsafe(32)
-    with store.session() as session:
-        # Expired sessions are useless: drop them here rather than in a background job.
-        session.execute(delete(DashboardSession).where(DashboardSession.expires_at <= _now()))
-        session.add(
-            DashboardSession(
-                token_hash=hash_key(token),
-                key_id=principal.key_id,
-                expires_at=_now() + timedelta(seconds=ttl_s),
-            )
-        )
-    return token
-
-
-def session_principal(store: Store, token: str) -> Principal | None:
-    """The principal of a live session (not ended, not expired, its key not revoked), else `None`."""
-    if not token or len(token) > 256:
-        return None
-    with store.session() as session:
-        row = session.execute(
-            select(ApiKey.id, ApiKey.name, ApiKey.role)
-            .join(DashboardSession, DashboardSession.key_id == ApiKey.id)
-            .where(
-                DashboardSession.token_hash == hash_key(token),
-                DashboardSession.ended_at.is_(None),
-                DashboardSession.expires_at > _now(),
-                ApiKey.revoked_at.is_(None),
-            )
-        ).first()
-    return None if row is None else Principal(key_id=row[0], name=row[1], role=Role(row[2]))
-
-
-def end_session(store: Store, token: str) -> None:
-    with store.session() as session:
-        for row in session.scalars(
-            select(DashboardSession).where(
-                DashboardSession.token_hash == hash_key(token), DashboardSession.ended_at.is_(None)
-            )
-        ):
-            row.ended_at = _now()
-
-
-def _presented_principal(store: Store, key: str | None, token: str | None) -> tuple[Principal | None, bool]:
-    """(principal, something was presented). A header key wins over the cookie."""
-    if key:
-        return authenticate(store, key), True
-    if token:
-        return session_principal(store, token), True
-    return None, False
-
-
-def require_dashboard_roles() -> Callable[..., Principal]:
-    """Like `serving.security.require_roles(product_owner, ml_engineer)`, but a session cookie also
-    counts: missing or invalid credentials -> 401, another role -> 403 with the reason."""
-    allowed = DASHBOARD_ROLES
-
-    def dependency(
-        request: Request,
-        store: StoreDep,
-        bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-        api_key: Annotated[str | None, Depends(_api_key)],
-        cookie: Annotated[str | None, Depends(_cookie)],
-    ) -> Principal:
-        key = bearer.credentials if bearer is not None else api_key
-        if key or cookie:
-            check_throttle(request)
-        principal, presented = _presented_principal(store, key, cookie)
-        if principal is None:
-            if presented:
-                record_failure(request)
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                detail="missing or invalid API key or dashboard session",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return admit(request, principal, allowed)
-
-    dependency.allowed_roles = allowed  # type: ignore[attr-defined]
-    return dependency
 
 
 # ------------------------------------------------------------------------------------------------- pages
@@ -181,7 +73,7 @@ def _refused(principal: Principal) -> str:
     return f"role {principal.role.value!r} may not view the dashboard (needs one of: {needed})"
 
 
-def _set_cookie(response: Response, token: str, settings: Settings) -> None:
+def _set_cookie(response: Response, token: str, settings: AppSettings) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
@@ -266,14 +158,11 @@ async def logout(request: Request, store: StoreDep) -> Response:
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)
-async def dashboard_page(request: Request, store: StoreDep, settings: SettingsDep) -> Response:
+async def dashboard_page(
+    request: Request, store: StoreDep, settings: SettingsDep, key: PresentedKey
+) -> Response:
     """The page; no credentials -> the login page, a key or session of another role -> 403."""
-    authorization = request.headers.get("Authorization", "")
-    key = authorization[7:].strip() if authorization.lower().startswith("bearer ") else None
-    key = key or request.headers.get("X-API-Key")
-    principal, _ = await run_in_threadpool(
-        _presented_principal, store, key, request.cookies.get(SESSION_COOKIE)
-    )
+    principal, _ = await presented_principal(request, store, key, request.cookies.get(SESSION_COOKIE))
     if principal is None:
         return RedirectResponse("/login", status_code=status.HTTP_303_SEE_OTHER)
     if principal.role not in DASHBOARD_ROLES:
@@ -287,13 +176,4 @@ async def dashboard_page(request: Request, store: StoreDep, settings: SettingsDe
     )
 
 
-__all__ = [
-    "DASHBOARD_ROLES",
-    "SESSION_COOKIE",
-    "DashboardSession",
-    "end_session",
-    "open_session",
-    "require_dashboard_roles",
-    "router",
-    "session_principal",
-]
+__all__ = ["router"]

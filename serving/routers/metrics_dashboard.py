@@ -24,8 +24,8 @@ from fastapi.concurrency import run_in_threadpool
 
 from serving import kpis
 from serving.deps import SettingsDep, StoreDep
-from serving.routers.dashboard import require_dashboard_roles
 from serving.security import Principal
+from serving.sessions import require_dashboard_roles
 
 router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
 

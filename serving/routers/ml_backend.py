@@ -28,19 +28,19 @@ import base64
 import binascii
 import hmac
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hitl.settings import Settings
 from labeling.client import MLBackendSpec
 from labeling.config import Taxonomy
 from serving.deps import SettingsDep, StoreDep, get_settings
+from serving.predictor import ItemText, LabelGuess, Predictor, PredictorHolder
+from serving.settings import AppSettings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def ml_backend_url(base_url: str) -> str:
     return base_url.rstrip("/") + ML_BACKEND_PREFIX
 
 
-def ml_backend_spec(settings: Settings) -> MLBackendSpec:
+def ml_backend_spec(settings: AppSettings) -> MLBackendSpec:
     """How the project's Label Studio connects to this API's ML backend (basic auth when it is on)."""
     serving = settings.serving
     if not serving.ml_backend_auth:
@@ -67,45 +67,6 @@ def ml_backend_spec(settings: Settings) -> MLBackendSpec:
         user=serving.ml_backend_user,
         password=serving.ml_backend_password.get_secret_value(),
     )
-
-
-# ---------------------------------------------------------------- the model it needs
-@dataclass(frozen=True)
-class ItemText:
-    """What the model sees of one Label Studio task."""
-
-    title: str
-    description: str = ""
-    brand: str = ""
-    price: float | None = None
-
-    @property
-    def has_title(self) -> bool:
-        """A title with something besides whitespace: without one there is nothing to predict from."""
-        return bool(self.title.strip())
-
-
-@dataclass(frozen=True)
-class ItemPrediction:
-    label: str  # " > "-joined category path
-    confidence: float  # the model's probability of `label`
-
-
-class Predictor(Protocol):
-    """A loaded model (the core engineer's `LoadedModel` satisfies this or is adapted to it)."""
-
-    @property
-    def model_version(self) -> str: ...
-
-    def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]:
-        """One prediction per item, in order. Every item has a usable title (`has_title`)."""
-        ...
-
-
-class PredictorHolder(Protocol):
-    """`app.state.model_holder`: the model being served, or None before one is loaded."""
-
-    def current(self) -> Predictor | None: ...
 
 
 # ---------------------------------------------------------------- auth
@@ -158,7 +119,7 @@ class TaskIn(_Body):
     data: dict[str, Any] = Field(default_factory=dict)
 
 
-class PredictRequest(_Body):
+class TasksPredictRequest(_Body):
     tasks: list[TaskIn]
     project: str | None = None
 
@@ -218,8 +179,8 @@ def _item(task: TaskIn, limit: int) -> ItemText:
     )
 
 
-def _predict_all(model: Predictor, items: list[ItemText], batch_size: int) -> list[ItemPrediction]:
-    out: list[ItemPrediction] = []
+def _predict_all(model: Predictor, items: list[ItemText], batch_size: int) -> list[LabelGuess]:
+    out: list[LabelGuess] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
         predictions = model.predict_items(chunk)
@@ -229,14 +190,14 @@ def _predict_all(model: Predictor, items: list[ItemText], batch_size: int) -> li
     return out
 
 
-def _predict_titled(model: Predictor, items: list[ItemText], batch_size: int) -> list[ItemPrediction | None]:
+def _predict_titled(model: Predictor, items: list[ItemText], batch_size: int) -> list[LabelGuess | None]:
     """Predictions for the items with a usable title; None (no prediction) in the place of the others."""
     titled = [i for i, item in enumerate(items) if item.has_title]
     predicted = dict(zip(titled, _predict_all(model, [items[i] for i in titled], batch_size), strict=True))
     return [predicted.get(i) for i in range(len(items))]
 
 
-def _result(taxonomy: Taxonomy, prediction: ItemPrediction | None, version: str) -> dict[str, Any]:
+def _result(taxonomy: Taxonomy, prediction: LabelGuess | None, version: str) -> dict[str, Any]:
     # No prediction (a task without a title), or a label the project cannot show (taxonomy changed since
     # training): an empty pre-annotation, so results stay one per task.
     if prediction is None:
@@ -266,7 +227,7 @@ def setup(body: SetupRequest, request: Request) -> dict[str, str]:
 
 @router.post("/predict")
 async def predict(
-    body: PredictRequest, request: Request, store: StoreDep, settings: SettingsDep
+    body: TasksPredictRequest, request: Request, store: StoreDep, settings: SettingsDep
 ) -> dict[str, Any]:
     model = _predictor(request)
     taxonomy = await run_in_threadpool(_taxonomy, store, body.project, settings.labelstudio.project_title)
@@ -312,10 +273,6 @@ async def webhook(request: Request) -> JSONResponse:
 
 __all__ = [
     "ML_BACKEND_PREFIX",
-    "ItemPrediction",
-    "ItemText",
-    "Predictor",
-    "PredictorHolder",
     "ml_backend_url",
     "require_ml_backend_auth",
     "router",

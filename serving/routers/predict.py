@@ -7,12 +7,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.exceptions import RequestValidationError
 
-from hitl.settings import Settings
 from serving.deps import StoreDep, get_metrics, get_model_holder, get_settings
 from serving.routing import LABEL_SEPARATOR
 from serving.schemas import ItemPrediction, PredictRequest, PredictResponse, ScoredLabel
 from serving.security import Principal, Role, require_roles
 from serving.service import LoopPolicy, outbox_hook, predict_and_record_async
+from serving.settings import AppSettings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -21,7 +21,7 @@ NOT_READY: dict[int | str, dict[str, Any]] = {
 }
 
 
-def check_limits(body: PredictRequest, settings: Settings) -> None:
+def check_limits(body: PredictRequest, settings: AppSettings) -> None:
     """The limits that depend on settings (so they cannot live in the static schema): 422 per field."""
     errors: list[dict[str, Any]] = []
     limit = settings.serving.max_batch_size

@@ -15,7 +15,8 @@ from hitl.settings import Settings
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelStudioApiError
 from labeling.server import free_port
-from serving.routers.ml_backend import ItemPrediction, ItemText, ml_backend_url, router
+from serving.predictor import ItemText, LabelGuess
+from serving.routers.ml_backend import ml_backend_url, router
 from serving.store import Store
 
 pytestmark = pytest.mark.integration
@@ -25,8 +26,8 @@ pytestmark = pytest.mark.integration
 class FakeModel:
     model_version: str = "v-ml-it"
 
-    def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]:
-        return [ItemPrediction("Sports > Running", 0.6) for _ in items]
+    def predict_items(self, items: Sequence[ItemText]) -> list[LabelGuess]:
+        return [LabelGuess("Sports > Running", 0.6) for _ in items]
 
 
 class Holder:

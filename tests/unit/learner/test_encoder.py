@@ -8,7 +8,6 @@ import torch
 from numpy.typing import NDArray
 
 from learner.encoder import (
-    PACKAGED_ENCODER,
     HFEncoder,
     TextEncoder,
     _weights_digest,
@@ -16,6 +15,7 @@ from learner.encoder import (
     resolve_encoder_path,
 )
 from learner.exceptions import EncoderLoadError
+from learner.settings import PACKAGED_ENCODER
 
 TITLES = [
     "Organic green tea, 20 bags",

@@ -15,7 +15,7 @@ from hitl.settings import DashboardSettings, LabelStudioSettings, RetrainSetting
 from serving import kpis
 from serving.app import create_app
 from serving.keys import Role, create_key, hash_key, revoke_key
-from serving.routers.dashboard import SESSION_COOKIE, DashboardSession
+from serving.sessions import SESSION_COOKIE, DashboardSession
 from serving.store import Store
 from tests.unit.serving.dashboard_seed import seed
 

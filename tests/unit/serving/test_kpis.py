@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy import update
 
-import serving.routers.dashboard  # noqa: F401  (registers the dashboard's session table)
+import serving.sessions  # noqa: F401  (registers the dashboard's session table)
 from hitl.settings import DashboardSettings, Settings
 from labeling.webhooks import CorrectionEvent
 from serving import kpis

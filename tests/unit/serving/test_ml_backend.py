@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.config import Taxonomy
-from serving.routers.ml_backend import ItemPrediction, ItemText, Predictor, ml_backend_url, router
+from serving.predictor import ItemText, LabelGuess, Predictor
+from serving.routers.ml_backend import ml_backend_url, router
 from serving.store import Store
 
 USER, PASSWORD = "ls", "unit-ml-password"
@@ -37,14 +38,14 @@ class FakeModel:
     model_version: str = "v7"
     seen: list[ItemText] = field(default_factory=list)
 
-    def predict_items(self, items: Sequence[ItemText]) -> list[ItemPrediction]:
+    def predict_items(self, items: Sequence[ItemText]) -> list[LabelGuess]:
         if not all(item.has_title for item in items):  # the real model's Product refuses a blank title
             raise ValueError("title is empty")
         self.seen.extend(items)
         return [
-            ItemPrediction("Home & Kitchen > Cookware", 0.8)
+            LabelGuess("Home & Kitchen > Cookware", 0.8)
             if "pan" in item.title.lower()
-            else ItemPrediction("Sports > Running", 0.55)
+            else LabelGuess("Sports > Running", 0.55)
             for item in items
         ]
 
