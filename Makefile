@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint typecheck pytest up down clean
+.PHONY: install test test-fast lint typecheck pytest up down clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ pytest: install
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The inner loop: unit tests without the real encoder (~1 min); `make test` is the full suite CI runs.
+test-fast: install
+	$(BIN)/pytest tests/unit -m "not slow" -q $(PYTEST_ARGS)
 
 up: install
 	$(BIN)/hitl db upgrade

@@ -98,3 +98,13 @@ def running_app(tmp_path: Path, *, ml_backend_auth: bool = True) -> Iterator[Run
             yield RunningApp(app=app, client=client, store=store, keys=keys)
     finally:
         holder.close()
+
+
+def app_for_collection() -> FastAPI:
+    """The app's route table, for tests that enumerate endpoints."""
+    # Building the app runs no lifespan: nothing is opened; only the route table is read.
+    return create_app(
+        Settings(
+            labelstudio=LabelStudioSettings(sync_interval_s=0), serving=ServingSettings(model_source="none")
+        )
+    )

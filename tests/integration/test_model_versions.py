@@ -13,6 +13,8 @@ from serving.keys import Role
 from serving.store import AuditEvent
 from tests.integration.auth_app import RunningApp, running_app, train_tiny_bundle
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApp]:

@@ -24,8 +24,9 @@ from schemathesis.checks import not_a_server_error
 from labeling.client import WEBHOOK_PATH
 from labeling.webhooks import SECRET_HEADER
 from serving.keys import Role
-from tests.integration.auth_app import WEBHOOK_SECRET, RunningApp, running_app
-from tests.integration.test_roles import app_for_collection
+from tests.integration.auth_app import WEBHOOK_SECRET, RunningApp, app_for_collection, running_app
+
+pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 20
 # Label Studio never retries a webhook, so a 500 there loses a correction: its body is fuzzed harder.

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.client import WEBHOOK_PATH
-from serving.app import create_app
 from serving.keys import KEY_PREFIX, Role
 from serving.security import allowed_roles_of
-from tests.integration.auth_app import RunningApp, running_app
+from tests.integration.auth_app import RunningApp, app_for_collection, running_app
+
+pytestmark = pytest.mark.integration
 
 # Unauthenticated on purpose: Label Studio authenticates with the shared webhook secret; liveness.
 PUBLIC = {WEBHOOK_PATH: "Label Studio's shared secret", "/v1/health": "liveness probe"}
@@ -77,15 +77,6 @@ def endpoints(app: Any) -> list[Endpoint]:
         for method in sorted(set(route.methods or ()) - {"HEAD", "OPTIONS"}):
             found.append(Endpoint(method, route.path_format or route.path, _allowed(dependant)))
     return found
-
-
-def app_for_collection() -> Any:
-    # Building the app runs no lifespan: nothing is opened; only the route table is read.
-    return create_app(
-        Settings(
-            labelstudio=LabelStudioSettings(sync_interval_s=0), serving=ServingSettings(model_source="none")
-        )
-    )
 
 
 ALL = endpoints(app_for_collection())

@@ -12,7 +12,7 @@ import pytest
 from numpy.typing import NDArray
 
 from learner.cache import DB_NAME, EmbeddingCache
-from tests.unit.learner.test_cache import CountingEncoder
+from tests.unit.learner.support import CountingEncoder
 
 
 class BlockingEncoder(CountingEncoder):

@@ -20,7 +20,7 @@ from experiments.fixtures import N_CATEGORIES
 from learner.synthetic import generate_catalog
 from serving.keys import create_key
 from serving.security import Role
-from serving.store import Store
+from serving.store import NewPrediction, Store
 
 
 def catalog_items(n: int = 40, *, seed: int = 7) -> list[dict[str, Any]]:
@@ -54,3 +54,12 @@ def served(app: FastAPI) -> Iterator[int]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def new(item_id: str, decision: str = "escalated", label: str = "A > B") -> NewPrediction:
+    return NewPrediction(
+        item_id=item_id, title=f"title {item_id}", description="", brand=None, price=10.0,
+        category_hint=None, label=label, confidence=0.5, threshold=0.9, top_k=[(label, 0.5)],
+        decision=decision, reasons=["below_threshold"] if decision == "escalated" else ["above_threshold"],
+        priority=0.7,
+    )  # fmt: skip

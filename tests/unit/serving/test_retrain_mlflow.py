@@ -14,6 +14,7 @@ from learner.synthetic import generate_catalog
 from learner.training import TrainingResult
 from serving import registry, tracking
 from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
+from serving.retrain.tables import RunRecord
 from serving.store import Store
 from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
 
@@ -52,9 +53,18 @@ def run_once(settings: Settings, store: Store, train_fn=default_train):  # type:
     return record
 
 
-def test_first_run_is_promoted_with_metrics_and_plots(env: tuple[Settings, Store]) -> None:
+@pytest.fixture(scope="module")
+def champion(env: tuple[Settings, Store]) -> RunRecord:
+    """The first run of the module, whichever test asks first: every test can rely on a champion, v1."""
     settings, store = env
-    record = run_once(settings, store)
+    return run_once(settings, store)
+
+
+def test_first_run_is_promoted_with_metrics_and_plots(
+    env: tuple[Settings, Store], champion: RunRecord
+) -> None:
+    settings, _ = env
+    record = champion
     assert record.status == "promoted", record.error
     assert record.version == "1"
     assert registry.champion_version(settings) == "1"
@@ -77,21 +87,24 @@ def test_first_run_is_promoted_with_metrics_and_plots(env: tuple[Settings, Store
     assert plots == {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "plots/risk_coverage.png"}
 
 
-def test_a_worse_model_stays_a_challenger(env: tuple[Settings, Store]) -> None:
+def test_a_worse_model_stays_a_challenger(env: tuple[Settings, Store], champion: RunRecord) -> None:
     settings, store = env
     record = run_once(settings, store, shuffled_labels)
     assert record.status == "rejected"
-    assert record.version == "2"
+    assert record.version is not None
+    assert int(record.version) > int(champion.version or 0)
     assert record.gate_reason
     assert "significantly worse on accuracy" in record.gate_reason
     assert "paired z-test" in record.gate_reason
     assert registry.champion_version(settings) == "1"
-    assert registry.champion_version(settings, settings.retrain.challenger_alias) == "2"
-    mv = tracking.client(settings).get_model_version(settings.mlflow.registered_model, "2")
+    assert registry.champion_version(settings, settings.retrain.challenger_alias) == record.version
+    mv = tracking.client(settings).get_model_version(settings.mlflow.registered_model, record.version)
     assert mv.tags["hitl.gate"] == "rejected"
 
 
-def test_a_crashing_run_fails_and_leaves_the_champion(env: tuple[Settings, Store]) -> None:
+def test_a_crashing_run_fails_and_leaves_the_champion(
+    env: tuple[Settings, Store], champion: RunRecord
+) -> None:
     settings, store = env
     record = run_once(settings, store, crash)
     assert record.status == "failed"
@@ -104,7 +117,7 @@ def test_a_crashing_run_fails_and_leaves_the_champion(env: tuple[Settings, Store
 
 
 def test_a_challenger_with_other_features_is_compared_on_the_champions_own_inputs(
-    env: tuple[Settings, Store],
+    env: tuple[Settings, Store], champion: RunRecord
 ) -> None:
     # The champion (v1) is a hybrid bundle (embedding + hashed n-grams, the default). A challenger
     # trained on plain embeddings must still be gated against it: the champion's holdout predictions

@@ -10,7 +10,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
 from labeling.webhooks import CorrectionEvent
-from serving.store import AppendOnlyError, AuditEvent, Item, NewPrediction, Prediction, Store
+from serving.store import AppendOnlyError, AuditEvent, Item, Prediction, Store
+from tests.unit.serving.support import new
 
 
 @pytest.fixture
@@ -19,15 +20,6 @@ def store(tmp_path: Path) -> Store:
     db.create_all()
     db.register_model_version("v1", source="test", encoder_id="e", n_labels=2, details={})
     return db
-
-
-def new(item_id: str, decision: str = "escalated", label: str = "A > B") -> NewPrediction:
-    return NewPrediction(
-        item_id=item_id, title=f"title {item_id}", description="", brand=None, price=10.0,
-        category_hint=None, label=label, confidence=0.5, threshold=0.9, top_k=[(label, 0.5)],
-        decision=decision, reasons=["below_threshold"] if decision == "escalated" else ["above_threshold"],
-        priority=0.7,
-    )  # fmt: skip
 
 
 def correction(item_id: str, label: str, annotation_id: int = 1) -> CorrectionEvent:

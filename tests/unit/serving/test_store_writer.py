@@ -12,7 +12,7 @@ from sqlalchemy import event, select
 
 from labeling.push import Escalation
 from serving.store import AuditEvent, Item, Prediction, Store
-from tests.unit.serving.test_store_serving import new
+from tests.unit.serving.support import new
 
 
 @pytest.fixture
