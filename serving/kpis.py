@@ -6,7 +6,7 @@ Every figure on the dashboard (`GET /dashboard`), in the JSON metrics (`GET /v1/
 Definitions (the tests recompute them with plain SQL, so they are spelled out):
 
 - *first-pass prediction*: a prediction not made by the re-scoring after a promotion
-  (`requested_by != serving.retrain.RESCORE_ACTOR`); escalation rates count only these, like
+  (`serving.escalation.first_pass`); escalation rates count only these, like
   `/v1/metrics/escalation`.
 - *escalation rate*: escalated / first-pass predictions, per time bucket (`dashboard.window_s`), per model
   version, and split by reason (an escalation with two reasons counts once under each).
@@ -32,16 +32,17 @@ import math
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel
 from scipy import stats
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import func, select
 
 from learner.loop import describe_guarantee
-from serving.retrain import RESCORE_ACTOR, RetrainRun
+from serving.escalation import combine, escalation_windows, first_pass, over_time, per_version
+from serving.retrain import RetrainRun
 from serving.routing import AUDIT_REASONS
 from serving.settings import AppSettings
 from serving.store import Correction, CorrectionRecord, Item, ModelVersion, Prediction, Store, review_action
@@ -231,10 +232,6 @@ def _now(now: datetime | None) -> datetime:
     return _aware(now) if now is not None else datetime.now(UTC)
 
 
-def _first_pass() -> ColumnElement[bool]:
-    return or_(Prediction.requested_by.is_(None), Prediction.requested_by != RESCORE_ACTOR)
-
-
 def clopper_pearson(successes: int, trials: int, confidence: float) -> Interval:
     """The exact two-sided binomial interval (never narrower than the truth: conservative)."""
     if trials <= 0 or not 0 <= successes <= trials:
@@ -280,77 +277,43 @@ def mlflow_ui_url(settings: AppSettings) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- figures
-@dataclass
-class _Tally:
-    first: datetime
-    last: datetime
-    predicted: int = 0
-    escalated: int = 0
-    by_reason: Counter[str] = field(default_factory=Counter)
-
-    def add(self, at: datetime, escalated: bool, reasons: Sequence[str]) -> None:
-        self.first, self.last = min(self.first, at), max(self.last, at)
-        self.predicted += 1
-        if escalated:
-            self.escalated += 1
-            self.by_reason.update(reasons)
-
-    @property
-    def rate(self) -> float:
-        return self.escalated / self.predicted
-
-    @property
-    def reasons(self) -> dict[str, int]:
-        return dict(sorted(self.by_reason.items()))
+def _at(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
 
 
 def escalation(store: Store, settings: AppSettings) -> EscalationKpis:
+    """The escalation rate in total, per time window (`dashboard.window_s`) and per model version, from
+    `serving.escalation`, the one place that computes it."""
     window_s = settings.dashboard.window_s
-    query = (
-        select(Prediction.model_version, Prediction.decision, Prediction.reasons, Prediction.created_at)
-        .where(_first_pass())
-        .order_by(Prediction.id)
-    )
-    buckets: dict[int, _Tally] = {}
-    versions: dict[str, _Tally] = {}
-    total: _Tally | None = None
-    with store.session() as session:
-        for version, decision, reasons, created in session.execute(query):
-            at = _aware(created)
-            start = math.floor(at.timestamp() / window_s) * window_s
-            for tally in (
-                buckets.setdefault(start, _Tally(at, at)),
-                versions.setdefault(version, _Tally(at, at)),
-                total := total or _Tally(at, at),
-            ):
-                tally.add(at, decision == "escalated", reasons or [])
+    windows = escalation_windows(store, window_s=window_s)
+    total = combine(windows) if windows else None
     return EscalationKpis(
         window_s=window_s,
         predicted=total.predicted if total else 0,
         escalated=total.escalated if total else 0,
         rate=total.rate if total else None,
-        by_reason=total.reasons if total else {},
+        by_reason=total.by_reason if total else {},
         over_time=[
             EscalationPoint(
-                window_start=datetime.fromtimestamp(start, UTC),
-                predicted=t.predicted,
-                escalated=t.escalated,
-                rate=t.rate,
-                by_reason=t.reasons,
+                window_start=_at(w.window_start),
+                predicted=w.predicted,
+                escalated=w.escalated,
+                rate=w.rate,
+                by_reason=w.by_reason,
             )
-            for start, t in sorted(buckets.items())
+            for w in over_time(windows)
         ],
         by_version=[
             VersionEscalation(
                 model_version=version,
-                first_seen=t.first,
-                last_seen=t.last,
-                predicted=t.predicted,
-                escalated=t.escalated,
-                rate=t.rate,
-                by_reason=t.reasons,
+                first_seen=_at(w.first_seen),
+                last_seen=_at(w.last_seen),
+                predicted=w.predicted,
+                escalated=w.escalated,
+                rate=w.rate,
+                by_reason=w.by_reason,
             )
-            for version, t in sorted(versions.items(), key=lambda kv: (kv[1].first, kv[0]))
+            for version, w in per_version(windows).items()
         ],
     )
 
@@ -376,7 +339,7 @@ class _ItemView:
 def _items(store: Store) -> list[_ItemView]:
     newest = (
         select(func.max(Prediction.id).label("last_id"))
-        .where(_first_pass())
+        .where(first_pass())
         .group_by(Prediction.item_id)
         .subquery()
     )
@@ -521,7 +484,7 @@ def throughput(store: Store, settings: AppSettings, now: datetime | None = None)
     since = _naive(_now(now) - timedelta(seconds=window_s))
     with store.session() as session:
         predictions = session.scalar(
-            select(func.count()).select_from(Prediction).where(_first_pass(), Prediction.created_at >= since)
+            select(func.count()).select_from(Prediction).where(first_pass(), Prediction.created_at >= since)
         )
         reviewed = session.scalar(
             select(func.count())

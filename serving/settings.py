@@ -119,7 +119,6 @@ class RetrainSettings(BaseModel):
         True, description="after a promotion, auto-resolve open escalations now above their threshold"
     )
     challenger_alias: str = Field("challenger", min_length=1)
-    escalation_window_s: int = Field(3600, ge=60, description="time window of the escalation-rate metric")
     escalation_log_interval_s: float = Field(
         300.0, ge=0, description="how often escalation rates are logged to MLflow; 0 = only after retrains"
     )
@@ -131,7 +130,12 @@ class DashboardSettings(BaseModel):
     human_cost_per_review: float = Field(0.5, ge=0, description="cost of one human review (currency units)")
     compute_cost_per_item: float = Field(0.0005, ge=0, description="compute cost of one prediction")
     currency: str = Field("USD", min_length=1, max_length=8)
-    window_s: int = Field(86400, ge=60, description="time bucket of the charts over time")
+    window_s: int = Field(
+        3600,
+        ge=60,
+        description="the time window of every escalation-rate figure (the dashboard's charts over time, "
+        "/v1/metrics/escalation, the rates logged to MLflow) and of the throughput figures",
+    )
     price_bands: list[float] = Field(
         default_factory=lambda: [10.0, 50.0, 200.0, 1000.0],
         description="ascending upper bounds of the price bands used as segments",

@@ -18,13 +18,13 @@ import os
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from serving.escalation import EscalationWindow
 from serving.settings import AppSettings
 
 KIND_TAG = "hitl.kind"
@@ -262,32 +262,6 @@ def log_evaluation_figures(
 
 
 # -------------------------------------------------------------------------------------- escalation rate
-
-
-@dataclass(frozen=True)
-class EscalationWindow:
-    """Escalation rate of one model version in one time window."""
-
-    model_version: str
-    window_start: float  # epoch seconds
-    window_s: int
-    predicted: int
-    escalated: int
-    by_reason: dict[str, int]
-
-    @property
-    def rate(self) -> float:
-        return self.escalated / self.predicted if self.predicted else 0.0
-
-    def metrics(self) -> dict[str, float]:
-        out = {
-            "escalation_rate": self.rate,
-            "predicted_count": float(self.predicted),
-            "escalated_count": float(self.escalated),
-        }
-        for reason, count in self.by_reason.items():
-            out[f"escalation_rate_{reason}"] = count / self.predicted if self.predicted else 0.0
-        return out
 
 
 def registered_version_of(settings: AppSettings, model_version: str) -> str | None:

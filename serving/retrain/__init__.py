@@ -23,6 +23,7 @@ restart and can be read by the API). The thread also counts new corrections for 
 periodically logs escalation rates to MLflow. Nothing here runs inside a request.
 """
 
+from serving.escalation import RESCORE_ACTOR
 from serving.retrain.gate import gate
 from serving.retrain.job import RetrainError, RetrainJob
 from serving.retrain.labels import (
@@ -36,8 +37,8 @@ from serving.retrain.labels import (
     first_routings,
     seed_count,
 )
-from serving.retrain.promotion import Promoter, PromotionReport, escalation_windows, rescore_open_escalations
-from serving.retrain.tables import RESCORE_ACTOR, RetrainRun, RunRecord, SeedLabel, create_tables
+from serving.retrain.promotion import Promoter, PromotionReport, rescore_open_escalations
+from serving.retrain.tables import RetrainRun, RunRecord, SeedLabel, create_tables
 from serving.retrain.training import (
     CachedEmbedder,
     Embedder,
@@ -73,7 +74,6 @@ __all__ = [
     "count_new_corrections",
     "create_tables",
     "default_train",
-    "escalation_windows",
     "first_routings",
     "gate",
     "holdout_report",

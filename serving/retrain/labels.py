@@ -11,8 +11,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from learner.data import Product, item_text
 from learner.loop import AuditPolicy, Provenance
+from serving.escalation import first_pass
 from serving.retrain.tables import (
-    RESCORE_ACTOR,
     USABLE_ACTIONS,
     SeedLabel,
     _now,
@@ -108,7 +108,7 @@ def first_routings(store: Store) -> dict[str, FirstRouting]:
 
     query = (
         select(Prediction.item_id, Prediction.created_at, Prediction.audit_probability, Prediction.reasons)
-        .where((Prediction.requested_by.is_(None)) | (Prediction.requested_by != RESCORE_ACTOR))
+        .where(first_pass())
         .order_by(Prediction.id)
     )
     out: dict[str, FirstRouting] = {}

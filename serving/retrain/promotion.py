@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
 
 from sqlalchemy import select
 
+from serving.escalation import RESCORE_ACTOR
 from serving.model import LoadedModel, ModelHolder
 from serving.retrain.tables import (
-    RESCORE_ACTOR,
     _now,
 )
 from serving.settings import AppSettings
 from serving.store import AuditEvent, Item, Prediction, Store
-from serving.tracking import EscalationWindow
 
 logger = logging.getLogger(__name__)
 
@@ -245,31 +242,3 @@ def rescore_open_escalations(
             # The item's task follows: the new prediction on it, or out of the queue (`labeling.push`).
             enqueue_escalations(session, to_labelstudio, model.version)
     return resolved, reprioritized
-
-
-def escalation_windows(
-    store: Store, *, window_s: int, since: datetime | None = None, model_version: str | None = None
-) -> list[EscalationWindow]:
-    """Escalated / predicted per model version and time window, by reason (re-scores excluded)."""
-    query = select(
-        Prediction.model_version, Prediction.decision, Prediction.reasons, Prediction.created_at
-    ).where((Prediction.requested_by.is_(None)) | (Prediction.requested_by != RESCORE_ACTOR))
-    if since is not None:
-        query = query.where(Prediction.created_at >= since.astimezone(UTC).replace(tzinfo=None))
-    if model_version is not None:
-        query = query.where(Prediction.model_version == model_version)
-    buckets: dict[tuple[str, float], list[Any]] = {}
-    with store.session() as session:
-        for version, decision, reasons, created in session.execute(query).all():
-            epoch = created.replace(tzinfo=UTC).timestamp()
-            start = math.floor(epoch / window_s) * window_s
-            bucket = buckets.setdefault((version, float(start)), [0, 0, {}])
-            bucket[0] += 1
-            if decision == "escalated":
-                bucket[1] += 1
-                for reason in reasons or []:
-                    bucket[2][reason] = bucket[2].get(reason, 0) + 1
-    return [
-        EscalationWindow(version, start, window_s, n, e, dict(sorted(r.items())))
-        for (version, start), (n, e, r) in sorted(buckets.items(), key=lambda kv: (kv[0][1], kv[0][0]))
-    ]

@@ -11,7 +11,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from serving.store import Base, Store
 
-RESCORE_ACTOR = "retrain:rescore"
 STREAM_CHUNK = 2048  # stream items embedded and scored at a time when certifying
 USABLE_ACTIONS = ("created", "updated")
 MAX_ERROR_CHARS = 500

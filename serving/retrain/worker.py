@@ -11,13 +11,14 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from serving.escalation import escalation_windows
 from serving.model import ModelHolder
 from serving.retrain.job import RetrainJob
 from serving.retrain.labels import (
     correction_watermark,
     count_new_corrections,
 )
-from serving.retrain.promotion import Promoter, escalation_windows
+from serving.retrain.promotion import Promoter
 from serving.retrain.tables import (
     FAILED,
     MAX_ERROR_CHARS,
@@ -245,7 +246,7 @@ class RetrainWorker:
         from serving import tracking
 
         self._last_escalation_log = time.monotonic()
-        window = self.settings.retrain.escalation_window_s
+        window = self.settings.dashboard.window_s
         since = datetime.now(UTC) - timedelta(seconds=window * 24)
         try:
             windows = escalation_windows(self.store, window_s=window, since=since)

@@ -13,14 +13,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, cast
+from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from serving.deps import SettingsDep, StoreDep
-from serving.retrain import RetrainWorker, RunRecord, escalation_windows
+from serving.escalation import EscalationWindow, escalation_windows, per_version
+from serving.retrain import RetrainWorker, RunRecord
 from serving.security import Principal, Role, require_roles
 
 router = APIRouter(prefix="/v1", tags=["retrain"])
@@ -95,7 +96,7 @@ class PromotionOut(BaseModel):
     reprioritized: int
 
 
-class EscalationWindowOut(BaseModel):
+class EscalationRateWindowOut(BaseModel):
     model_version: str
     window_start: datetime
     window_s: int
@@ -105,10 +106,10 @@ class EscalationWindowOut(BaseModel):
     by_reason: dict[str, int]
 
 
-class EscalationOut(BaseModel):
+class EscalationRateOut(BaseModel):
     window_s: int
-    windows: list[EscalationWindowOut]
-    by_version: dict[str, EscalationWindowOut]
+    windows: list[EscalationRateWindowOut]
+    by_version: dict[str, EscalationRateWindowOut]
 
 
 def _worker(request: Request) -> RetrainWorker:
@@ -237,7 +238,19 @@ async def rollback(
     return await _move_champion(request, version, principal, "rollback", reason)
 
 
-@router.get("/metrics/escalation", response_model=EscalationOut)
+def _rate_out(window: EscalationWindow) -> EscalationRateWindowOut:
+    return EscalationRateWindowOut(
+        model_version=window.model_version,
+        window_start=datetime.fromtimestamp(window.window_start).astimezone(),
+        window_s=window.window_s,
+        predicted=window.predicted,
+        escalated=window.escalated,
+        rate=window.rate,
+        by_reason=window.by_reason,
+    )
+
+
+@router.get("/metrics/escalation", response_model=EscalationRateOut)
 async def escalation(
     store: StoreDep,
     settings: SettingsDep,
@@ -245,41 +258,11 @@ async def escalation(
     window_s: Annotated[int | None, Query(ge=60, le=30 * 86400)] = None,
     since: datetime | None = None,
     model_version: str | None = None,
-) -> EscalationOut:
+) -> EscalationRateOut:
     """Escalated / predicted per model version and time window (re-scores after a promotion excluded)."""
-    window = window_s or settings.retrain.escalation_window_s
+    window = window_s or settings.dashboard.window_s
     windows = await run_in_threadpool(
         escalation_windows, store, window_s=window, since=since, model_version=model_version
     )
-
-    def out(w: Any) -> EscalationWindowOut:
-        return EscalationWindowOut(
-            model_version=w.model_version,
-            window_start=datetime.fromtimestamp(w.window_start).astimezone(),
-            window_s=w.window_s,
-            predicted=w.predicted,
-            escalated=w.escalated,
-            rate=w.rate,
-            by_reason=w.by_reason,
-        )
-
-    totals: dict[str, list[Any]] = {}
-    for w in windows:
-        t = totals.setdefault(w.model_version, [w.window_start, 0, 0, {}])
-        t[1] += w.predicted
-        t[2] += w.escalated
-        for reason, count in w.by_reason.items():
-            t[3][reason] = t[3].get(reason, 0) + count
-    by_version = {
-        version: EscalationWindowOut(
-            model_version=version,
-            window_start=datetime.fromtimestamp(start).astimezone(),
-            window_s=window,
-            predicted=n,
-            escalated=e,
-            rate=e / n if n else 0.0,
-            by_reason=r,
-        )
-        for version, (start, n, e, r) in totals.items()
-    }
-    return EscalationOut(window_s=window, windows=[out(w) for w in windows], by_version=by_version)
+    by_version = {version: _rate_out(w) for version, w in per_version(windows).items()}
+    return EscalationRateOut(window_s=window, windows=[_rate_out(w) for w in windows], by_version=by_version)

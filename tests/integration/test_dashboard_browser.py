@@ -27,7 +27,7 @@ import pytest
 import uvicorn
 from scipy import stats
 
-from hitl.settings import LabelStudioSettings, RetrainSettings, ServingSettings, Settings
+from hitl.settings import DashboardSettings, LabelStudioSettings, RetrainSettings, ServingSettings, Settings
 from labeling.server import free_port
 from serving.app import create_app
 from serving.keys import Role, create_key
@@ -182,11 +182,11 @@ def test_product_owner_sees_the_figures_of_the_store(browser: Any, tmp_path: Pat
         )
         assert {r: sum(v) for r, v in by_version["by_reason"].items()} == dict(reasons)
 
-        # Escalation rate over time (daily buckets, UTC).
+        # Escalation rate over time (buckets of dashboard.window_s, UTC).
         over_time = series(browser, "chart-escalation-time")
         buckets = query(
             db,
-            "SELECT CAST(strftime('%s', created_at) AS INTEGER) / 86400, COUNT(*), "
+            f"SELECT CAST(strftime('%s', created_at) AS INTEGER) / {DashboardSettings().window_s}, COUNT(*), "
             f"SUM(decision = 'escalated') FROM predictions WHERE {FIRST_PASS} GROUP BY 1 ORDER BY 1",
         )
         assert over_time["predicted"] == [n for _, n, _ in buckets]

@@ -13,12 +13,12 @@ from learner.data import Product
 from learner.gate import AuditScores
 from learner.loop import AuditPolicy, Provenance, split_roles
 from learner.thresholds import default_candidates
+from serving.escalation import escalation_windows
 from serving.retrain import (
     RetrainWorker,
     add_seed_labels,
     collect_labels,
     count_new_corrections,
-    escalation_windows,
     gate,
 )
 from serving.store import Store
