@@ -20,12 +20,12 @@ from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadE
 from labeling.reviewers import ReviewerTiers, senior_check, tiers_from
 from labeling.sync import PeriodicSync, sync_project
 from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddleware
-from serving.metrics import ServingMetrics
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError
 from serving.outbox import OutboxWorker
+from serving.prometheus import ServingMetrics
 from serving.routers import audit, escalations, health, items, keys, ml_backend, predict, webhooks
 from serving.routers import dashboard as dashboard_router
-from serving.routers import metrics_dashboard as metrics_router
+from serving.routers import kpis as kpis_router
 from serving.routers import retrain as retrain_router
 from serving.security import AuthThrottle, KeyCache
 from serving.service import BackendHolder
@@ -248,7 +248,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(ml_backend.router)
     app.include_router(retrain_router.router)
-    app.include_router(metrics_router.router)
+    app.include_router(kpis_router.router)
     app.include_router(dashboard_router.router)
     app.mount("/static", StaticFiles(packages=[("serving", "static")]), name="static")
 

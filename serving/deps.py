@@ -10,8 +10,8 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request
 
-from serving.metrics import ServingMetrics
 from serving.model import ModelHolder
+from serving.prometheus import ServingMetrics
 from serving.settings import AppSettings
 from serving.store import Store
 

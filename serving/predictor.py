@@ -35,7 +35,7 @@ class LabelGuess:
 
 
 class Predictor(Protocol):
-    """A loaded model (the core engineer's `LoadedModel` satisfies this or is adapted to it)."""
+    """A served model, as the ML backend asks it (`serving.service` adapts the loaded model to it)."""
 
     @property
     def model_version(self) -> str: ...

@@ -1,6 +1,5 @@
 """Roles and API keys: the dependency every protected endpoint declares.
 
-INTERFACE (written by the lead; the auth engineer implements the bodies, keeping these names):
 - `Role`: the five roles.
 - `Principal`: who is calling.
 - `require_roles(*roles)`: a FastAPI dependency factory. Missing or unknown key -> 401, known key with

@@ -15,8 +15,8 @@ STREAM_CHUNK = 2048  # stream items embedded and scored at a time when certifyin
 USABLE_ACTIONS = ("created", "updated")
 MAX_ERROR_CHARS = 500
 
-QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED = "queued", "running", "promoted", "rejected", "failed"
-FINISHED_STATUSES = frozenset({SUCCEEDED, REJECTED, FAILED})
+QUEUED, RUNNING, PROMOTED, REJECTED, FAILED = "queued", "running", "promoted", "rejected", "failed"
+FINISHED_STATUSES = frozenset({PROMOTED, REJECTED, FAILED})
 
 
 def _now() -> datetime:

@@ -22,10 +22,10 @@ from serving.retrain.promotion import Promoter
 from serving.retrain.tables import (
     FAILED,
     MAX_ERROR_CHARS,
+    PROMOTED,
     QUEUED,
     REJECTED,
     RUNNING,
-    SUCCEEDED,
     RetrainRun,
     RunRecord,
     _now,
@@ -211,7 +211,7 @@ class RetrainWorker:
             return True
         self._update(
             run_id,
-            status=SUCCEEDED if outcome.get("promoted") else REJECTED,
+            status=PROMOTED if outcome.get("promoted") else REJECTED,
             stage="done",
             finished_at=_now(),
             n_labels=outcome.get("n_labels"),

@@ -7,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from serving.deps import MetricsDep, ModelHolderDep, StoreDep
-from serving.metrics import CONTENT_TYPE_LATEST
+from serving.prometheus import CONTENT_TYPE_LATEST
 from serving.schemas import HealthOut, ReadyOut
 
 router = APIRouter(tags=["health"])

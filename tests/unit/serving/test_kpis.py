@@ -196,10 +196,10 @@ def test_spot_checks_queue_reviews_throughput_cost_known_answer(store: Store, se
 
 
 def test_status_against_the_target(store: Store, settings: Settings) -> None:
-    assert kpis._status(kpis.Interval(low=0.96, high=0.99, confidence=0.95), 0.95) == "meets_target"
-    assert kpis._status(kpis.Interval(low=0.80, high=0.94, confidence=0.95), 0.95) == "below_target"
-    assert kpis._status(kpis.Interval(low=0.90, high=0.99, confidence=0.95), 0.95) == "inconclusive"
-    assert kpis._status(None, 0.95) == "no_data"
+    assert kpis.target_status(kpis.Interval(low=0.96, high=0.99, confidence=0.95), 0.95) == "meets_target"
+    assert kpis.target_status(kpis.Interval(low=0.80, high=0.94, confidence=0.95), 0.95) == "below_target"
+    assert kpis.target_status(kpis.Interval(low=0.90, high=0.99, confidence=0.95), 0.95) == "inconclusive"
+    assert kpis.target_status(None, 0.95) == "no_data"
 
 
 def test_segments_and_timeline_on_the_seeded_history(store: Store, tmp_path: Path) -> None:
