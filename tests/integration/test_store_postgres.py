@@ -28,8 +28,8 @@ from serving.model import ModelHolder
 from serving.outbox import OutboxEntry, enqueue_escalations
 from serving.store import AuditEvent, Item, Prediction, Store
 from tests.unit.serving import test_security, test_store, test_store_serving
-from tests.unit.serving.support import auth, catalog_items
-from tests.unit.serving.test_db import check_initial_to_head_keeps_every_row
+from tests.unit.serving.db_checks import check_initial_to_head_keeps_every_row
+from tests.unit.serving.support import auth, catalog_items, new
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def test_the_unit_store_tests_are_reused() -> None:
 
 def test_it_is_postgresql_with_the_append_only_trigger(store: Store) -> None:
     assert store.dialect == "postgresql"
-    store.record_predictions("v1", [test_store_serving.new("a"), test_store_serving.new("b")])
+    store.record_predictions("v1", [new("a"), new("b")])
     with store.engine.connect() as conn:
         triggers = conn.execute(
             text(
