@@ -46,7 +46,7 @@ def _register() -> None:
     app.add_typer(cli_serve.app, name="serve")
     app.add_typer(cli_keys.app, name="keys")
     app.add_typer(cli_db.app, name="db")
-    from hitl import cli_demo, cli_models, cli_report, cli_up
+    from hitl import cli_demo, cli_models, cli_report, cli_score, cli_up
 
     app.command("up")(cli_up.up)
     app.command("down")(cli_up.down)
@@ -55,6 +55,7 @@ def _register() -> None:
     app.command("retrain-status")(cli_models.retrain_status)
     app.add_typer(cli_models.models_app, name="models")
     app.command("report")(cli_report.report)
+    app.command("score")(cli_score.score)
     from hitl import cli_experiments
 
     cli_experiments.register(app)

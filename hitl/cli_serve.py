@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -34,8 +35,17 @@ def serve(
     ] = None,
     host: Annotated[str | None, typer.Option(help="bind address (default: serving.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default: serving.port)")] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="replica processes on the port (uvicorn workers); on one database they elect one retrain "
+            "leader and share the outbox without pushing a task twice",
+        ),
+    ] = 1,
 ) -> None:
-    """Serve the API with uvicorn (one process; the model and store live in it)."""
+    """Serve the API with uvicorn (the model and store live in each worker process)."""
     if ctx.invoked_subcommand is not None:
         return
     import uvicorn
@@ -51,8 +61,35 @@ def serve(
         }
     )
     settings = settings.model_copy(update={"serving": serving})
-    console.print(f"serving on http://{serving.host}:{serving.port} (model source: {serving.model_source})")
-    uvicorn.run(create_app(settings), host=serving.host, port=serving.port, log_level="info", lifespan="on")
+    console.print(
+        f"serving on http://{serving.host}:{serving.port} (model source: {serving.model_source}, "
+        f"{workers} worker{'s' if workers > 1 else ''})"
+    )
+    if workers == 1:
+        app = create_app(settings)
+        uvicorn.run(app, host=serving.host, port=serving.port, log_level="info", lifespan="on")
+        return
+    # Worker processes build their own app from the configuration: what this command overrode travels
+    # in the environment, which every worker reads.
+    config = ctx.find_root().params.get("config")
+    os.environ.update(
+        {
+            **({"HITL_CONFIG": str(Path(config).resolve())} if config else {}),
+            "HITL_SERVING__MODEL_SOURCE": serving.model_source,
+            "HITL_SERVING__HOST": serving.host,
+            "HITL_SERVING__PORT": str(serving.port),
+            **({"HITL_SERVING__BUNDLE_PATH": str(serving.bundle_path)} if serving.bundle_path else {}),
+        }
+    )
+    uvicorn.run(
+        "hitl.cli_up:serving_app",
+        factory=True,
+        host=serving.host,
+        port=serving.port,
+        workers=workers,
+        log_level="info",
+        lifespan="on",
+    )
 
 
 @app.command("register")

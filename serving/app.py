@@ -20,7 +20,7 @@ from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadE
 from labeling.reviewers import ReviewerTiers, senior_check, tiers_from
 from labeling.sync import PeriodicSync, sync_project
 from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddleware
-from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError
+from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError, record_version
 from serving.outbox import OutboxWorker
 from serving.prometheus import ServingMetrics
 from serving.routers import audit, escalations, health, items, keys, ml_backend, predict, webhooks
@@ -134,18 +134,7 @@ def body_limits(settings: AppSettings) -> BodyLimits:
 
 def _register_version(store: Store, metrics: ServingMetrics) -> Any:
     def callback(model: LoadedModel) -> None:
-        store.register_model_version(
-            model.version,
-            source=model.source,
-            encoder_id=model.bundle.encoder_id,
-            n_labels=len(model.labels),
-            details={
-                "created_at": model.bundle.metadata.get("created_at"),
-                "classes_auto_accepted": int(
-                    sum(t is not None for t in model.bundle.thresholds.to_dict()["thresholds"])
-                ),
-            },
-        )
+        record_version(store, model)
         metrics.model_swaps.labels(model.version).inc()
 
     return callback

@@ -31,6 +31,7 @@ from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.cache import EmbeddingCache
 from learner.encoder import TextEncoder, encoder_from
 from serving.settings import AppSettings
+from serving.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -271,3 +272,19 @@ class ModelHolder:
             "loaded_at": None if model is None else model.loaded_at.isoformat(),
             "error": self.last_error,
         }
+
+
+def record_version(store: Store, model: LoadedModel) -> None:
+    """Register `model`'s version in the store (what its predictions refer to); idempotent."""
+    store.register_model_version(
+        model.version,
+        source=model.source,
+        encoder_id=model.bundle.encoder_id,
+        n_labels=len(model.labels),
+        details={
+            "created_at": model.bundle.metadata.get("created_at"),
+            "classes_auto_accepted": int(
+                sum(t is not None for t in model.bundle.thresholds.to_dict()["thresholds"])
+            ),
+        },
+    )

@@ -249,23 +249,24 @@ class OutboxWorker:
         report = DeliveryReport()
         self._apply_senior_holds(report)
         now = self.clock()
-        due = self._due(now)
-        if not due:
-            return report
         title = self.settings.labelstudio.project_title
         project_id = self.store.project_by_title(title)
         taxonomy = self.store.taxonomy(project_id) if project_id is not None else None
         if project_id is None or taxonomy is None:
-            report.waiting_for_project = True
-            if not self._warned_no_project:
+            waiting = self._count_due(now)  # counted, not claimed: they go as soon as the project exists
+            report.waiting_for_project = waiting > 0
+            if waiting and not self._warned_no_project:
                 logger.warning(
                     "outbox: %d escalation(s) wait: Label Studio project %r is not bootstrapped yet",
-                    len(due),
+                    waiting,
                     title,
                 )
                 self._warned_no_project = True
             return report
         self._warned_no_project = False
+        due = self._due(now)
+        if not due:
+            return report
 
         def fits(entry: _Due) -> bool:  # a close needs no label; a task needs one of the project's
             return entry.escalation.action == "close" or entry.escalation.predicted_label in taxonomy
@@ -324,14 +325,33 @@ class OutboxWorker:
         finally:
             client.close()
 
+    def _count_due(self, now: datetime) -> int:
+        with self.store.session() as session:
+            return int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(OutboxEntry)
+                    .where(OutboxEntry.status == PENDING, OutboxEntry.next_attempt_at <= now)
+                )
+                or 0
+            )
+
     def _due(self, now: datetime) -> list[_Due]:
+        """Claim the due entries: locked rows another replica is claiming are skipped (PostgreSQL's
+        `FOR UPDATE SKIP LOCKED`; SQLite serializes writers), and each claimed entry is not due again for
+        `serving.outbox_claim_s`, so no two replicas deliver it; a replica that dies mid-delivery leaves
+        its entries to the others after that."""
+        lease_until = now + timedelta(seconds=self.settings.serving.outbox_claim_s)
         with self.store.session() as session:
             rows = session.scalars(
                 select(OutboxEntry)
                 .where(OutboxEntry.status == PENDING, OutboxEntry.next_attempt_at <= now)
                 .order_by(OutboxEntry.priority.desc(), OutboxEntry.id)
                 .limit(self.settings.serving.outbox_batch_size)
+                .with_for_update(skip_locked=True)
             ).all()
+            for row in rows:
+                row.next_attempt_at = lease_until
             return [_Due(row.id, row.attempts, Escalation.model_validate(row.payload)) for row in rows]
 
     def _deliver(

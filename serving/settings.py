@@ -70,6 +70,12 @@ class ServingSettings(BaseModel):
     outbox_enabled: bool = Field(True, description="run the worker that delivers escalations")
     outbox_interval_s: float = Field(5.0, gt=0, description="how often the outbox worker runs")
     outbox_batch_size: int = Field(200, ge=1, le=5000, description="escalations taken per outbox pass")
+    outbox_claim_s: float = Field(
+        120.0,
+        gt=0,
+        description="an outbox pass holds the escalations it took this long; another replica may take "
+        "them after that (when the first died mid-delivery)",
+    )
     outbox_base_backoff_s: float = Field(2.0, gt=0, description="first retry delay after a failed push")
     outbox_max_backoff_s: float = Field(300.0, gt=0, description="retry delays double up to this cap")
     ml_backend_auth: bool = Field(True, description="require HTTP basic auth on the ML-backend endpoints")

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from serving.escalation import escalation_windows
+from serving.leader import LeaderLock, leader_lock
 from serving.model import ModelHolder
 from serving.retrain.job import RetrainJob
 from serving.retrain.labels import (
@@ -69,6 +70,7 @@ class RetrainWorker:
         embedder: Embedder | None = None,
         train_fn: TrainFn = default_train,
         auto: bool = True,
+        leader: LeaderLock | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -83,6 +85,8 @@ class RetrainWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_escalation_log = time.monotonic()
+        # Among replicas sharing the database, only the holder of this lock runs queued retrains.
+        self.leader = leader or leader_lock(store.engine, "retrain", settings.state_dir)
 
     # --------------------------------------------------------------------------------- triggers
     def trigger(self, reason: str) -> TriggerResult:
@@ -133,9 +137,6 @@ class RetrainWorker:
     def start(self) -> None:
         if self._thread is not None:
             return
-        with self.store.session() as session:  # runs a crash left 'running' can never finish
-            for row in session.scalars(select(RetrainRun).where(RetrainRun.status == RUNNING)).all():
-                row.status, row.error, row.finished_at = FAILED, "interrupted (the server stopped)", _now()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="retrain-worker", daemon=True)
         self._thread.start()
@@ -146,6 +147,7 @@ class RetrainWorker:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        self.leader.release()
         if self._own_embedder and isinstance(self.embedder, CachedEmbedder):
             self.embedder.close()
 
@@ -153,7 +155,7 @@ class RetrainWorker:
         interval = self.settings.retrain.poll_interval_s
         while not self._stop.is_set():
             try:
-                if not self.run_next():
+                if self._lead() and not self.run_next():
                     self.promoter.retry_labelstudio()
                     self._maybe_auto_trigger()
                     self._maybe_log_escalation()
@@ -161,6 +163,19 @@ class RetrainWorker:
                 logger.error("retrain worker: %s: %s", type(exc).__name__, exc)
             if self._wake.wait(interval):
                 self._wake.clear()
+
+    def _lead(self) -> bool:
+        """True while this replica is the retrain leader; taking the lead fails the runs a previous
+        leader left 'running' (they can never finish)."""
+        if self.leader.held:
+            return True
+        if not self.leader.try_acquire():
+            return False
+        with self.store.session() as session:
+            for row in session.scalars(select(RetrainRun).where(RetrainRun.status == RUNNING)).all():
+                row.status, row.error, row.finished_at = FAILED, "interrupted (the server stopped)", _now()
+        logger.info("this replica runs the retrain worker (leader)")
+        return True
 
     def _claim(self) -> tuple[int, list[str]] | None:
         with self._lock, self.store.session() as session:

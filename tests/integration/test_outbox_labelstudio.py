@@ -108,10 +108,13 @@ def test_outbox_survives_label_studio_down_and_delivers_once(
         assert predictions[0]["model_version"] == VERSION
         assert predictions[0]["result"]
 
-    # A crash after the import but before "delivered" was written: the ledger stops a second import.
+    # A crash after the import but before "delivered" was written, and its claim expired: the ledger stops
+    # a second import.
     with store.session() as session:
         session.execute(
-            update(OutboxEntry).where(OutboxEntry.model_version == VERSION).values(status="pending")
+            update(OutboxEntry)
+            .where(OutboxEntry.model_version == VERSION)
+            .values(status="pending", next_attempt_at=datetime(2000, 1, 1))
         )
     again = up.run_once()
     assert again.delivered == 20

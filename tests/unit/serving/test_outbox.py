@@ -281,3 +281,19 @@ def test_background_thread_delivers_and_stops(tmp_path: Path) -> None:
         worker.stop()
     assert outbox_counts(store)["delivered"] == 1
     assert len(client.imported) == 1
+
+
+def test_a_pass_claims_its_entries_so_a_second_replica_does_not_deliver_them(tmp_path: Path) -> None:
+    store, settings, clock = _store(tmp_path), _settings(tmp_path, outbox_claim_s=120.0), Clock()
+    _enqueue(store, [_esc(i) for i in range(5)])
+    first, second = FlakyLabelStudio(), FlakyLabelStudio()
+    one, other = _worker(store, settings, first, clock), _worker(store, settings, second, clock)
+
+    claimed = one._due(clock())
+
+    assert len(claimed) == 5
+    assert other.run_once().delivered == 0, "claimed entries are not due for another replica"
+    clock.now += timedelta(seconds=121)  # the claimer died before delivering: now others may
+    assert other.run_once().delivered == 5
+    assert len(second.imported) == 5
+    assert first.imported == []
