@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hitl.context import settings_from
 
+ENGINES = ("local", "ray")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)  # messages whole, for people and scripts
 
@@ -21,16 +22,25 @@ def score(
     catalog: Annotated[Path, typer.Option(help="JSONL/CSV catalog to score", exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="folder for the Parquet parts (re-run to resume)")],
     part_size: Annotated[int, typer.Option(min=1, max=100_000, help="items per part")] = 2048,
+    engine: Annotated[str, typer.Option(help="local (this process) | ray (Ray Data actors)")] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="an existing Ray cluster (e.g. auto, ray://head:10001); default: a local one"),
+    ] = None,
+    ray_actors: Annotated[int, typer.Option(min=1, max=1024, help="Ray actors, each holding the model")] = 2,
 ) -> None:
     """Score every item of a catalog with the champion: decisions in the store and in Parquet."""
     from learner.data import load_catalog
     from learner.exceptions import LearnerError
     from serving.model import ModelHolder, ModelLoadError
     from serving.schemas import ItemIn
-    from serving.scoring import ScoringError, score_catalog
+    from serving.scoring import RayScorer, ScoringError, score_catalog
     from serving.store import Store
 
     settings = settings_from(ctx)
+    if engine not in ENGINES:
+        err_console.print(f"[red]unknown engine {engine!r}[/red]; one of: {', '.join(ENGINES)}")
+        raise typer.Exit(2)
     try:
         products = load_catalog(catalog).products
     except LearnerError as exc:
@@ -49,9 +59,12 @@ def score(
         raise typer.Exit(1) from exc
     store = Store(settings.database_url)
     store.create_all()
+    scorer = (
+        RayScorer(model, settings, address=ray_address, concurrency=ray_actors) if engine == "ray" else None
+    )
     try:
         with Progress(
-            TextColumn(f"scoring {catalog.name} with {model.version}"),
+            TextColumn(f"scoring {catalog.name} with {model.version} ({engine})"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
@@ -59,13 +72,15 @@ def score(
         ) as progress:
             task = progress.add_task("score", total=len(items))
             report = score_catalog(
-                model, store, items, settings, out, part_size=part_size,
+                model, store, items, settings, out, part_size=part_size, scorer=scorer,
                 on_part=lambda n: progress.advance(task, n),
             )  # fmt: skip
     except ScoringError as exc:
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     finally:
+        if scorer is not None:
+            scorer.close()
         store.close()
         holder.close()
     console.print(

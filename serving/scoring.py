@@ -1,5 +1,10 @@
 """Batch scoring of a whole catalog with the served model, through the same routing, store and outbox as
-`POST /v1/predict` (`serving.service.predict_and_record`).
+`POST /v1/predict` (`serving.service`).
+
+Scoring (encoder, head, routing: the CPU-heavy part) is pluggable: `LocalScorer` runs it in this
+process; `RayScorer` fans each part out over Ray Data actors (a local cluster, or an existing one by
+address), each holding the model. Recording is always here, in this process: the store and the outbox
+see one writer whatever the engine.
 
 The catalog is cut into parts of `part_size` items; each part is scored, recorded in the store in one
 transaction (its escalations enqueued for Label Studio in the same transaction) and written as one Parquet
@@ -12,13 +17,15 @@ that one part, whose predictions are then stored twice, like a client retrying a
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
-from serving.model import LoadedModel, record_version
+from serving.model import LoadedModel, ModelHolder, record_version
 from serving.schemas import ItemIn
-from serving.service import LoopPolicy, outbox_hook, predict_and_record
+from serving.service import LoopPolicy, Scored, new_predictions, outbox_hook, score_items
 from serving.settings import AppSettings
 from serving.store import Store
 
@@ -28,6 +35,118 @@ MANIFEST = "manifest.json"
 
 class ScoringError(ValueError):
     """The output folder holds parts of another run (another catalog, part size or model)."""
+
+
+class Scorer(Protocol):
+    """Items in, one `Scored` per item out, in order."""
+
+    def __call__(self, items: Sequence[ItemIn]) -> list[Scored]: ...
+
+
+class LocalScorer:
+    """Scores in this process, with the loaded model."""
+
+    def __init__(self, model: LoadedModel, settings: AppSettings) -> None:
+        self.model, self.settings = model, settings
+
+    def __call__(self, items: Sequence[ItemIn]) -> list[Scored]:
+        return score_items(self.model, items, self.settings.routing, LoopPolicy.of(self.settings.learner))
+
+
+class _RayScoreActor:
+    """One Ray actor: the model loaded once from the bundle it was given (through Ray's object store, so
+    a remote cluster needs no shared folder), then batch after batch of items."""
+
+    def __init__(self, settings: AppSettings, bundle_dir_bytes: bytes, version: str) -> None:
+        import io
+        import tarfile
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="hitl-score-bundle-"))
+        with tarfile.open(fileobj=io.BytesIO(bundle_dir_bytes)) as archive:
+            archive.extractall(folder, filter="data")
+        self.settings = settings
+        self.model = ModelHolder(settings).build(folder, version, f"ray:{version}")
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import numpy as np
+
+        items = [ItemIn.model_validate_json(raw) for raw in batch["item"]]
+        scored = LocalScorer(self.model, self.settings)(items)
+        out = np.empty(len(scored), dtype=object)
+        out[:] = scored
+        return {"pos": batch["pos"], "scored": out}
+
+
+def _bundle_bytes(model: LoadedModel) -> bytes:
+    import io
+    import tarfile
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hitl-score-") as tmp:
+        folder = model.bundle.save(Path(tmp) / "bundle")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            archive.add(folder, arcname=".")
+        return buffer.getvalue()
+
+
+class RayScorer:
+    """Scores on Ray Data: `concurrency` actors, `batch_size` items per batch. `address` None starts a
+    local cluster (this machine's CPUs); "auto" or "ray://host:10001" joins an existing one."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: AppSettings,
+        *,
+        address: str | None = None,
+        concurrency: int = 2,
+        batch_size: int = 256,
+    ) -> None:
+        import ray
+
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError(f"concurrency and batch_size must be >= 1, got {concurrency}, {batch_size}")
+        self._started = not ray.is_initialized()
+        if self._started:
+            ray.init(
+                address=address,
+                include_dashboard=False,
+                log_to_driver=False,
+                configure_logging=False,
+                num_cpus=(os.cpu_count() or 1) if address is None else None,
+            )
+        self.concurrency, self.batch_size = concurrency, batch_size
+        self._args = {
+            "settings": settings,
+            "bundle_dir_bytes": _bundle_bytes(model),
+            "version": model.version,
+        }
+
+    def __call__(self, items: Sequence[ItemIn]) -> list[Scored]:
+        import ray.data
+
+        rows = [{"pos": i, "item": item.model_dump_json()} for i, item in enumerate(items)]
+        dataset = ray.data.from_items(rows).map_batches(
+            _RayScoreActor,
+            fn_constructor_kwargs=self._args,
+            batch_size=self.batch_size,
+            concurrency=self.concurrency,
+        )
+        out: list[Scored | None] = [None] * len(items)
+        for row in dataset.iter_rows():
+            out[int(row["pos"])] = row["scored"]
+        missing = [i for i, s in enumerate(out) if s is None]
+        if missing:
+            raise ScoringError(f"Ray returned no result for {len(missing)} of {len(items)} items")
+        return [s for s in out if s is not None]
+
+    def close(self) -> None:
+        import ray
+
+        if self._started and ray.is_initialized():
+            ray.shutdown()
 
 
 @dataclass(frozen=True)
@@ -82,15 +201,17 @@ def score_catalog(
     out_dir: Path,
     *,
     part_size: int = 2048,
+    scorer: Scorer | None = None,
     on_part: Callable[[int], None] | None = None,
 ) -> ScoreReport:
-    """Score `items` in parts of `part_size`; `on_part(n_items)` after each part (done or skipped)."""
+    """Score `items` in parts of `part_size` with `scorer` (default: in this process) and record them;
+    `on_part(n_items)` after each part (done or skipped)."""
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, got {part_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_manifest(out_dir, items, part_size, model.version)
     record_version(store, model)
-    loop = LoopPolicy.of(settings.learner)
+    score = scorer or LocalScorer(model, settings)
     hook = outbox_hook(settings.routing.high_value_price)
     parts = skipped = scored_items = escalated = 0
     for index, start in enumerate(range(0, len(items), part_size)):
@@ -100,8 +221,9 @@ def score_catalog(
         if path.is_file():
             skipped += 1
         else:
-            scored, ids = predict_and_record(
-                model, store, chunk, settings.routing, loop, requested_by=SCORE_ACTOR, on_escalated=hook
+            scored = score(chunk)
+            ids = store.record_predictions(
+                model.version, new_predictions(scored), requested_by=SCORE_ACTOR, on_escalated=hook
             )
             decisions = [s.routed.decision.value for s in scored]
             _write_part(

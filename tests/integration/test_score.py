@@ -72,3 +72,41 @@ def test_score_records_every_item_writes_parquet_and_resumes(small_bundle_dir: P
     assert "holds the parts of another run" in other.stderr
     assert json.loads((out / "manifest.json").read_text())["part_size"] == PART
     store.close()
+
+
+def test_ray_gives_the_same_decisions_as_local(small_bundle_dir: Path, tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    write_catalog(generate_catalog(N, seed=12, n_categories=5), catalog)
+    decisions = {}
+    for engine in ("local", "ray"):
+        env = os.environ | {
+            "HITL_STATE_DIR": str(tmp_path / f"state-{engine}"),
+            "HITL_SERVING__MODEL_SOURCE": "bundle",
+            "HITL_SERVING__BUNDLE_PATH": str(small_bundle_dir),
+            "HITL_LEARNER__DEVICE": "cpu",
+            "HF_HUB_OFFLINE": "1",
+        }
+        env.pop("HITL_CONFIG", None)
+        done = subprocess.run(
+            [str(HITL), "score", "--catalog", str(catalog), "--out", str(tmp_path / engine),
+             "--part-size", "16", "--engine", engine, "--ray-actors", "2"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        rows = pq.read_table(sorted((tmp_path / engine).glob("part-*.parquet"))).to_pylist()
+        decisions[engine] = [(r["id"], r["decision"], r["label"], r["reasons"]) for r in rows]
+    assert len(decisions["ray"]) == N
+    assert decisions["ray"] == decisions["local"]
+
+
+def test_an_unknown_engine_is_refused_with_the_valid_names(tmp_path: Path) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    write_catalog(generate_catalog(5, seed=1, n_categories=2), catalog)
+    env = os.environ | {"HITL_STATE_DIR": str(tmp_path / "state")}
+    env.pop("HITL_CONFIG", None)
+    done = subprocess.run(
+        [str(HITL), "score", "--catalog", str(catalog), "--out", str(tmp_path / "o"), "--engine", "spark"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "unknown engine 'spark'; one of: local, ray" in done.stderr
