@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,9 +38,10 @@ class ScoringError(ValueError):
 
 
 class Scorer(Protocol):
-    """Items in, one `Scored` per item out, in order."""
+    """Parts of items in; for each part, in order, one `Scored` per item, in order. Streaming the parts
+    lets an engine keep its workers (and their loaded model) across parts."""
 
-    def __call__(self, items: Sequence[ItemIn]) -> list[Scored]: ...
+    def stream(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]: ...
 
 
 class LocalScorer:
@@ -51,6 +52,10 @@ class LocalScorer:
 
     def __call__(self, items: Sequence[ItemIn]) -> list[Scored]:
         return score_items(self.model, items, self.settings.routing, LoopPolicy.of(self.settings.learner))
+
+    def stream(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
+        for part in parts:
+            yield self(part)
 
 
 class _RayScoreActor:
@@ -75,7 +80,7 @@ class _RayScoreActor:
         scored = LocalScorer(self.model, self.settings)(items)
         out = np.empty(len(scored), dtype=object)
         out[:] = scored
-        return {"pos": batch["pos"], "scored": out}
+        return {"part": batch["part"], "pos": batch["pos"], "scored": out}
 
 
 def _bundle_bytes(model: LoadedModel) -> bytes:
@@ -124,23 +129,38 @@ class RayScorer:
             "version": model.version,
         }
 
-    def __call__(self, items: Sequence[ItemIn]) -> list[Scored]:
+    def stream(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
+        """One Ray Data pipeline over every part, results in order (`preserve_order`), so the actors and
+        their model are started once; each part is handed back as soon as all its items are in."""
         import ray.data
 
-        rows = [{"pos": i, "item": item.model_dump_json()} for i, item in enumerate(items)]
+        if not parts:
+            return
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        rows = [
+            {"part": p, "pos": i, "item": item.model_dump_json()}
+            for p, part in enumerate(parts)
+            for i, item in enumerate(part)
+        ]
         dataset = ray.data.from_items(rows).map_batches(
             _RayScoreActor,
             fn_constructor_kwargs=self._args,
             batch_size=self.batch_size,
             concurrency=self.concurrency,
         )
-        out: list[Scored | None] = [None] * len(items)
+        current: list[Scored] = []
+        index = 0
         for row in dataset.iter_rows():
-            out[int(row["pos"])] = row["scored"]
-        missing = [i for i, s in enumerate(out) if s is None]
-        if missing:
-            raise ScoringError(f"Ray returned no result for {len(missing)} of {len(items)} items")
-        return [s for s in out if s is not None]
+            part, pos = int(row["part"]), int(row["pos"])
+            if part != index or pos != len(current):
+                raise ScoringError(f"Ray returned item {pos} of part {part} out of order")
+            current.append(row["scored"])
+            while index < len(parts) and len(current) == len(parts[index]):
+                yield current
+                current, index = [], index + 1
+        if index != len(parts):
+            raise ScoringError(f"Ray returned {index} of {len(parts)} parts")
 
     def close(self) -> None:
         import ray
@@ -211,35 +231,34 @@ def score_catalog(
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_manifest(out_dir, items, part_size, model.version)
     record_version(store, model)
-    score = scorer or LocalScorer(model, settings)
+    scorer = scorer or LocalScorer(model, settings)
     hook = outbox_hook(settings.routing.high_value_price)
-    parts = skipped = scored_items = escalated = 0
-    for index, start in enumerate(range(0, len(items), part_size)):
-        chunk = items[start : start + part_size]
-        parts += 1
-        path = part_path(out_dir, index)
-        if path.is_file():
-            skipped += 1
-        else:
-            scored = score(chunk)
-            ids = store.record_predictions(
-                model.version, new_predictions(scored), requested_by=SCORE_ACTOR, on_escalated=hook
-            )
-            decisions = [s.routed.decision.value for s in scored]
-            _write_part(
-                path,
-                {
-                    "id": [s.item.id for s in scored],
-                    "decision": list(decisions),
-                    "label": [s.routed.label for s in scored],
-                    "confidence": [float(s.routed.confidence) for s in scored],
-                    "reasons": [[r.value for r in s.routed.reasons] for s in scored],
-                    "model_version": [model.version] * len(scored),
-                    "prediction_id": list(ids),
-                },
-            )
-            scored_items += len(scored)
-            escalated += sum(d == "escalated" for d in decisions)
+    chunks = [items[start : start + part_size] for start in range(0, len(items), part_size)]
+    todo = [i for i in range(len(chunks)) if not part_path(out_dir, i).is_file()]
+    if on_part is not None:  # the parts an earlier run finished count as progress at once
+        for i in sorted(set(range(len(chunks))) - set(todo)):
+            on_part(len(chunks[i]))
+    scored_items = escalated = 0
+    for index, scored in zip(todo, scorer.stream([chunks[i] for i in todo]), strict=True):
+        ids = store.record_predictions(
+            model.version, new_predictions(scored), requested_by=SCORE_ACTOR, on_escalated=hook
+        )
+        decisions = [s.routed.decision.value for s in scored]
+        _write_part(
+            part_path(out_dir, index),
+            {
+                "id": [s.item.id for s in scored],
+                "decision": list(decisions),
+                "label": [s.routed.label for s in scored],
+                "confidence": [float(s.routed.confidence) for s in scored],
+                "reasons": [[r.value for r in s.routed.reasons] for s in scored],
+                "model_version": [model.version] * len(scored),
+                "prediction_id": list(ids),
+            },
+        )
+        scored_items += len(scored)
+        escalated += sum(d == "escalated" for d in decisions)
         if on_part is not None:
-            on_part(len(chunk))
+            on_part(len(scored))
+    parts, skipped = len(chunks), len(chunks) - len(todo)
     return ScoreReport(parts, skipped, scored_items, escalated, model.version)
