@@ -1,8 +1,11 @@
-"""On-disk embedding cache: each distinct (encoder, masked text) pair is encoded once, ever.
+"""Embedding cache: each distinct (encoder, masked text) pair is encoded once, ever.
 
 Keys are sha256(encoder_id + NUL + masked text); the text itself is never stored, and it is masked
 before hashing, so neither the key nor the row derives from raw personal data. A bounded in-memory LRU
-of recent vectors sits in front of the file, so a server's hot items skip SQLite entirely.
+of recent vectors sits in front of the store, so a server's hot items skip it entirely.
+
+Where the vectors persist is a `VectorStore`: by default `SqliteVectorStore`, a file in the cache
+directory (one machine); `serving` can give a table of its database instead, shared by every replica.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,6 +49,75 @@ def cache_key(encoder_id: str, masked_text: str) -> bytes:
     return hashlib.sha256(f"{encoder_id}\x00{masked_text}".encode("utf-8", "surrogatepass")).digest()
 
 
+def encode_vector(vector: NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(vector, dtype=_FLOAT).tobytes()
+
+
+def decode_vector(blob: bytes, dim: int) -> NDArray[np.float32] | None:
+    """The vector in `blob`; None for a torn or foreign row (then re-encoded and overwritten)."""
+    if len(blob) != dim * _FLOAT.itemsize:
+        return None
+    return np.frombuffer(blob, dtype=_FLOAT).astype(np.float32)
+
+
+class VectorStore(Protocol):
+    """Where an `EmbeddingCache` keeps its vectors: rows (key, encoder_id, dim, vector bytes)."""
+
+    def lookup(self, keys: Sequence[bytes], dim: int) -> dict[bytes, NDArray[np.float32]]: ...
+
+    def store(self, rows: Sequence[tuple[bytes, str, int, bytes]]) -> None: ...
+
+    def count(self, encoder_id: str) -> int: ...
+
+    def contains(self, key: bytes) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteVectorStore:
+    """``directory/embeddings.sqlite3`` (WAL mode, safe across processes of one machine). One connection
+    shared by threads; callers serialise its use."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(directory / DB_NAME, timeout=30.0, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+
+    def lookup(self, keys: Sequence[bytes], dim: int) -> dict[bytes, NDArray[np.float32]]:
+        found: dict[bytes, NDArray[np.float32]] = {}
+        for start in range(0, len(keys), _SQL_CHUNK):
+            chunk = list(keys[start : start + _SQL_CHUNK])
+            marks = ",".join("?" * len(chunk))
+            rows = self._conn.execute(
+                f"SELECT key, dim, vector FROM embeddings WHERE key IN ({marks})", chunk
+            ).fetchall()
+            for key, row_dim, blob in rows:
+                vector = decode_vector(bytes(blob), dim) if row_dim == dim else None
+                if vector is not None:
+                    found[bytes(key)] = vector
+        return found
+
+    def store(self, rows: Sequence[tuple[bytes, str, int, bytes]]) -> None:
+        with self._conn:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO embeddings (key, encoder_id, dim, vector) VALUES (?, ?, ?, ?)", rows
+            )
+
+    def count(self, encoder_id: str) -> int:
+        (n,) = self._conn.execute(
+            "SELECT COUNT(*) FROM embeddings WHERE encoder_id = ?", (encoder_id,)
+        ).fetchone()
+        return int(n)
+
+    def contains(self, key: bytes) -> bool:
+        return self._conn.execute("SELECT 1 FROM embeddings WHERE key = ?", (key,)).fetchone() is not None
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class EmbeddingCache:
     """Embeddings persisted in ``directory/embeddings.sqlite3`` (WAL mode, safe across processes).
 
@@ -66,12 +139,16 @@ class EmbeddingCache:
     """
 
     def __init__(
-        self, directory: Path, encoder: TextEncoder, *, memory_items: int = DEFAULT_MEMORY_ITEMS
+        self,
+        directory: Path,
+        encoder: TextEncoder,
+        *,
+        memory_items: int = DEFAULT_MEMORY_ITEMS,
+        vectors: VectorStore | None = None,
     ) -> None:
         if memory_items < 0:
             raise ValueError(f"memory_items must be >= 0, got {memory_items}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.encoder = encoder
         self.encoder_id = encoder.encoder_id
         self.dim = encoder.dim
@@ -80,11 +157,8 @@ class EmbeddingCache:
         self.memory_items = memory_items
         self._memory: OrderedDict[bytes, NDArray[np.float32]] = OrderedDict()
         self._lock = threading.Lock()
-        # One connection shared by threads (FastAPI workers); the lock serialises its use.
-        self._conn = sqlite3.connect(self.directory / DB_NAME, timeout=30.0, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
+        # Shared by threads (FastAPI workers); the lock serialises its use.
+        self._vectors: VectorStore = vectors if vectors is not None else SqliteVectorStore(self.directory)
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
         """Embeddings for `texts`, encoding only those never seen before.
@@ -159,49 +233,31 @@ class EmbeddingCache:
             self._memory.popitem(last=False)
 
     def _lookup(self, keys: list[bytes]) -> dict[bytes, NDArray[np.float32]]:
-        found: dict[bytes, NDArray[np.float32]] = {}
-        for start in range(0, len(keys), _SQL_CHUNK):
-            chunk = keys[start : start + _SQL_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self._conn.execute(
-                f"SELECT key, dim, vector FROM embeddings WHERE key IN ({marks})", chunk
-            ).fetchall()
-            for key, dim, blob in rows:
-                # A torn or foreign row is re-encoded (and overwritten) instead of poisoning results.
-                if dim == self.dim and len(blob) == dim * _FLOAT.itemsize:
-                    found[bytes(key)] = np.frombuffer(blob, dtype=_FLOAT).astype(np.float32)
-        return found
+        return self._vectors.lookup(keys, self.dim)
 
     def _store(self, keys: list[bytes], vectors: NDArray[np.float32]) -> None:
         rows = [
-            (key, self.encoder_id, self.dim, np.ascontiguousarray(vec, dtype=_FLOAT).tobytes())
+            (key, self.encoder_id, self.dim, encode_vector(vec))
             for key, vec in zip(keys, vectors, strict=True)
         ]
-        with self._conn:
-            self._conn.executemany(
-                "INSERT OR REPLACE INTO embeddings (key, encoder_id, dim, vector) VALUES (?, ?, ?, ?)", rows
-            )
+        self._vectors.store(rows)
 
     def __len__(self) -> int:
         """Number of cached embeddings for this cache's encoder."""
         with self._lock:
-            (count,) = self._conn.execute(
-                "SELECT COUNT(*) FROM embeddings WHERE encoder_id = ?", (self.encoder_id,)
-            ).fetchone()
-        return int(count)
+            return self._vectors.count(self.encoder_id)
 
     def __contains__(self, text: object) -> bool:
         if not isinstance(text, str):
             return False
         key = cache_key(self.encoder_id, mask_pii(text))
         with self._lock:
-            row = self._conn.execute("SELECT 1 FROM embeddings WHERE key = ?", (key,)).fetchone()
-        return row is not None
+            return self._vectors.contains(key)
 
     def close(self) -> None:
         with self._lock:
             self._memory.clear()
-            self._conn.close()
+            self._vectors.close()
 
     def __enter__(self) -> EmbeddingCache:
         return self
@@ -219,8 +275,13 @@ class EmbeddingCache:
 
 
 def cached_encoder(
-    settings: LearnerSettings, cache_dir: Path, *, encoder: TextEncoder | None = None, progress: bool = False
+    settings: LearnerSettings,
+    cache_dir: Path,
+    *,
+    encoder: TextEncoder | None = None,
+    progress: bool = False,
+    vectors: VectorStore | None = None,
 ) -> EmbeddingCache:
-    """The configured encoder (or `encoder`) behind the on-disk cache in `cache_dir` (the state dir's
-    `cache_dir`): every process that embeds reads and warms the same cache."""
-    return EmbeddingCache(cache_dir, encoder or encoder_from(settings, progress=progress))
+    """The configured encoder (or `encoder`) behind the cache in `cache_dir` (the state dir's
+    `cache_dir`), or in `vectors`: every process that embeds reads and warms the same cache."""
+    return EmbeddingCache(cache_dir, encoder or encoder_from(settings, progress=progress), vectors=vectors)

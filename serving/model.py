@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.cache import EmbeddingCache
 from learner.encoder import TextEncoder, encoder_from
+from serving.embeddings import vector_store_for
 from serving.settings import AppSettings
 from serving.store import Store
 
@@ -161,7 +162,7 @@ class ModelHolder:
                     f"the bundle was trained on encoder {encoder_id!r} but {ref!r} is {encoder.encoder_id!r}"
                 )
             self._encoders[key] = encoder
-            cache = EmbeddingCache(self.settings.cache_dir, encoder)
+            cache = EmbeddingCache(self.settings.cache_dir, encoder, vectors=vector_store_for(self.settings))
             self._caches[key] = cache
         return cache
 

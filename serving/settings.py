@@ -70,6 +70,11 @@ class ServingSettings(BaseModel):
     outbox_enabled: bool = Field(True, description="run the worker that delivers escalations")
     outbox_interval_s: float = Field(5.0, gt=0, description="how often the outbox worker runs")
     outbox_batch_size: int = Field(200, ge=1, le=5000, description="escalations taken per outbox pass")
+    embedding_cache: Literal["local", "database"] = Field(
+        "local",
+        description="where embeddings are cached: local = a SQLite file under the state dir (per machine); "
+        "database = a table of the serving database, shared by every replica",
+    )
     outbox_claim_s: float = Field(
         120.0,
         gt=0,

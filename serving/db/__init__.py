@@ -33,6 +33,7 @@ TABLE_MODULES = (
     "serving.outbox",
     "serving.sessions",
     "serving.retrain.tables",
+    "serving.embeddings",
 )
 INITIAL_REVISION = "0001"
 MIGRATIONS = Path(__file__).with_name("migrations")

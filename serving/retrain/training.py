@@ -15,6 +15,7 @@ from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
+from serving.embeddings import vector_store_for
 from serving.settings import AppSettings
 
 
@@ -50,7 +51,9 @@ class CachedEmbedder:
             if self._cache is None:
                 learner = self.settings.learner
                 made = self._factory(learner.encoder) if self._factory is not None else None
-                self._cache = cached_encoder(learner, self.settings.cache_dir, encoder=made)
+                self._cache = cached_encoder(
+                    learner, self.settings.cache_dir, encoder=made, vectors=vector_store_for(self.settings)
+                )
             return self._cache
 
     @property

@@ -16,6 +16,7 @@ from labeling.push import Escalation
 from serving.leader import PostgresLeaderLock, leader_lock
 from serving.outbox import OutboxWorker, enqueue_escalations
 from serving.store import Store
+from tests.unit.serving.db_checks import check_replicas_share_one_cache
 
 pytestmark = pytest.mark.integration
 
@@ -87,3 +88,7 @@ def test_concurrent_outbox_passes_claim_disjoint_entries(postgres_url: str, tmp_
     assert set().union(*claimed) == {e.item_id for e in escalations}
     for store in [seed, *replicas]:
         store.close()
+
+
+def test_replicas_share_the_embedding_cache_on_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    check_replicas_share_one_cache(postgres_url, tmp_path)

@@ -26,6 +26,7 @@ from labeling.project import bootstrap_project, webhook_url
 from learner.bundle import ModelBundle
 from learner.synthetic import generate_catalog
 from serving import registry
+from serving.embeddings import CachedEmbedding
 from serving.keys import create_key
 from serving.retrain import add_seed_labels
 from serving.store import Correction, Prediction, Store
@@ -35,7 +36,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 TITLE = "Scale test"
 POLL_S = 2.0
-LOAD_S = 15.0
 
 
 def _replica_env(settings: Settings, state: Path, database_url: str, port: int) -> dict[str, str]:
@@ -46,6 +46,7 @@ def _replica_env(settings: Settings, state: Path, database_url: str, port: int) 
         "HITL_SERVING__MODEL_SOURCE": "registry",
         "HITL_SERVING__MODEL_POLL_INTERVAL_S": str(POLL_S),
         "HITL_SERVING__OUTBOX_INTERVAL_S": "1",
+        "HITL_SERVING__EMBEDDING_CACHE": "database",  # one cache for both replicas, in PostgreSQL
         "HITL_LABELSTUDIO__PORT": str(settings.labelstudio.port),
         "HITL_LABELSTUDIO__PROJECT_TITLE": TITLE,
         "HITL_LABELSTUDIO__SYNC_INTERVAL_S": "0",
@@ -111,20 +112,22 @@ def test_two_replicas_under_load_lose_nothing_and_promote_once(
             timeout=120,
         )
         answered: Counter[str] = Counter()
+        versions: Counter[str] = Counter()
         failures: list[str] = []
-        items = generate_catalog(4000, seed=5, n_categories=5)
-        stop_at = time.monotonic() + LOAD_S
+        items = generate_catalog(20000, seed=5, n_categories=5)
+        stop_load = threading.Event()
 
         def load(worker: int) -> None:
             url = urls[worker % 2]
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {service}"}, timeout=60) as c:
                 i = worker * 8
-                while time.monotonic() < stop_at and i + 8 <= len(items):
+                while not stop_load.is_set() and i + 8 <= len(items):
                     batch = [{"id": p.id, "title": p.title, "brand": p.brand, "price": p.price}
                              for p in items[i : i + 8]]  # fmt: skip
                     answer = c.post("/v1/predict", json={"items": batch})
                     if answer.status_code == 200:
                         answered.update(p["id"] for p in answer.json()["predictions"])
+                        versions[answer.json()["model_version"]] += 1
                     else:
                         failures.append(f"{answer.status_code} {answer.text[:200]}")
                     i += 8 * 4
@@ -144,11 +147,6 @@ def test_two_replicas_under_load_lose_nothing_and_promote_once(
         )
         for task in tasks:
             ls_client.create_annotation(task["id"], taxonomy.result_for(labels[0]))
-        for t in threads:
-            t.join(LOAD_S + 60)
-
-        assert failures == []
-        assert answered, "the load got answers"
 
         def finished() -> dict[str, object] | None:
             run = httpx.get(
@@ -156,18 +154,28 @@ def test_two_replicas_under_load_lose_nothing_and_promote_once(
             ).json()
             return run if run["finished_at"] else None
 
-        run = eventually(finished, what="the retrain", timeout=240)
-        assert run["status"] == "promoted", run
-        v2 = registry.version_label(shared, str(run["version"]))
-        promoted_at = time.monotonic()
-        eventually(
-            lambda: all(httpx.get(f"{u}/readyz", timeout=5).json()["model_version"] == v2 for u in urls),
-            what="both replicas on the new champion",
-            timeout=POLL_S * 3 + 10,
-        )
-        assert time.monotonic() - promoted_at <= POLL_S * 3 + 10
-        assert v2 != registry.version_label(shared, v1)
+        try:  # the load goes on through the retrain, the promotion and both hot swaps
+            run = eventually(finished, what="the retrain", timeout=240)
+            assert run["status"] == "promoted", run
+            v2 = registry.version_label(shared, str(run["version"]))
+            promoted_at = time.monotonic()
+            eventually(
+                lambda: all(httpx.get(f"{u}/readyz", timeout=5).json()["model_version"] == v2 for u in urls),
+                what="both replicas on the new champion",
+                timeout=POLL_S * 3 + 10,
+            )
+            assert time.monotonic() - promoted_at <= POLL_S * 3 + 10
+            time.sleep(2)  # a little load on the new champion too
+        finally:
+            stop_load.set()
+            for t in threads:
+                t.join(60)
 
+        assert failures == []
+        v1_label = registry.version_label(shared, v1)
+        assert v2 != v1_label
+        assert versions[v1_label] > 0, "the load ran before the promotion"
+        assert versions[v2] > 0, "... and after it: the promotion happened during the load"
         runs = httpx.get(f"{urls[1]}/v1/retrain", headers={"Authorization": f"Bearer {engineer}"}).json()
         assert [r["id"] for r in runs] == [run_id], "exactly one retrain for the one trigger"
         with store.session() as session:
@@ -183,6 +191,9 @@ def test_two_replicas_under_load_lose_nothing_and_promote_once(
         per_item = Counter(t["data"]["item_id"] for t in ls_client.iter_tasks(info.project_id))
         assert per_item, "escalations reached Label Studio"
         assert max(per_item.values()) == 1, "0 duplicate tasks"
+        with store.session() as session:
+            shared = session.scalar(select(func.count()).select_from(CachedEmbedding))
+        assert (shared or 0) >= len(answered), "both replicas' embeddings are in the shared cache"
     finally:
         for process in replicas:
             process.terminate()

@@ -1,11 +1,14 @@
 """Database checks that run on SQLite (unit tests) and on PostgreSQL (tests/integration): a database at
-the initial revision, full of rows, upgrades to head and keeps every row."""
+the initial revision, full of rows, upgrades to head and keeps every row; replicas share one embedding
+cache in the database."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -24,8 +27,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 
+from learner.cache import EmbeddingCache, encode_vector
 from serving import db
+from serving.embeddings import DatabaseVectorStore
 from serving.store import Store
+from tests.unit.learner.support import CountingEncoder
 
 ROWS = 3
 
@@ -86,3 +92,33 @@ def check_initial_to_head_keeps_every_row(url: str) -> None:
         assert compare_metadata(MigrationContext.configure(connection), db.metadata()) == []
     store.close()
     engine.dispose()
+
+
+def check_replicas_share_one_cache(url: str, tmp_path: Path) -> None:
+    store = Store(url)
+    store.create_all()
+    texts = ["Trail running shoe", "Cast iron skillet", "Trail running shoe"]
+    first_encoder, second_encoder = CountingEncoder(), CountingEncoder()
+    first = EmbeddingCache(
+        tmp_path / "a", first_encoder, vectors=DatabaseVectorStore(store.engine), memory_items=0
+    )
+    second = EmbeddingCache(
+        tmp_path / "b", second_encoder, vectors=DatabaseVectorStore(store.engine), memory_items=0
+    )
+
+    a = first.embed(texts)
+    b = second.embed(texts)
+
+    assert first_encoder.calls == [["Trail running shoe", "Cast iron skillet"]]
+    assert second_encoder.calls == [], "the second replica read what the first encoded"
+    np.testing.assert_array_equal(a, b)
+    assert len(second) == 2
+    assert "Cast iron skillet" in second
+    vectors, key = DatabaseVectorStore(store.engine), b"k" * 32
+    vectors.store([(key, "e@1", 4, encode_vector(np.ones(4, np.float32)))])
+    vectors.store([(key, "e@1", 4, encode_vector(np.zeros(4, np.float32)))])  # the same row: last wins
+    np.testing.assert_array_equal(vectors.lookup([key], 4)[key], np.zeros(4, np.float32))
+    vectors.close()
+    first.close()
+    second.close()
+    store.close()
