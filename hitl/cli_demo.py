@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,7 +24,9 @@ import httpx
 import typer
 from rich.console import Console
 
+from hitl.context import settings_from
 from hitl.settings import Settings
+from hitl.up_state import KEYS_FILE, read_json, read_state, split_demo, stack_settings, up_dir_of
 from labeling.exceptions import LabelingError
 
 app = typer.Typer(help="The demo loop: a steady stream of new items, and a simulated merchandiser.")
@@ -43,22 +44,10 @@ MAX_FAILURES = 5  # consecutive failed Label Studio calls before `review` gives 
 
 
 def _settings(ctx: typer.Context) -> Settings:
-    from hitl.cli_up import stack_settings
-    from hitl.context import settings_from
-
     return stack_settings(settings_from(ctx))
 
 
-def split_demo(products: Sequence[Any], seed_size: int) -> tuple[list[Any], list[Any]]:
-    """(seed, stream): the first `seed_size` labelled items are the seed; every other item streams."""
-    seed = [p for p in products if p.category][:seed_size]
-    seed_ids = {p.id for p in seed}
-    return seed, [p for p in products if p.id not in seed_ids]
-
-
 def _catalog_and_seed(settings: Settings, up_dir: Path) -> tuple[Path, int]:
-    from hitl.cli_up import read_state
-
     state = read_state(up_dir)
     catalog = Path(state.get("catalog") or up_dir / "catalog.jsonl")
     if not catalog.is_file():
@@ -67,23 +56,15 @@ def _catalog_and_seed(settings: Settings, up_dir: Path) -> tuple[Path, int]:
     return catalog, int(state.get("seed_size", settings.demo.seed_size))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _append(path: Path, record: dict[str, Any]) -> None:
     with path.open("a") as out:
         out.write(json.dumps(record) + "\n")
 
 
 def _service_key(up_dir: Path) -> str:
-    key = _read_json(up_dir / "keys.json").get("service")
+    key = read_json(up_dir / KEYS_FILE).get("service")
     if not isinstance(key, str):
-        err_console.print(f"[red]no service API key in {up_dir / 'keys.json'}[/red]: run `make up` first")
+        err_console.print(f"[red]no service API key in {up_dir / KEYS_FILE}[/red]: run `make up` first")
         raise typer.Exit(1)
     return key
 
@@ -100,7 +81,6 @@ def stream(
     ] = None,
 ) -> None:
     """Send the catalog's items after the seed to /v1/predict at a steady rate; resumes where it stopped."""
-    from hitl.cli_up import up_dir_of
     from learner.data import load_catalog
 
     settings = _settings(ctx)
@@ -111,7 +91,7 @@ def stream(
     interval = settings.demo.stream_interval_s
     per_batch = max(1, round(per_s * interval))
     progress_path = up_dir / STREAM_PROGRESS
-    done = int(_read_json(progress_path).get("streamed", 0))
+    done = int(read_json(progress_path).get("streamed", 0))
     console.print(
         f"streaming {len(items) - done} of {len(items)} items at {per_s:g}/s "
         f"({per_batch} every {interval:g} s) to {settings.serving.base_url}/v1/predict"
@@ -203,7 +183,6 @@ def review(
     ] = None,
 ) -> None:
     """A simulated merchandiser: annotates tasks in Label Studio's queue order, through its API."""
-    from hitl.cli_up import read_state, up_dir_of
     from labeling.client import LabelStudioClient
     from labeling.config import Taxonomy
     from labeling.demo import SimulatedMerchandiser

@@ -23,8 +23,17 @@ import httpx
 import typer
 from rich.console import Console
 
-from hitl.cli_demo import split_demo
 from hitl.settings import Settings, load_settings
+from hitl.up_state import (
+    KEYS_FILE,
+    mlflow_url,
+    read_json,
+    read_state,
+    save_state,
+    split_demo,
+    stack_settings,
+    up_dir_of,
+)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -54,24 +63,6 @@ def serving_app() -> Any:
     from serving.app import create_app
 
     return create_app(load_settings())
-
-
-def up_dir_of(settings: Settings) -> Path:
-    path = (settings.state_dir / "up").resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _mlflow_url(settings: Settings) -> str:
-    return f"http://{settings.mlflow.server_host}:{settings.mlflow.server_port}"
-
-
-def stack_settings(settings: Settings) -> Settings:
-    """The settings every process of the stack shares: tracking through the MLflow server."""
-    if settings.mlflow.tracking_uri:
-        return settings
-    mlflow = settings.mlflow.model_copy(update={"tracking_uri": _mlflow_url(settings)})
-    return settings.model_copy(update={"mlflow": mlflow, "state_dir": settings.state_dir.resolve()})
 
 
 def _alive(pid: int) -> bool:
@@ -154,18 +145,6 @@ def _count_lines(path: Path) -> int:
         return sum(1 for line in f if line.strip())
 
 
-def read_state(up: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((up / "state.json").read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _save_state(up: Path, state: dict[str, Any]) -> None:
-    (up / "state.json").write_text(json.dumps(state, indent=2))
-
-
 def up(
     ctx: typer.Context,
     catalog: Annotated[
@@ -193,11 +172,11 @@ def up(
     try:
         _up(settings, up_dir, state, started, env, catalog)
     except Exception as exc:
-        _save_state(up_dir, state)
+        save_state(up_dir, state)
         err_console.print(f"[red]hitl up failed:[/red] {type(exc).__name__}: {exc}")
         err_console.print("fix the cause and run `make up` again: finished steps are skipped")
         raise typer.Exit(1) from exc
-    _save_state(up_dir, state)
+    save_state(up_dir, state)
 
 
 def _up(
@@ -224,10 +203,10 @@ def _up(
 
     # 2. MLflow server (lean: 1 worker, no job execution)
     mlflow_pid_file = up_dir / "mlflow.pid"
-    if settings.mlflow.tracking_uri and not settings.tracking_uri.startswith(_mlflow_url(settings)):
+    if settings.mlflow.tracking_uri and not settings.tracking_uri.startswith(mlflow_url(settings)):
         console.print(f"MLflow: configured tracking URI {settings.tracking_uri}")
-    elif _recorded(mlflow_pid_file, "mlflow") or _healthy(_mlflow_url(settings) + "/health"):
-        console.print(f"[green]✓[/green] MLflow already running at {_mlflow_url(settings)}")
+    elif _recorded(mlflow_pid_file, "mlflow") or _healthy(mlflow_url(settings) + "/health"):
+        console.print(f"[green]✓[/green] MLflow already running at {mlflow_url(settings)}")
     else:
         artifacts = (settings.state_dir / "mlartifacts").resolve()
         artifacts.mkdir(parents=True, exist_ok=True)
@@ -251,11 +230,11 @@ def _up(
                 env={**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                 log=up_dir / "mlflow.log",
                 pid_file=mlflow_pid_file,
-                health=_mlflow_url(settings) + "/health",
+                health=mlflow_url(settings) + "/health",
                 what="MLflow",
             )
         started["mlflow"] = True
-        console.print(f"[green]✓[/green] MLflow at {_mlflow_url(settings)}")
+        console.print(f"[green]✓[/green] MLflow at {mlflow_url(settings)}")
 
     # 3. Catalog, seed labels, first model
     from learner.data import load_catalog
@@ -281,7 +260,7 @@ def _up(
             added = add_seed_labels(store, seed, level=settings.learner.label_level)
             # The stream is what the seed is not, so both are fixed once seeded (a re-run resumes them).
             state.update(catalog=str(path.resolve()), seed_size=settings.demo.seed_size)
-            _save_state(up_dir, state)
+            save_state(up_dir, state)
             console.print(f"[green]✓[/green] {added} seed labels from {path.name}")
         if registry.champion_version(settings) is None:
             worker = RetrainWorker(settings, store, None, auto=False)
@@ -387,11 +366,8 @@ def _up(
 def _keys(store: Any, up_dir: Path) -> dict[str, str]:
     from serving.keys import create_key
 
-    path = up_dir / "keys.json"
-    try:
-        keys: dict[str, str] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        keys = {}
+    path = up_dir / KEYS_FILE
+    keys: dict[str, str] = {k: v for k, v in read_json(path).items() if isinstance(v, str)}
     for role in KEY_ROLES:
         if role not in keys:
             keys[role] = create_key(store, f"hitl-up-{role}", role)[1]
@@ -407,7 +383,7 @@ def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) ->
     console.rule("[bold]hitl is up")
     console.print(f"Label Studio  {ls.base_url}/projects/{project or ''}")
     console.print(f"   login      {ls.username} / {ls.password.get_secret_value()}  (local dev login)")
-    console.print(f"MLflow UI     {_mlflow_url(settings)}  (experiment '{settings.mlflow.experiment}')")
+    console.print(f"MLflow UI     {mlflow_url(settings)}  (experiment '{settings.mlflow.experiment}')")
     console.print(f"Serving API   {settings.serving.base_url}/docs")
     console.print(
         f"Dashboard     {settings.serving.base_url}/dashboard  (sign in with the product_owner key)"
@@ -455,5 +431,5 @@ def down(ctx: typer.Context) -> None:
     ):
         console.print("stopped Label Studio")
     state["started"] = {}
-    _save_state(up_dir, state)
+    save_state(up_dir, state)
     console.print("down.")

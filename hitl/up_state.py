@@ -1,0 +1,56 @@
+"""What `hitl up` leaves under ``<state_dir>/up`` and every demo command reads: the stack's settings, the
+state file (catalog, seed size, project, started processes), the API keys, and the seed/stream split."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hitl.settings import Settings
+
+STATE_FILE = "state.json"
+KEYS_FILE = "keys.json"
+
+
+def up_dir_of(settings: Settings) -> Path:
+    path = (settings.state_dir / "up").resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def mlflow_url(settings: Settings) -> str:
+    return f"http://{settings.mlflow.server_host}:{settings.mlflow.server_port}"
+
+
+def stack_settings(settings: Settings) -> Settings:
+    """The settings every process of the stack shares: tracking through the MLflow server."""
+    if settings.mlflow.tracking_uri:
+        return settings
+    mlflow = settings.mlflow.model_copy(update={"tracking_uri": mlflow_url(settings)})
+    return settings.model_copy(update={"mlflow": mlflow, "state_dir": settings.state_dir.resolve()})
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from `path`; {} when the file is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def read_state(up: Path) -> dict[str, Any]:
+    return read_json(up / STATE_FILE)
+
+
+def save_state(up: Path, state: dict[str, Any]) -> None:
+    (up / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def split_demo(products: Sequence[Any], seed_size: int) -> tuple[list[Any], list[Any]]:
+    """(seed, stream): the first `seed_size` labelled items are the seed; every other item streams."""
+    seed = [p for p in products if p.category][:seed_size]
+    seed_ids = {p.id for p in seed}
+    return seed, [p for p in products if p.id not in seed_ids]
