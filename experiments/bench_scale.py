@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.bench_serving import _request, _sweep_point
+from experiments.bench_serving import _request, _sweep_point, _wait_ready
+from labeling.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 HITL = Path(sys.executable).with_name("hitl")
@@ -86,14 +87,6 @@ def _titles() -> list[dict[str, Any]]:
     ]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _key(env: dict[str, str]) -> str:
     return _run([str(HITL), "keys", "create", "--role", "service", "--name", "bench-scale"], env).strip()
 
@@ -101,11 +94,10 @@ def _key(env: dict[str, str]) -> str:
 def replicas(
     bundle: Path, workdir: Path, workers: int, seconds: float, items: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    import httpx
 
     state = workdir / f"serve-{workers}"
     _link_cache(state)
-    port = _free_port()
+    port = free_port()
     env = _env(state, bundle)
     _run([str(HITL), "db", "upgrade"], env)
     key = _key(env)
@@ -114,16 +106,7 @@ def replicas(
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise SystemExit(f"hitl serve --workers {workers} was not ready")
-            time.sleep(0.5)
+        _wait_ready(port, server, timeout_s=300)
         # Every worker warm (the model and its cache loaded) before the clock starts.
         warm = [_request(port, key, {"items": items[i : i + ITEMS_PER_REQUEST]}) for i in range(0, 256, 8)]
         asyncio.run(_sweep_point(port, warm, CLIENTS, 5.0))

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     DateTime,
     Float,
     Index,
@@ -41,6 +42,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
     select,
     update,
@@ -199,6 +201,11 @@ def _permanent(exc: BaseException) -> bool:
     return isinstance(exc, LabelStudioApiError) and exc.status in PERMANENT_STATUSES
 
 
+def _due_at(now: datetime) -> ColumnElement[bool]:
+    """Pending entries whose next attempt (or the claim of a pass) has come."""
+    return and_(OutboxEntry.status == PENDING, OutboxEntry.next_attempt_at <= now)
+
+
 def _with_similar(
     fill: Callable[[Sequence[Escalation]], list[Escalation]], entries: list[_Due]
 ) -> list[_Due]:
@@ -327,14 +334,7 @@ class OutboxWorker:
 
     def _count_due(self, now: datetime) -> int:
         with self.store.session() as session:
-            return int(
-                session.scalar(
-                    select(func.count())
-                    .select_from(OutboxEntry)
-                    .where(OutboxEntry.status == PENDING, OutboxEntry.next_attempt_at <= now)
-                )
-                or 0
-            )
+            return int(session.scalar(select(func.count()).select_from(OutboxEntry).where(_due_at(now))) or 0)
 
     def _due(self, now: datetime) -> list[_Due]:
         """Claim the due entries: locked rows another replica is claiming are skipped (PostgreSQL's
@@ -345,7 +345,7 @@ class OutboxWorker:
         with self.store.session() as session:
             rows = session.scalars(
                 select(OutboxEntry)
-                .where(OutboxEntry.status == PENDING, OutboxEntry.next_attempt_at <= now)
+                .where(_due_at(now))
                 .order_by(OutboxEntry.priority.desc(), OutboxEntry.id)
                 .limit(self.settings.serving.outbox_batch_size)
                 .with_for_update(skip_locked=True)

@@ -2,16 +2,16 @@
 `POST /v1/predict` (`serving.service`).
 
 Scoring (encoder, head, routing: the CPU-heavy part) is pluggable: `LocalScorer` runs it in this
-process; `RayScorer` fans each part out over Ray Data actors (a local cluster, or an existing one by
+process; `RayScorer` runs them on Ray Data actors (a local cluster, or an existing one by
 address), each holding the model. Recording is always here, in this process: the store and the outbox
 see one writer whatever the engine.
 
 The catalog is cut into parts of `part_size` items; each part is scored, recorded in the store in one
 transaction (its escalations enqueued for Label Studio in the same transaction) and written as one Parquet
 file, `part-00000.parquet`, ...: decision, label, confidence, reasons, model version, prediction id. A
-part whose file exists is done, so a stopped run resumes at the first missing part, and a part is never
-recorded twice (its file is written only after its rows are committed; a crash in between re-scores
-that one part, whose predictions are then stored twice, like a client retrying a request).
+part whose file exists is done, so a stopped run resumes at the first missing part. Its file is written
+only after its rows are committed, so a part is recorded once, except when a run dies between the two:
+that part is then scored and stored again, like a client retrying a request.
 """
 
 from __future__ import annotations
@@ -70,14 +70,12 @@ class _RayScoreActor:
         folder = Path(tempfile.mkdtemp(prefix="hitl-score-bundle-"))
         with tarfile.open(fileobj=io.BytesIO(bundle_dir_bytes)) as archive:
             archive.extractall(folder, filter="data")
-        self.settings = settings
-        self.model = ModelHolder(settings).build(folder, version, f"ray:{version}")
+        self.score = LocalScorer(ModelHolder(settings).build(folder, version, f"ray:{version}"), settings)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
 
-        items = [ItemIn.model_validate_json(raw) for raw in batch["item"]]
-        scored = LocalScorer(self.model, self.settings)(items)
+        scored = self.score([ItemIn.model_validate_json(raw) for raw in batch["item"]])
         out = np.empty(len(scored), dtype=object)
         out[:] = scored
         return {"part": batch["part"], "pos": batch["pos"], "scored": out}
@@ -236,7 +234,7 @@ def score_catalog(
     chunks = [items[start : start + part_size] for start in range(0, len(items), part_size)]
     todo = [i for i in range(len(chunks)) if not part_path(out_dir, i).is_file()]
     if on_part is not None:  # the parts an earlier run finished count as progress at once
-        for i in sorted(set(range(len(chunks))) - set(todo)):
+        for i in sorted(set(range(len(chunks))).difference(todo)):
             on_part(len(chunks[i]))
     scored_items = escalated = 0
     for index, scored in zip(todo, scorer.stream([chunks[i] for i in todo]), strict=True):
@@ -260,5 +258,4 @@ def score_catalog(
         escalated += sum(d == "escalated" for d in decisions)
         if on_part is not None:
             on_part(len(scored))
-    parts, skipped = len(chunks), len(chunks) - len(todo)
-    return ScoreReport(parts, skipped, scored_items, escalated, model.version)
+    return ScoreReport(len(chunks), len(chunks) - len(todo), scored_items, escalated, model.version)

@@ -200,6 +200,21 @@ def deliver_now(
     return OutboxWorker(store, settings, clock=lambda: later, **worker).run_once()
 
 
+def cli_env(state_dir: Path, **overrides: str) -> dict[str, str]:
+    """The environment of a `hitl` subprocess: this process's, with its own state dir, on the CPU and
+    offline, plus `overrides` (``HITL_...`` names); the default configuration (any `HITL_CONFIG` from
+    outside dropped)."""
+    env = os.environ | {
+        "HITL_STATE_DIR": str(state_dir),
+        "HITL_LEARNER__DEVICE": "cpu",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **overrides,
+    }
+    env.pop("HITL_CONFIG", None)
+    return env
+
+
 def wait_healthy(process: subprocess.Popen[str], url: str, deadline_s: float = 180) -> None:
     """Wait until `hitl serve` (`process`) answers /healthz at `url`; fail with its output if it exits."""
     deadline = time.monotonic() + deadline_s

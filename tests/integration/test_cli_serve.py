@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from labeling.server import free_port
-from tests.integration.conftest import HITL, REPO, wait_healthy
+from tests.integration.conftest import HITL, REPO, cli_env, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,15 +23,11 @@ def test_hitl_serve_starts_is_ready_and_stops_cleanly_on_sigterm(
     assert HITL.is_file(), f"the `hitl` console script is not installed next to {sys.executable}"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = os.environ | {
-        "HITL_STATE_DIR": str(tmp_path / "state"),
-        "HITL_LEARNER__DEVICE": "cpu",
-        "HITL_LABELSTUDIO__SYNC_INTERVAL_S": "0",  # no Label Studio here
-        "HITL_SERVING__OUTBOX_ENABLED": "false",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    env.pop("HITL_CONFIG", None)
+    env = cli_env(
+        tmp_path / "state",
+        HITL_LABELSTUDIO__SYNC_INTERVAL_S="0",  # no Label Studio here
+        HITL_SERVING__OUTBOX_ENABLED="false",
+    )
     process = subprocess.Popen(
         [str(HITL), "serve", "--bundle", str(small_bundle_dir), "--port", str(port)],
         cwd=REPO,  # configs/default.yaml

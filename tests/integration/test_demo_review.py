@@ -9,7 +9,6 @@ category it does not know. Each annotation reaches the store through the webhook
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from tests.integration.conftest import (
     REVIEWER_PASSWORD,
     Receiver,
     bootstrap_recorded,
+    cli_env,
     deliver_now,
     eventually,
 )
@@ -102,13 +102,12 @@ def test_demo_review_works_label_studios_queue_in_order_and_its_labels_reach_the
     ls_client.set_model_version(project_id, VERSION)  # as a promotion does: the queue follows it
     state_dir = tmp_path / "state"
     _up_state(state_dir, project_id)
-    env = os.environ | {
-        "HITL_STATE_DIR": str(state_dir),
-        "HITL_LABELSTUDIO__PORT": str(settings.labelstudio.port),
-        "HITL_LABELSTUDIO__TOKEN": merchandiser.token,  # works as that merchandiser
-        "HITL_LABELSTUDIO__PROJECT_TITLE": "Demo review",
-    }
-    env.pop("HITL_CONFIG", None)
+    env = cli_env(
+        state_dir,
+        HITL_LABELSTUDIO__PORT=str(settings.labelstudio.port),
+        HITL_LABELSTUDIO__TOKEN=merchandiser.token,  # works as that merchandiser
+        HITL_LABELSTUDIO__PROJECT_TITLE="Demo review",
+    )
 
     done = subprocess.run(
         [str(HITL), "demo", "review", "--n", str(len(ITEMS)), "--pace", "0"],
@@ -139,8 +138,7 @@ def test_demo_review_works_label_studios_queue_in_order_and_its_labels_reach_the
 
 
 def test_demo_review_without_a_length_says_so_and_exits_2(tmp_path: Path) -> None:
-    env = os.environ | {"HITL_STATE_DIR": str(tmp_path)}
-    env.pop("HITL_CONFIG", None)
+    env = cli_env(tmp_path)
 
     done = subprocess.run(
         [str(HITL), "demo", "review"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60

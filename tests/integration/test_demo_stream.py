@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from labeling.server import free_port
 from learner.data import Product, write_catalog
 from serving.keys import create_key
 from serving.store import Prediction, Store
-from tests.integration.conftest import HITL, REPO, wait_healthy
+from tests.integration.conftest import HITL, REPO, cli_env, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -43,16 +42,13 @@ def test_the_stream_resumes_where_it_stopped_and_logs_each_batch(
     store.create_all()
     (up / "keys.json").write_text(json.dumps({"service": create_key(store, "demo-stream", "service")[1]}))
     port = free_port()
-    env = os.environ | {
-        "HITL_STATE_DIR": str(state),
-        "HITL_SERVING__PORT": str(port),
-        "HITL_LEARNER__DEVICE": "cpu",
-        "HITL_LABELSTUDIO__SYNC_INTERVAL_S": "0",  # no Label Studio here
-        "HITL_SERVING__OUTBOX_ENABLED": "false",
-        "HITL_DEMO__STREAM_INTERVAL_S": "0.5",
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("HITL_CONFIG", None)
+    env = cli_env(
+        state,
+        HITL_SERVING__PORT=str(port),
+        HITL_LABELSTUDIO__SYNC_INTERVAL_S="0",  # no Label Studio here
+        HITL_SERVING__OUTBOX_ENABLED="false",
+        HITL_DEMO__STREAM_INTERVAL_S="0.5",
+    )
     server = subprocess.Popen(
         [str(HITL), "serve", "--bundle", str(small_bundle_dir), "--port", str(port)],
         cwd=REPO,

@@ -4,7 +4,6 @@ and outbox as /v1/predict; Parquet parts; a re-run resumes and never records a p
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from sqlalchemy import func, select
 from learner.synthetic import generate_catalog, write_catalog
 from serving.outbox import OutboxEntry
 from serving.store import Prediction, Store
-from tests.integration.conftest import HITL, REPO
+from tests.integration.conftest import HITL, REPO, cli_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,14 +33,11 @@ def _score(
 def test_score_records_every_item_writes_parquet_and_resumes(small_bundle_dir: Path, tmp_path: Path) -> None:
     catalog, out, state = tmp_path / "catalog.jsonl", tmp_path / "scored", tmp_path / "state"
     write_catalog(generate_catalog(N, seed=11, n_categories=5), catalog)
-    env = os.environ | {
-        "HITL_STATE_DIR": str(state),
-        "HITL_SERVING__MODEL_SOURCE": "bundle",
-        "HITL_SERVING__BUNDLE_PATH": str(small_bundle_dir),
-        "HITL_LEARNER__DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-    }
-    env.pop("HITL_CONFIG", None)
+    env = cli_env(
+        state,
+        HITL_SERVING__MODEL_SOURCE="bundle",
+        HITL_SERVING__BUNDLE_PATH=str(small_bundle_dir),
+    )
 
     first = _score(env, catalog, out)
 
@@ -79,14 +75,11 @@ def test_ray_gives_the_same_decisions_as_local(small_bundle_dir: Path, tmp_path:
     write_catalog(generate_catalog(N, seed=12, n_categories=5), catalog)
     decisions = {}
     for engine in ("local", "ray"):
-        env = os.environ | {
-            "HITL_STATE_DIR": str(tmp_path / f"state-{engine}"),
-            "HITL_SERVING__MODEL_SOURCE": "bundle",
-            "HITL_SERVING__BUNDLE_PATH": str(small_bundle_dir),
-            "HITL_LEARNER__DEVICE": "cpu",
-            "HF_HUB_OFFLINE": "1",
-        }
-        env.pop("HITL_CONFIG", None)
+        env = cli_env(
+            tmp_path / f"state-{engine}",
+            HITL_SERVING__MODEL_SOURCE="bundle",
+            HITL_SERVING__BUNDLE_PATH=str(small_bundle_dir),
+        )
         done = subprocess.run(
             [str(HITL), "score", "--catalog", str(catalog), "--out", str(tmp_path / engine),
              "--part-size", "16", "--engine", engine, "--ray-actors", "2"],
@@ -102,8 +95,7 @@ def test_ray_gives_the_same_decisions_as_local(small_bundle_dir: Path, tmp_path:
 def test_an_unknown_engine_is_refused_with_the_valid_names(tmp_path: Path) -> None:
     catalog = tmp_path / "catalog.jsonl"
     write_catalog(generate_catalog(5, seed=1, n_categories=2), catalog)
-    env = os.environ | {"HITL_STATE_DIR": str(tmp_path / "state")}
-    env.pop("HITL_CONFIG", None)
+    env = cli_env(tmp_path / "state")
     done = subprocess.run(
         [str(HITL), "score", "--catalog", str(catalog), "--out", str(tmp_path / "o"), "--engine", "spark"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
