@@ -171,7 +171,11 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
         )
     current = store.current_labels()
     routings = first_routings(store)
-    pending = [r.created_at for i, r in routings.items() if r.audited and i not in current]
+    seed_set = set(seed_ids)
+    # A seed item routed again (the same id) is no stream item: the seed stands for it in the stream, so
+    # an audit draw at its routing cannot certify as a stream audit.
+    audited = {i for i, r in routings.items() if r.audited and i not in seed_set}
+    pending = [routings[i].created_at for i in audited if i not in current]
     cutoff = min(pending) if pending else None
     texts = _texts(store, list(set(current) | set(routings)))
     for item_id, record in current.items():
@@ -181,7 +185,7 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
         if text is None:  # reviewed in Label Studio but never predicted here: no text to learn from
             continue
         routing = routings.get(item_id)
-        if routing is not None and routing.audited:
+        if routing is not None and item_id in audited:
             if cutoff is not None and routing.created_at >= cutoff:
                 continue  # an audit after the cutoff: neither trained on nor certifying, yet
             provenance, inclusion = Provenance.AUDIT.value, routing.inclusion
@@ -189,7 +193,6 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
             provenance, inclusion = Provenance.CORRECTION.value, None
         by_item[item_id] = LabeledText(item_id, text, record.label, "correction", provenance, inclusion)
     stream = [StreamItem(i, by_item[i].text, policy.seed_share) for i in seed_ids if i in by_item]
-    seed_set = set(seed_ids)
     for item_id, routing in routings.items():
         if routing.inclusion is None or item_id in seed_set or item_id not in texts:
             continue

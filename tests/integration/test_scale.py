@@ -8,7 +8,6 @@ both replicas serving the new champion within the alias poll interval.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import threading
 import time
@@ -30,7 +29,7 @@ from serving.embeddings import CachedEmbedding
 from serving.keys import create_key
 from serving.retrain import add_seed_labels
 from serving.store import Correction, Prediction, Store
-from tests.integration.conftest import HITL, REPO, eventually, wait_healthy
+from tests.integration.conftest import HITL, REPO, cli_env, eventually, wait_healthy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,28 +38,24 @@ POLL_S = 2.0
 
 
 def _replica_env(settings: Settings, state: Path, database_url: str, port: int) -> dict[str, str]:
-    env = os.environ | {
-        "HITL_STATE_DIR": str(state),
-        "HITL_SERVING__DATABASE_URL": database_url,
-        "HITL_SERVING__PORT": str(port),
-        "HITL_SERVING__MODEL_SOURCE": "registry",
-        "HITL_SERVING__MODEL_POLL_INTERVAL_S": str(POLL_S),
-        "HITL_SERVING__OUTBOX_INTERVAL_S": "1",
-        "HITL_SERVING__EMBEDDING_CACHE": "database",  # one cache for both replicas, in PostgreSQL
-        "HITL_LABELSTUDIO__PORT": str(settings.labelstudio.port),
-        "HITL_LABELSTUDIO__PROJECT_TITLE": TITLE,
-        "HITL_LABELSTUDIO__SYNC_INTERVAL_S": "0",
-        "HITL_LABELSTUDIO__SENIOR_REVIEWERS": "[]",
-        "HITL_RETRAIN__RETRAIN_EVERY_N_CORRECTIONS": "0",  # the one trigger is ours
-        "HITL_RETRAIN__POLL_INTERVAL_S": "0.5",
-        "HITL_RETRAIN__ACCURACY_TOLERANCE": "0.5",  # the gate promotes: the point is the promotion
-        "HITL_RETRAIN__COVERAGE_TOLERANCE": "0.5",
-        "HITL_LEARNER__DEVICE": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "OMP_WAIT_POLICY": "PASSIVE",
-    }
-    env.pop("HITL_CONFIG", None)
-    return env
+    return cli_env(
+        state,
+        HITL_SERVING__DATABASE_URL=database_url,
+        HITL_SERVING__PORT=str(port),
+        HITL_SERVING__MODEL_SOURCE="registry",
+        HITL_SERVING__MODEL_POLL_INTERVAL_S=str(POLL_S),
+        HITL_SERVING__OUTBOX_INTERVAL_S="1",
+        HITL_SERVING__EMBEDDING_CACHE="database",  # one cache for both replicas, in PostgreSQL
+        HITL_LABELSTUDIO__PORT=str(settings.labelstudio.port),
+        HITL_LABELSTUDIO__PROJECT_TITLE=TITLE,
+        HITL_LABELSTUDIO__SYNC_INTERVAL_S="0",
+        HITL_LABELSTUDIO__SENIOR_REVIEWERS="[]",
+        HITL_RETRAIN__RETRAIN_EVERY_N_CORRECTIONS="0",  # the one trigger is ours
+        HITL_RETRAIN__POLL_INTERVAL_S="0.5",
+        HITL_RETRAIN__ACCURACY_TOLERANCE="0.5",  # the gate promotes: the point is the promotion
+        HITL_RETRAIN__COVERAGE_TOLERANCE="0.5",
+        OMP_WAIT_POLICY="PASSIVE",
+    )
 
 
 def test_two_replicas_under_load_lose_nothing_and_promote_once(
@@ -156,7 +151,7 @@ def test_two_replicas_under_load_lose_nothing_and_promote_once(
 
         try:  # the load goes on through the retrain, the promotion and both hot swaps
             run = eventually(finished, what="the retrain", timeout=240)
-            assert run["status"] == "promoted", run
+            assert run["status"] == "promoted", f"{run['status']}: {run.get('error')}"
             v2 = registry.version_label(shared, str(run["version"]))
             promoted_at = time.monotonic()
             eventually(

@@ -188,6 +188,30 @@ def test_every_n_corrections_triggers_once(tmp_path: Path, store: Store) -> None
     assert runs[0].reasons == ["corrections:3"]
 
 
+def test_a_seed_item_routed_again_and_audited_is_not_a_stream_audit(store: Store) -> None:
+    # Seen in the scale test: an item already in the seed set (same id) is predicted again, drawn into
+    # the audit and reviewed. It is not in the stream (the seed stands for it there), so it must not
+    # certify as a stream audit: its stratum could then hold no stream item at all.
+    seed = [Product(id="s1", title="steel frying pan", category=["Home", "Cookware"])]
+    add_seed_labels(store, seed, level=2)
+    predicted(store, "v1", "s1", "steel frying pan", escalated=True, reasons=["audit"], audit_probability=0.3)
+    predicted(store, "v1", "p1", "road bike helmet", escalated=True, reasons=["audit"], audit_probability=0.1)
+    store.record_correction(correction(1, "s1", "Home > Cookware", minute=1))
+    store.record_correction(correction(2, "p1", "Sports > Cycling", minute=1))
+
+    collected = collect_labels(store)
+
+    by_id = {r.item_id: r for r in collected.labels}
+    assert by_id["s1"].provenance == Provenance.CORRECTION
+    assert by_id["p1"].provenance == Provenance.AUDIT
+    in_stream = {s.item_id: s.inclusion for s in collected.stream}
+    for label in collected.labels:
+        if label.provenance == Provenance.AUDIT:
+            assert in_stream.get(label.item_id) == label.inclusion, (
+                "every audit is a stream item of its stratum"
+            )
+
+
 def test_escalation_windows_by_version_and_reason(store: Store) -> None:
     predicted(store, "v1", "a", "a", escalated=True, reasons=["below_threshold"])
     predicted(store, "v1", "b", "b", escalated=True, reasons=["below_threshold", "high_value"])
