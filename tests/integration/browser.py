@@ -80,3 +80,28 @@ def browser(chromium: Path) -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def click_to_new_page(driver: Any, element_id: str, timeout: float = 20) -> None:
+    """Click `element_id` and wait until the browser shows the next document, fully loaded.
+
+    Marks the current window, then polls until the mark is gone. Selenium's `staleness_of` polls the old
+    element instead, and chromedriver can answer that with a bare WebDriverException ("Node with given id
+    does not belong to the document") rather than StaleElementReferenceException mid-navigation, which
+    `staleness_of` does not catch (seen once in CI).
+    """
+    from selenium.common.exceptions import WebDriverException
+
+    driver.execute_script("window.__hitlPreviousPage = true;")
+    driver.find_element("id", element_id).click()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if driver.execute_script(
+                "return !window.__hitlPreviousPage && document.readyState === 'complete';"
+            ):
+                return
+        except WebDriverException:  # the old document is going away mid-call: ask again
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"clicking #{element_id} did not load a new page in {timeout} s")

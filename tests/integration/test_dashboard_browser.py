@@ -32,6 +32,7 @@ from labeling.server import free_port
 from serving.app import create_app
 from serving.keys import Role, create_key
 from serving.store import Store
+from tests.integration.browser import click_to_new_page
 from tests.unit.serving.dashboard_seed import BIASED_BRAND, seed
 
 pytestmark = pytest.mark.integration
@@ -94,16 +95,12 @@ def serve(tmp: Path, *, seeded: bool) -> Iterator[Served]:
 
 def login(driver: Any, base: str, key: str) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
 
     driver.delete_all_cookies()
     driver.get(f"{base}/dashboard")
     assert driver.current_url == f"{base}/login", "no session: the dashboard must send us to the login page"
     driver.find_element(By.ID, "api_key").send_keys(key)
-    form_page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.ID, "login-submit").click()
-    WebDriverWait(driver, 20).until(expected_conditions.staleness_of(form_page))  # the answer has loaded
+    click_to_new_page(driver, "login-submit")
 
 
 def wait_ready(driver: Any, timeout: float = 20) -> None:
@@ -276,8 +273,6 @@ def test_product_owner_sees_the_figures_of_the_store(browser: Any, tmp_path: Pat
 
 def test_a_fresh_store_shows_its_empty_states(browser: Any, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
-    from selenium.webdriver.support.wait import WebDriverWait
 
     with serve(tmp_path, seeded=False) as app:
         login(browser, app.url, app.keys[Role.PRODUCT_OWNER])
@@ -295,9 +290,7 @@ def test_a_fresh_store_shows_its_empty_states(browser: Any, tmp_path: Path) -> N
         assert browser.save_screenshot(str(shot))
         print(f"\nempty dashboard screenshot: {shot}")
         # Sign out: the session is gone.
-        page = browser.find_element(By.TAG_NAME, "html")
-        browser.find_element(By.ID, "logout").click()
-        WebDriverWait(browser, 20).until(expected_conditions.staleness_of(page))
+        click_to_new_page(browser, "logout")
         assert browser.current_url == f"{app.url}/login"
         browser.get(f"{app.url}/dashboard")
         assert browser.current_url == f"{app.url}/login"
