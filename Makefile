@@ -29,7 +29,7 @@ test: lint typecheck pytest
 
 # The inner loop: unit tests without the real encoder (~1 min); `make test` is the full suite CI runs.
 test-fast: install
-	$(BIN)/pytest tests/unit -m "not slow" -q $(PYTEST_ARGS)
+	$(BIN)/pytest tests/unit -m "not slow and not integration" -q $(PYTEST_ARGS)
 
 up: install
 	$(BIN)/hitl db upgrade

@@ -269,13 +269,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.n < BATCH or args.clients < 1 or args.single_requests < args.clients:
         parser.error(f"need --n >= {BATCH}, --clients >= 1 and --single-requests >= --clients")
 
-    from experiments.fixtures import train_small_bundle
     from hitl.settings import LabelStudioSettings, ServingSettings, Settings
     from labeling.server import free_port
     from learner.data import item_text
     from learner.encoder import HFEncoder
     from learner.settings import PACKAGED_ENCODER
     from learner.synthetic import generate_catalog
+    from learner.synthetic_bundle import train_synthetic_bundle
     from serving.keys import create_key
     from serving.security import Role
     from serving.store import Prediction, Store
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     encoder = HFEncoder(PACKAGED_ENCODER, device="cpu", batch_size=BATCH)
-    bundle_dir = train_small_bundle(encoder, work / "cache", work / "bundle")
+    bundle_dir = train_synthetic_bundle(encoder, work / "cache", work / "bundle")
 
     # Fresh texts nobody embedded yet. The raw encoder gets exactly the texts the server will get, in
     # the same 32-item chunks: same lengths, same padding, so the ratio compares like with like.

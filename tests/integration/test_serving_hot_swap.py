@@ -12,7 +12,6 @@ import httpx
 import pytest
 import uvicorn
 
-from experiments.fixtures import train_small_bundle
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.server import free_port
 from learner.bundle import ModelBundle
@@ -27,10 +26,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def two_bundles(minilm_encoder: HFEncoder, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.getbasetemp() / "serving-embeddings"
-    base.mkdir(exist_ok=True)
-    first = train_small_bundle(minilm_encoder, base, tmp_path_factory.mktemp("b1"))
+def two_bundles(small_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    first = small_bundle_dir
     bundle = ModelBundle.load(first)
     bundle.temperature *= 1.7
     return first, bundle.save(tmp_path_factory.mktemp("b2"))

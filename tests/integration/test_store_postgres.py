@@ -1,18 +1,15 @@
 """The store on a real PostgreSQL: same code as on SQLite, selected by `serving.database_url`.
 
-The store's unit tests that take only a `store` (tests/unit/serving: test_store, test_store_serving and
-the API-key tests of test_security) are collected again here, where `store` is a PostgreSQL store on a
-fresh database: every store test runs on both databases without being written twice. Then what only a
-server database shows: the append-only trigger, concurrent outbox enqueues, the real app end to end.
+The store's unit tests run on both databases already (marked `every_database`, see
+tests/unit/serving/conftest.py). Here is what only a server database shows: the append-only trigger,
+concurrent outbox enqueues, the real app end to end, migrations from the initial schema.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 from fastapi.testclient import TestClient
@@ -27,27 +24,10 @@ from serving.keys import Role
 from serving.model import ModelHolder
 from serving.outbox import OutboxEntry, enqueue_escalations
 from serving.store import AuditEvent, Item, Prediction, Store
-from tests.unit.serving import test_security, test_store, test_store_serving
 from tests.unit.serving.db_checks import check_initial_to_head_keeps_every_row
 from tests.unit.serving.support import auth, catalog_items, new
 
 pytestmark = pytest.mark.integration
-
-
-def _store_tests(*modules: ModuleType) -> dict[str, Callable[..., object]]:
-    """Every `test_*` function of `modules` whose only argument is the `store` fixture."""
-    found: dict[str, Callable[..., object]] = {}
-    for module in modules:
-        for name, obj in vars(module).items():
-            only_store = inspect.isfunction(obj) and list(inspect.signature(obj).parameters) == ["store"]
-            if name.startswith("test_") and only_store:
-                assert name not in found, f"two store tests named {name}"
-                found[name] = obj
-    return found
-
-
-REUSED = _store_tests(test_store, test_store_serving, test_security)
-globals().update(REUSED)  # collected here, with this module's `store`
 
 
 @pytest.fixture
@@ -57,12 +37,6 @@ def store(postgres_url: str) -> Iterator[Store]:
     db.register_model_version("v1", source="test", encoder_id="e", n_labels=2, details={})
     yield db
     db.close()
-
-
-def test_the_unit_store_tests_are_reused() -> None:
-    assert len(REUSED) >= 10
-    assert {"test_audit_rows_cannot_change", "test_idempotent_by_annotation_updated_at_and_action",
-            "test_authenticate_known_unknown_and_revoked"} <= set(REUSED)  # fmt: skip
 
 
 def test_it_is_postgresql_with_the_append_only_trigger(store: Store) -> None:

@@ -1,7 +1,7 @@
 """Helpers for the serving tests: request bodies, and API keys for the app's roles.
 
-The small REAL model bundle the serving tests use is `experiments.fixtures.train_small_bundle` (benchmarks
-use it too); `catalog_items` draws fresh items from the same synthetic catalog.
+The small REAL model bundle the serving tests use is the suite's `small_bundle_dir` fixture
+(`learner.synthetic_bundle`); `catalog_items` draws fresh items from the same synthetic catalog.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
-from experiments.fixtures import N_CATEGORIES
 from learner.synthetic import generate_catalog
+from learner.synthetic_bundle import N_CATEGORIES
 from serving.keys import create_key
 from serving.security import Role
 from serving.store import NewPrediction, Store

@@ -24,8 +24,8 @@ def holder_for(tmp_path: Path, embedding_dir: Path, bundle: Path | None, enc: HF
     return ModelHolder(settings, encoder_factory=lambda _ref: enc)
 
 
-def retempered(bundle_dir: Path, out: Path, factor: float) -> Path:
-    bundle = ModelBundle.load(bundle_dir)
+def retempered(small_bundle_dir: Path, out: Path, factor: float) -> Path:
+    bundle = ModelBundle.load(small_bundle_dir)
     bundle.temperature *= factor
     return bundle.save(out)
 
@@ -39,10 +39,10 @@ def test_not_ready_without_a_source(tmp_path: Path, embedding_dir: Path, minilm_
 
 
 def test_refresh_loads_then_swaps_on_a_new_manifest(
-    tmp_path: Path, bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
+    tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
 ) -> None:
     served = tmp_path / "served"
-    shutil.copytree(bundle_dir, served)
+    shutil.copytree(small_bundle_dir, served)
     holder = holder_for(tmp_path, embedding_dir, served, minilm_encoder)
     swapped: list[str] = []
     holder.on_swap.append(lambda m: swapped.append(m.version))
@@ -67,10 +67,10 @@ def test_refresh_loads_then_swaps_on_a_new_manifest(
 
 
 def test_a_broken_update_keeps_serving_the_old_model(
-    tmp_path: Path, bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
+    tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
 ) -> None:
     served = tmp_path / "served"
-    shutil.copytree(bundle_dir, served)
+    shutil.copytree(small_bundle_dir, served)
     holder = holder_for(tmp_path, embedding_dir, served, minilm_encoder)
     holder.refresh()
     current = holder.require()
@@ -93,9 +93,9 @@ def test_a_missing_bundle_fails_loudly(
 
 
 def test_encoder_mismatch_is_refused(
-    tmp_path: Path, bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
+    tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
 ) -> None:
-    bundle = ModelBundle.load(bundle_dir)
+    bundle = ModelBundle.load(small_bundle_dir)
     bundle.encoder_id = "some-other-encoder@0"
     other = bundle.save(tmp_path / "other")
     holder = holder_for(tmp_path, embedding_dir, other, minilm_encoder)

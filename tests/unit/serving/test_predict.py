@@ -23,11 +23,11 @@ from tests.unit.serving.support import auth, catalog_items
 pytestmark = pytest.mark.slow
 
 
-def make_settings(tmp_path: Path, bundle_dir: Path, embedding_dir: Path, **routing: Any) -> Settings:
+def make_settings(tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, **routing: Any) -> Settings:
     return Settings(
         state_dir=tmp_path,
         serving=ServingSettings(
-            bundle_path=bundle_dir,
+            bundle_path=small_bundle_dir,
             model_poll_interval_s=0,
             outbox_enabled=False,
             max_batch_size=64,
@@ -48,9 +48,9 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def app_client(
-    tmp_path: Path, bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder, store: Store
+    tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder, store: Store
 ) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, bundle_dir, embedding_dir, always_review_brands=["Reviewme"])
+    settings = make_settings(tmp_path, small_bundle_dir, embedding_dir, always_review_brands=["Reviewme"])
     # The session's embedding cache: embeddings of the training catalog are already there.
     settings = settings.model_copy(update={"state_dir": embedding_dir.parent})
     holder = ModelHolder(settings, encoder_factory=lambda _ref: minilm_encoder)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_log_alias_download_and_serve(
     tmp_path: Path,
-    bundle_dir: Path,
+    small_bundle_dir: Path,
     embedding_dir: Path,
     minilm_encoder: HFEncoder,
     caplog: pytest.LogCaptureFixture,
@@ -37,7 +37,7 @@ def test_log_alias_download_and_serve(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with caplog.at_level(logging.WARNING, logger="mlflow"):
-            version = registry.log_bundle(settings, bundle_dir, alias="champion", metrics={"acc": 0.9})
+            version = registry.log_bundle(settings, small_bundle_dir, alias="champion", metrics={"acc": 0.9})
     assert [str(w.message)[:120] for w in caught] == []
     assert [r.getMessage()[:120] for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert registry.champion_version(settings) == version
@@ -46,11 +46,11 @@ def test_log_alias_download_and_serve(
     assert loaded.metadata.signature is not None
     texts = ["Stainless steel frying pan 28 cm", "Trail running shoes"]
     out = loaded.predict(texts)
-    bundle = ModelBundle.load(bundle_dir)
+    bundle = ModelBundle.load(small_bundle_dir)
     assert len(out) == 2
     assert all(o.label in bundle.labels and 0.0 <= o.confidence <= 1.0 for o in out)
     folder = registry.download(settings, version)
-    assert ModelBundle.load(folder).labels == ModelBundle.load(bundle_dir).labels
+    assert ModelBundle.load(folder).labels == ModelBundle.load(small_bundle_dir).labels
     assert set(os.listdir()) == cwd, "nothing written to the working directory (mlruns, mlflow.db)"
 
     holder = ModelHolder(
@@ -59,7 +59,7 @@ def test_log_alias_download_and_serve(
     assert holder.source == "registry"
     assert holder.refresh() is True
     assert holder.require().version == registry.version_label(settings, version)
-    second = registry.log_bundle(settings, bundle_dir)  # registered, not promoted
+    second = registry.log_bundle(settings, small_bundle_dir)  # registered, not promoted
     assert holder.refresh() is False
     registry.set_alias(settings, second)
     assert holder.refresh() is True

@@ -20,15 +20,8 @@ from serving.security import AuthThrottle, KeyCache, Principal, allowed_roles_of
 from serving.store import Store
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
-    db.create_all()
-    yield db
-    db.close()
-
-
 # ------------------------------------------------------------------ keys
+@pytest.mark.every_database
 def test_created_key_is_random_prefixed_and_only_its_hash_is_stored(store: Store) -> None:
     key_id, plaintext = create_key(store, "ingest", Role.SERVICE)
     _, other = create_key(store, "ingest", "service")
@@ -44,6 +37,7 @@ def test_created_key_is_random_prefixed_and_only_its_hash_is_stored(store: Store
     assert row.display_prefix == plaintext[: len(row.display_prefix)]
 
 
+@pytest.mark.every_database
 def test_authenticate_known_unknown_and_revoked(store: Store) -> None:
     key_id, plaintext = create_key(store, "merch", Role.MERCHANDISER)
     assert authenticate(store, plaintext) == Principal(key_id=key_id, name="merch", role=Role.MERCHANDISER)
@@ -58,6 +52,7 @@ def test_authenticate_known_unknown_and_revoked(store: Store) -> None:
     assert revoke_key(store, 999) is None
 
 
+@pytest.mark.every_database
 def test_last_used_is_recorded(store: Store) -> None:
     _key_id, plaintext = create_key(store, "po", Role.PRODUCT_OWNER)
     assert list_keys(store)[0].last_used_at is None
@@ -65,6 +60,7 @@ def test_last_used_is_recorded(store: Store) -> None:
     assert list_keys(store)[0].last_used_at is not None
 
 
+@pytest.mark.every_database
 def test_unknown_role_and_bad_name_are_refused(store: Store) -> None:
     with pytest.raises(keys.UnknownRoleError, match="valid roles: service, merchandiser"):
         create_key(store, "x", "root")
@@ -73,6 +69,7 @@ def test_unknown_role_and_bad_name_are_refused(store: Store) -> None:
     assert list_keys(store) == []
 
 
+@pytest.mark.every_database
 def test_list_hides_revoked_on_request(store: Store) -> None:
     first, _ = create_key(store, "a", Role.ADMIN)
     second, _ = create_key(store, "b", Role.ML_ENGINEER)
@@ -252,6 +249,7 @@ def test_a_key_revoked_through_the_api_stops_working_at_once(tmp_path: Path) -> 
     store.close()
 
 
+@pytest.mark.every_database
 def test_wrong_keys_are_throttled_per_address_then_429_with_retry_after(store: Store) -> None:
     # Issue #12.8: wrong keys were never throttled.
     app = _app(store)

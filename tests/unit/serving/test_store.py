@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.exc import IntegrityError
@@ -10,6 +9,8 @@ from sqlalchemy.exc import IntegrityError
 from labeling.config import Taxonomy
 from labeling.webhooks import CorrectionEvent, DeletionEvent
 from serving.store import Store
+
+pytestmark = pytest.mark.every_database  # each test runs on SQLite and on PostgreSQL
 
 T0 = datetime(2025, 1, 1, 10, 0, 0, 123456, tzinfo=UTC)
 
@@ -34,13 +35,6 @@ def correction(annotation_id: int = 1, label: str | None = "Shoes", **kw: object
         source="webhook",
     )
     return replace(base, **kw)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
-    db.create_all()
-    return db
 
 
 def test_idempotent_by_annotation_updated_at_and_action(store: Store) -> None:

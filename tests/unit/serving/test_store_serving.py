@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -13,13 +12,14 @@ from labeling.webhooks import CorrectionEvent
 from serving.store import AppendOnlyError, AuditEvent, Item, Prediction, Store
 from tests.unit.serving.support import new
 
+pytestmark = pytest.mark.every_database  # each test runs on SQLite and on PostgreSQL
+
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
-    db.create_all()
-    db.register_model_version("v1", source="test", encoder_id="e", n_labels=2, details={})
-    return db
+def store(store: Store) -> Store:
+    """The serving conftest's store (SQLite or PostgreSQL) with model version v1 registered."""
+    store.register_model_version("v1", source="test", encoder_id="e", n_labels=2, details={})
+    return store
 
 
 def correction(item_id: str, label: str, annotation_id: int = 1) -> CorrectionEvent:

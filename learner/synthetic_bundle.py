@@ -1,12 +1,13 @@
-"""A small REAL model bundle, for benchmarks and tests: `train_small_bundle`.
+"""A small REAL model bundle trained on the synthetic catalog, for benchmarks and tests.
 
 The bundle is trained exactly as production trains one (embeddings through an `EmbeddingCache`,
 `learner.training.train_bundle`), on a small seeded synthetic catalog with `N_CATEGORIES` categories,
 with target 0.8 / delta 0.2 so that most classes earn finite thresholds from ~40 calibration items each,
 and it carries the class centroids serving uses for its out-of-distribution check. Its head sees hybrid
 inputs (embedding + hashed n-grams, `learner.features`) by default, like production bundles, so serving
-tests exercise the same input construction. It lives here, not
-under `tests/`, because benchmarks use it too (and `learner` must not import `serving`).
+tests exercise the same input construction. It is learner code, not a test helper, because benchmarks
+train it too and `experiments` may not import `tests`; the suite's fixture is `small_bundle_dir` in
+tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ N_CATEGORIES = 5
 HYBRID = FeatureSpec(kind="hybrid", ngram_dims=512, ngram_weight=2.0)
 
 
-def train_small_bundle(
+def train_synthetic_bundle(
     encoder: TextEncoder,
     cache_dir: Path,
     out_dir: Path,
