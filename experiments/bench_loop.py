@@ -100,7 +100,7 @@ def base_config(settings: Settings, seed: int, guarantee: str, **overrides: Any)
         training=training,
         routing=settings.routing,
         audit=AuditPolicy.of(settings.learner.audit),
-        gate=gate_policy(settings),
+        gate=gate_policy(settings.retrain),
         auto_resolve_on_promotion=settings.retrain.auto_resolve_on_promotion,
     )
     return replace(config, **overrides)
@@ -283,7 +283,7 @@ def gate_false_rejections(
     for _ in range(trials):
         more = rng.choice(pool, size=extra, replace=False)
         challenger = scores(fit(np.concatenate([train, more])))
-        decision = gate_policy(settings).decide(challenger, champion, pi)
+        decision = gate_policy(settings.retrain).decide(challenger, champion, pi)
         refused += not decision.promote
         if not decision.promote and len(reasons) < 3:
             reasons.append(decision.reason)

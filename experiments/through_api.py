@@ -32,7 +32,7 @@ strategy spends the rest of the budget. The app's audit rate is the in-process r
 The header says ``"through_api": true``, so a finished run is skipped on re-run (resumable) and an
 in-process run of the same config is never mistaken for it. An unfinished run starts over with a fresh
 state dir. The header's ``training`` section is the in-process head config; the API's retrains use
-production's (`serving.retrain.training_config` over the same settings).
+production's (`learner.loop.training_config` over the same `learner` settings).
 """
 
 from __future__ import annotations

@@ -167,7 +167,7 @@ def _base_config(
             training=replace(_training(settings, target, None), guarantee=guarantee),
             routing=settings.routing,
             audit=AuditPolicy.of(settings.learner.audit),
-            gate=gate_policy(settings),
+            gate=gate_policy(settings.retrain),
             auto_resolve_on_promotion=settings.retrain.auto_resolve_on_promotion,
         )
     except ValueError as exc:

@@ -139,7 +139,7 @@ def status(ctx: typer.Context) -> None:
 def _print_ml_backend(settings: Settings) -> None:
     """One line on the project's ML-backend connection (what "Start training" reaches)."""
     title = settings.labelstudio.project_title
-    wanted = ml_backend_spec(settings).url
+    wanted = ml_backend_spec(settings.serving).url
     try:
         with LabelStudioClient.from_settings(settings.labelstudio) as client:
             project = client.find_project(title)
@@ -223,7 +223,7 @@ def bootstrap(
             )
             if not ml_backend:
                 return
-            spec = ml_backend_spec(settings)
+            spec = ml_backend_spec(settings.serving)
             try:
                 ml_id, ml_created = client.ensure_ml_backend(info.project_id, spec)
             except LabelingError as exc:

@@ -326,7 +326,7 @@ def _up(
                 model_version=registry.version_label(settings, champion) if champion else None,
             )
             try:
-                ml_id, _ = client.ensure_ml_backend(info.project_id, ml_backend_spec(settings))
+                ml_id, _ = client.ensure_ml_backend(info.project_id, ml_backend_spec(settings.serving))
                 ml_line = f"ML backend {ml_id} (Start training, Retrieve predictions)"
             except LabelingError as exc:
                 # The loop works without it (tasks and webhooks do not need it): say so, go on.

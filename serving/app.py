@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadError
 from labeling.reviewers import ReviewerTiers, senior_check, tiers_from
+from labeling.settings import LabelStudioSettings
 from labeling.sync import PeriodicSync, sync_project
 from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddleware
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError, record_version
@@ -29,19 +30,21 @@ from serving.routers import kpis as kpis_router
 from serving.routers import retrain as retrain_router
 from serving.security import AuthThrottle, KeyCache
 from serving.service import BackendHolder
-from serving.settings import AppSettings
+from serving.settings import AppSettings, ServingSettings
 from serving.similar import SimilarLabelled
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
 
 
-def sync_known_project(settings: AppSettings, store: Store, tiers: ReviewerTiers | None = None) -> None:
+def sync_known_project(
+    labelstudio: LabelStudioSettings, store: Store, tiers: ReviewerTiers | None = None
+) -> None:
     """One reconciliation pass over the configured project (a no-op until it was bootstrapped)."""
-    project_id = store.project_by_title(settings.labelstudio.project_title)
+    project_id = store.project_by_title(labelstudio.project_title)
     if project_id is None:
         return
-    with LabelStudioClient.from_settings(settings.labelstudio) as client:
+    with LabelStudioClient.from_settings(labelstudio) as client:
         report = sync_project(
             client, store, project_id, store.taxonomy(project_id), is_senior=senior_check(tiers)
         )
@@ -119,15 +122,15 @@ def _route_of(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
-def body_limits(settings: AppSettings) -> BodyLimits:
+def body_limits(serving: ServingSettings) -> BodyLimits:
     """Per-route body limits (`serving.limits`): the login form, the ML backend, everything else."""
     form = dashboard_router.MAX_FORM_BYTES
     return BodyLimits(
-        default=settings.serving.max_body_bytes,
+        default=serving.max_body_bytes,
         by_prefix=(
             ("/login", form),
             ("/logout", form),
-            (ml_backend.ML_BACKEND_PREFIX, settings.serving.max_ml_backend_body_bytes),
+            (ml_backend.ML_BACKEND_PREFIX, serving.max_ml_backend_body_bytes),
         ),
     )
 
@@ -185,7 +188,8 @@ def create_app(
         periodic: PeriodicSync | None = None
         if settings.labelstudio.sync_interval_s > 0:
             periodic = PeriodicSync(
-                lambda: sync_known_project(settings, active, tiers), settings.labelstudio.sync_interval_s
+                lambda: sync_known_project(settings.labelstudio, active, tiers),
+                settings.labelstudio.sync_interval_s,
             )
             periodic.start()
         retrainer = None  # the retraining loop (serving.retrain): one worker thread, coalescing triggers
@@ -219,7 +223,7 @@ def create_app(
         description="Product category predictions with calibrated auto-accept and human review.",
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings.serving))
     app.add_middleware(
         InFlightLimitMiddleware,
         limit=settings.serving.max_in_flight,

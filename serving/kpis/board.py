@@ -53,18 +53,18 @@ def empty_states(store: Store, escalation_kpis: EscalationKpis, review_kpis: Rev
 
 def dashboard(store: Store, settings: AppSettings, now: datetime | None = None) -> DashboardKpis:
     at = now_utc(now)
-    escalation_kpis = escalation(store, settings)
+    escalation_kpis = escalation(store, settings.dashboard)
     review_kpis = reviews(store)
     items = item_views(store)
     return DashboardKpis(
         generated_at=at,
         empty=empty_states(store, escalation_kpis, review_kpis),
         escalation=escalation_kpis,
-        spot_checks=spot_checks(store, settings, items),
+        spot_checks=spot_checks(store, settings.learner, items),
         queue=queue(store, at),
         reviews=review_kpis,
-        throughput=throughput(store, settings, at),
-        cost=cost(store, settings, escalation_kpis.rate),
-        segments=segments(store, settings, items),
+        throughput=throughput(store, settings.dashboard, at),
+        cost=cost(store, settings.dashboard, escalation_kpis.rate),
+        segments=segments(store, settings.dashboard, items),
         timeline=timeline(store, settings),
     )

@@ -6,12 +6,11 @@ from sqlalchemy import func, select
 
 from serving.kpis.schemas import CostKpis
 from serving.retrain.tables import USABLE_ACTIONS
-from serving.settings import AppSettings
+from serving.settings import DashboardSettings
 from serving.store import Correction, Prediction, Store
 
 
-def cost(store: Store, settings: AppSettings, escalation_rate: float | None) -> CostKpis:
-    config = settings.dashboard
+def cost(store: Store, config: DashboardSettings, escalation_rate: float | None) -> CostKpis:
     with store.session() as session:
         n_reviews = int(
             session.scalar(

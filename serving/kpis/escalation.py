@@ -5,14 +5,14 @@ from __future__ import annotations
 from serving.escalation import combine, escalation_windows, over_time, per_version
 from serving.kpis.common import from_epoch
 from serving.kpis.schemas import EscalationKpis, EscalationPoint, VersionEscalation
-from serving.settings import AppSettings
+from serving.settings import DashboardSettings
 from serving.store import Store
 
 
-def escalation(store: Store, settings: AppSettings) -> EscalationKpis:
+def escalation(store: Store, dashboard: DashboardSettings) -> EscalationKpis:
     """The escalation rate in total, per time window (`dashboard.window_s`) and per model version, from
     `serving.escalation`, the one place that computes it."""
-    window_s = settings.dashboard.window_s
+    window_s = dashboard.window_s
     windows = escalation_windows(store, window_s=window_s)
     total = combine(windows) if windows else None
     return EscalationKpis(

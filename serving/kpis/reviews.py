@@ -14,7 +14,7 @@ from serving.kpis.common import aware, naive, now_utc
 from serving.kpis.schemas import DailyReviews, ReviewKpis, ThroughputKpis
 from serving.kpis.statistics import quantile
 from serving.retrain.tables import USABLE_ACTIONS
-from serving.settings import AppSettings
+from serving.settings import DashboardSettings
 from serving.store import Correction, Prediction, Store, review_action
 
 
@@ -55,8 +55,8 @@ def reviews(store: Store) -> ReviewKpis:
     )
 
 
-def throughput(store: Store, settings: AppSettings, now: datetime | None = None) -> ThroughputKpis:
-    window_s = settings.dashboard.window_s
+def throughput(store: Store, dashboard: DashboardSettings, now: datetime | None = None) -> ThroughputKpis:
+    window_s = dashboard.window_s
     since = naive(now_utc(now) - timedelta(seconds=window_s))
     with store.session() as session:
         predictions = session.scalar(

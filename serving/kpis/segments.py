@@ -11,7 +11,7 @@ from scipy import stats
 from serving.kpis.common import NO_BRAND, ItemView, item_views, price_band
 from serving.kpis.schemas import Dimension, SegmentKpi, SegmentKpis
 from serving.kpis.statistics import holm
-from serving.settings import AppSettings
+from serving.settings import DashboardSettings
 from serving.store import Store
 
 DIMENSIONS: tuple[Dimension, ...] = ("category", "price_band", "brand")
@@ -28,8 +28,7 @@ def _segment_order(key: tuple[Dimension, str], bounds: Sequence[float]) -> tuple
     return DIMENSIONS.index(dimension), rank, name
 
 
-def segments(store: Store, settings: AppSettings, items: list[ItemView] | None = None) -> SegmentKpis:
-    config = settings.dashboard
+def segments(store: Store, config: DashboardSettings, items: list[ItemView] | None = None) -> SegmentKpis:
     views = items if items is not None else item_views(store)
     brand_counts = Counter(i.brand or NO_BRAND for i in views)
     top_brands = {

@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections import defaultdict
 
 from learner.loop import describe_guarantee
+from learner.settings import LearnerSettings
 from serving.kpis.common import SPOT_CHECK, ItemView, item_views, target_status
 from serving.kpis.schemas import SpotCheckKpis, SpotCheckVersion
 from serving.kpis.statistics import clopper_pearson
 from serving.routing import AUDIT_REASONS
-from serving.settings import AppSettings
 from serving.store import Store
 
 
-def spot_checks(store: Store, settings: AppSettings, items: list[ItemView] | None = None) -> SpotCheckKpis:
-    confidence = 1.0 - settings.learner.delta
+def spot_checks(store: Store, learner: LearnerSettings, items: list[ItemView] | None = None) -> SpotCheckKpis:
+    confidence = 1.0 - learner.delta
     views = items if items is not None else item_views(store)
     sampled = [i for i in views if i.reasons == [SPOT_CHECK]]
     reviewed = [i for i in sampled if i.review is not None]
@@ -26,7 +26,6 @@ def spot_checks(store: Store, settings: AppSettings, items: list[ItemView] | Non
     interval = clopper_pearson(correct, len(reviewed), confidence) if reviewed else None
     audits = [i for i in views if AUDIT_REASONS & set(i.reasons)]
     audits_reviewed = sum(i.review is not None for i in audits)
-    learner = settings.learner
     return SpotCheckKpis(
         audits=len(audits),
         audits_reviewed=audits_reviewed,
@@ -37,8 +36,8 @@ def spot_checks(store: Store, settings: AppSettings, items: list[ItemView] | Non
         correct=correct,
         accuracy=correct / len(reviewed) if reviewed else None,
         interval=interval,
-        target=settings.learner.target_accuracy,
-        status=target_status(interval, settings.learner.target_accuracy),
+        target=learner.target_accuracy,
+        status=target_status(interval, learner.target_accuracy),
         by_version=[
             SpotCheckVersion(
                 model_version=v,

@@ -46,7 +46,6 @@ from serving.retrain.training import (
     TrainingInputs,
     default_train,
     holdout_report,
-    training_config,
 )
 from serving.retrain.worker import RetrainWorker, TriggerResult
 
@@ -79,5 +78,4 @@ __all__ = [
     "holdout_report",
     "rescore_open_escalations",
     "seed_count",
-    "training_config",
 ]

@@ -6,11 +6,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from learner.gate import AuditScores, GateDecision, GatePolicy
-from serving.settings import AppSettings
+from serving.settings import RetrainSettings
 
 
-def gate_policy(settings: AppSettings) -> GatePolicy:
-    retrain = settings.retrain
+def gate_policy(retrain: RetrainSettings) -> GatePolicy:
     return GatePolicy(retrain.accuracy_tolerance, retrain.coverage_tolerance, retrain.gate_alpha)
 
 
@@ -18,7 +17,7 @@ def gate(
     challenger: AuditScores,
     champion: AuditScores | None,
     inclusion: NDArray[np.float64],
-    settings: AppSettings,
+    retrain: RetrainSettings,
 ) -> GateDecision:
     """The paired gate on the audits, with the margins and level from `retrain` settings."""
-    return gate_policy(settings).decide(challenger, champion, inclusion)
+    return gate_policy(retrain).decide(challenger, champion, inclusion)

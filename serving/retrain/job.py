@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from learner import loop
 from learner.bundle import ModelBundle
 from learner.gate import AuditScores, GateDecision, audit_scores
-from learner.loop import AuditPolicy
+from learner.loop import AuditPolicy, training_config
 from learner.training import AuditDesign, TrainingConfig, certify_bundle, label_indices
 from serving.retrain.gate import gate
 from serving.retrain.labels import (
@@ -33,7 +33,6 @@ from serving.retrain.training import (
     TrainFn,
     TrainingInputs,
     default_train,
-    training_config,
 )
 from serving.settings import AppSettings
 from serving.store import Store
@@ -67,7 +66,7 @@ class RetrainJob:
         stream = collected.stream
         fresh = loop.certification_stream([s.item_id for s in stream], {r.item_id for r in train})
         outcome: dict[str, Any] = {"correction_watermark": collected.watermark, "n_labels": len(labels)}
-        config = training_config(settings)
+        config = training_config(settings.learner)
         n_seed = sum(r.source == "seed" for r in labels)
         params = {
             "trigger": trigger,
@@ -242,7 +241,7 @@ class RetrainJob:
         if champion_note and champion is None:
             decision = GateDecision(False, champion_note)
         else:
-            decision = gate(challenger, champion, audit_pi, settings)
+            decision = gate(challenger, champion, audit_pi, settings.retrain)
         for test in decision.tests:
             tracking.log_metrics(
                 settings,

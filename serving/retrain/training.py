@@ -10,7 +10,6 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from learner import loop
 from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
@@ -99,10 +98,6 @@ def default_train(inputs: TrainingInputs) -> TrainingResult:
         encoder_id=inputs.encoder_id,
         design=inputs.design,
     )
-
-
-def training_config(settings: AppSettings) -> TrainingConfig:
-    return loop.training_config(settings.learner)
 
 
 def holdout_report(

@@ -34,7 +34,7 @@ from serving.sessions import (
     presented_principal,
     session_principal,
 )
-from serving.settings import AppSettings
+from serving.settings import DashboardSettings
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +73,15 @@ def _refused(principal: Principal) -> str:
     return f"role {principal.role.value!r} may not view the dashboard (needs one of: {needed})"
 
 
-def _set_cookie(response: Response, token: str, settings: AppSettings) -> None:
+def _set_cookie(response: Response, token: str, dashboard: DashboardSettings) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         token,
-        max_age=settings.dashboard.session_ttl_s,
+        max_age=dashboard.session_ttl_s,
         path="/",
         httponly=True,
         samesite="strict",
-        secure=settings.dashboard.secure_cookie,
+        secure=dashboard.secure_cookie,
     )
 
 
@@ -140,7 +140,7 @@ async def login(request: Request, store: StoreDep, settings: SettingsDep) -> Res
         return _login_page(_refused(principal), status.HTTP_403_FORBIDDEN)
     token = await run_in_threadpool(open_session, store, principal, settings.dashboard.session_ttl_s)
     response = RedirectResponse("/dashboard", status_code=status.HTTP_303_SEE_OTHER)
-    _set_cookie(response, token, settings)
+    _set_cookie(response, token, settings.dashboard)
     return response
 
 

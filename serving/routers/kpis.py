@@ -39,12 +39,12 @@ async def dashboard(store: StoreDep, settings: SettingsDep, _: ViewerDep) -> kpi
 
 @router.get("/escalation-summary", response_model=kpis.EscalationKpis)
 async def escalation_summary(store: StoreDep, settings: SettingsDep, _: ViewerDep) -> kpis.EscalationKpis:
-    return await run_in_threadpool(kpis.escalation, store, settings)
+    return await run_in_threadpool(kpis.escalation, store, settings.dashboard)
 
 
 @router.get("/spot-checks", response_model=kpis.SpotCheckKpis)
 async def spot_checks(store: StoreDep, settings: SettingsDep, _: ViewerDep) -> kpis.SpotCheckKpis:
-    return await run_in_threadpool(kpis.spot_checks, store, settings)
+    return await run_in_threadpool(kpis.spot_checks, store, settings.learner)
 
 
 @router.get("/queue", response_model=kpis.QueueKpis)
@@ -59,20 +59,20 @@ async def reviews(store: StoreDep, _: ViewerDep) -> kpis.ReviewKpis:
 
 @router.get("/throughput", response_model=kpis.ThroughputKpis)
 async def throughput(store: StoreDep, settings: SettingsDep, _: ViewerDep) -> kpis.ThroughputKpis:
-    return await run_in_threadpool(kpis.throughput, store, settings)
+    return await run_in_threadpool(kpis.throughput, store, settings.dashboard)
 
 
 @router.get("/cost", response_model=kpis.CostKpis)
 async def cost(store: StoreDep, settings: SettingsDep, _: ViewerDep) -> kpis.CostKpis:
     def compute() -> kpis.CostKpis:
-        return kpis.cost(store, settings, kpis.escalation(store, settings).rate)
+        return kpis.cost(store, settings.dashboard, kpis.escalation(store, settings.dashboard).rate)
 
     return await run_in_threadpool(compute)
 
 
 @router.get("/segments", response_model=kpis.SegmentKpis)
 async def segments(store: StoreDep, settings: SettingsDep, _: ViewerDep) -> kpis.SegmentKpis:
-    return await run_in_threadpool(kpis.segments, store, settings)
+    return await run_in_threadpool(kpis.segments, store, settings.dashboard)
 
 
 @router.get("/model-timeline", response_model=list[kpis.TimelineEvent])

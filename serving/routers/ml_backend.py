@@ -40,7 +40,7 @@ from labeling.client import MLBackendSpec
 from labeling.config import Taxonomy
 from serving.deps import SettingsDep, StoreDep, get_settings
 from serving.predictor import ItemText, LabelGuess, Predictor, PredictorHolder
-from serving.settings import AppSettings
+from serving.settings import ServingSettings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -57,9 +57,8 @@ def ml_backend_url(base_url: str) -> str:
     return base_url.rstrip("/") + ML_BACKEND_PREFIX
 
 
-def ml_backend_spec(settings: AppSettings) -> MLBackendSpec:
+def ml_backend_spec(serving: ServingSettings) -> MLBackendSpec:
     """How the project's Label Studio connects to this API's ML backend (basic auth when it is on)."""
-    serving = settings.serving
     if not serving.ml_backend_auth:
         return MLBackendSpec(url=ml_backend_url(serving.base_url))
     return MLBackendSpec(

@@ -12,7 +12,7 @@ from serving.routing import LABEL_SEPARATOR
 from serving.schemas import ItemPrediction, PredictRequest, PredictResponse, ScoredLabel
 from serving.security import Principal, Role, require_roles
 from serving.service import LoopPolicy, outbox_hook, predict_and_record_async
-from serving.settings import AppSettings
+from serving.settings import ServingSettings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
@@ -21,10 +21,10 @@ NOT_READY: dict[int | str, dict[str, Any]] = {
 }
 
 
-def check_limits(body: PredictRequest, settings: AppSettings) -> None:
+def check_limits(body: PredictRequest, serving: ServingSettings) -> None:
     """The limits that depend on settings (so they cannot live in the static schema): 422 per field."""
     errors: list[dict[str, Any]] = []
-    limit = settings.serving.max_batch_size
+    limit = serving.max_batch_size
     if len(body.items) > limit:
         errors.append(
             {
@@ -34,7 +34,7 @@ def check_limits(body: PredictRequest, settings: AppSettings) -> None:
                 "input": len(body.items),
             }
         )
-    max_text = settings.serving.max_text_length
+    max_text = serving.max_text_length
     for index, item in enumerate(body.items):
         for name in ("title", "description"):
             value = getattr(item, name)
@@ -74,7 +74,7 @@ async def predict(
     # Async, with the app state read directly: each sync dependency costs a threadpool round trip
     # (two GIL handoffs), which under 16 concurrent clients costs more than these attribute reads.
     settings, holder, metrics = get_settings(request), get_model_holder(request), get_metrics(request)
-    check_limits(body, settings)
+    check_limits(body, settings.serving)
     model = holder.require()  # one reference for the whole request: a hot swap cannot split it
     scored, ids = await predict_and_record_async(
         model,

@@ -100,7 +100,7 @@ def test_dashboard_api_and_mlflow_report_the_same_rates(settings: Settings, stor
     windows = escalation_windows(store, window_s=settings.dashboard.window_s)
     assert tracking.log_escalation_windows(settings, windows) == len(windows)
 
-    board = kpis.escalation(store, settings)
+    board = kpis.escalation(store, settings.dashboard)
     _, key = create_key(store, "po", "product_owner")
     with TestClient(create_app(settings, store=store)) as api:
         answer = api.get("/v1/metrics/escalation", headers={"Authorization": f"Bearer {key}"})

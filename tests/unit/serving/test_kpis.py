@@ -151,7 +151,7 @@ def test_a_loaded_model_without_predictions_is_its_own_empty_state(store: Store,
 
 def test_escalation_known_answer(store: Store, settings: Settings) -> None:
     _known_store(store)
-    esc = kpis.escalation(store, settings)
+    esc = kpis.escalation(store, settings.dashboard)
     assert (esc.predicted, esc.escalated) == (6, 4)  # the re-score is not a first-pass prediction
     assert esc.rate == pytest.approx(4 / 6)
     assert esc.by_reason == {"below_threshold": 2, "high_value": 1, "spot_check": 2}

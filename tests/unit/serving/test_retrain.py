@@ -134,9 +134,9 @@ def test_gate_promotes_without_champion_and_refuses_a_clearly_worse_challenger(t
     n = 400
     pi = np.full(n, 0.1)
     good = scores([True] * 360 + [False] * 40, [True] * 200 + [False] * 200)
-    assert gate(good, None, pi, settings).promote
+    assert gate(good, None, pi, settings.retrain).promote
     worse = scores([True] * 300 + [False] * 100, [True] * 200 + [False] * 200)
-    decision = gate(worse, good, pi, settings)
+    decision = gate(worse, good, pi, settings.retrain)
     assert not decision.promote
     assert "accuracy" in decision.reason
     assert "p = " in decision.reason
@@ -153,7 +153,7 @@ def test_gate_does_not_refuse_on_noise(tmp_path: Path) -> None:
     accepted = [True] * 200 + [False] * 200
     fewer = accepted.copy()
     fewer[0:4] = [False] * 4
-    decision = gate(scores(tweaked, fewer), scores(base, accepted), np.full(400, 0.1), settings)
+    decision = gate(scores(tweaked, fewer), scores(base, accepted), np.full(400, 0.1), settings.retrain)
     assert decision.promote, decision.reason
 
 
