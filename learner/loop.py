@@ -217,6 +217,7 @@ def describe_guarantee(guarantee: str, target: float, delta: float) -> str:
     """The statement in force, in words (dashboard, MLflow, README)."""
     if guarantee == "expected":
         return (
-            f"mean error among auto-accepted items <= {1 - target:.3g} (accuracy {target:.3g} in expectation)"
+            f"mean error among auto-accepted items <= {1 - target:.3g} (accuracy {target:.3g} in expectation "
+            "over audit samples; a sample that certifies nothing counts as no error)"
         )
     return f"accuracy of auto-accepted items >= {target:.3g} with probability >= {1 - delta:.3g}"
