@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 
 from hitl.settings import RoutingSettings
 from learner.bundle import ModelBundle
@@ -77,6 +77,8 @@ __all__ = [
     "Inputs",
     "RunLogger",
     "SimulationConfig",
+    "arrival_clustering",
+    "looks_sorted",
     "model_inputs",
     "run_file",
     "run_finished",
@@ -186,6 +188,27 @@ def _header(config: SimulationConfig, extra: Mapping[str, Any] | None) -> dict[s
 
 
 # --------------------------------------------------------------------------------------------- the loop
+
+
+def arrival_clustering(labels: ArrayLike) -> tuple[float, float]:
+    """(share of neighbours in file order that share a label, the share a random order would give).
+
+    The simulation streams a catalog in file order (its arrival order). A file sorted or grouped by
+    category gives the first share far above the second: the stream then shows one category at a
+    time, and past audits say little about the next batch.
+    """
+    y = np.asarray(labels)
+    if y.size < 2:
+        return 0.0, 1.0
+    _, counts = np.unique(y, return_counts=True)
+    return float(np.mean(y[1:] == y[:-1])), float(np.sum((counts / y.size) ** 2))
+
+
+def looks_sorted(labels: ArrayLike, *, factor: float = 5.0, floor: float = 0.1) -> bool:
+    """True when neighbours share a label ``factor`` times more often than chance (and in at least
+    ``floor`` of the pairs): the file is probably ordered by category, not by arrival."""
+    adjacent, chance = arrival_clustering(labels)
+    return adjacent >= floor and adjacent >= factor * chance
 
 
 def split_stream(

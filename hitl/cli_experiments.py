@@ -58,7 +58,7 @@ def load_embedder(settings: Settings) -> Any:
 
 
 def _load(
-    settings: Settings, catalog: Path, min_class_size: int | None, threads: int
+    settings: Settings, catalog: Path, min_class_size: int | None, threads: int, *, streamed: bool = True
 ) -> tuple[LabeledDataset, NDArray[np.float32], str]:
     import torch
 
@@ -78,6 +78,8 @@ def _load(
     console.print(
         f"{catalog}: {len(data)} items, {len(data.classes)} classes at level {settings.learner.label_level}"
     )
+    if streamed:
+        _warn_if_sorted(catalog, data)
     embedder = load_embedder(settings)
     texts = [str(t) for t in data.texts]
     chunks = []
@@ -87,6 +89,20 @@ def _load(
         chunks.append(embedder.embed(texts[start : start + 2000]))
     x = np.concatenate(chunks).astype(np.float32)
     return data, x, str(embedder.encoder_id)
+
+
+def _warn_if_sorted(catalog: Path, data: LabeledDataset) -> None:
+    """The loop streams the file in its order: say so when that order looks like a sort by category."""
+    from experiments.simulate import arrival_clustering, looks_sorted
+
+    if looks_sorted(data.y):
+        adjacent, chance = arrival_clustering(data.y)
+        err_console.print(
+            f"[yellow]warning:[/yellow] {catalog} looks ordered by category: {adjacent:.0%} of neighbouring "
+            f"items share a category (a random order gives {chance:.0%}). The simulation streams items in "
+            "file order, so it would show one category at a time; shuffle the file first (e.g. `shuf`) "
+            "unless this is the order items really arrive in."
+        )
 
 
 def _training(settings: Settings, target: float, delta: float | None) -> TrainingConfig:
@@ -174,7 +190,13 @@ def _base_config(
         raise _fail(str(exc)) from exc
 
 
-CatalogOpt = Annotated[Path, typer.Option("--catalog", help="labelled JSONL/CSV catalog, in arrival order")]
+CatalogOpt = Annotated[
+    Path,
+    typer.Option(
+        "--catalog",
+        help="labelled JSONL/CSV catalog, in arrival order (a file sorted by category is flagged)",
+    ),
+]
 SeedSizeOpt = Annotated[int, typer.Option("--seed-size", help="labelled items before the first round")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="review budget per round")]
 RoundsOpt = Annotated[int, typer.Option("--rounds", help="review rounds")]
@@ -477,7 +499,7 @@ def guarantee(
     _check_catalog(catalog)
     training = _training(settings, target, delta)
     config = GuaranteeConfig(splits=splits, train_size=train_size, training=training)
-    data, x, _ = _load(settings, catalog, min_class_size, threads)
+    data, x, _ = _load(settings, catalog, min_class_size, threads, streamed=False)
     out = out or settings.state_dir / "experiments" / catalog.stem
     out.mkdir(parents=True, exist_ok=True)
     with _progress_round(splits) as bar:

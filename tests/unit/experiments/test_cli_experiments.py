@@ -100,3 +100,18 @@ def test_simulate_writes_one_file_per_seed(env: tuple[typer.Typer, Settings, Pat
         "seed0.jsonl",
         "seed1.jsonl",
     ]
+
+
+def test_a_catalog_sorted_by_category_is_flagged_before_it_is_streamed(
+    env: tuple[typer.Typer, Settings, Path], tmp_path: Path
+) -> None:
+    app, settings, catalog = env
+    products = sorted(generate_catalog(700, seed=1), key=lambda p: tuple(p.category or ()))
+    by_category = write_catalog(products, tmp_path / "sorted.jsonl")
+    warned: dict[str, bool] = {}
+    for name, path in (("shuffled", catalog), ("sorted", by_category)):
+        args = ["simulate", "--catalog", str(path), "--strategy", "random", *TINY]
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / name)], obj=settings)
+        assert result.exit_code == 0, result.output
+        warned[name] = "looks ordered by category" in result.output
+    assert warned == {"shuffled": False, "sorted": True}

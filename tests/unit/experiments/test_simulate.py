@@ -13,6 +13,8 @@ from numpy.typing import NDArray
 from experiments.simulate import (
     DONE,
     SimulationConfig,
+    arrival_clustering,
+    looks_sorted,
     read_rounds,
     run_file,
     run_finished,
@@ -165,3 +167,14 @@ def test_bad_audit_share_is_refused() -> None:
             SimulationConfig(strategy="margin", audit_share=share)
     with pytest.raises(ValueError, match="audit_share"):
         SimulationConfig(strategy="margin", batch=1, audit_share=0.2)  # rounds to 0 items
+
+
+def test_a_file_order_grouped_by_label_is_told_from_a_random_one() -> None:
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(20), 50)  # a catalog sorted by category
+    adjacent, chance = arrival_clustering(labels)
+    assert adjacent == pytest.approx(980 / 999)
+    assert chance == pytest.approx(0.05)
+    assert looks_sorted(labels)
+    assert not looks_sorted(rng.permutation(labels))
+    assert not looks_sorted(np.array([0, 0, 0, 1]))  # too few pairs to say, and one class dominates
