@@ -582,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--gate-extra", type=int, default=25)
     parser.add_argument("--api-limit", type=int, default=3200)
     parser.add_argument("--api-rounds", type=int, default=5)
-    parser.add_argument("--api-seeds", type=int, default=2)
+    parser.add_argument("--api-seeds", type=int, default=4)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import torch
