@@ -468,7 +468,6 @@ def simulate_run(
         )
     rng = np.random.default_rng(config.seed)
     noise_rng = np.random.default_rng([config.seed, 7919])
-    seed_rng = np.random.default_rng([config.seed, 104729])
     y = data.y
     arrivals = stream[config.seed_size :]
     chunks = np.array_split(arrivals, config.rounds)
@@ -479,8 +478,17 @@ def simulate_run(
     state.observed.update({r: int(y[r]) for r in seed_rows})  # seed labels are taken as correct
     state.stream_rows.extend(seed_rows)
     state.stream_pi.extend([policy.rate] * len(seed_rows))
-    for r, u in zip(seed_rows, seed_rng.random(len(seed_rows)), strict=True):
-        if u < policy.rate:  # seed items are drawn like in-band items, into the same stratum
+    # Production's rule (`AuditPolicy.seed_audit`: by id hash), at the in-band rate, so seed audits
+    # join the routed audits' stratum; the through-API driver sets `seed_share` to the same rate.
+    seed_audits = replace(policy, seed_share=policy.rate).seed_audit([str(data.ids[r]) for r in seed_rows])
+    if not seed_audits.any():  # as production's retrain refuses to run without audits
+        raise ValueError(
+            f"none of the {len(seed_rows)} seed labels was drawn into the audit sample (audit rate "
+            f"{policy.rate:.3f}): the first model has nothing to be certified on; raise --seed-size "
+            "or --audit-share"
+        )
+    for r, is_audit in zip(seed_rows, seed_audits, strict=True):
+        if is_audit:
             state.audited.add(r)
             state.audit_pi[r] = policy.rate
     queue: NDArray[np.int64] = np.empty(0, dtype=np.int64)

@@ -283,18 +283,21 @@ def _run_all(
                 bar.update(task, advance=base.rounds + 1)
             console.print(f"{name} seed {seed}: {'skipped (finished earlier)' if skipped else 'done'}")
 
-        return run_comparison(
-            data,
-            x,
-            base,
-            strategies=strategies,
-            seeds=list(range(seeds)),
-            out_dir=out,
-            extra=extra,
-            logger_factory=(lambda: MlflowRunLogger(settings)) if mlflow else None,
-            on_run=on_run,
-            on_round=on_round,
-        )
+        try:
+            return run_comparison(
+                data,
+                x,
+                base,
+                strategies=strategies,
+                seeds=list(range(seeds)),
+                out_dir=out,
+                extra=extra,
+                logger_factory=(lambda: MlflowRunLogger(settings)) if mlflow else None,
+                on_run=on_run,
+                on_round=on_round,
+            )
+        except ValueError as exc:  # a configuration the catalog cannot run (e.g. no seed audits)
+            raise _fail(str(exc)) from exc
 
 
 def _run_through_api(

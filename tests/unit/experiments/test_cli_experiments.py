@@ -70,6 +70,7 @@ def test_guarantee_writes_its_report(env: tuple[typer.Typer, Settings, Path], tm
         (["simulate", "--target", "1.5"], "--target"),
         (["simulate", "--guarantee", "sometimes"], "high_probability, expected"),
         (["simulate", "--audit-share", "1.5"], "audit_share"),
+        (["simulate", "--seed-size", "5", "--batch", "5", "--seeds", "1", "--no-mlflow"], "seed labels"),
         (["simulate", "--through-api", "--batch", "0"], "--batch"),  # validated like in-process
         (["compare", "--strategies", "margin"], "random"),
         (["guarantee", "--splits", "0"], "--splits"),

@@ -85,7 +85,7 @@ def test_reviewer_noise_changes_what_is_learned(tiny: Tiny) -> None:
 
 def test_finished_runs_are_skipped_and_unfinished_ones_redone(tiny: Tiny, tmp_path: Path) -> None:
     data, x = tiny
-    config = _config("least_confidence", rounds=2)
+    config = _config("least_confidence")
     rows, skipped = run_or_skip(data, x, config, tmp_path)
     path = run_file(tmp_path, "least_confidence", 0)
     assert not skipped
@@ -131,9 +131,9 @@ def test_value_at_takes_the_last_point_not_beyond() -> None:
 
 def test_audits_are_drawn_at_routing_reviewed_first_and_counted(tiny: Tiny) -> None:
     data, x = tiny
-    rows = list(simulate_run(data, x, _config("margin", audit_share=0.25)))
+    rows = list(simulate_run(data, x, _config("margin", audit_share=0.4)))
     audited = [r["audited"] for r in rows[1:]]
-    # ~0.25 * 25 = 6.25 audits expected per round (Poisson draws with logged probabilities).
+    # ~0.4 * 25 = 10 audits expected per round (Poisson draws with logged probabilities).
     assert 3 <= sum(audited) <= 40
     assert all(0 <= a <= 25 for a in audited)
     # The budget is unchanged: audits first, the strategy picks the rest.
@@ -141,14 +141,14 @@ def test_audits_are_drawn_at_routing_reviewed_first_and_counted(tiny: Tiny) -> N
     # Every audit is kept for certification (seed audits included in round 0's count).
     assert [r["audits"] for r in rows[1:]] == [rows[0]["audits"] + sum(audited[: k + 1]) for k in range(3)]
     assert 0.0 < rows[0]["audit_rate"] <= 1.0
-    more = list(simulate_run(data, x, _config("margin", audit_share=0.6)))
+    more = list(simulate_run(data, x, _config("margin", audit_share=0.8)))
     assert sum(r["audited"] for r in more[1:]) > sum(audited)
 
 
 def test_hybrid_features_run_and_are_part_of_the_run_identity(tiny: Tiny, tmp_path: Path) -> None:
     data, x = tiny
     hybrid = replace(FAST, features=FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0))
-    config = _config("random", rounds=2, training=hybrid)
+    config = _config("random", training=hybrid)
     rows, _ = run_or_skip(data, x, config, tmp_path)
     assert 0.0 <= rows[-1]["accuracy"] <= 1.0
     path = run_file(tmp_path, "random", 0)
@@ -178,3 +178,9 @@ def test_a_file_order_grouped_by_label_is_told_from_a_random_one() -> None:
     assert looks_sorted(labels)
     assert not looks_sorted(rng.permutation(labels))
     assert not looks_sorted(np.array([0, 0, 0, 1]))  # too few pairs to say, and one class dominates
+
+
+def test_a_seed_without_audits_is_refused_clearly(tiny: Tiny) -> None:
+    data, x = tiny  # 60 seed labels at an audit rate of ~0.03: none is drawn
+    with pytest.raises(ValueError, match="none of the 60 seed labels was drawn into the audit sample"):
+        list(simulate_run(data, x, _config("margin", rounds=2)))
