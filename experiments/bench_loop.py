@@ -170,7 +170,7 @@ def summarise_runs(runs: Mapping[str, list[list[dict[str, Any]]]]) -> dict[str, 
         errors = [1.0 - v for v in values if v is not None]
         return {
             "rounds": len(values),
-            "mean_error": float(np.mean([0.0 if v is None else 1.0 - v for v in values])) if values else None,
+            "mean_error": float(sum(errors) / len(values)) if values else None,
             "rounds_accepting": len(errors),
             "mean_error_when_accepting": float(np.mean(errors)) if errors else None,
         }

@@ -82,6 +82,7 @@ __all__ = [
     "model_inputs",
     "run_file",
     "run_finished",
+    "seed_share_at",
     "simulate_run",
     "split_stream",
 ]
@@ -435,6 +436,12 @@ def audit_rate(config: SimulationConfig, incoming_per_round: int) -> float:
     return float(min(1.0, target / max(incoming_per_round * spread, 1.0)))
 
 
+def seed_share_at(rate: float) -> float:
+    """The simulations' seed-audit share: the in-band rate, so seed audits join the routed audits'
+    stratum (capped below 1, as `AuditSettings.seed_share` must be). Both drivers use it."""
+    return min(rate, 0.99)
+
+
 def simulate_run(
     data: LabeledDataset,
     embeddings: NDArray[np.float32],
@@ -478,9 +485,9 @@ def simulate_run(
     state.observed.update({r: int(y[r]) for r in seed_rows})  # seed labels are taken as correct
     state.stream_rows.extend(seed_rows)
     state.stream_pi.extend([policy.rate] * len(seed_rows))
-    # Production's rule (`AuditPolicy.seed_audit`: by id hash), at the in-band rate, so seed audits
-    # join the routed audits' stratum; the through-API driver sets `seed_share` to the same rate.
-    seed_audits = replace(policy, seed_share=policy.rate).seed_audit([str(data.ids[r]) for r in seed_rows])
+    # Production's rule (`AuditPolicy.seed_audit`: by id hash) at the share the through-API driver sets.
+    seed_policy = replace(policy, seed_share=seed_share_at(policy.rate))
+    seed_audits = seed_policy.seed_audit([str(data.ids[r]) for r in seed_rows])
     if not seed_audits.any():  # as production's retrain refuses to run without audits
         raise ValueError(
             f"none of the {len(seed_rows)} seed labels was drawn into the audit sample (audit rate "

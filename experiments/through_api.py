@@ -64,6 +64,7 @@ from experiments.simulate import (
     model_inputs,
     record_run,
     run_file,
+    seed_share_at,
     split_stream,
 )
 from hitl.settings import Settings
@@ -112,7 +113,7 @@ def run_settings(
             "guarantee": config.training.guarantee,
             "strategy": config.strategy,
             "audit": settings.learner.audit.model_copy(
-                update={"rate": rate, "seed_share": min(rate, 0.99), "seed": config.seed}
+                update={"rate": rate, "seed_share": seed_share_at(rate), "seed": config.seed}
             ),
         }
     )
