@@ -27,10 +27,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def two_bundles(small_bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    first = small_bundle_dir
-    bundle = ModelBundle.load(first)
+    bundle = ModelBundle.load(small_bundle_dir)
     bundle.temperature *= 1.7
-    return first, bundle.save(tmp_path_factory.mktemp("b2"))
+    return small_bundle_dir, bundle.save(tmp_path_factory.mktemp("b2"))
 
 
 @pytest.fixture
