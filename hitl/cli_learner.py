@@ -79,6 +79,7 @@ def train(
     from learner.cache import cached_encoder
     from learner.data import build_dataset, group_split, load_catalog
     from learner.exceptions import LearnerError
+    from learner.features import HeadInputs
     from learner.loop import training_config
     from learner.training import train_bundle
 
@@ -100,11 +101,12 @@ def train(
         texts = [str(t) for t in dataset.texts]
         config = training_config(cfg)
         features = config.features
-        # The cache stores encoder embeddings only; the (cheap) n-gram part is rebuilt each time.
-        inputs = features.model_inputs(cache.embed(texts), texts)
+        # The cache stores encoder embeddings only; the n-gram part is rebuilt each time (as CSR,
+        # which the head fits faster).
+        inputs = features.sparse_inputs(cache.embed(texts), texts)
         labels = [str(label) for label in dataset.labels]
 
-        def part(indices: NDArray[np.int64]) -> tuple[NDArray[np.float32], list[str]]:
+        def part(indices: NDArray[np.int64]) -> tuple[HeadInputs, list[str]]:
             return inputs[indices], [labels[i] for i in indices]
 
         x_tr, y_tr = part(split.train)

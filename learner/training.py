@@ -20,7 +20,7 @@ from learner.calibration import expected_calibration_error, fit_temperature, sof
 from learner.certify import CertifyOptions, Evidence, band_low, certify_evidence, evidence_of
 from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
-from learner.features import FeatureSpec
+from learner.features import FeatureSpec, HeadInputs
 from learner.head import ClassWeight, TorchHeadClassifier
 from learner.thresholds import ClassThresholds
 
@@ -96,7 +96,7 @@ class TrainingResult:
         return out
 
 
-def fit_head(x: NDArray[np.floating[Any]], y: Sequence[str], config: TrainingConfig) -> TorchHeadClassifier:
+def fit_head(x: HeadInputs, y: Sequence[str], config: TrainingConfig) -> TorchHeadClassifier:
     """The classifier head of `config`, fitted on head inputs `x` ((n, d)) with labels `y` ((n,))."""
     head = TorchHeadClassifier(
         hidden_dim=config.hidden_dim,
@@ -175,9 +175,9 @@ def certify_bundle(
 
 
 def train_bundle(
-    x_train: NDArray[np.float32],
+    x_train: HeadInputs,
     y_train: Sequence[str],
-    x_calibration: NDArray[np.float32],
+    x_calibration: HeadInputs,
     y_calibration: Sequence[str],
     *,
     config: TrainingConfig,
@@ -193,17 +193,19 @@ def train_bundle(
     Parameters
     ----------
     x_train, x_calibration, x_test : (n, d) float32 head inputs built by ``config.features``
-        (`FeatureSpec.model_inputs`; plain embeddings for the default embedding-only spec)
+        (`FeatureSpec.model_inputs`, or the same as CSR from `FeatureSpec.sparse_inputs`, which the
+        head fits faster; plain embeddings for an embedding-only spec)
     y_train, y_calibration, y_test : (n,) category labels (strings)
     design : how the calibration items were sampled (`AuditDesign`); None = a uniform sample
 
     A calibration label the head never saw in training counts as an error of the model (it cannot
     predict it), never as a dropped row: dropping it would make the certificate optimistic.
     """
-    if len(x_train) != len(y_train) or len(x_calibration) != len(y_calibration):
+    n_train, n_calibration = x_train.shape[0], x_calibration.shape[0]
+    if n_train != len(y_train) or n_calibration != len(y_calibration):
         raise LearnerError(
-            f"features and labels differ in length: train {len(x_train)} vs {len(y_train)}, "
-            f"calibration {len(x_calibration)} vs {len(y_calibration)}"
+            f"features and labels differ in length: train {n_train} vs {len(y_train)}, "
+            f"calibration {n_calibration} vs {len(y_calibration)}"
         )
     if len(set(y_train)) < 2:
         raise LearnerError(f"training needs at least 2 classes, got {len(set(y_train))}")

@@ -133,6 +133,11 @@ class RetrainSettings(BaseModel):
     escalation_log_interval_s: float = Field(
         300.0, ge=0, description="how often escalation rates are logged to MLflow; 0 = only after retrains"
     )
+    ngram_memo_texts: int = Field(
+        100_000,
+        ge=0,
+        description="texts whose hashed n-gram rows the worker keeps between retrains (~1.6 kB each)",
+    )
 
 
 class DashboardSettings(BaseModel):

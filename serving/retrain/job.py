@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 
 from learner import loop
 from learner.bundle import ModelBundle
+from learner.features import HeadInputs, NgramMemo
 from learner.gate import AuditScores, GateDecision, audit_scores
 from learner.loop import AuditPolicy, training_config
 from learner.training import AuditDesign, TrainingConfig, certify_bundle, label_indices
@@ -50,6 +51,8 @@ class RetrainJob:
     promoter: Promoter
     train_fn: TrainFn = default_train
     on_stage: Callable[[str], None] = field(default=lambda _stage: None)
+    # The worker's, kept between runs: one correction must not re-hash every title (`NgramMemo`).
+    ngram_memo: NgramMemo = field(default_factory=NgramMemo)
     mlflow_run_id: str | None = None  # set as soon as the MLflow run exists (failed runs have one too)
 
     def run(self, trigger: str) -> dict[str, Any]:
@@ -135,13 +138,13 @@ class RetrainJob:
         self.on_stage("embedding")
         encoder_id = self.embedder.encoder_id
 
-        def embed(texts: Sequence[str]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        def embed(texts: Sequence[str]) -> tuple[NDArray[np.float32], HeadInputs]:
             """(encoder embeddings, head inputs as `config.features` builds them)."""
             if not texts:
                 empty = np.empty((0, 0), dtype=np.float32)
                 return empty, empty
             embeddings = self.embedder.embed(list(texts))
-            return embeddings, config.features.model_inputs(embeddings, list(texts))
+            return embeddings, config.features.sparse_inputs(embeddings, list(texts), self.ngram_memo)
 
         e_train, x_train = embed([r.text for r in train])
         e_audit, x_audit = embed([r.text for r in audits])
@@ -159,7 +162,8 @@ class RetrainJob:
             parts = []
             for start in range(0, len(stream_texts), STREAM_CHUNK):
                 chunk = stream_texts[start : start + STREAM_CHUNK]
-                x = bundle.model_inputs(e_stream[start : start + STREAM_CHUNK], chunk)
+                e_chunk = e_stream[start : start + STREAM_CHUNK]
+                x = bundle.features.sparse_inputs(e_chunk, chunk, self.ngram_memo)
                 parts.append(bundle.predict_proba(x).max(axis=1))
             return np.concatenate(parts) if parts else np.empty(0)
 
@@ -322,7 +326,7 @@ class RetrainJob:
                 "not comparable on these audits; promote manually"
             )
         # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
-        proba = champion.predict_proba(champion.model_inputs(e_audit, texts))
+        proba = champion.predict_proba(champion.features.sparse_inputs(e_audit, texts, self.ngram_memo))
         y_idx = label_indices(y_audit, champion.labels)
         thresholds, evidence = certify_bundle(champion, proba, y_idx, config=config, design=design)
         return audit_scores(proba, champion.labels, y_audit, thresholds, evidence), ""

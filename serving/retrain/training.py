@@ -13,6 +13,7 @@ from numpy.typing import NDArray
 from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
+from learner.features import HeadInputs
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
 from serving.embeddings import vector_store_for
 from serving.settings import AppSettings
@@ -73,9 +74,9 @@ class CachedEmbedder:
 
 @dataclass(frozen=True)
 class TrainingInputs:
-    x_train: NDArray[np.float32]
+    x_train: HeadInputs
     y_train: list[str]
-    x_calibration: NDArray[np.float32]
+    x_calibration: HeadInputs
     y_calibration: list[str]
     config: TrainingConfig
     encoder_ref: str

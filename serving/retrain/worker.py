@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from learner.features import NgramMemo
 from serving.escalation import escalation_windows
 from serving.leader import LeaderLock, leader_lock
 from serving.model import ModelHolder
@@ -77,6 +78,7 @@ class RetrainWorker:
         self.holder = holder
         self._own_embedder = embedder is None
         self.embedder: Embedder = embedder or CachedEmbedder(settings)
+        self.ngram_memo = NgramMemo(settings.retrain.ngram_memo_texts)
         self.promoter = Promoter(settings, store, holder)
         self.train_fn = train_fn
         self.auto = auto
@@ -209,6 +211,7 @@ class RetrainWorker:
             self.promoter,
             self.train_fn,
             on_stage=lambda stage: self._update(run_id, stage=stage),
+            ngram_memo=self.ngram_memo,
         )
         try:
             outcome = job.run(trigger)

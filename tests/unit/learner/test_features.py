@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 
 from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.exceptions import BundleFormatError
-from learner.features import FeatureSpec, with_brand_token
+from learner.features import FeatureSpec, NgramMemo, with_brand_token
 from learner.training import TrainingConfig, train_bundle
 
 HYBRID = FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0)
@@ -177,3 +177,56 @@ def test_the_brand_token_makes_two_brands_differ_and_is_recorded_in_the_spec() -
     legacy = with_token.to_dict()
     del legacy["brand_token"]  # bundles written before the token existed
     assert FeatureSpec.from_dict(legacy).brand_token is False
+
+
+def test_sparse_inputs_hold_the_numbers_of_model_inputs() -> None:
+    texts, _, embeddings = catalog(40, seed=2)  # > the few-texts path, so both n-gram paths are used
+    for spec in (HYBRID, FeatureSpec(kind="hybrid", ngram_dims=128, sublinear_tf=True, brand_token=True)):
+        dense = spec.model_inputs(embeddings, texts)
+        csr = spec.sparse_inputs(embeddings, texts)
+        assert csr.shape == dense.shape
+        np.testing.assert_array_equal(csr.toarray(), dense)
+        np.testing.assert_array_equal(spec.encoder_part(csr), embeddings)
+    plain = FeatureSpec()
+    np.testing.assert_array_equal(plain.sparse_inputs(embeddings, texts), embeddings)  # stays dense
+    with pytest.raises(ValueError, match="texts"):
+        HYBRID.sparse_inputs(embeddings, texts[:-1])
+
+
+def test_the_memo_reuses_rows_per_spec_and_stays_bounded() -> None:
+    texts, _, embeddings = catalog(30, seed=3)
+    memo = NgramMemo(max_texts=50)
+    first = HYBRID.sparse_inputs(embeddings, texts, memo)
+    assert (memo.misses, memo.hits, len(memo)) == (30, 0, 30)
+    again = HYBRID.sparse_inputs(embeddings[::-1], texts[::-1], memo)
+    assert (memo.misses, memo.hits) == (30, 30)
+    np.testing.assert_array_equal(again.toarray(), first.toarray()[::-1])
+    # Another spec's n-grams are other numbers: never served from the first spec's rows.
+    other = FeatureSpec(kind="hybrid", ngram_dims=256, sublinear_tf=True)
+    np.testing.assert_array_equal(
+        other.sparse_inputs(embeddings, texts, memo).toarray(), other.model_inputs(embeddings, texts)
+    )
+    assert memo.misses == 60
+    assert len(memo) == 50  # the oldest rows made room
+    with pytest.raises(ValueError, match="max_texts"):
+        NgramMemo(max_texts=-1)
+    off = NgramMemo(max_texts=0)
+    HYBRID.sparse_inputs(embeddings, texts, off)
+    assert len(off) == 0
+
+
+def test_a_bundle_trained_on_sparse_inputs_matches_one_trained_on_dense_inputs() -> None:
+    texts, labels, embeddings = catalog(120, seed=4)
+    config = TrainingConfig(features=HYBRID, epochs=200)
+    results = []
+    for build in (HYBRID.model_inputs, HYBRID.sparse_inputs):
+        x = build(embeddings, texts)
+        results.append(
+            train_bundle(
+                x[:80], labels[:80], x[80:], labels[80:], config=config, encoder_ref="e", encoder_id="e"
+            )
+        )
+    dense, fast = (r.bundle for r in results)
+    x_all = HYBRID.model_inputs(embeddings, texts)
+    np.testing.assert_allclose(fast.predict_proba(x_all), dense.predict_proba(x_all), atol=1e-3)
+    assert fast.metadata["class_centroids"] == dense.metadata["class_centroids"]

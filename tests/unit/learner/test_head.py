@@ -213,3 +213,49 @@ def test_objective_is_sklearn_logistic_regression(weight_decay: float) -> None:
     head = TorchHeadClassifier(device="cpu", weight_decay=weight_decay, class_weight="none").fit(X, y)
     reference = LogisticRegression(C=1 / (weight_decay * len(X)), tol=1e-8, max_iter=10_000).fit(X, y)
     np.testing.assert_allclose(head.predict_proba(X), reference.predict_proba(X), atol=2e-3)
+
+
+def _sparse_hybrid(n: int, seed: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """A dense block (like an embedding) beside mostly-zero columns (like hashed n-grams)."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 5, size=n)
+    dense = rng.normal(size=(n, 6)) + y[:, None] * 0.1
+    ngrams = np.zeros((n, 200))
+    for row, label in enumerate(y):
+        ngrams[row, rng.choice(200, size=4, replace=False)] = rng.normal(size=4)
+        if rng.random() < 0.5:  # a class-specific "word", on half the rows: not separable
+            ngrams[row, 40 * label + rng.integers(0, 40)] = 1.0
+    return np.hstack([dense, ngrams]).astype(np.float32), y
+
+
+@pytest.mark.parametrize("weight_decay", [1e-3, 1e-2])
+def test_sparse_inputs_fit_the_same_model_as_the_dense_ones(weight_decay: float) -> None:
+    """CSR inputs take another route through the objective (raw-space weights, split columns); the
+    objective, the fitted weights and the probabilities are those of the dense route."""
+    from scipy import sparse
+
+    X, y = _sparse_hybrid(800, seed=3)
+    params = {"device": "cpu", "weight_decay": weight_decay, "epochs": 200}
+    dense = TorchHeadClassifier(**params).fit(X, y)  # type: ignore[arg-type]
+    csr = sparse.csr_matrix(X)
+    fast = TorchHeadClassifier(**params).fit(csr, y)  # type: ignore[arg-type]
+    assert fast.loss_ == pytest.approx(dense.loss_, rel=1e-4)
+    np.testing.assert_allclose(fast.predict_proba(X), dense.predict_proba(X), atol=2e-4)
+    np.testing.assert_allclose(fast.predict_proba(csr), fast.predict_proba(X), atol=1e-6)
+    reference = dense.get_state()["tensors"]
+    for name, value in fast.get_state()["tensors"].items():
+        np.testing.assert_allclose(value, reference[name], atol=5e-3, err_msg=name)
+
+
+def test_sparse_inputs_to_the_mlp_and_bad_sparse_inputs() -> None:
+    from scipy import sparse
+
+    X, y = _sparse_hybrid(300, seed=4)
+    mlp = TorchHeadClassifier(device="cpu", hidden_dim=8, epochs=5).fit(sparse.csr_matrix(X), y)
+    assert mlp.predict_proba(X).shape == (300, 5)
+    bad = sparse.csr_matrix(X)
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        TorchHeadClassifier().fit(bad, y)
+    with pytest.raises(ValueError, match="no rows"):
+        TorchHeadClassifier().fit(sparse.csr_matrix((0, 206), dtype=np.float32), [])

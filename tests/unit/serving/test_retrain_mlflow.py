@@ -131,3 +131,26 @@ def test_a_challenger_with_other_features_is_compared_on_the_champions_own_input
     assert challenger.features.kind == "embedding"
     champion = ModelBundle.load(registry.download(settings, "1"), device="cpu")
     assert champion.features.kind == "hybrid"
+
+
+def test_the_worker_hashes_each_title_once_across_runs(
+    env: tuple[Settings, Store], champion: RunRecord
+) -> None:
+    # A retrain after one correction sees the same titles again: their n-gram rows come from the
+    # worker's memo, and the champion's re-certification (same n-gram settings) reuses them too.
+    settings, store = env
+    worker = RetrainWorker(settings, store, embedder=BowEmbedder(), auto=False)
+    statuses = []
+    for _ in range(2):
+        run_id = worker.trigger("test").run_id
+        assert worker.run_next()
+        record = worker.get(run_id)
+        assert record is not None
+        statuses.append(record.status)
+        if len(statuses) == 1:
+            first_misses = worker.ngram_memo.misses
+    memo = worker.ngram_memo
+    assert set(statuses) <= {"promoted", "rejected"}, statuses
+    assert first_misses == len(memo) > 0  # every distinct text hashed once ...
+    assert memo.misses == first_misses  # ... and not again in the second run
+    assert memo.hits > 2 * len(memo)
