@@ -101,7 +101,8 @@ def _warn_if_sorted(catalog: Path, data: LabeledDataset) -> None:
             f"[yellow]warning:[/yellow] {catalog} looks ordered by category: {adjacent:.0%} of neighbouring "
             f"items share a category (a random order gives {chance:.0%}). The simulation streams items in "
             "file order, so it would show one category at a time; shuffle the file first (e.g. `shuf`) "
-            "unless this is the order items really arrive in."
+            "unless this is the order items really arrive in.",
+            soft_wrap=True,  # one line: rich's wrapping would split the path (the terminal wraps it)
         )
 
 
