@@ -128,6 +128,31 @@ class _SplitColumns:
         return out + product
 
 
+def _check_init(init: TorchHeadClassifier, hidden_dim: int, classes: NDArray[Any], n_features: int) -> None:
+    init._require_fitted()
+    if hidden_dim != 0 or init.hidden_dim != 0:
+        raise ValueError("only a linear head starts from another (hidden_dim 0 for both)")
+    if init.n_features_in_ != n_features or list(init.classes_) != list(classes):
+        raise ValueError(
+            f"the initial head has {init.n_features_in_} features and {len(init.classes_)} classes; "
+            f"this fit has {n_features} and {len(classes)} (the same classes, in order, are needed)"
+        )
+
+
+def _start_from(net: _HeadNet, init: TorchHeadClassifier) -> None:
+    """Set `net` (standardisation already fitted) to compute what `init` computes."""
+    source = init._require_fitted()
+    first, target = source.layers[0], net.layers[0]
+    assert isinstance(first, nn.Linear)
+    assert isinstance(target, nn.Linear)
+    with torch.no_grad():
+        raw = first.weight / source.scale  # the weights on the raw inputs
+        bias = first.bias - raw @ source.mean
+        raw, bias = raw.to(target.weight.device), bias.to(target.weight.device)
+        target.weight.copy_(raw * net.scale)
+        target.bias.copy_(bias + raw @ net.mean)
+
+
 def _torch_csr(matrix: Any, device: torch.device) -> torch.Tensor:
     with warnings.catch_warnings():
         # "Sparse CSR tensor support is in beta": the two products used here are stable.
@@ -234,13 +259,17 @@ class TorchHeadClassifier:
         if self.optimizer not in ("auto", "lbfgs", "adam"):
             raise ValueError(f"optimizer must be 'auto', 'lbfgs' or 'adam', got {self.optimizer!r}")
 
-    def fit(self, X: ArrayLike, y: Sequence[Hashable] | ArrayLike) -> TorchHeadClassifier:
+    def fit(
+        self, X: ArrayLike, y: Sequence[Hashable] | ArrayLike, *, init: TorchHeadClassifier | None = None
+    ) -> TorchHeadClassifier:
         """Train on embeddings.
 
         Parameters
         ----------
-        X : (n, n_features) embeddings
+        X : (n, n_features) embeddings (dense, or a scipy sparse matrix)
         y : (n,) labels of any sortable hashable type
+        init : a fitted linear head with the same classes and input width: L-BFGS starts from the
+            function it computes (re-expressed in this fit's standardisation) instead of from zero
 
         Returns
         -------
@@ -257,6 +286,8 @@ class TorchHeadClassifier:
         classes, y_idx = np.unique(labels, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(f"need at least 2 classes to fit, got {len(classes)}")
+        if init is not None:
+            _check_init(init, self.hidden_dim, classes, features.shape[1])
 
         device = resolve_device(self.device)
         n, d = features.shape
@@ -289,7 +320,7 @@ class TorchHeadClassifier:
 
         net.train()
         if use_lbfgs:
-            self.n_iter_, self.loss_ = self._fit_lbfgs(net, x, target, weight, split)
+            self.n_iter_, self.loss_ = self._fit_lbfgs(net, x, target, weight, split, init)
         else:
             self.n_iter_, self.loss_ = self._fit_adam(net, x, target, weight)
         net.eval()
@@ -320,8 +351,11 @@ class TorchHeadClassifier:
         target: torch.Tensor,
         weight: torch.Tensor | None,
         split: _SplitColumns | None,
+        init: TorchHeadClassifier | None = None,
     ) -> tuple[int, float]:
-        if self.hidden_dim == 0:
+        if init is not None:
+            _start_from(net, init)
+        elif self.hidden_dim == 0:
             # Convex problem: start at zero so the result does not depend on the seed at all.
             with torch.no_grad():
                 for p in net.layers.parameters():

@@ -201,6 +201,7 @@ def training_config(
         weight_decay=head.weight_decay,
         batch_size=head.batch_size,
         class_weight=head.class_weight,
+        warm_start_iterations=head.warm_start_iterations,
         device=learner.device if device is None else device,
         seed=learner.seed,
         target_accuracy=learner.target_accuracy if target is None else target,

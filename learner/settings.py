@@ -65,6 +65,13 @@ class HeadSettings(BaseModel):
     )
     batch_size: int = Field(512, ge=1)
     class_weight: Literal["balanced", "none"] = "balanced"
+    warm_start_iterations: int = Field(
+        0,
+        ge=0,
+        description="0 = every retrain fits the linear head from zero (a model is a function of its labels); "
+        "N > 0 = start from the champion's head (same classes and features) and run N L-BFGS iterations: "
+        "~3x faster retrains with a lower objective (experiments/results/bench_retrain.json)",
+    )
 
 
 class FineTuneSettings(BaseModel):

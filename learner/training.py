@@ -35,6 +35,7 @@ class TrainingConfig:
     weight_decay: float = 1e-5
     batch_size: int = 512
     class_weight: ClassWeight = "balanced"
+    warm_start_iterations: int = 0  # see learner.settings.HeadSettings
     device: str = "auto"
     seed: int = 0
     target_accuracy: float = 0.95
@@ -96,11 +97,18 @@ class TrainingResult:
         return out
 
 
-def fit_head(x: HeadInputs, y: Sequence[str], config: TrainingConfig) -> TorchHeadClassifier:
-    """The classifier head of `config`, fitted on head inputs `x` ((n, d)) with labels `y` ((n,))."""
+def fit_head(
+    x: HeadInputs, y: Sequence[str], config: TrainingConfig, init: TorchHeadClassifier | None = None
+) -> TorchHeadClassifier:
+    """The classifier head of `config`, fitted on head inputs `x` ((n, d)) with labels `y` ((n,)).
+
+    With ``config.warm_start_iterations`` > 0 and an `init` head that can start it (`warm_start_from`),
+    the fit starts from `init` and runs that many iterations; otherwise it starts from zero.
+    """
+    warm = init if warm_start_from(init, x, y, config) else None
     head = TorchHeadClassifier(
         hidden_dim=config.hidden_dim,
-        epochs=config.epochs,
+        epochs=config.warm_start_iterations if warm is not None else config.epochs,
         learning_rate=config.learning_rate,
         weight_decay=config.weight_decay,
         batch_size=config.batch_size,
@@ -108,7 +116,20 @@ def fit_head(x: HeadInputs, y: Sequence[str], config: TrainingConfig) -> TorchHe
         device=config.device,
         seed=config.seed,
     )
-    return head.fit(x, np.asarray(y))
+    return head.fit(x, np.asarray(y), init=warm)
+
+
+def warm_start_from(
+    init: TorchHeadClassifier | None, x: HeadInputs, y: Sequence[str], config: TrainingConfig
+) -> bool:
+    """Whether `init` can start the fit of `config`'s head on (`x`, `y`): warm starts are on, both
+    heads are linear, and `init` has the same input width and exactly the labels of `y` (a new or a
+    vanished class starts from zero)."""
+    if init is None or config.warm_start_iterations == 0 or config.hidden_dim != 0:
+        return False
+    if getattr(init, "model_", None) is None or init.hidden_dim != 0 or init.n_features_in_ != x.shape[1]:
+        return False
+    return [str(c) for c in init.classes_] == sorted({str(v) for v in y})
 
 
 def class_centroids(
@@ -187,6 +208,7 @@ def train_bundle(
     y_test: Sequence[str] | None = None,
     metadata: dict[str, Any] | None = None,
     design: AuditDesign | None = None,
+    init: ModelBundle | None = None,
 ) -> TrainingResult:
     """Train head and temperature, then certify the threshold on the calibration (audit) items.
 
@@ -197,6 +219,9 @@ def train_bundle(
         head fits faster; plain embeddings for an embedding-only spec)
     y_train, y_calibration, y_test : (n,) category labels (strings)
     design : how the calibration items were sampled (`AuditDesign`); None = a uniform sample
+    init : the champion, whose head starts the fit when ``config.warm_start_iterations`` > 0 and it
+        has the same feature spec, classes and width (`warm_start_from`); recorded as
+        ``metadata["warm_started"]``
 
     A calibration label the head never saw in training counts as an error of the model (it cannot
     predict it), never as a dropped row: dropping it would make the certificate optimistic.
@@ -210,7 +235,9 @@ def train_bundle(
     if len(set(y_train)) < 2:
         raise LearnerError(f"training needs at least 2 classes, got {len(set(y_train))}")
     started = time.perf_counter()
-    head = fit_head(x_train, y_train, config)
+    init_head = init.head if init is not None and init.features == config.features else None
+    warm_started = warm_start_from(init_head, x_train, y_train, config)
+    head = fit_head(x_train, y_train, config, init_head if warm_started else None)
     classes = [str(c) for c in head.classes_]
 
     y_cal_all = label_indices(y_calibration, classes)
@@ -244,6 +271,7 @@ def train_bundle(
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
             "guarantee": config.guarantee,
+            "warm_started": warm_started,
             # OOD similarity is an encoder-space notion: hashed n-grams of a new brand are not "far".
             "class_centroids": class_centroids(config.features.encoder_part(x_train), y_train, classes),
             **(metadata or {}),

@@ -53,6 +53,7 @@ class RetrainJob:
     on_stage: Callable[[str], None] = field(default=lambda _stage: None)
     # The worker's, kept between runs: one correction must not re-hash every title (`NgramMemo`).
     ngram_memo: NgramMemo = field(default_factory=NgramMemo)
+    _loaded: dict[str, ModelBundle] = field(default_factory=dict, init=False, repr=False)
     mlflow_run_id: str | None = None  # set as soon as the MLflow run exists (failed runs have one too)
 
     def run(self, trigger: str) -> dict[str, Any]:
@@ -174,6 +175,13 @@ class RetrainJob:
             trained_strata=strata[len(audits) :][~fresh],
         )
         embed_seconds = time.perf_counter() - started
+        init = None
+        if config.warm_start_iterations > 0:
+            from serving import registry
+
+            version = registry.champion_version(settings)
+            loaded = self._champion(version) if version is not None else None
+            init = loaded if loaded is not None and loaded.encoder_id == encoder_id else None
         self.on_stage("training")
         started_train = time.perf_counter()
         result = self.train_fn(
@@ -186,6 +194,7 @@ class RetrainJob:
                 encoder_ref=self.embedder.encoder_ref,
                 encoder_id=encoder_id,
                 design=design,
+                init=init,
             )
         )
         train_seconds = time.perf_counter() - started_train
@@ -220,6 +229,7 @@ class RetrainJob:
             "n_stream": len(stream),
             "n_classes": len(bundle.labels),
             "training_time_s": train_seconds,
+            "warm_started": float(bool(bundle.metadata.get("warm_started"))),
             "embedding_time_s": embed_seconds,
             "temperature": bundle.temperature,
             "ece_calibration_before": result.ece_before,
@@ -316,10 +326,7 @@ class RetrainJob:
         """The champion on today's audits, RE-CERTIFIED on them (it was never trained on an audit): its
         coverage then rests on the same evidence as the challenger's, not on the fewer audits it had
         when it was promoted."""
-        from serving import registry
-
-        folder = registry.download(self.settings, version)
-        champion = ModelBundle.load(folder, device="cpu")
+        champion = self._champion(version)
         if champion.encoder_id != encoder_id:
             return None, (
                 f"champion v{version} uses encoder {champion.encoder_id!r}, not {encoder_id!r}: "
@@ -330,6 +337,14 @@ class RetrainJob:
         y_idx = label_indices(y_audit, champion.labels)
         thresholds, evidence = certify_bundle(champion, proba, y_idx, config=config, design=design)
         return audit_scores(proba, champion.labels, y_audit, thresholds, evidence), ""
+
+    def _champion(self, version: str) -> ModelBundle:
+        """Registered `version`, loaded once per run (the warm start and the gate may both need it)."""
+        from serving import registry
+
+        if version not in self._loaded:
+            self._loaded[version] = ModelBundle.load(registry.download(self.settings, version), device="cpu")
+        return self._loaded[version]
 
 
 class RetrainError(RuntimeError):

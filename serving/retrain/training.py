@@ -10,6 +10,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from learner.bundle import ModelBundle
 from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder
 from learner.evaluation import EvaluationReport, evaluate
@@ -82,6 +83,9 @@ class TrainingInputs:
     encoder_ref: str
     encoder_id: str
     design: AuditDesign | None = None  # how the calibration items (the audits) were drawn
+    init: ModelBundle | None = (
+        None  # the champion, to start the head from (learner.head.warm_start_iterations)
+    )
 
 
 TrainFn = Callable[[TrainingInputs], TrainingResult]
@@ -98,6 +102,7 @@ def default_train(inputs: TrainingInputs) -> TrainingResult:
         encoder_ref=inputs.encoder_ref,
         encoder_id=inputs.encoder_id,
         design=inputs.design,
+        init=inputs.init,
     )
 
 

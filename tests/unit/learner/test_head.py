@@ -259,3 +259,25 @@ def test_sparse_inputs_to_the_mlp_and_bad_sparse_inputs() -> None:
         TorchHeadClassifier().fit(bad, y)
     with pytest.raises(ValueError, match="no rows"):
         TorchHeadClassifier().fit(sparse.csr_matrix((0, 206), dtype=np.float32), [])
+
+
+def test_a_warm_start_begins_where_the_initial_head_ends() -> None:
+    from scipy import sparse
+
+    X, y = _sparse_hybrid(900, seed=6)
+    first = TorchHeadClassifier(device="cpu", weight_decay=1e-3).fit(X[:800], y[:800])
+    # One more iteration from the same head on the same data cannot be worse than where it ended.
+    again = TorchHeadClassifier(device="cpu", weight_decay=1e-3, epochs=1).fit(X[:800], y[:800], init=first)
+    assert again.loss_ <= first.loss_ + 1e-7
+    np.testing.assert_allclose(again.predict_proba(X), first.predict_proba(X), atol=0.02)
+    # More labels (another standardisation): a few iterations from the old head reach the cold fit.
+    cold = TorchHeadClassifier(device="cpu", weight_decay=1e-3).fit(X, y)
+    warm = TorchHeadClassifier(device="cpu", weight_decay=1e-3, epochs=10).fit(
+        sparse.csr_matrix(X), y, init=first
+    )
+    assert warm.n_iter_ <= 10
+    assert warm.loss_ <= cold.loss_ * 1.001
+    with pytest.raises(ValueError, match="same classes"):
+        TorchHeadClassifier().fit(X[y < 4], y[y < 4], init=first)
+    with pytest.raises(ValueError, match="linear"):
+        TorchHeadClassifier(hidden_dim=4).fit(X, y, init=first)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -154,3 +155,26 @@ def test_the_worker_hashes_each_title_once_across_runs(
     assert first_misses == len(memo) > 0  # every distinct text hashed once ...
     assert memo.misses == first_misses  # ... and not again in the second run
     assert memo.hits > 2 * len(memo)
+
+
+def test_with_warm_starts_on_the_champion_starts_the_next_head(tmp_path: Path) -> None:
+    # Its own store and registry: the module's champion may be another test's embedding-only model.
+    settings = retrain_settings(tmp_path)
+    head = settings.learner.head.model_copy(update={"warm_start_iterations": 5})
+    warm = settings.model_copy(update={"learner": settings.learner.model_copy(update={"head": head})})
+    store = Store(settings.database_url)
+    store.create_all()
+    add_seed_labels(store, generate_catalog(300, seed=4, n_categories=5), level=2)
+    try:
+        first = run_once(warm, store)
+        assert first.status == "promoted", first.error
+        assert first.metrics["warm_started"] == 0.0  # no champion yet: from zero
+        record = run_once(warm, store)
+        assert record.status in {"promoted", "rejected"}, record.error
+        assert record.metrics["warm_started"] == 1.0
+        bundle = ModelBundle.load(registry.download(settings, record.version or ""), device="cpu")
+        assert bundle.metadata["warm_started"] is True
+        assert bundle.head.n_iter_ <= 5
+        assert run_once(settings, store).metrics["warm_started"] == 0.0  # the default: from zero
+    finally:
+        store.close()
