@@ -234,9 +234,9 @@ def test_a_bundle_trained_on_sparse_inputs_matches_one_trained_on_dense_inputs()
 
 def test_the_champion_starts_the_head_only_when_warm_starts_are_on_and_it_fits() -> None:
     texts, labels, embeddings = catalog(160, seed=5)
-    x = HYBRID.model_inputs(embeddings, texts)
 
     def train(config: TrainingConfig, init: ModelBundle | None = None, n: int = 100) -> ModelBundle:
+        x = config.features.model_inputs(embeddings, texts)
         return train_bundle(
             x[:n],
             labels[:n],
@@ -257,15 +257,4 @@ def test_the_champion_starts_the_head_only_when_warm_starts_are_on_and_it_fits()
     assert started.metadata["warm_started"] is True
     assert started.head.n_iter_ <= 5
     other_spec = TrainingConfig(features=FeatureSpec(kind="hybrid", ngram_dims=128), warm_start_iterations=5)
-    x_other = other_spec.features.model_inputs(embeddings, texts)
-    result = train_bundle(
-        x_other[:110],
-        labels[:110],
-        x_other[120:],
-        labels[120:],
-        config=other_spec,
-        encoder_ref="e",
-        encoder_id="e",
-        init=champion,
-    )
-    assert result.bundle.metadata["warm_started"] is False  # other features: from zero
+    assert train(other_spec, champion, n=110).metadata["warm_started"] is False  # other features: from zero
