@@ -5,7 +5,8 @@ the category, and a frozen sentence encoder blurs them. Signed hashed word and c
 (`sklearn.feature_extraction.text.HashingVectorizer`) keep them. Hashing is deterministic and
 stateless (no vocabulary to fit or ship), so a bundle only records the `FeatureSpec`, and serving
 recomputes exactly what training saw. The embedding cache keeps storing only the encoder part: the
-n-gram part is cheap to recompute.
+n-gram part is cheap to recompute for a request (a retrain's thousands of titles reuse their rows,
+`NgramMemo`).
 
 Layout of a hybrid input row: ``[embedding (d) | ngram_weight * ngrams (ngram_dims)]``, so the
 encoder part is always the first ``d`` columns (`FeatureSpec.encoder_part`); out-of-distribution
