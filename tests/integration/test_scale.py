@@ -180,9 +180,14 @@ def test_two_replicas_under_load_lose_nothing_and_promote_once(
                     select(Prediction.item_id).where(Prediction.requested_by == "load")
                 )
             )
-            corrections = session.scalar(select(func.count()).select_from(Correction))
         assert stored == answered, "every answered prediction stored, once (0 lost)"
-        assert corrections == 3, "the webhooks' corrections"
+
+        def corrections() -> int:
+            with store.session() as session:
+                return int(session.scalar(select(func.count()).select_from(Correction)) or 0)
+
+        # Webhooks arrive on Label Studio's time: the retrain may finish before the last one lands.
+        assert eventually(corrections, lambda n: n >= 3, what="the webhooks' corrections", timeout=60) == 3
         per_item = Counter(t["data"]["item_id"] for t in ls_client.iter_tasks(info.project_id))
         assert per_item, "escalations reached Label Studio"
         assert max(per_item.values()) == 1, "0 duplicate tasks"
