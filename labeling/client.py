@@ -164,6 +164,9 @@ class LabelStudioClient:
         project: dict[str, Any] = self._request("POST", "/api/projects/", "create project", json=body)
         return project
 
+    def delete_project(self, project_id: int) -> None:
+        self._request("DELETE", f"/api/projects/{project_id}/", f"delete project {project_id}")
+
     def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
         project: dict[str, Any] = self._request(
             "PATCH", f"/api/projects/{project_id}/", f"update project {project_id}", json=fields

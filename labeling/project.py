@@ -32,6 +32,12 @@ def bootstrap_project(
     config_updated = False
     if project is None:
         project = client.create_project(title, label_config, model_version=model_version)
+        # Label Studio on a busy SQLite database has answered one create with a second project of the
+        # same title (integration suite: ids 5 and 6). The oldest is the project; a newer twin is removed.
+        oldest = client.find_project(title)
+        if oldest is not None and int(oldest["id"]) != int(project["id"]):
+            client.delete_project(int(project["id"]))
+            project = oldest
     else:
         changes: dict[str, object] = {}
         if (project.get("label_config") or "").strip() != label_config.strip():
