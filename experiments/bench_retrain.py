@@ -273,7 +273,7 @@ def head_costs(
     dense_head = fit_head(dense, labels, config)
     out["dense_fit_s"] = time.perf_counter() - started
     del dense
-    memo = NgramMemo()
+    memo = NgramMemo(len(texts))
     for key in ("sparse_inputs_cold_s", "sparse_inputs_warm_s"):
         started = time.perf_counter()
         sparse = features.sparse_inputs(embeddings, list(texts), memo)

@@ -99,8 +99,8 @@ class _SplitColumns:
     the rest, for the linear head's L-BFGS objective.
 
     Hybrid head inputs are ~13% nonzero (a dense 384-d embedding beside 4,096 hashed n-gram columns
-    holding ~200 entries a row): computing the objective on them this way costs ~5x less per
-    evaluation than the dense product (20,000 bigbasket labels: experiments/results/bench_retrain.json).
+    holding ~200 entries a row): fitting on them this way takes ~3x less time than on the dense
+    matrix (20,000 bigbasket labels: experiments/results/bench_retrain.json).
     """
 
     # A column with at most this share of nonzeros goes to the CSR block.
@@ -128,15 +128,20 @@ class _SplitColumns:
         return out + product
 
 
-def _check_init(init: TorchHeadClassifier, hidden_dim: int, classes: NDArray[Any], n_features: int) -> None:
-    init._require_fitted()
+def start_mismatch(
+    init: TorchHeadClassifier, hidden_dim: int, classes: ArrayLike, n_features: int
+) -> str | None:
+    """Why the fitted head `init` cannot start a fit of a head with `hidden_dim`, these sorted
+    `classes` and `n_features` inputs; None when it can."""
     if hidden_dim != 0 or init.hidden_dim != 0:
-        raise ValueError("only a linear head starts from another (hidden_dim 0 for both)")
-    if init.n_features_in_ != n_features or list(init.classes_) != list(classes):
-        raise ValueError(
+        return "only a linear head starts from another (hidden_dim 0 for both)"
+    wanted = list(np.asarray(classes))
+    if init.n_features_in_ != n_features or list(init.classes_) != wanted:
+        return (
             f"the initial head has {init.n_features_in_} features and {len(init.classes_)} classes; "
-            f"this fit has {n_features} and {len(classes)} (the same classes, in order, are needed)"
+            f"this fit has {n_features} and {len(wanted)} (the same classes, in order, are needed)"
         )
+    return None
 
 
 def _start_from(net: _HeadNet, init: TorchHeadClassifier) -> None:
@@ -207,6 +212,7 @@ class TorchHeadClassifier:
     classes_ : (n_classes,) ndarray, sorted labels; column j of `predict_proba` is ``classes_[j]``
     n_features_in_ : int
     n_iter_ : int, optimizer iterations (L-BFGS) or epochs (Adam) run
+    warm_started_ : bool, whether the fit started from an `init` head
     loss_ : float, final training objective
     """
 
@@ -287,7 +293,10 @@ class TorchHeadClassifier:
         if len(classes) < 2:
             raise ValueError(f"need at least 2 classes to fit, got {len(classes)}")
         if init is not None:
-            _check_init(init, self.hidden_dim, classes, features.shape[1])
+            init._require_fitted()
+            mismatch = start_mismatch(init, self.hidden_dim, classes, features.shape[1])
+            if mismatch is not None:
+                raise ValueError(mismatch)
 
         device = resolve_device(self.device)
         n, d = features.shape
@@ -324,6 +333,7 @@ class TorchHeadClassifier:
         else:
             self.n_iter_, self.loss_ = self._fit_adam(net, x, target, weight)
         net.eval()
+        self.warm_started_ = init is not None
         self.model_ = net
         self.classes_ = classes
         self.n_features_in_ = d
@@ -489,6 +499,7 @@ class TorchHeadClassifier:
             "classes": np.asarray(self.classes_).copy(),
             "n_features": int(self.n_features_in_),
             "n_iter": int(self.n_iter_),
+            "warm_started": bool(self.warm_started_),
             "loss": float(self.loss_),
             "tensors": {name: t.detach().cpu().numpy().copy() for name, t in model.state_dict().items()},
         }
@@ -521,6 +532,7 @@ class TorchHeadClassifier:
         head.classes_ = classes
         head.n_features_in_ = n_features
         head.n_iter_ = int(state.get("n_iter", 0))
+        head.warm_started_ = bool(state.get("warm_started", False))
         head.loss_ = float(state.get("loss", math.nan))
         return head
 

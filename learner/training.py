@@ -21,7 +21,7 @@ from learner.certify import CertifyOptions, Evidence, band_low, certify_evidence
 from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
 from learner.features import FeatureSpec, HeadInputs
-from learner.head import ClassWeight, TorchHeadClassifier
+from learner.head import ClassWeight, TorchHeadClassifier, start_mismatch
 from learner.thresholds import ClassThresholds
 
 
@@ -122,14 +122,13 @@ def fit_head(
 def warm_start_from(
     init: TorchHeadClassifier | None, x: HeadInputs, y: Sequence[str], config: TrainingConfig
 ) -> bool:
-    """Whether `init` can start the fit of `config`'s head on (`x`, `y`): warm starts are on, both
-    heads are linear, and `init` has the same input width and exactly the labels of `y` (a new or a
-    vanished class starts from zero)."""
-    if init is None or config.warm_start_iterations == 0 or config.hidden_dim != 0:
+    """Whether `init` can start the fit of `config`'s head on (`x`, `y`): warm starts are on, `init`
+    is fitted, and `learner.head.start_mismatch` finds nothing against it (both linear, the same
+    input width, exactly the labels of `y`: a new or a vanished class starts from zero)."""
+    if init is None or config.warm_start_iterations == 0 or getattr(init, "model_", None) is None:
         return False
-    if getattr(init, "model_", None) is None or init.hidden_dim != 0 or init.n_features_in_ != x.shape[1]:
-        return False
-    return [str(c) for c in init.classes_] == sorted({str(v) for v in y})
+    classes = np.unique(np.asarray(y))
+    return start_mismatch(init, config.hidden_dim, classes, x.shape[1]) is None
 
 
 def class_centroids(
@@ -236,8 +235,7 @@ def train_bundle(
         raise LearnerError(f"training needs at least 2 classes, got {len(set(y_train))}")
     started = time.perf_counter()
     init_head = init.head if init is not None and init.features == config.features else None
-    warm_started = warm_start_from(init_head, x_train, y_train, config)
-    head = fit_head(x_train, y_train, config, init_head if warm_started else None)
+    head = fit_head(x_train, y_train, config, init_head)
     classes = [str(c) for c in head.classes_]
 
     y_cal_all = label_indices(y_calibration, classes)
@@ -271,7 +269,7 @@ def train_bundle(
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
             "guarantee": config.guarantee,
-            "warm_started": warm_started,
+            "warm_started": head.warm_started_,
             # OOD similarity is an encoder-space notion: hashed n-grams of a new brand are not "far".
             "class_centroids": class_centroids(config.features.encoder_part(x_train), y_train, classes),
             **(metadata or {}),

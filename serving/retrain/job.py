@@ -51,10 +51,15 @@ class RetrainJob:
     promoter: Promoter
     train_fn: TrainFn = default_train
     on_stage: Callable[[str], None] = field(default=lambda _stage: None)
-    # The worker's, kept between runs: one correction must not re-hash every title (`NgramMemo`).
-    ngram_memo: NgramMemo = field(default_factory=NgramMemo)
+    # The worker's, kept between runs: one correction must not re-hash every title. None = one of
+    # `retrain.ngram_memo_texts` for this job alone.
+    ngram_memo: NgramMemo | None = None
     _loaded: dict[str, ModelBundle] = field(default_factory=dict, init=False, repr=False)
     mlflow_run_id: str | None = None  # set as soon as the MLflow run exists (failed runs have one too)
+
+    def __post_init__(self) -> None:
+        memo = self.ngram_memo  # not `or`: an empty memo has length 0
+        self._memo = memo if memo is not None else NgramMemo(self.settings.retrain.ngram_memo_texts)
 
     def run(self, trigger: str) -> dict[str, Any]:
         """Returns the run's outcome fields; raises on failure (after ending the MLflow run FAILED)."""
@@ -145,7 +150,7 @@ class RetrainJob:
                 empty = np.empty((0, 0), dtype=np.float32)
                 return empty, empty
             embeddings = self.embedder.embed(list(texts))
-            return embeddings, config.features.sparse_inputs(embeddings, list(texts), self.ngram_memo)
+            return embeddings, config.features.sparse_inputs(embeddings, list(texts), self._memo)
 
         e_train, x_train = embed([r.text for r in train])
         e_audit, x_audit = embed([r.text for r in audits])
@@ -164,7 +169,7 @@ class RetrainJob:
             for start in range(0, len(stream_texts), STREAM_CHUNK):
                 chunk = stream_texts[start : start + STREAM_CHUNK]
                 e_chunk = e_stream[start : start + STREAM_CHUNK]
-                x = bundle.features.sparse_inputs(e_chunk, chunk, self.ngram_memo)
+                x = bundle.features.sparse_inputs(e_chunk, chunk, self._memo)
                 parts.append(bundle.predict_proba(x).max(axis=1))
             return np.concatenate(parts) if parts else np.empty(0)
 
@@ -333,7 +338,7 @@ class RetrainJob:
                 "not comparable on these audits; promote manually"
             )
         # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
-        proba = champion.predict_proba(champion.features.sparse_inputs(e_audit, texts, self.ngram_memo))
+        proba = champion.predict_proba(champion.features.sparse_inputs(e_audit, texts, self._memo))
         y_idx = label_indices(y_audit, champion.labels)
         thresholds, evidence = certify_bundle(champion, proba, y_idx, config=config, design=design)
         return audit_scores(proba, champion.labels, y_audit, thresholds, evidence), ""

@@ -83,9 +83,8 @@ class TrainingInputs:
     encoder_ref: str
     encoder_id: str
     design: AuditDesign | None = None  # how the calibration items (the audits) were drawn
-    init: ModelBundle | None = (
-        None  # the champion, to start the head from (learner.head.warm_start_iterations)
-    )
+    # The champion, to start the head from (learner.head.warm_start_iterations).
+    init: ModelBundle | None = None
 
 
 TrainFn = Callable[[TrainingInputs], TrainingResult]
