@@ -266,7 +266,7 @@ def gate_false_rejections(
 
     def fit(rows: NDArray[np.int64]) -> TrainingResult:
         def stream_confidence(bundle: Any) -> NDArray[np.float64]:
-            return np.asarray(bundle.predict_proba(inputs.x[audits]).max(axis=1), dtype=np.float64)
+            return np.asarray(bundle.confidence(bundle.predict_proba(inputs.x[audits])), dtype=np.float64)
 
         return train_bundle(
             inputs.x[rows],
@@ -344,7 +344,7 @@ def guarantee_simulation(
     proba = bundle.predict_proba(inputs.x[population])
     index = {c: i for i, c in enumerate(bundle.labels)}
     y = np.array([index.get(classes[i], -1) for i in data.y[population]])
-    conf = proba.max(axis=1)
+    conf = bundle.confidence(proba)
     correct = proba.argmax(axis=1) == y
     band = float(np.quantile(conf, 1.0 - policy.band_share))
     rate = audits / max(float(policy.inclusion(conf, band).sum() / policy.rate), 1.0)
@@ -371,6 +371,7 @@ def guarantee_simulation(
                 delta=config.delta,
                 min_stratum_share=config.min_stratum_share,
                 start_share=config.start_share,
+                score=config.acceptance_score,
             )
             accepted = conf >= th.thresholds[0]
             coverage.append(float(accepted.mean()))

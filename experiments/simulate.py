@@ -289,6 +289,7 @@ def _routed(
         bundle.thresholds.thresholds,
         _route_items(data, rows),
         policy,
+        score=bundle.thresholds.score,
         similarity=similarity,
         audit=None if audit is None else AuditRouting(audit, band),
         strategy=strategy,
@@ -321,7 +322,7 @@ def _test_metrics(
     head_index = {c: i for i, c in enumerate(bundle.labels)}
     y_head = np.array([head_index.get(str(t), -1) for t in true_labels], dtype=np.int64)
     seen = y_head >= 0
-    coverage, risk = risk_coverage_curve(proba[seen], y_head[seen])
+    coverage, risk = risk_coverage_curve(proba[seen], y_head[seen], bundle.thresholds.score)
     pick = np.unique(np.linspace(0, len(coverage) - 1, RISK_COVERAGE_POINTS).round().astype(int))
     return {
         "accuracy": float(correct.mean()),
@@ -592,7 +593,7 @@ def _design(inputs: Inputs, state: _State, audit_rows: Sequence[int]) -> AuditDe
 
     def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
         parts = [
-            bundle.predict_proba(inputs.x[stream[i : i + STREAM_CHUNK]]).max(axis=1)
+            bundle.confidence(bundle.predict_proba(inputs.x[stream[i : i + STREAM_CHUNK]]))
             for i in range(0, len(stream), STREAM_CHUNK)
         ]
         return np.concatenate(parts) if parts else np.empty(0)

@@ -149,7 +149,7 @@ class ModelBundle:
         return softmax(self.head.logits(embeddings), self.temperature)
 
     def predict(self, embeddings: ArrayLike) -> tuple[list[str], NDArray[np.float64], NDArray[np.bool_]]:
-        """Predicted label, its calibrated confidence, and whether it clears the auto-accept threshold.
+        """Predicted label, its acceptance confidence, and whether it clears the auto-accept threshold.
 
         Returns
         -------
@@ -159,9 +159,12 @@ class ModelBundle:
         """
         proba = self.predict_proba(embeddings)
         best = np.argmax(proba, axis=1)
-        confidence = proba[np.arange(len(proba)), best]
-        accepted = self.thresholds.accept_mask(proba)
-        return [self.labels[i] for i in best], confidence, accepted
+        return [self.labels[i] for i in best], self.confidence(proba), self.thresholds.accept_mask(proba)
+
+    def confidence(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+        """(n, n_labels) calibrated probabilities -> (n,) the confidence this bundle's certified
+        thresholds apply to (`learner.thresholds.acceptance_confidence` with its recorded score)."""
+        return self.thresholds.confidence(proba)
 
     def resolve_encoder_ref(self) -> str:
         """`encoder_ref` as something `HFEncoder` can load: ``bundle:`` refs become absolute paths."""

@@ -52,7 +52,13 @@ from scipy.stats import beta as beta_dist
 
 from learner.calibration import check_labels, check_proba
 from learner.exceptions import LearnerError
-from learner.thresholds import ClassThresholds, default_candidates
+from learner.thresholds import (
+    ACCEPTANCE_SCORES,
+    LEGACY_ACCEPTANCE_SCORE,
+    ClassThresholds,
+    acceptance_confidence,
+    default_candidates,
+)
 
 Guarantee = Literal["high_probability", "expected"]
 GUARANTEES: tuple[str, ...] = ("high_probability", "expected")
@@ -95,10 +101,15 @@ class CertifyOptions:
     min_stratum_share: float = 0.2  # high_probability: sparser strata count as all wrong
     start_factor: int = 1  # high_probability: the walk never starts before a candidate accepting
     start_share: float = 0.25  # max(start_factor * n_min, start_share * audits) audits
+    # What the thresholds apply to (`learner.thresholds.acceptance_confidence`); the stream's
+    # confidence must be the same score of the same model.
+    score: str = LEGACY_ACCEPTANCE_SCORE
 
     def __post_init__(self) -> None:
         if self.guarantee not in GUARANTEES:
             raise ValueError(f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}")
+        if self.score not in ACCEPTANCE_SCORES:
+            raise ValueError(f"score must be one of {', '.join(ACCEPTANCE_SCORES)}, got {self.score!r}")
         for name, value in (("target", self.target), ("delta", self.delta)):
             if not 0.0 < float(value) < 1.0:
                 raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")
@@ -109,7 +120,7 @@ class Evidence:
     """What one model's certificate rests on: enough to certify it again on a re-drawn audit sample
     (the gate's paired bootstrap, `learner.gate`)."""
 
-    confidence: NDArray[np.float64]  # (n_audits,) the model's top-class confidence on each audit
+    confidence: NDArray[np.float64]  # (n_audits,) the model's acceptance confidence on each audit
     predicted: NDArray[np.int64]  # (n_audits,) its predicted class
     wrong: NDArray[np.bool_]  # (n_audits,) its prediction is wrong (a class it does not know is wrong)
     strata: NDArray[np.int64]  # (n_audits,)
@@ -184,7 +195,7 @@ def evidence_of(
     )
     pred = np.argmax(p, axis=1)
     return Evidence(
-        confidence=p[np.arange(p.shape[0]), pred],
+        confidence=acceptance_confidence(p, options.score),
         predicted=pred.astype(np.int64),
         wrong=np.asarray((pred != labels) | unknown, dtype=np.bool_),
         strata=s_audit,
@@ -397,6 +408,7 @@ def certify_evidence(evidence: Evidence, n_classes: int) -> ClassThresholds:
         n_calibration=np.bincount(evidence.predicted, minlength=n_classes).astype(np.int64),
         method=method,
         extra=extra,
+        score=options.score,
     )
 
 
@@ -415,6 +427,7 @@ def certify_thresholds(
     start_factor: int = 1,
     start_share: float = 0.25,
     candidates: ArrayLike | None = None,
+    score: str = LEGACY_ACCEPTANCE_SCORE,
 ) -> ClassThresholds:
     """One certified threshold for all classes (see the module docstring for the statement).
 
@@ -424,14 +437,15 @@ def certify_thresholds(
         was not trained on
     y : (n_audits,) true class indices; -1 = a class the model does not know (always an error)
     strata : (n_audits,) stratum of each audit (items drawn with the same probability share one)
-    stream_confidence : (n_stream,) the same model's top-class confidence on every stream item the
-        audits were drawn from (audited or not; audits included)
+    stream_confidence : (n_stream,) the same model's acceptance confidence (`score`) on every stream
+        item the audits were drawn from (audited or not; audits included)
     stream_strata : (n_stream,) their strata
     guarantee : one of `GUARANTEES`
     min_stratum_share : high_probability: strata holding fewer audits than this share count as all wrong
     start_factor, start_share : the high_probability walk never starts before a candidate accepting
         ``max(start_factor * n_min, start_share * audits)`` audits
     candidates : threshold grid fixed before seeing the data (default `learner.thresholds.default_candidates`)
+    score : what the thresholds apply to, one of `learner.thresholds.ACCEPTANCE_SCORES`
 
     Returns
     -------
@@ -449,6 +463,7 @@ def certify_thresholds(
         min_stratum_share=min_stratum_share,
         start_factor=start_factor,
         start_share=start_share,
+        score=score,
     )
     evidence = evidence_of(
         p, y, strata, stream_confidence, stream_strata, options=options, candidates=candidates

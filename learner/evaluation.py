@@ -10,7 +10,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from learner.calibration import check_labels, check_proba, expected_calibration_error
-from learner.thresholds import ClassThresholds
+from learner.thresholds import LEGACY_ACCEPTANCE_SCORE, ClassThresholds, acceptance_confidence
 
 
 def _check_pair(
@@ -61,12 +61,13 @@ def macro_f1(y: ArrayLike, pred: ArrayLike, n_classes: int) -> float:
     return float(np.mean(2.0 * tp[present] / denom[present]))
 
 
-def _top_and_correct(proba: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
-    """Top-label confidence and correctness of each item, both (n_items,)."""
+def _top_and_correct(
+    proba: ArrayLike, y: ArrayLike, score: str
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """Acceptance confidence (`score`) and correctness of each item's top label, both (n_items,)."""
     p = check_proba(proba)
     labels = check_labels(y, p.shape[0], p.shape[1])
-    pred = np.argmax(p, axis=1)
-    return p[np.arange(p.shape[0]), pred], pred == labels
+    return acceptance_confidence(p, score), np.argmax(p, axis=1) == labels
 
 
 def selective_curve(score: ArrayLike, correct: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -130,23 +131,28 @@ def curve_coverage_at(coverage: ArrayLike, risk: ArrayLike, target: float) -> fl
     return float(c[ok].max()) if ok.any() else 0.0
 
 
-def risk_coverage_curve(proba: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """`selective_curve` of the top-class probability.
+def risk_coverage_curve(
+    proba: ArrayLike, y: ArrayLike, score: str = LEGACY_ACCEPTANCE_SCORE
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """`selective_curve` of an acceptance confidence (`learner.thresholds.acceptance_confidence`).
 
     Parameters
     ----------
     proba : array_like, shape (n_items, n_classes)
     y : array_like of int, shape (n_items,)
+    score : one of `learner.thresholds.ACCEPTANCE_SCORES`
     """
-    return selective_curve(*_top_and_correct(proba, y))
+    return selective_curve(*_top_and_correct(proba, y, score))
 
 
-def aurc(proba: ArrayLike, y: ArrayLike) -> float:
-    """Area under the risk-coverage curve of the top-class probability (`curve_area`)."""
-    return curve_area(*risk_coverage_curve(proba, y))
+def aurc(proba: ArrayLike, y: ArrayLike, score: str = LEGACY_ACCEPTANCE_SCORE) -> float:
+    """Area under the risk-coverage curve of an acceptance confidence (`curve_area`)."""
+    return curve_area(*risk_coverage_curve(proba, y, score))
 
 
-def coverage_at_accuracy(proba: ArrayLike, y: ArrayLike, target: float) -> float:
+def coverage_at_accuracy(
+    proba: ArrayLike, y: ArrayLike, target: float, score: str = LEGACY_ACCEPTANCE_SCORE
+) -> float:
     """Largest coverage of a global confidence threshold whose selective accuracy is ``>= target``.
 
     This is the in-sample (oracle) optimum for one threshold shared by all classes, a yardstick for
@@ -157,7 +163,7 @@ def coverage_at_accuracy(proba: ArrayLike, y: ArrayLike, target: float) -> float
     float
         In [0, 1]; 0.0 when even the most confident items miss ``target``.
     """
-    return curve_coverage_at(*risk_coverage_curve(proba, y), target)
+    return curve_coverage_at(*risk_coverage_curve(proba, y, score), target)
 
 
 @dataclass(frozen=True)
@@ -238,7 +244,10 @@ def evaluate(
         macro_f1=macro_f1(labels, pred, p.shape[1]),
         ece=expected_calibration_error(p, labels, n_bins),
         target=float(target),
-        coverage_at_target=coverage_at_accuracy(p, labels, target),
+        # The oracle of the rule in force: one threshold on the score these thresholds apply to.
+        coverage_at_target=coverage_at_accuracy(
+            p, labels, target, LEGACY_ACCEPTANCE_SCORE if thresholds is None else thresholds.score
+        ),
         auto_accept_coverage=n_accepted / p.shape[0],
         auto_accept_accuracy=float(correct[accepted].mean()) if n_accepted else math.nan,
         n_items=int(p.shape[0]),

@@ -211,6 +211,7 @@ def training_config(
         min_stratum_share=learner.audit.min_stratum_share,
         start_share=learner.audit.start_share,
         band_share=learner.audit.band_share,
+        acceptance_score=learner.acceptance_score,
     )
 
 

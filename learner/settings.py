@@ -101,6 +101,12 @@ class LearnerSettings(BaseModel):
         "The default is expected: on the real catalogs at 3,000 corrections the high-probability "
         "statement certifies nothing (experiments/results/loop)",
     )
+    acceptance_score: Literal["top_probability", "pairwise"] = Field(
+        "pairwise",
+        description="what a certified threshold applies to (learner.thresholds.acceptance_confidence): "
+        "pairwise = p1 / (p1 + p2), top_probability = p1. The default ranks items better at every label "
+        "budget on both real catalogs (experiments/results/learner)",
+    )
     audit: AuditSettings = AuditSettings()
     features: Literal["embedding", "hybrid"] = Field(
         "hybrid", description="hybrid = encoder embedding + hashed word/char n-grams (learner.features)"

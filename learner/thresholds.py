@@ -25,6 +25,39 @@ from scipy.stats import binom
 from learner.calibration import check_labels, check_proba
 
 THRESHOLD_MODES: tuple[str, ...] = ("per_class", "pooled")
+# What a threshold is compared with (`acceptance_confidence`). A bundle records its own, so a bundle
+# certified before "pairwise" existed keeps the top-class probability its thresholds were fitted on.
+ACCEPTANCE_SCORES: tuple[str, ...] = ("top_probability", "pairwise")
+LEGACY_ACCEPTANCE_SCORE = "top_probability"
+
+
+def acceptance_confidence(proba: NDArray[np.floating[Any]], score: str) -> NDArray[np.float64]:
+    """(n, n_classes) calibrated probabilities -> (n,) the confidence an auto-accept threshold applies to.
+
+    ``top_probability``: p1, the predicted class's probability. ``pairwise``: p1 / (p1 + p2), the
+    predicted class's probability in a two-way contest with the runner-up (= sigmoid of the top-two
+    logit gap over the temperature; in [0.5, 1]). With dozens of classes, p1 is lowered by mass spread
+    over classes that were never in question, so it ranks items by how crowded the tail is as much as
+    by the one confusion that matters; the pairwise score ranks by that confusion alone, and accepts
+    more at the same accuracy on both real catalogs, with random and with actively picked labels
+    (experiments/results/learner). Both are monotone in p1 for two classes.
+    """
+    if score not in ACCEPTANCE_SCORES:
+        raise ValueError(
+            f"unknown acceptance score {score!r}; expected one of {', '.join(ACCEPTANCE_SCORES)}"
+        )
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"proba must be 2-D (n, n_classes), got shape {p.shape}")
+    if p.shape[0] == 0:
+        return np.empty(0, dtype=np.float64)
+    if score == "top_probability" or p.shape[1] == 1:
+        return np.asarray(p.max(axis=1), dtype=np.float64)
+    top_two = np.partition(p, p.shape[1] - 2, axis=1)[:, -2:]
+    first, second = top_two.max(axis=1), top_two.min(axis=1)
+    total = first + second
+    # A row whose two largest probabilities underflowed to 0 carries no preference: 0.5.
+    return np.asarray(np.where(total > 0, first / np.where(total > 0, total, 1.0), 0.5), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -41,12 +74,22 @@ class ClassThresholds:
     n_calibration: NDArray[np.int64]  # (n_classes,) calibration items predicted as each class
     method: str = "fixed_sequence_clopper_pearson"
     extra: dict[str, Any] = field(default_factory=dict)
+    score: str = LEGACY_ACCEPTANCE_SCORE  # what the thresholds apply to (`acceptance_confidence`)
+
+    def __post_init__(self) -> None:
+        if self.score not in ACCEPTANCE_SCORES:
+            raise ValueError(
+                f"unknown acceptance score {self.score!r}; expected one of {', '.join(ACCEPTANCE_SCORES)}"
+            )
+
+    def confidence(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
+        """(n, n_classes) calibrated probabilities -> (n,) the confidence these thresholds apply to."""
+        return acceptance_confidence(proba, self.score)
 
     def accept_mask(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.bool_]:
         """(n, n_classes) calibrated probabilities -> (n,) True where the item is auto-accepted."""
         predicted = np.argmax(proba, axis=1)
-        confidence = proba[np.arange(len(proba)), predicted]
-        return np.asarray(confidence >= self.thresholds[predicted], dtype=np.bool_)
+        return np.asarray(self.confidence(proba) >= self.thresholds[predicted], dtype=np.bool_)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +99,7 @@ class ClassThresholds:
             "n_calibration": [int(n) for n in self.n_calibration],
             "method": self.method,
             "extra": self.extra,
+            "score": self.score,
         }
 
     @classmethod
@@ -67,6 +111,7 @@ class ClassThresholds:
             n_calibration=np.array(data["n_calibration"], dtype=np.int64),
             method=str(data["method"]),
             extra=dict(data.get("extra", {})),
+            score=str(data.get("score", LEGACY_ACCEPTANCE_SCORE)),
         )
 
 

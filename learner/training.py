@@ -22,7 +22,7 @@ from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
 from learner.features import FeatureSpec, HeadInputs
 from learner.head import ClassWeight, TorchHeadClassifier, start_mismatch
-from learner.thresholds import ClassThresholds
+from learner.thresholds import LEGACY_ACCEPTANCE_SCORE, ClassThresholds
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ class TrainingConfig:
     min_stratum_share: float = 0.2
     start_share: float = 0.25
     band_share: float = 0.6  # the audit band of the new model: this share of the stream, most confident
+    # What the certified threshold applies to: see learner.thresholds.ACCEPTANCE_SCORES.
+    acceptance_score: str = LEGACY_ACCEPTANCE_SCORE
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ class AuditDesign:
 
     ``strata[i]`` is the stratum of calibration item i (items drawn with one probability share a
     stratum); ``stream_strata`` those of every stream item the audits were drawn from, audits included;
-    ``stream_confidence(bundle)`` returns the bundle's top-class confidence on those stream items, in
-    the same order (the caller owns the stream's inputs and can compute it in chunks).
+    ``stream_confidence(bundle)`` returns the bundle's acceptance confidence (`ModelBundle.confidence`)
+    on those stream items, in the same order (the caller owns the stream's inputs and can compute it
+    in chunks).
     Without a design, the calibration items are taken as a uniform sample: one stratum, and the
     stream is the calibration set itself.
     """
@@ -174,7 +177,7 @@ def certify_bundle(
     trained: NDArray[np.int64] = np.empty(0, dtype=np.int64)
     if design is None:
         strata = np.asarray(np.zeros(len(y), dtype=np.int64))
-        stream_strata, stream_conf = strata, proba.max(axis=1)
+        stream_strata, stream_conf = strata, bundle.confidence(proba)
     else:
         trained = np.asarray(design.trained_strata, dtype=np.int64)
         if len(design.strata) != len(y):
@@ -187,6 +190,7 @@ def certify_bundle(
         delta=config.delta,
         min_stratum_share=config.min_stratum_share,
         start_share=config.start_share,
+        score=bundle.thresholds.score,
     )
     evidence = evidence_of(
         proba, y, strata, stream_conf, stream_strata, options=options, trained_strata=trained
@@ -258,6 +262,7 @@ def train_bundle(
             delta=config.delta,
             n_calibration=np.zeros(len(classes), dtype=np.int64),
             method="uncertified",
+            score=config.acceptance_score,
         ),
         labels=classes,
         features=config.features,

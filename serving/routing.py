@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from learner.loop import AuditPolicy, review_priority, unit_draw
+from learner.thresholds import acceptance_confidence
 from serving.settings import RoutingSettings
 
 LABEL_SEPARATOR = " > "
@@ -123,6 +124,7 @@ def route(
     items: Sequence[RouteInput],
     policy: RoutingSettings,
     *,
+    score: str,
     similarity: NDArray[np.float64] | None = None,
     audit: AuditRouting | None = None,
     strategy: str = "margin",
@@ -134,6 +136,8 @@ def route(
     proba : (n, n_labels) calibrated probabilities
     labels : (n_labels,) category paths
     thresholds : (n_labels,) auto-accept thresholds; ``inf`` = never
+    score : what the thresholds apply to (the bundle's `ClassThresholds.score`,
+        `learner.thresholds.acceptance_confidence`); also what the audit band is measured in
     items : (n,) the items' routing facts
     policy : the configured rules
     similarity : (n,) cosine to the nearest class centroid, or None when unknown
@@ -149,10 +153,10 @@ def route(
     brands = {b.strip().casefold() for b in policy.always_review_brands if b.strip()}
     k = min(policy.top_k, len(labels))
     order = np.argsort(-proba, axis=1, kind="stable")
-    top = proba[np.arange(len(items)), order[:, 0]] if len(items) else np.empty(0)
+    confidences = acceptance_confidence(proba, score)
     if audit is not None:
         uniforms = [audit_draw(audit.policy.seed, item.item_id) for item in items]
-        pis, drawn = audit.policy.draw(top, audit.band_low, uniforms)
+        pis, drawn = audit.policy.draw(confidences, audit.band_low, uniforms)
     else:
         pis, drawn = np.full(len(items), np.nan), np.zeros(len(items), dtype=bool)
     priorities = review_priority(proba, strategy, audited=drawn) if len(items) else np.empty(0)
@@ -160,7 +164,7 @@ def route(
     for i, item in enumerate(items):
         best = int(order[i, 0])
         label = labels[best]
-        confidence = float(proba[i, best])
+        confidence = float(confidences[i])
         threshold = float(thresholds[best])
         reasons: list[Reason] = []
         if not confidence >= threshold:

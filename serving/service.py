@@ -71,6 +71,7 @@ def score_items(
         model.bundle.thresholds.thresholds,
         [RouteInput(i.id, i.price, i.brand, i.category_hint) for i in items],
         policy,
+        score=model.bundle.thresholds.score,
         similarity=similarity,
         audit=(
             AuditRouting(loop.audit, float(model.bundle.metadata.get("audit_band_low", 0.0)))

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from learner.thresholds import LEGACY_ACCEPTANCE_SCORE
 from serving.escalation import EscalationWindow
 from serving.settings import AppSettings
 
@@ -217,11 +218,17 @@ def reliability_png(proba: NDArray[np.float64], y: NDArray[np.int64], path: Path
     return path
 
 
-def risk_coverage_png(proba: NDArray[np.float64], y: NDArray[np.int64], target: float, path: Path) -> Path:
+def risk_coverage_png(
+    proba: NDArray[np.float64],
+    y: NDArray[np.int64],
+    target: float,
+    path: Path,
+    score: str = LEGACY_ACCEPTANCE_SCORE,
+) -> Path:
     from learner.evaluation import risk_coverage_curve
 
     plt = _pyplot()
-    coverage, risk = risk_coverage_curve(proba, y)
+    coverage, risk = risk_coverage_curve(proba, y, score)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.step(coverage, risk, where="post")
     ax.axhline(1.0 - target, linestyle="--", color="C3", linewidth=1, label=f"risk at target {target:.2f}")
@@ -244,8 +251,10 @@ def log_evaluation_figures(
     y: NDArray[np.int64],
     labels: Sequence[str],
     target: float,
+    score: str = LEGACY_ACCEPTANCE_SCORE,
 ) -> list[str]:
-    """Confusion matrix, reliability diagram and risk-coverage curve as PNG artifacts of `run_id`."""
+    """Confusion matrix, reliability diagram and risk-coverage curve (of the acceptance confidence
+    `score`) as PNG artifacts of `run_id`."""
     if len(y) == 0:
         return []
     mlflow_client = client(settings)
@@ -254,7 +263,7 @@ def log_evaluation_figures(
         paths = [
             confusion_matrix_png(y, np.argmax(proba, axis=1), labels, folder / "confusion_matrix.png"),
             reliability_png(proba, y, folder / "reliability_diagram.png"),
-            risk_coverage_png(proba, y, target, folder / "risk_coverage.png"),
+            risk_coverage_png(proba, y, target, folder / "risk_coverage.png", score),
         ]
         for path in paths:
             mlflow_client.log_artifact(run_id, str(path), artifact_path="plots")

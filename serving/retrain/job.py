@@ -97,6 +97,7 @@ class RetrainJob:
             "target_accuracy": config.target_accuracy,
             "delta": config.delta,
             "guarantee": config.guarantee,
+            "acceptance_score": config.acceptance_score,
             "guarantee_statement": loop.describe_guarantee(
                 config.guarantee, config.target_accuracy, config.delta
             ),
@@ -170,7 +171,7 @@ class RetrainJob:
                 chunk = stream_texts[start : start + STREAM_CHUNK]
                 e_chunk = e_stream[start : start + STREAM_CHUNK]
                 x = bundle.features.sparse_inputs(e_chunk, chunk, self._memo)
-                parts.append(bundle.predict_proba(x).max(axis=1))
+                parts.append(bundle.confidence(bundle.predict_proba(x)))
             return np.concatenate(parts) if parts else np.empty(0)
 
         design = AuditDesign(
@@ -311,7 +312,13 @@ class RetrainJob:
             if known.any():
                 y_idx = np.array([index[label] for label in np.asarray(y_audit, dtype=object)[known]])
                 tracking.log_evaluation_figures(
-                    settings, run_id, proba_audit[known], y_idx, bundle.labels, config.target_accuracy
+                    settings,
+                    run_id,
+                    proba_audit[known],
+                    y_idx,
+                    bundle.labels,
+                    config.target_accuracy,
+                    bundle.thresholds.score,
                 )
         except Exception as exc:  # plots are informative; never fail a promoted run for them
             logger.warning("could not log evaluation plots: %s", type(exc).__name__)

@@ -15,6 +15,7 @@ from learner.certify import (
     certify_thresholds,
     evidence_of,
 )
+from learner.thresholds import acceptance_confidence
 
 TARGET, DELTA = 0.95, 0.05
 STREAMS = 300  # >= 200 simulated streams per guarantee, as the issue asks
@@ -82,6 +83,52 @@ def test_expected_guarantee_holds_over_streams() -> None:
     # Mean error among accepted items <= 1 - target, with 3 standard errors of the mean as tolerance.
     assert np.mean(errors) <= (1 - TARGET) + 3 * np.std(errors) / np.sqrt(STREAMS)
     assert np.mean([cov for _, cov in results]) > 0.3
+
+
+def pairwise_draw_and_certify(rng: np.random.Generator, guarantee: str) -> tuple[float | None, float]:
+    """`draw_and_certify` for a 3-class model certified on its pairwise confidence p1 / (p1 + p2):
+    the statement holds for any score fixed before the audits are drawn, so it must hold here too.
+    The third class takes a random share of the mass, so p1 and the pairwise score rank differently."""
+    n, audits = 20_000, 900
+    gap = rng.gamma(2.0, 1.5, size=n)  # logit of the top class over the runner-up
+    tail = rng.normal(0.0, 2.0, size=n) - gap / 2  # logit of the third class, relative to the runner-up
+    logits = np.stack([gap, np.zeros(n), np.minimum(tail, gap - 1e-3)], axis=1)
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    conf = acceptance_confidence(proba, "pairwise")
+    correct = rng.random(n) < np.clip(0.995 - (1.0 - conf), 0.0, 1.0)
+    strata = np.where(conf >= 0.8, 0, 1).astype(np.int64)
+    weight = np.where(strata == 0, 1.0, 0.1)
+    audited = rng.random(n) < np.minimum(1.0, audits * weight / weight.sum())
+    th = certify_thresholds(
+        proba[audited],
+        np.where(correct[audited], 0, 1),
+        strata[audited],
+        conf,
+        strata,
+        guarantee=guarantee,
+        target=TARGET,
+        delta=DELTA,
+        score="pairwise",
+    )
+    assert th.score == "pairwise"
+    accepted = th.accept_mask(proba)
+    if not accepted.any():
+        return None, 0.0
+    return float(correct[accepted].mean()), float(accepted.mean())
+
+
+def test_both_guarantees_hold_over_streams_on_the_pairwise_score() -> None:
+    rng = np.random.default_rng(99)
+    high = [pairwise_draw_and_certify(rng, "high_probability") for _ in range(STREAMS)]
+    violations = sum(acc is not None and acc < TARGET for acc, _ in high)
+    # Tolerances as in the two tests above: 3 binomial / 3 mean standard errors over STREAMS draws.
+    assert violations / STREAMS <= DELTA + 3 * np.sqrt(DELTA * (1 - DELTA) / STREAMS)
+    assert np.mean([cov for _, cov in high]) > 0.08
+    expected = [pairwise_draw_and_certify(rng, "expected") for _ in range(STREAMS)]
+    errors = [0.0 if acc is None else 1.0 - acc for acc, _ in expected]
+    assert np.mean(errors) <= (1 - TARGET) + 3 * np.std(errors) / np.sqrt(STREAMS)
+    assert np.mean([cov for _, cov in expected]) > 0.3
 
 
 def naive_threshold(conf: NDArray[np.float64], correct: NDArray[np.bool_]) -> float:

@@ -11,6 +11,7 @@ from scipy.stats import binom
 
 from learner.thresholds import (
     ClassThresholds,
+    acceptance_confidence,
     default_candidates,
     fit_class_thresholds,
     fit_pooled_thresholds,
@@ -362,3 +363,44 @@ def test_pooled_guarantee_check_detects_an_unguarded_rule() -> None:
         th = fit_pooled_thresholds(proba, y, target=TARGET, delta=0.9, per_class_min=10_000, start_factor=1)
         failures += overall_accuracy(th.thresholds) < TARGET
     assert failures > binom.ppf(0.999, n_draws, DELTA), failures
+
+
+def test_acceptance_confidence_known_answers() -> None:
+    proba = np.array([[0.6, 0.1, 0.3], [0.2, 0.2, 0.6], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert acceptance_confidence(proba, "top_probability").tolist() == [0.6, 0.6, 1.0, 0.0]
+    pairwise = acceptance_confidence(proba, "pairwise")
+    # The runner-up, not the tail: 0.6 / 0.9; a tie for second place; a one-hot row; no mass at all.
+    np.testing.assert_allclose(pairwise, [0.6 / 0.9, 0.6 / 0.8, 1.0, 0.5])
+    assert acceptance_confidence(np.empty((0, 3)), "pairwise").shape == (0,)
+    assert acceptance_confidence(np.array([[1.0], [1.0]]), "pairwise").tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="top_probability, pairwise"):
+        acceptance_confidence(proba, "entropy")
+
+
+def test_pairwise_confidence_ranks_by_the_top_two_logits_alone() -> None:
+    # p1 / (p1 + p2) = sigmoid(z1 - z2): the same ranking as the top-two logit gap, whatever the tail.
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=3.0, size=(500, 40))
+    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
+    proba /= proba.sum(axis=1, keepdims=True)
+    top_two = np.sort(logits, axis=1)[:, -2:]
+    expected = 1.0 / (1.0 + np.exp(-(top_two[:, 1] - top_two[:, 0])))
+    np.testing.assert_allclose(acceptance_confidence(proba, "pairwise"), expected, rtol=1e-9)
+    assert (acceptance_confidence(proba, "pairwise") >= acceptance_confidence(proba, "top_probability")).all()
+
+
+def test_thresholds_apply_to_their_recorded_score() -> None:
+    proba = np.array([[0.6, 0.1, 0.3], [0.5, 0.45, 0.05]])
+    base = dict(thresholds=np.full(3, 0.65), target=0.9, delta=0.1, n_calibration=np.zeros(3, dtype=np.int64))
+    assert ClassThresholds(**base).accept_mask(proba).tolist() == [False, False]  # type: ignore[arg-type]
+    pairwise = ClassThresholds(**base, score="pairwise")  # type: ignore[arg-type]
+    assert pairwise.accept_mask(proba).tolist() == [True, False]  # 0.667 and 0.526
+    back = ClassThresholds.from_dict(json.loads(json.dumps(pairwise.to_dict())))
+    assert back.score == "pairwise"
+    assert back.accept_mask(proba).tolist() == [True, False]
+    # A bundle certified before the score was recorded keeps the top probability it was fitted on.
+    legacy = pairwise.to_dict()
+    del legacy["score"]
+    assert ClassThresholds.from_dict(legacy).score == "top_probability"
+    with pytest.raises(ValueError, match="expected one of top_probability, pairwise"):
+        ClassThresholds(**base, score="margin")  # type: ignore[arg-type]

@@ -6,7 +6,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from learner.training import TrainingConfig, fit_head
+from learner.loop import training_config
+from learner.settings import LearnerSettings
+from learner.thresholds import acceptance_confidence
+from learner.training import TrainingConfig, fit_head, train_bundle
 
 
 def test_fit_head_uses_the_configured_head_and_learns_separable_classes() -> None:
@@ -19,3 +22,30 @@ def test_fit_head_uses_the_configured_head_and_learns_separable_classes() -> Non
     assert (head.epochs, head.weight_decay, head.class_weight) == (7, 3e-3, config.class_weight)
     assert list(head.classes_) == ["a", "b", "c"]
     assert (head.predict(x.astype(np.float32)) == y).mean() > 0.95
+
+
+def test_the_default_learner_certifies_and_predicts_on_the_pairwise_score() -> None:
+    rng = np.random.default_rng(1)
+    centres = np.eye(4, 8) * 2.5
+    y_idx = np.repeat(np.arange(4), 150)
+    x = (centres[y_idx] + rng.standard_normal((600, 8))).astype(np.float32)
+    y = [str(v) for v in y_idx]
+    config = training_config(LearnerSettings(device="cpu", features="embedding"), device="cpu")
+    assert config.acceptance_score == "pairwise"
+    train, cal = np.arange(0, 600, 2), np.arange(1, 600, 2)
+    bundle = train_bundle(
+        x[train],
+        [y[i] for i in train],
+        x[cal],
+        [y[i] for i in cal],
+        config=config,
+        encoder_ref="test",
+        encoder_id="test",
+    ).bundle
+    assert bundle.thresholds.score == "pairwise"
+    proba = bundle.predict_proba(x[cal])
+    _, confidence, accepted = bundle.predict(x[cal])
+    np.testing.assert_allclose(confidence, acceptance_confidence(proba, "pairwise"))
+    assert not np.allclose(confidence, proba.max(axis=1))  # not the top probability
+    np.testing.assert_array_equal(accepted, confidence >= bundle.thresholds.thresholds[proba.argmax(axis=1)])
+    assert accepted.any()

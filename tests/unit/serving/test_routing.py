@@ -14,10 +14,17 @@ from serving.routing import AuditRouting, Decision, Reason, RouteInput, audit_dr
 LABELS = ["Audio > Headphones", "Audio > Speakers", "Home > Cookware"]
 THRESHOLDS = np.array([0.8, 0.9, np.inf])
 NO_SPOT = RoutingSettings(high_value_price=500.0)
+TOP = "top_probability"
 
 
-def one(proba: list[float], item: RouteInput | None = None, policy: RoutingSettings = NO_SPOT, **kw: object):
-    out = route(np.array([proba]), LABELS, THRESHOLDS, [item or RouteInput("a")], policy, **kw)  # type: ignore[arg-type]
+def one(
+    proba: list[float],
+    item: RouteInput | None = None,
+    policy: RoutingSettings = NO_SPOT,
+    score: str = "top_probability",
+    **kw: object,
+):
+    out = route(np.array([proba]), LABELS, THRESHOLDS, [item or RouteInput("a")], policy, score=score, **kw)  # type: ignore[arg-type]
     return out[0]
 
 
@@ -37,6 +44,19 @@ def test_below_threshold_and_never_accepted_class() -> None:
     never = one([0.0, 0.0, 1.0])
     assert never.reasons == [Reason.BELOW_THRESHOLD]
     assert never.threshold is None
+
+
+def test_the_pairwise_score_is_what_the_threshold_applies_to() -> None:
+    # p1 = 0.7 is below the 0.8 threshold, but against the runner-up it is 0.7 / (0.7 + 0.15) = 0.82.
+    proba = [0.7, 0.15, 0.15]
+    assert one(proba).decision is Decision.ESCALATED
+    pairwise = one(proba, score="pairwise")
+    assert pairwise.decision is Decision.AUTO_ACCEPTED
+    assert pairwise.confidence == pytest.approx(0.7 / 0.85)
+    # The runner-up, not the tail: 0.6 / (0.6 + 0.3) = 0.667 < 0.8.
+    assert one([0.6, 0.1, 0.3], score="pairwise").reasons == [Reason.BELOW_THRESHOLD]
+    with pytest.raises(ValueError, match="top_probability, pairwise"):
+        one(proba, score="margin")
 
 
 def test_high_value_boundary_is_inclusive() -> None:
@@ -91,8 +111,10 @@ def test_audit_draw_is_stable_and_seeded() -> None:
     audit = AuditRouting(AuditPolicy(rate=0.5), band_low=0.0)
     proba = np.tile([0.95, 0.03, 0.02], (50, 1))
     items = [RouteInput(f"i{i}") for i in range(50)]
-    first = [r.decision for r in route(proba, LABELS, THRESHOLDS, items, NO_SPOT, audit=audit)]
-    again = [r.decision for r in route(proba, LABELS, THRESHOLDS, items, NO_SPOT, audit=audit)]
+    first, again = (
+        [r.decision for r in route(proba, LABELS, THRESHOLDS, items, NO_SPOT, score=TOP, audit=audit)]
+        for _ in range(2)
+    )
     assert first == again
     assert Decision.ESCALATED in first
     assert Decision.AUTO_ACCEPTED in first
@@ -110,7 +132,7 @@ def test_audit_rate_inside_and_outside_the_band_within_tolerance(rate: float) ->
     proba[n:, 0] = 0.4
     items = [RouteInput(f"sku-{i}") for i in range(2 * n)]
     audit = AuditRouting(AuditPolicy(rate=rate, outside_factor=0.5, seed=3), band_low=0.7)
-    routed = route(proba, LABELS, THRESHOLDS, items, NO_SPOT, audit=audit)
+    routed = route(proba, LABELS, THRESHOLDS, items, NO_SPOT, score=TOP, audit=audit)
     for part, expected, reason in (
         (slice(0, n), rate, Reason.SPOT_CHECK),
         (slice(n, 2 * n), rate / 2, Reason.AUDIT),
@@ -125,4 +147,4 @@ def test_audit_rate_inside_and_outside_the_band_within_tolerance(rate: float) ->
 
 def test_shape_mismatch_is_refused() -> None:
     with pytest.raises(ValueError, match="shape mismatch"):
-        route(np.zeros((2, 3)), LABELS, THRESHOLDS, [RouteInput("a")], NO_SPOT)
+        route(np.zeros((2, 3)), LABELS, THRESHOLDS, [RouteInput("a")], NO_SPOT, score=TOP)
