@@ -24,7 +24,9 @@ class Escalation(BaseModel):
     brand: str = ""
     price: float | None = None
     predicted_label: str  # " > "-joined category path
-    confidence: float = Field(ge=0, le=1, description="the model's probability of predicted_label")
+    confidence: float = Field(
+        ge=0, le=1, description="the confidence the certified threshold applies to (learner.acceptance_score)"
+    )
     priority: float = Field(ge=0, le=1, description="active-learning usefulness; higher is shown first")
     reasons: list[str] = Field(default_factory=list)
     model_version: str = Field(min_length=1)
@@ -80,8 +82,10 @@ def reason_text(escalation: Escalation) -> str:
 
 def top_candidates(escalation: Escalation, taxonomy: Taxonomy, limit: int = 3) -> list[tuple[str, float]]:
     """The model's best categories of the project's taxonomy with their probabilities, its prediction
-    first (what the one-click suggestions offer, the first pre-selected)."""
-    ranked = [(escalation.predicted_label, escalation.confidence)]
+    first (what the one-click suggestions offer, the first pre-selected). The prediction shows its
+    probability among the candidates: its acceptance confidence may be another score (pairwise)."""
+    probability = dict(escalation.candidates).get(escalation.predicted_label, escalation.confidence)
+    ranked = [(escalation.predicted_label, probability)]
     ranked += [(label, p) for label, p in escalation.candidates if label != escalation.predicted_label]
     return [(label, p) for label, p in ranked if label in taxonomy][:limit]
 

@@ -165,6 +165,10 @@ def test_the_task_says_why_in_plain_words_with_numbers_and_shows_the_best_candid
     )
     assert reason_text(uncertified) == "confidence 0.38; no certified threshold for this category yet"
     assert top_candidates(uncertified, TAX) == [("Shoes", 0.38)]
+    # A pairwise confidence is not a probability: the suggestion shows the prediction's probability.
+    ranked = [("Shoes", 0.38), ("Hats & Caps", 0.21)]
+    pairwise = item.model_copy(update={"confidence": 0.64, "candidates": ranked})
+    assert top_candidates(pairwise, TAX) == ranked
     similar = item.model_copy(update={"similar": [("Trail shoe 42", "Shoes"), ("Cap", "Hats & Caps")]})
     push_escalations(cast(LabelStudioClient, fake2 := FakeLabelStudio()), MemoryLedger(), 1, TAX, [similar])
     assert fake2.tasks[0]["data"]["similar"] == "“Trail shoe 42” → Shoes · “Cap” → Hats & Caps"
