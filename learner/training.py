@@ -22,7 +22,7 @@ from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
 from learner.features import FeatureSpec, HeadInputs
 from learner.head import ClassWeight, TorchHeadClassifier, start_mismatch
-from learner.thresholds import LEGACY_ACCEPTANCE_SCORE, ClassThresholds
+from learner.thresholds import ClassThresholds
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,9 @@ class TrainingConfig:
     min_stratum_share: float = 0.2
     start_share: float = 0.25
     band_share: float = 0.6  # the audit band of the new model: this share of the stream, most confident
-    # What the certified threshold applies to: see learner.thresholds.ACCEPTANCE_SCORES.
-    acceptance_score: str = LEGACY_ACCEPTANCE_SCORE
+    # What the certified threshold applies to: see learner.thresholds.ACCEPTANCE_SCORES (the
+    # default is LearnerSettings.acceptance_score's).
+    acceptance_score: str = "pairwise"
 
 
 @dataclass(frozen=True)
