@@ -59,7 +59,7 @@ from hitl.settings import RoutingSettings
 from learner.bundle import ModelBundle
 from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
-from learner.features import FeatureSpec
+from learner.features import FeatureSpec, HeadInputs
 from learner.gate import AuditScores, GateDecision, GatePolicy, audit_scores
 from learner.loop import AuditPolicy, certification_stream, strata_of
 from learner.strategies import get_strategy, margin
@@ -256,15 +256,17 @@ class Inputs:
     """Per catalog row: the encoder embedding (`emb`) and the head input built from it (`x`)."""
 
     emb: NDArray[np.float32]
-    x: NDArray[np.float32]
+    x: HeadInputs  # (n_rows, d): CSR for hybrid features, as the retrain job builds them
 
 
 def model_inputs(data: LabeledDataset, embeddings: NDArray[np.float32], features: FeatureSpec) -> Inputs:
-    """Build the head inputs of every row once (hashing ~25k titles takes seconds, not per round)."""
+    """Build the head inputs of every row once (hashing ~25k titles takes seconds, not per round), as
+    production's retrain job builds them (`FeatureSpec.sparse_inputs`): the simulated loop then fits
+    the head on the same inputs, by the same code path, as a retrain does."""
     emb = np.asarray(embeddings, dtype=np.float32)
     if emb.shape[0] != len(data):
         raise ValueError(f"embeddings have {emb.shape[0]} rows, the dataset {len(data)}")
-    return Inputs(emb=emb, x=features.model_inputs(emb, [str(t) for t in data.texts]))
+    return Inputs(emb=emb, x=features.sparse_inputs(emb, [str(t) for t in data.texts]))
 
 
 def _routed(

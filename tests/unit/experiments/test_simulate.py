@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from scipy import sparse
 
 from experiments.simulate import (
     DONE,
     SimulationConfig,
     arrival_clustering,
     looks_sorted,
+    model_inputs,
     read_rounds,
     run_file,
     run_finished,
@@ -159,6 +161,18 @@ def test_hybrid_features_run_and_are_part_of_the_run_identity(tiny: Tiny, tmp_pa
     assert not run_finished(path, replace(config, training=FAST))  # embedding-only is another run
     assert not run_finished(path, replace(config, audit_share=0.3))
     assert not run_finished(path, replace(config, training=replace(hybrid, guarantee="expected")))
+
+
+def test_the_simulation_builds_head_inputs_as_a_retrain_does(tiny: Tiny) -> None:
+    data, x = tiny
+    spec = FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0)
+    inputs = model_inputs(data, x, spec)
+    assert sparse.issparse(inputs.x)  # the retrain job's CSR inputs, fitted by the same code path
+    dense = spec.model_inputs(x, [str(t) for t in data.texts])
+    np.testing.assert_allclose(inputs.x.toarray(), dense, rtol=1e-6, atol=1e-7)
+    embedding_only = model_inputs(data, x, FeatureSpec(kind="embedding")).x
+    assert isinstance(embedding_only, np.ndarray)
+    np.testing.assert_array_equal(embedding_only, x)
 
 
 def test_bad_audit_share_is_refused() -> None:
