@@ -44,25 +44,41 @@ def simulated_stream(
     return conf, correct, np.where(band, 0, 1).astype(np.int64), pi
 
 
-def draw_and_certify(rng: np.random.Generator, guarantee: str) -> tuple[float | None, float]:
-    """One stream + one audit draw -> (realised accuracy of the accepted stream items, coverage)."""
-    conf, correct, strata, pi = simulated_stream(rng)
+def certify_one_draw(
+    rng: np.random.Generator,
+    proba: NDArray[np.float64],
+    conf: NDArray[np.float64],
+    correct: NDArray[np.bool_],
+    strata: NDArray[np.int64],
+    pi: NDArray[np.float64],
+    guarantee: str,
+    score: str = "top_probability",
+) -> tuple[float | None, float]:
+    """One audit draw from a stream whose items predict class 0 at confidence `conf` (the `score` of
+    `proba`) -> (realised accuracy of the accepted stream items, coverage)."""
     audited = rng.random(conf.size) < pi
-    y = np.where(correct[audited], 0, 1)
     th = certify_thresholds(
-        two_class(conf[audited]),
-        y,
+        proba[audited],
+        np.where(correct[audited], 0, 1),
         strata[audited],
         conf,
         strata,
         guarantee=guarantee,
         target=TARGET,
         delta=DELTA,
+        score=score,
     )
+    assert th.score == score
     accepted = conf >= th.thresholds[0]
     if not accepted.any():
         return None, 0.0
     return float(correct[accepted].mean()), float(accepted.mean())
+
+
+def draw_and_certify(rng: np.random.Generator, guarantee: str) -> tuple[float | None, float]:
+    """One stream + one audit draw, certified on the top-class probability."""
+    conf, correct, strata, pi = simulated_stream(rng)
+    return certify_one_draw(rng, two_class(conf), conf, correct, strata, pi, guarantee)
 
 
 def test_high_probability_guarantee_holds_over_streams() -> None:
@@ -99,23 +115,8 @@ def pairwise_draw_and_certify(rng: np.random.Generator, guarantee: str) -> tuple
     correct = rng.random(n) < np.clip(0.995 - (1.0 - conf), 0.0, 1.0)
     strata = np.where(conf >= 0.8, 0, 1).astype(np.int64)
     weight = np.where(strata == 0, 1.0, 0.1)
-    audited = rng.random(n) < np.minimum(1.0, audits * weight / weight.sum())
-    th = certify_thresholds(
-        proba[audited],
-        np.where(correct[audited], 0, 1),
-        strata[audited],
-        conf,
-        strata,
-        guarantee=guarantee,
-        target=TARGET,
-        delta=DELTA,
-        score="pairwise",
-    )
-    assert th.score == "pairwise"
-    accepted = th.accept_mask(proba)
-    if not accepted.any():
-        return None, 0.0
-    return float(correct[accepted].mean()), float(accepted.mean())
+    pi = np.minimum(1.0, audits * weight / weight.sum())
+    return certify_one_draw(rng, proba, conf, correct, strata, pi, guarantee, "pairwise")
 
 
 def test_both_guarantees_hold_over_streams_on_the_pairwise_score() -> None:
