@@ -61,7 +61,7 @@ from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
 from learner.features import FeatureSpec, HeadInputs
 from learner.gate import AuditScores, GateDecision, GatePolicy, audit_scores
-from learner.loop import AuditPolicy, certification_stream, strata_of
+from learner.loop import AuditPolicy, canonical_order, certification_stream, strata_of
 from learner.strategies import get_strategy, margin
 from learner.training import (
     AuditDesign,
@@ -367,6 +367,9 @@ def _train(
     """Audits certify (never trained on), the other labels train: `learner.loop.split_roles`."""
     cal_rows = [r for r in state.labelled if r in state.audited]
     train_rows = [r for r in state.labelled if r not in state.audited]
+    # The retrain job's row order (`learner.loop.split_roles` with item ids), so both fit one model.
+    cal_rows = [cal_rows[i] for i in canonical_order([data.ids[r] for r in cal_rows])]
+    train_rows = [train_rows[i] for i in canonical_order([data.ids[r] for r in train_rows])]
     _, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi)
 
     classes = data.classes

@@ -126,10 +126,21 @@ class Roles:
     certify: NDArray[np.intp]
 
 
-def split_roles(provenance: Sequence[str]) -> Roles:
-    """Audits (routed and seed) certify and form the gate's holdout; everything else trains."""
+def canonical_order(item_ids: Sequence[Hashable]) -> NDArray[np.intp]:
+    """Indices that put labels in item-id order (stable for repeated ids): a model is then a function
+    of its labels, not of the order they arrived in (L-BFGS stopped after a fixed number of iterations
+    ends elsewhere, to ~1e-3 in probability, on another row order), so the retrain job and the
+    simulation fit the same model on the same labels."""
+    keys = np.array([str(i) for i in item_ids], dtype=object)
+    return np.argsort(keys, kind="stable").astype(np.intp)
+
+
+def split_roles(provenance: Sequence[str], item_ids: Sequence[Hashable] | None = None) -> Roles:
+    """Audits (routed and seed) certify and form the gate's holdout; everything else trains. With
+    `item_ids`, each role's rows come in `canonical_order`."""
     audit = np.array([p in AUDIT_PROVENANCES for p in provenance], dtype=bool)
-    return Roles(train=np.flatnonzero(~audit), certify=np.flatnonzero(audit))
+    order = np.arange(len(audit), dtype=np.intp) if item_ids is None else canonical_order(item_ids)
+    return Roles(train=order[~audit[order]], certify=order[audit[order]])
 
 
 def certification_stream(

@@ -69,7 +69,7 @@ class RetrainJob:
         self.on_stage("collecting")
         collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit))
         labels = collected.labels
-        roles = loop.split_roles([r.provenance for r in labels])
+        roles = loop.split_roles([r.provenance for r in labels], [r.item_id for r in labels])
         train = [labels[i] for i in roles.train]
         audits = [labels[i] for i in roles.certify]
         stream = collected.stream

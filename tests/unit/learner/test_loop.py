@@ -11,6 +11,7 @@ from learner.loop import (
     AuditPolicy,
     Provenance,
     band_low,
+    canonical_order,
     certification_stream,
     describe_guarantee,
     review_priority,
@@ -60,6 +61,13 @@ def test_audits_certify_and_never_train() -> None:
     assert roles.certify.tolist() == [1, 2]
     assert roles.train.tolist() == [0, 3, 4]
     assert {Provenance.SEED_AUDIT, Provenance.AUDIT} == {Provenance("seed_audit"), Provenance("audit")}
+    # With item ids each role comes in id order (a repeated id keeps its arrival order), so a model
+    # is a function of its labels whichever order the store or the simulation holds them in.
+    ids = ["b", "z", "a", "c", "b"]
+    ordered = split_roles(["seed", "seed_audit", "audit", "strategy", "correction"], ids)
+    assert ordered.certify.tolist() == [2, 1]
+    assert ordered.train.tolist() == [0, 4, 3]
+    assert canonical_order([3, 10, 2]).tolist() == [1, 2, 0]  # ids compare as strings: "10" < "2" < "3"
 
 
 def test_review_priority_follows_the_strategy_and_audits_come_first() -> None:
