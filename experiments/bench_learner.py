@@ -604,6 +604,9 @@ def write_readme(summary: Mapping[str, Any], out: Path) -> None:
         "",
         f"    {summary['command']}",
         "",
+        "Cells this command did not run are read back from `cells.jsonl` (resumable): an earlier run of the "
+        "same script measured them, train times on that run's machine.",
+        "",
         f"Machine: {summary['machine']}, CPU. Test split of the project's group split; oracle coverage at "
         f"{summary['target_accuracy']:.0%}; AURC lower is better; train_s includes the head inputs.",
         "",
