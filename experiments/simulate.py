@@ -357,6 +357,19 @@ class _State:
 STREAM_CHUNK = 4096
 
 
+def _roles(data: LabeledDataset, state: _State) -> tuple[list[int], list[int]]:
+    """(training rows, audit rows): audits certify (never trained on), the other labels train, each in
+    the retrain job's item-id order (`learner.loop.split_roles` with item ids), so both drivers fit one
+    model, and the gate pairs the challenger's and the champion's audits in the order they were
+    certified in."""
+    cal_rows = [r for r in state.labelled if r in state.audited]
+    train_rows = [r for r in state.labelled if r not in state.audited]
+    return (
+        [train_rows[i] for i in canonical_order([data.ids[r] for r in train_rows])],
+        [cal_rows[i] for i in canonical_order([data.ids[r] for r in cal_rows])],
+    )
+
+
 def _train(
     data: LabeledDataset,
     inputs: Inputs,
@@ -364,12 +377,8 @@ def _train(
     test: NDArray[np.int64],
     config: SimulationConfig,
 ) -> TrainingResult:
-    """Audits certify (never trained on), the other labels train: `learner.loop.split_roles`."""
-    cal_rows = [r for r in state.labelled if r in state.audited]
-    train_rows = [r for r in state.labelled if r not in state.audited]
-    # The retrain job's row order (`learner.loop.split_roles` with item ids), so both fit one model.
-    cal_rows = [cal_rows[i] for i in canonical_order([data.ids[r] for r in cal_rows])]
-    train_rows = [train_rows[i] for i in canonical_order([data.ids[r] for r in train_rows])]
+    """Train on the training rows and certify on the audits (`_roles`)."""
+    train_rows, cal_rows = _roles(data, state)
     _, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi)
 
     classes = data.classes
@@ -622,7 +631,7 @@ def _gate(
     """Production's paired gate on every audit so far: the round's model replaces the champion only
     when it is not significantly worse. The champion is re-certified on the same audits first, so
     both coverages rest on the same evidence."""
-    rows = sorted(state.audited)
+    _, rows = _roles(data, state)  # the challenger's audits, in the order it was certified on them
     y = [str(label) for label in data.labels[rows]]
     pi = np.array([state.audit_pi[r] for r in rows])
     design = _design(inputs, state, rows)

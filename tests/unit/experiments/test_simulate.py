@@ -27,6 +27,7 @@ from experiments.simulate import (
 )
 from learner.data import LabeledDataset
 from learner.features import FeatureSpec
+from learner.loop import AuditPolicy
 from learner.training import TrainingConfig
 from tests.unit.experiments.support import tiny_dataset
 
@@ -198,3 +199,13 @@ def test_a_seed_without_audits_is_refused_clearly(tiny: Tiny) -> None:
     data, x = tiny  # 60 seed labels at an audit rate of ~0.03: none is drawn
     with pytest.raises(ValueError, match="none of the 60 seed labels was drawn into the audit sample"):
         list(simulate_run(data, x, _config("margin", rounds=2)))
+
+
+def test_the_gate_pairs_audits_drawn_in_two_strata(tiny: Tiny) -> None:
+    # Audits 10x denser in the band form two strata; the gate re-certifies the champion on the
+    # challenger's audits in the order the challenger was certified on them (a mismatch is refused).
+    data, x = tiny
+    dense = _config("margin", rounds=4, audit=AuditPolicy(outside_factor=0.1))
+    rows = list(simulate_run(data, x, dense))
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert all(isinstance(r["promoted"], bool) and r["gate_reason"] for r in rows[1:])
