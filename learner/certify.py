@@ -53,10 +53,10 @@ from scipy.stats import beta as beta_dist
 from learner.calibration import check_labels, check_proba
 from learner.exceptions import LearnerError
 from learner.thresholds import (
-    ACCEPTANCE_SCORES,
     LEGACY_ACCEPTANCE_SCORE,
     ClassThresholds,
     acceptance_confidence,
+    check_acceptance_score,
     default_candidates,
 )
 
@@ -108,8 +108,7 @@ class CertifyOptions:
     def __post_init__(self) -> None:
         if self.guarantee not in GUARANTEES:
             raise ValueError(f"guarantee must be one of {', '.join(GUARANTEES)}, got {self.guarantee!r}")
-        if self.score not in ACCEPTANCE_SCORES:
-            raise ValueError(f"score must be one of {', '.join(ACCEPTANCE_SCORES)}, got {self.score!r}")
+        check_acceptance_score(self.score)
         for name, value in (("target", self.target), ("delta", self.delta)):
             if not 0.0 < float(value) < 1.0:
                 raise ValueError(f"{name} must be strictly between 0 and 1, got {value!r}")

@@ -31,6 +31,15 @@ ACCEPTANCE_SCORES: tuple[str, ...] = ("top_probability", "pairwise")
 LEGACY_ACCEPTANCE_SCORE = "top_probability"
 
 
+def check_acceptance_score(score: str) -> str:
+    """`score` if it names one of `ACCEPTANCE_SCORES`; ValueError listing them otherwise."""
+    if score not in ACCEPTANCE_SCORES:
+        raise ValueError(
+            f"unknown acceptance score {score!r}; expected one of {', '.join(ACCEPTANCE_SCORES)}"
+        )
+    return score
+
+
 def acceptance_confidence(proba: NDArray[np.floating[Any]], score: str) -> NDArray[np.float64]:
     """(n, n_classes) calibrated probabilities -> (n,) the confidence an auto-accept threshold applies to.
 
@@ -40,12 +49,9 @@ def acceptance_confidence(proba: NDArray[np.floating[Any]], score: str) -> NDArr
     over classes that were never in question, so it ranks items by how crowded the tail is as much as
     by the one confusion that matters; the pairwise score ranks by that confusion alone, and accepts
     more at the same accuracy on both real catalogs, with random and with actively picked labels
-    (experiments/results/learner). Both are monotone in p1 for two classes.
+    (experiments/results/learner). With two classes the two scores coincide.
     """
-    if score not in ACCEPTANCE_SCORES:
-        raise ValueError(
-            f"unknown acceptance score {score!r}; expected one of {', '.join(ACCEPTANCE_SCORES)}"
-        )
+    check_acceptance_score(score)
     p = np.asarray(proba, dtype=np.float64)
     if p.ndim != 2:
         raise ValueError(f"proba must be 2-D (n, n_classes), got shape {p.shape}")
@@ -77,10 +83,7 @@ class ClassThresholds:
     score: str = LEGACY_ACCEPTANCE_SCORE  # what the thresholds apply to (`acceptance_confidence`)
 
     def __post_init__(self) -> None:
-        if self.score not in ACCEPTANCE_SCORES:
-            raise ValueError(
-                f"unknown acceptance score {self.score!r}; expected one of {', '.join(ACCEPTANCE_SCORES)}"
-            )
+        check_acceptance_score(self.score)
 
     def confidence(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, n_classes) calibrated probabilities -> (n,) the confidence these thresholds apply to."""

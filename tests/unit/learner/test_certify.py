@@ -210,6 +210,7 @@ def test_expected_mode_known_answer() -> None:
         ({"stream_strata": np.full(4, 1, dtype=np.int64)}, "have no stream items"),
         ({"guarantee": "sometimes"}, "guarantee must be one of high_probability, expected"),
         ({"target": 1.5}, "target must be"),
+        ({"score": "entropy"}, "expected one of top_probability, pairwise"),
     ],
 )
 def test_bad_input_is_refused_with_the_reason(kwargs: dict[str, object], message: str) -> None:
