@@ -25,8 +25,9 @@ audits, assigns label roles and builds the training configuration):
   ``rate * outside_factor`` outside it). The rate is fixed once per run so that about
   ``audit_share * batch`` incoming items are drawn per round; seed items are drawn at the same rate.
   Audited items are reviewed first, from the round's budget; the strategy picks the rest.
-- **roles**: audits certify (`learner.certify`, temperature included) and are never trained on;
-  every other label trains.
+- **roles**: audits certify (`learner.certify`, temperature included) and are not trained on while
+  they do; with ``audit.certify_window`` only the most recent audits certify and older ones train, as
+  in production (`learner.loop.split_roles`); every other label trains.
 - **stream**: every item routed so far (and the seed) with its stratum, which the certification
   needs to weigh the strata; the candidate model's confidence on them is computed in chunks.
 
@@ -61,7 +62,13 @@ from learner.data import LabeledDataset, group_split
 from learner.evaluation import macro_f1, risk_coverage_curve
 from learner.features import FeatureSpec, HeadInputs
 from learner.gate import AuditScores, GateDecision, GatePolicy, audit_scores
-from learner.loop import AuditPolicy, canonical_order, certification_stream, strata_of
+from learner.loop import (
+    AuditPolicy,
+    Provenance,
+    certification_stream,
+    split_roles,
+    strata_of,
+)
 from learner.strategies import get_strategy, margin
 from learner.training import (
     AuditDesign,
@@ -352,21 +359,34 @@ class _State:
     stream_rows: list[int] = field(default_factory=list)
     stream_pi: list[float] = field(default_factory=list)
     audit_pi: dict[int, float] = field(default_factory=dict)
+    # Stream row -> its position in the stream; seed rows all arrive at 0, as production's seed labels
+    # share one arrival (`serving.retrain.labels.SEED_ARRIVAL`): none is older than another.
+    arrival: dict[int, int] = field(default_factory=dict)
+
+    def extend_stream(self, rows: Iterable[int], inclusion: Iterable[float], *, seed: bool = False) -> None:
+        for row, pi in zip(rows, inclusion, strict=True):
+            self.arrival[int(row)] = 0 if seed else len(self.stream_rows)
+            self.stream_rows.append(int(row))
+            self.stream_pi.append(float(pi))
 
 
 STREAM_CHUNK = 4096
 
 
-def _roles(data: LabeledDataset, state: _State) -> tuple[list[int], list[int]]:
-    """(training rows, audit rows): audits certify (never trained on), the other labels train, each in
-    the retrain job's item-id order (`learner.loop.split_roles` with item ids), so both drivers fit one
-    model, and the gate pairs the challenger's and the champion's audits in the order they were
-    certified in."""
-    cal_rows = [r for r in state.labelled if r in state.audited]
-    train_rows = [r for r in state.labelled if r not in state.audited]
+def _roles(data: LabeledDataset, state: _State, window: int) -> tuple[list[int], list[int], int]:
+    """(training rows, audit rows, stream cutoff): the retrain job's `learner.loop.split_roles` - audits
+    certify (the ``window`` most recent ones, when set; older audits train), the other labels train -
+    each role in item-id order, so both drivers fit one model, and the gate pairs the challenger's and
+    the champion's audits in the order they were certified in. Stream items before the cutoff (a
+    position in the stream) are outside the certifying audits' stream."""
+    rows = state.labelled
+    provenance = [Provenance.AUDIT.value if r in state.audited else Provenance.CORRECTION.value for r in rows]
+    arrivals = [state.arrival[r] for r in rows]
+    roles = split_roles(provenance, [data.ids[r] for r in rows], arrivals=arrivals, window=window)
     return (
-        [train_rows[i] for i in canonical_order([data.ids[r] for r in train_rows])],
-        [cal_rows[i] for i in canonical_order([data.ids[r] for r in cal_rows])],
+        [rows[i] for i in roles.train],
+        [rows[i] for i in roles.certify],
+        0 if roles.cutoff is None else int(roles.cutoff),
     )
 
 
@@ -378,8 +398,8 @@ def _train(
     config: SimulationConfig,
 ) -> TrainingResult:
     """Train on the training rows and certify on the audits (`_roles`)."""
-    train_rows, cal_rows = _roles(data, state)
-    _, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi)
+    train_rows, cal_rows, cutoff = _roles(data, state, config.audit.certify_window)
+    _, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi[cutoff:])
 
     classes = data.classes
     x = inputs.x
@@ -393,7 +413,7 @@ def _train(
         encoder_id="simulation",
         x_test=x[test],
         y_test=[str(label) for label in data.labels[test]],
-        design=_design(inputs, state, cal_rows),
+        design=_design(inputs, state, cal_rows, train_rows, cutoff),
         metadata={"audit_strata": levels},
     )
 
@@ -470,7 +490,8 @@ def simulate_run(
     corrections_at_routing (corrections the routing model was trained with), incoming,
     escalation_rate (share of the round's incoming batch escalated by the routing policy, audits
     included), below_threshold_rate (model-only part), stream_auto_accept_accuracy, queue_size,
-    audited (audits drawn this round), audits (all audits so far), train_seconds, and the test metrics
+    audited (audits drawn this round), audits (all audits so far), certifying_audits (the most recent
+    ``audit.certify_window`` of them, or all; older ones train), train_seconds, and the test metrics
     of the model trained at the end of the round (accuracy, macro_f1, ece, coverage_at_target = the
     oracle coverage, auto_accept_coverage = the certified coverage, auto_accept_accuracy,
     test_escalation_rate, classes_auto_accepted, risk_coverage, threshold, audit_band_low).
@@ -498,8 +519,7 @@ def simulate_run(
     seed_rows = [int(r) for r in stream[: config.seed_size]]
     state.labelled.extend(seed_rows)
     state.observed.update({r: int(y[r]) for r in seed_rows})  # seed labels are taken as correct
-    state.stream_rows.extend(seed_rows)
-    state.stream_pi.extend([policy.rate] * len(seed_rows))
+    state.extend_stream(seed_rows, [policy.rate] * len(seed_rows), seed=True)
     # Production's rule (`AuditPolicy.seed_audit`: by id hash) at the share the through-API driver sets.
     seed_policy = replace(policy, seed_share=seed_share_at(policy.rate))
     seed_audits = seed_policy.seed_audit([str(data.ids[r]) for r in seed_rows])
@@ -521,6 +541,7 @@ def simulate_run(
         metrics["threshold"] = _finite(result.bundle.thresholds.thresholds)
         metrics["audit_band_low"] = float(result.bundle.metadata.get("audit_band_low", 0.0))
         metrics["audits"] = len(state.audited)
+        metrics["certifying_audits"] = len(_roles(data, state, config.audit.certify_window)[1])
         metrics["certificate"] = str(result.bundle.thresholds.extra.get("reason", ""))
         return metrics
 
@@ -544,8 +565,7 @@ def simulate_run(
             auto = ~escalated
             pred = np.array(champion.bundle.labels, dtype=object)[np.argmax(proba, axis=1)]
             auto_correct = pred[auto] == data.labels[incoming][auto]
-            state.stream_rows.extend(int(r) for r in incoming)
-            state.stream_pi.extend(float(p) for p in inclusion)
+            state.extend_stream(incoming, inclusion)
             audit = incoming[audited].astype(np.int64)
             for r, p in zip(audit, inclusion[audited], strict=True):
                 state.audited.add(int(r))
@@ -596,14 +616,16 @@ def simulate_run(
         }
 
 
-def _design(inputs: Inputs, state: _State, audit_rows: Sequence[int]) -> AuditDesign:
-    """The audit design of `audit_rows` over every item routed so far (and the seed), leaving out the
-    items the models are trained on (`learner.loop.certification_stream`)."""
-    trained = {r for r in state.labelled if r not in state.audited}
-    keep = certification_stream(state.stream_rows, trained)
-    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + state.stream_pi)
+def _design(
+    inputs: Inputs, state: _State, audit_rows: Sequence[int], train_rows: Sequence[int], cutoff: int
+) -> AuditDesign:
+    """The audit design of `audit_rows` over every item routed since the stream position ``cutoff``
+    (`_roles`), leaving out the items the models are trained on (`learner.loop.certification_stream`)."""
+    rows = state.stream_rows[cutoff:]
+    keep = certification_stream(rows, set(train_rows))
+    strata, _ = strata_of([state.audit_pi[r] for r in audit_rows] + state.stream_pi[cutoff:])
     stream_strata = strata[len(audit_rows) :]
-    stream = np.asarray(state.stream_rows, dtype=np.int64)[keep]
+    stream = np.asarray(rows, dtype=np.int64)[keep]
 
     def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
         parts = [
@@ -631,10 +653,11 @@ def _gate(
     """Production's paired gate on every audit so far: the round's model replaces the champion only
     when it is not significantly worse. The champion is re-certified on the same audits first, so
     both coverages rest on the same evidence."""
-    _, rows = _roles(data, state)  # the challenger's audits, in the order it was certified on them
+    # The challenger's audits, in the order it was certified on them.
+    train_rows, rows, cutoff = _roles(data, state, config.audit.certify_window)
     y = [str(label) for label in data.labels[rows]]
     pi = np.array([state.audit_pi[r] for r in rows])
-    design = _design(inputs, state, rows)
+    design = _design(inputs, state, rows, train_rows, cutoff)
 
     def scores(result: TrainingResult, recertify: bool) -> AuditScores:
         bundle = result.bundle

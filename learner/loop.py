@@ -7,9 +7,9 @@ the Label Studio outbox); `experiments/simulate.py` with in-memory ones. What it
   probability), a strategy pick, or a correction of an escalated item;
 - **the audit draw** (`AuditPolicy`): every routed item is drawn into the audit sample with a known
   probability, denser in the confidence band where candidate thresholds lie, never 0;
-- **label roles** (`split_roles`): audits certify the thresholds and form the gate's holdout, and are
-  never trained on; every other label trains. A model is therefore certified only on audits it did
-  not see;
+- **label roles** (`split_roles`): the most recent audits (`AuditSettings.certify_window`) certify the
+  thresholds and form the gate's holdout, and are not trained on; older audits and every other label
+  train. A model is therefore certified only on audits it did not see;
 - **strata** (`strata_of`): audits drawn with the same probability form one stratum for
   `learner.certify`;
 - **the review priority** (`review_priority`): the configured strategy's score, audits first;
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import numpy as np
@@ -65,6 +65,7 @@ class AuditPolicy:
     band_share: float = 0.6
     seed_share: float = 0.25
     seed: int = 0
+    certify_window: int = 400  # the most recent audits that certify; older ones train (0 = all certify)
 
     @classmethod
     def of(cls, settings: AuditSettings) -> AuditPolicy:
@@ -74,12 +75,13 @@ class AuditPolicy:
             band_share=settings.band_share,
             seed_share=settings.seed_share,
             seed=settings.seed,
+            certify_window=settings.certify_window,
         )
 
     def with_rate(self, rate: float) -> AuditPolicy:
         if not 0.0 < rate <= 1.0:
             raise ValueError(f"audit rate must be in (0, 1], got {rate!r}")
-        return AuditPolicy(rate, self.outside_factor, self.band_share, self.seed_share, self.seed)
+        return replace(self, rate=rate)
 
     def inclusion(self, confidence: ArrayLike, band_low: float) -> NDArray[np.float64]:
         """(n,) routing-time confidences -> (n,) inclusion probabilities, all > 0.
@@ -120,10 +122,12 @@ def strata_of(inclusion: ArrayLike) -> tuple[NDArray[np.int64], list[float]]:
 
 @dataclass(frozen=True)
 class Roles:
-    """Row indices of the labels by role; audits never train."""
+    """Row indices of the labels by role; an audit never trains a model it certifies."""
 
     train: NDArray[np.intp]
     certify: NDArray[np.intp]
+    # The certifying audits' arrivals start here (`audit_cutoff`), and so does their stream; None = all.
+    cutoff: float | None = None
 
 
 def canonical_order(item_ids: Sequence[Hashable]) -> NDArray[np.intp]:
@@ -135,12 +139,45 @@ def canonical_order(item_ids: Sequence[Hashable]) -> NDArray[np.intp]:
     return np.argsort(keys, kind="stable").astype(np.intp)
 
 
-def split_roles(provenance: Sequence[str], item_ids: Sequence[Hashable] | None = None) -> Roles:
+def audit_cutoff(audit_arrivals: ArrayLike, window: int) -> float | None:
+    """The arrival from which audits certify when only the ``window`` most recent ones do; None = every
+    audit certifies (``window`` 0, or no more audits than it).
+
+    An audit certifies the models trained after it arrived, on the stream it was drawn from. Once
+    ``window`` newer audits exist it has done that job, and it trains from then on: the models that
+    follow are certified on the newer audits and on the stream routed since the cutoff only, which
+    they were not trained on (audits older than a model's cutoff are always older than a later
+    model's). The cutoff depends on the audit draws alone, never on a label, so the audits after it
+    are still a probability sample of the stream after it.
+    """
+    arrivals = np.sort(np.asarray(audit_arrivals, dtype=np.float64))
+    if window <= 0 or arrivals.size <= window:
+        return None
+    return float(arrivals[arrivals.size - window])
+
+
+def split_roles(
+    provenance: Sequence[str],
+    item_ids: Sequence[Hashable] | None = None,
+    *,
+    arrivals: ArrayLike | None = None,
+    window: int = 0,
+) -> Roles:
     """Audits (routed and seed) certify and form the gate's holdout; everything else trains. With
-    `item_ids`, each role's rows come in `canonical_order`."""
+    `item_ids`, each role's rows come in `canonical_order`. With ``arrivals`` (each label's routing
+    time or position, seed labels first) and a ``window``, only the ``window`` most recent audits
+    certify and older ones train (`audit_cutoff`)."""
     audit = np.array([p in AUDIT_PROVENANCES for p in provenance], dtype=bool)
+    cutoff = None
+    if arrivals is not None and window > 0:
+        arrival = np.asarray(arrivals, dtype=np.float64)
+        if arrival.shape != audit.shape:
+            raise ValueError(f"arrivals have shape {arrival.shape}, provenance ({audit.size},)")
+        cutoff = audit_cutoff(arrival[audit], window)
+        if cutoff is not None:
+            audit &= arrival >= cutoff
     order = np.arange(len(audit), dtype=np.intp) if item_ids is None else canonical_order(item_ids)
-    return Roles(train=order[~audit[order]], certify=order[audit[order]])
+    return Roles(train=order[~audit[order]], certify=order[audit[order]], cutoff=cutoff)
 
 
 def certification_stream(
@@ -151,8 +188,8 @@ def certification_stream(
     The certificate weighs each stratum's audit error rate by how many stream items the model accepts
     at a threshold. A model is confident on its own training items, so counting them inflates those
     counts: measured on instacart (through the API, round 1), the stream share "accepted" was 0.685
-    while 40% of the audits - a uniform sample of the same stream - were. Audits stay in: they were
-    never trained on.
+    while 40% of the audits - a uniform sample of the same stream - were. The certifying audits stay
+    in: the model was not trained on them.
     """
     trained = set(trained_ids)
     return np.array([i not in trained for i in stream_ids], dtype=np.bool_)

@@ -19,7 +19,11 @@ class AuditSettings(BaseModel):
     Every routed item is drawn into the audit with a known probability: ``rate`` when the routing
     model's confidence lies in the band where candidate thresholds lie (the ``band_share`` most
     confident part of the stream, as measured when the model was certified), ``rate *
-    outside_factor`` elsewhere, never 0. Audited items go to review first and are never trained on.
+    outside_factor`` elsewhere, never 0. Audited items go to review first. The ``certify_window`` most
+    recent audits certify the next model and are not trained on; older ones have done that job and
+    train (`learner.loop.split_roles`): at 3,000 corrections with ~1,200 audits, keeping every audit out
+    of training cost the model ~800 labels, the only random ones among the strategy's picks
+    (experiments/results/loop/FINDINGS.md).
 
     The default ``outside_factor`` is 1 (uniform): denser sampling in the band was measured to cost
     coverage on the real catalogs, because the routing model's band predicts poorly where a later,
@@ -43,6 +47,11 @@ class AuditSettings(BaseModel):
     )
     start_share: float = Field(
         0.25, ge=0, lt=1, description="the high-probability walk starts once this share of audits is accepted"
+    )
+    certify_window: int = Field(  # measured 0 / 400 / 600 / 900 in the loop benchmark: FINDINGS
+        400,
+        ge=0,
+        description="the most recent audits that certify a model; older ones train (0 = all certify)",
     )
 
 

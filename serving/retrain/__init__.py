@@ -7,9 +7,10 @@ Labels = seed labels (our own table, written by `hitl up`) + stored corrections,
 per item wins (a correction overrides a seed label), each with its provenance (`collect_labels`):
 - **audits** (seed labels drawn by id hash, and routed items drawn into the audit sample with a
   logged probability) certify the challenger's threshold (`learner.certify`, over the stream of routed
-  items the audits came from) and are the gate's paired holdout. They are never trained on, so every
-  version is certified only on audits it did not see;
-- every other label trains.
+  items the audits came from) and are the gate's paired holdout. Only the `learner.audit.certify_window`
+  most recent audits do, over the stream routed since the oldest of them, and they are not trained on,
+  so every version is certified only on audits it did not see;
+- every other label trains, older audits included.
 
 One run = collect -> embed (the shared embedding cache) -> train head + temperature -> certify on the
 audits -> score challenger AND champion on the same audits -> log to MLflow and register a version ->

@@ -69,10 +69,18 @@ class RetrainJob:
         self.on_stage("collecting")
         collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit))
         labels = collected.labels
-        roles = loop.split_roles([r.provenance for r in labels], [r.item_id for r in labels])
+        window = settings.learner.audit.certify_window
+        roles = loop.split_roles(
+            [r.provenance for r in labels],
+            [r.item_id for r in labels],
+            arrivals=[r.arrival for r in labels],
+            window=window,
+        )
         train = [labels[i] for i in roles.train]
         audits = [labels[i] for i in roles.certify]
-        stream = collected.stream
+        # The certifying audits were drawn from the stream routed since the oldest of them.
+        cutoff = roles.cutoff
+        stream = collected.stream if cutoff is None else [s for s in collected.stream if s.arrival >= cutoff]
         fresh = loop.certification_stream([s.item_id for s in stream], {r.item_id for r in train})
         outcome: dict[str, Any] = {"correction_watermark": collected.watermark, "n_labels": len(labels)}
         config = training_config(settings.learner)
@@ -84,6 +92,7 @@ class RetrainJob:
             "n_correction_labels": len(labels) - n_seed,
             "n_train": len(train),
             "n_audits": len(audits),
+            "n_audits_retired": sum(r.provenance in loop.AUDIT_PROVENANCES for r in train),
             "n_stream": len(stream),
             "n_stream_trained_on": int((~fresh).sum()),
             "unreviewed_audits": collected.unreviewed_audits,
@@ -335,9 +344,9 @@ class RetrainJob:
         config: TrainingConfig,
         design: AuditDesign,
     ) -> tuple[AuditScores | None, str]:
-        """The champion on today's audits, RE-CERTIFIED on them (it was never trained on an audit): its
-        coverage then rests on the same evidence as the challenger's, not on the fewer audits it had
-        when it was promoted."""
+        """The champion on today's audits, RE-CERTIFIED on them (it trained only on audits older than
+        these: the certifying window only moves forward): its coverage then rests on the same evidence
+        as the challenger's, not on the audits it had when it was promoted."""
         champion = self._champion(version)
         if champion.encoder_id != encoder_id:
             return None, (

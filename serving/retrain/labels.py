@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,6 +19,14 @@ from serving.retrain.tables import (
 )
 from serving.store import Correction, Item, Prediction, Store
 
+# Seed labels and seed stream items arrive before anything routed (`learner.loop.split_roles`).
+SEED_ARRIVAL = float("-inf")
+
+
+def _arrival(created_at: datetime) -> float:
+    """POSIX seconds of a stored (naive UTC) routing time."""
+    return created_at.replace(tzinfo=UTC).timestamp()
+
 
 @dataclass(frozen=True)
 class LabeledText:
@@ -28,6 +36,7 @@ class LabeledText:
     source: str  # seed | correction
     provenance: str = Provenance.SEED.value  # learner.loop.Provenance
     inclusion: float | None = None  # the audit draw's probability, for audits
+    arrival: float = SEED_ARRIVAL  # when it was routed (POSIX seconds); seed labels come first
 
 
 @dataclass(frozen=True)
@@ -37,6 +46,7 @@ class StreamItem:
     item_id: str
     text: str
     inclusion: float
+    arrival: float = SEED_ARRIVAL
 
 
 def add_seed_labels(store: Store, products: Sequence[Product], *, level: int) -> int:
@@ -191,13 +201,18 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
             provenance, inclusion = Provenance.AUDIT.value, routing.inclusion
         else:
             provenance, inclusion = Provenance.CORRECTION.value, None
-        by_item[item_id] = LabeledText(item_id, text, record.label, "correction", provenance, inclusion)
+        arrival = SEED_ARRIVAL if routing is None else _arrival(routing.created_at)
+        by_item[item_id] = LabeledText(
+            item_id, text, record.label, "correction", provenance, inclusion, arrival
+        )
     stream = [StreamItem(i, by_item[i].text, policy.seed_share) for i in seed_ids if i in by_item]
     for item_id, routing in routings.items():
         if routing.inclusion is None or item_id in seed_set or item_id not in texts:
             continue
         if cutoff is None or routing.created_at < cutoff:
-            stream.append(StreamItem(item_id, texts[item_id], routing.inclusion))
+            stream.append(
+                StreamItem(item_id, texts[item_id], routing.inclusion, _arrival(routing.created_at))
+            )
     return CollectedLabels(
         sorted(by_item.values(), key=lambda r: r.item_id), stream, watermark, cutoff, len(pending)
     )

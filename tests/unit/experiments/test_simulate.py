@@ -148,6 +148,19 @@ def test_audits_are_drawn_at_routing_reviewed_first_and_counted(tiny: Tiny) -> N
     assert sum(r["audited"] for r in more[1:]) > sum(audited)
 
 
+def test_with_a_window_only_the_most_recent_audits_certify(tiny: Tiny) -> None:
+    data, x = tiny
+    config = _config("margin", audit_share=0.4)
+    rows = list(simulate_run(data, x, replace(config, audit=replace(config.audit, certify_window=8))))
+    # Every audit drawn is still counted; only the 8 most recent certify, the older ones train.
+    assert rows[-1]["audits"] > 8
+    assert [r["certifying_audits"] for r in rows] == [min(r["audits"], 8) for r in rows]
+    whole = list(simulate_run(data, x, config))
+    assert [r["certifying_audits"] for r in whole] == [r["audits"] for r in whole]
+    # Retired audits train: the same labels, so a different model once the window is full.
+    assert rows[-1]["accuracy"] != whole[-1]["accuracy"] or rows[-1]["threshold"] != whole[-1]["threshold"]
+
+
 def test_hybrid_features_run_and_are_part_of_the_run_identity(tiny: Tiny, tmp_path: Path) -> None:
     data, x = tiny
     hybrid = replace(FAST, features=FeatureSpec(kind="hybrid", ngram_dims=256, ngram_weight=2.0))

@@ -10,6 +10,7 @@ from learner.loop import (
     STRATEGY_MAX_PRIORITY,
     AuditPolicy,
     Provenance,
+    audit_cutoff,
     band_low,
     canonical_order,
     certification_stream,
@@ -68,6 +69,27 @@ def test_audits_certify_and_never_train() -> None:
     assert ordered.certify.tolist() == [2, 1]
     assert ordered.train.tolist() == [0, 4, 3]
     assert canonical_order([3, 10, 2]).tolist() == [1, 2, 0]  # ids compare as strings: "10" < "2" < "3"
+
+
+def test_only_the_most_recent_audits_certify_and_older_ones_train() -> None:
+    provenance = ["seed_audit", "seed", "audit", "strategy", "audit", "audit", "correction"]
+    arrivals = [-np.inf, -np.inf, 1.0, 2.0, 3.0, 5.0, 4.0]
+    # Window 2: the audits at 3 and 5 certify; the seed audit and the audit at 1 have done their job.
+    roles = split_roles(provenance, arrivals=arrivals, window=2)
+    assert roles.certify.tolist() == [4, 5]
+    assert roles.train.tolist() == [0, 1, 2, 3, 6]
+    assert roles.cutoff == 3.0
+    # No window, or no more audits than it: every audit certifies, nothing is cut.
+    for window in (0, 4, 10):
+        every = split_roles(provenance, arrivals=arrivals, window=window)
+        assert (every.certify.tolist(), every.cutoff) == ([0, 2, 4, 5], None)
+    assert split_roles(provenance).cutoff is None
+    # The cutoff is the window-th most recent audit's arrival; ties keep every tied audit.
+    assert audit_cutoff([5.0, 1.0, 3.0, 3.0], 2) == 3.0
+    assert audit_cutoff([-np.inf, -np.inf, 2.0], 2) == -np.inf
+    assert audit_cutoff([1.0, 2.0], 2) is None
+    with pytest.raises(ValueError, match=r"arrivals have shape \(2,\)"):
+        split_roles(provenance, arrivals=[1.0, 2.0], window=1)
 
 
 def test_review_priority_follows_the_strategy_and_audits_come_first() -> None:

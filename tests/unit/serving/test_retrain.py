@@ -99,6 +99,37 @@ def test_an_unreviewed_audit_cuts_the_stream(store: Store) -> None:
     assert [s.item_id for s in collected.stream] == ["a1"]
 
 
+def test_older_audits_retire_into_training_and_the_stream_starts_at_the_window(store: Store) -> None:
+    add_seed_labels(
+        store, [Product(id=f"s{i}", title=f"seed {i}", category=["A", "B"]) for i in range(8)], level=2
+    )
+    for item in ("a1", "x1", "a2", "x2", "a3"):
+        audited = item.startswith("a")
+        predicted(
+            store, "v1", item, f"routed {item}", escalated=audited, reasons=["audit"] if audited else []
+        )
+    for n, item in enumerate(("a1", "a2", "a3"), start=1):
+        store.record_correction(correction(n, item, "A > B", minute=n))
+    collected = collect_labels(store, AuditPolicy(seed_share=0.5))
+    by_id = {r.item_id: r for r in collected.labels}
+    assert by_id["s0"].arrival == -np.inf  # seed labels come before anything routed
+    assert by_id["a1"].arrival < by_id["a2"].arrival < by_id["a3"].arrival
+    labels = collected.labels
+    roles = split_roles(
+        [r.provenance for r in labels],
+        [r.item_id for r in labels],
+        arrivals=[r.arrival for r in labels],
+        window=2,
+    )
+    assert [labels[i].item_id for i in roles.certify] == ["a2", "a3"]
+    train = {labels[i].item_id for i in roles.train}
+    assert train == {"a1"} | {f"s{i}" for i in range(8)}  # a1 and every seed audit now train
+    assert any(r.provenance == Provenance.SEED_AUDIT for r in labels)
+    assert roles.cutoff == by_id["a2"].arrival
+    window_stream = [s.item_id for s in collected.stream if s.arrival >= roles.cutoff]
+    assert window_stream == ["a2", "x2", "a3"]  # the stream the certifying audits were drawn from
+
+
 def test_seed_audits_are_a_hash_share_of_the_seed(store: Store) -> None:
     seed = [Product(id=f"s{i}", title=f"thing {i}", category=["A", "B"]) for i in range(2000)]
     add_seed_labels(store, seed, level=2)
