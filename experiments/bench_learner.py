@@ -7,7 +7,11 @@ two ways of picking the labels:
 - ``random``: a seeded uniform sample of the pool;
 - ``margin``: active learning with the default learner and margin sampling, from 200 random seed labels
   in rounds (200 labels a round up to 1,000, then 550 up to 3,200, then 1,700 up to 10,000); every
-  configuration is then trained on the same picked labels. ``all`` is the same set for both.
+  configuration is then trained on the same picked labels. ``all`` is the same set for both;
+- ``loop_mix``: what the default loop trains on - the same margin rounds with a third of each round
+  drawn uniformly at random (`LOOP_RANDOM_SHARE`: at 3,000 corrections the loop of
+  experiments/bench_loop.py trains on ~2,800 labels, ~1,000 of them uniform: 200 seed labels and the
+  ~800 audits that retired from the certification window).
 
 each configuration is trained and scored on the test split:
 
@@ -73,6 +77,8 @@ RESULTS = Path("experiments/results/learner")
 BUDGETS: tuple[int | None, ...] = (1000, 3200, 10000, None)  # None = every label of the pool
 MARGIN_SCHEDULE = ((1000, 200), (3200, 550), (10000, 1700))  # (up to, labels per round)
 MARGIN_SEED_LABELS = 200
+LOOP_RANDOM_SHARE = 1 / 3  # the uniform share of the default loop's training labels (module docstring)
+PICKED = {"margin": 0.0, "loop_mix": LOOP_RANDOM_SHARE}  # label sets picked by a model: uniform share
 TARGET = 0.95
 CURVE_BUDGET = 3200  # the risk-coverage figure: random labels at this budget
 CURVE_CONFIGS = ("wave1", "default", "top_probability", "tfidf_lr", "knn_agreement", "label_memory")
@@ -397,9 +403,11 @@ def margin_label_sets(
     seed: int,
     schedule: Sequence[tuple[int, int]] = MARGIN_SCHEDULE,
     seed_labels: int = MARGIN_SEED_LABELS,
+    random_share: float = 0.0,
 ) -> dict[int, NDArray[np.int64]]:
     """Labels picked by margin sampling with `config`'s learner: {budget: pool rows} per `schedule` entry
-    ((budget, labels per round), increasing), starting from `seed_labels` random ones."""
+    ((budget, labels per round), increasing), starting from `seed_labels` random ones; with
+    ``random_share``, that share of each round is drawn uniformly from the unlabelled pool first."""
     strategy = get_strategy("margin")
     rng = np.random.default_rng(seed)
     texts = [str(t) for t in corpus.data.texts]
@@ -414,8 +422,14 @@ def margin_label_sets(
             candidates = np.flatnonzero(~labelled)
             proba = head.predict_proba(inputs[candidates])
             n = int(min(step, budget - labelled.sum()))
-            labelled[candidates[strategy(proba, n, rng=rng)]] = True
-            print(f"  {corpus.name} margin: {int(labelled.sum())} labels", flush=True)
+            uniform = rng.choice(len(candidates), size=round(n * random_share), replace=False)
+            rest = np.setdiff1d(np.arange(len(candidates)), uniform)
+            picked = rest[strategy(proba[rest], n - len(uniform), rng=rng)]
+            labelled[candidates[np.concatenate([uniform, picked])]] = True
+            print(
+                f"  {corpus.name} margin (uniform share {random_share:.2f}): {int(labelled.sum())} labels",
+                flush=True,
+            )
         out[budget] = np.sort(corpus.pool[labelled]).astype(np.int64)
     return out
 
@@ -480,7 +494,7 @@ def run(
         for budget in BUDGETS:
             whole = budget is None or budget >= len(corpus.pool)
             plan += [("random", budget, base_seed + k) for k in range(1 if whole else random_seeds)]
-        plan += [("margin", budget, base_seed) for budget, _ in MARGIN_SCHEDULE]
+        plan += [(sampling, budget, base_seed) for sampling in PICKED for budget, _ in MARGIN_SCHEDULE]
 
         def wanted(sampling: str, budget: int | None, seed: int, config_name: str, name: str = name) -> bool:
             limit = _limited(config_name)
@@ -490,16 +504,17 @@ def run(
                 return False
             return _key(name, sampling, budget, config_name, seed) not in cells
 
-        margin_sets: dict[int, NDArray[np.int64]] = {}
-        if any(wanted(s, b, k, c) for s, b, k in plan if s == "margin" for c in configs):
-            margin_sets = margin_label_sets(corpus, config, base_seed)
+        picked_sets: dict[str, dict[int, NDArray[np.int64]]] = {}
+        for sampling, share in PICKED.items():
+            if any(wanted(s, b, k, c) for s, b, k in plan if s == sampling for c in configs):
+                picked_sets[sampling] = margin_label_sets(corpus, config, base_seed, random_share=share)
         for sampling, budget, seed in plan:
             for config_name, run_config in configs.items():
                 if not wanted(sampling, budget, seed, config_name):
                     continue
                 rows = (
-                    margin_sets[int(budget or 0)]
-                    if sampling == "margin"
+                    picked_sets[sampling][int(budget or 0)]
+                    if sampling in PICKED
                     else random_labels(corpus, budget, seed)
                 )
                 scored = run_config(corpus, rows, config)
@@ -552,19 +567,23 @@ def summarize(
     default_targets: dict[str, Any] = {}
     for name in catalogs:
         at = per_catalog[name].get("random", {}).get(str(CURVE_BUDGET), {}).get("default")
-        margin_at = per_catalog[name].get("margin", {}).get(str(CURVE_BUDGET), {}).get("default")
         if at is None:
             continue
         checks = {
             metric: {"target": target, "measured": at[metric], "met": at[metric] >= target}
             for metric, target in TARGETS.get(name, {}).items()
         }
-        if margin_at is not None:
-            checks["al_ranks_as_well"] = {
-                "target": "margin oracle_coverage_95 >= random",
-                "measured": {"margin": margin_at["oracle_coverage_95"], "random": at["oracle_coverage_95"]},
-                "met": margin_at["oracle_coverage_95"] >= at["oracle_coverage_95"],
-            }
+        for sampling, check in (("margin", "al_ranks_as_well"), ("loop_mix", "loop_ranks_as_well")):
+            picked_at = per_catalog[name].get(sampling, {}).get(str(CURVE_BUDGET), {}).get("default")
+            if picked_at is not None:
+                checks[check] = {
+                    "target": f"{sampling} oracle_coverage_95 >= random",
+                    "measured": {
+                        sampling: picked_at["oracle_coverage_95"],
+                        "random": at["oracle_coverage_95"],
+                    },
+                    "met": picked_at["oracle_coverage_95"] >= at["oracle_coverage_95"],
+                }
         default_targets[name] = checks
     return {
         "benchmark": "learner: accuracy and confidence ranking by label budget",
@@ -615,7 +634,7 @@ def write_readme(summary: Mapping[str, Any], out: Path) -> None:
     ]
     for name, block in summary["catalogs"].items():
         lines += [f"## {name}", ""]
-        for sampling in ("random", "margin"):
+        for sampling in ("random", *PICKED):
             budgets = block.get(sampling, {})
             if not budgets:
                 continue

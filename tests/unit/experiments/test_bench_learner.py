@@ -66,6 +66,12 @@ def test_margin_label_sets_grow_by_the_schedule_and_prefer_uncertain_items(
     assert sorted(sets) == [150, 250]
     assert (len(sets[150]), len(sets[250])) == (150, 250)
     assert set(sets[150].tolist()) <= set(sets[250].tolist()) <= set(corpus.pool.tolist())
+    # The loop's mix: a third of each round drawn uniformly, so its picks are less uncertain on average.
+    mixed = bench_learner.margin_label_sets(
+        corpus, config, seed=0, schedule=((150, 50), (250, 100)), seed_labels=50, random_share=1 / 3
+    )
+    assert (len(mixed[150]), len(mixed[250])) == (150, 250)
+    assert not np.array_equal(mixed[250], sets[250])
 
 
 def test_the_summary_checks_the_default_against_the_targets() -> None:
@@ -82,6 +88,7 @@ def test_the_summary_checks_the_default_against_the_targets() -> None:
         "bigbasket/random/3200/default/0": {"key": "k", **row},
         "bigbasket/random/3200/default/1": {"key": "k", **row, "accuracy": 0.82},
         "bigbasket/margin/3200/default/0": {"key": "k", **row, "oracle_coverage_95": 0.4},
+        "bigbasket/loop_mix/3200/default/0": {"key": "k", **row, "oracle_coverage_95": 0.6},
     }
     summary = bench_learner.summarize(cells, ["bigbasket"], Settings(), "cmd")
     checks = summary["default"]["targets_at_3200_random"]["bigbasket"]
@@ -89,6 +96,7 @@ def test_the_summary_checks_the_default_against_the_targets() -> None:
     assert checks["accuracy"]["met"] is True
     assert checks["oracle_coverage_95"]["met"] is False
     assert checks["al_ranks_as_well"]["met"] is False
+    assert checks["loop_ranks_as_well"]["met"] is True
     cell = summary["catalogs"]["bigbasket"]["random"]["3200"]["default"]
     assert (cell["aurc"], cell["seeds"], cell["oracle_coverage_95_range"]) == (
         pytest.approx(0.03),
