@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,11 +23,6 @@ from serving.store import Correction, Item, Prediction, Store
 SEED_ARRIVAL = float("-inf")
 
 
-def _arrival(created_at: datetime) -> float:
-    """POSIX seconds of a stored (naive UTC) routing time."""
-    return created_at.replace(tzinfo=UTC).timestamp()
-
-
 @dataclass(frozen=True)
 class LabeledText:
     item_id: str
@@ -36,7 +31,7 @@ class LabeledText:
     source: str  # seed | correction
     provenance: str = Provenance.SEED.value  # learner.loop.Provenance
     inclusion: float | None = None  # the audit draw's probability, for audits
-    arrival: float = SEED_ARRIVAL  # when it was routed (POSIX seconds); seed labels come first
+    arrival: float = SEED_ARRIVAL  # its first routing's prediction id (routing order); seed labels first
 
 
 @dataclass(frozen=True)
@@ -110,6 +105,8 @@ class FirstRouting:
     created_at: datetime
     inclusion: float | None
     audited: bool
+    # The prediction's id: routing order without ties (rows of one batch can share a timestamp).
+    arrival: float
 
 
 def first_routings(store: Store) -> dict[str, FirstRouting]:
@@ -117,16 +114,22 @@ def first_routings(store: Store) -> dict[str, FirstRouting]:
     from serving.routing import AUDIT_REASONS
 
     query = (
-        select(Prediction.item_id, Prediction.created_at, Prediction.audit_probability, Prediction.reasons)
+        select(
+            Prediction.item_id,
+            Prediction.created_at,
+            Prediction.audit_probability,
+            Prediction.reasons,
+            Prediction.id,
+        )
         .where(first_pass())
         .order_by(Prediction.id)
     )
     out: dict[str, FirstRouting] = {}
     with store.session() as session:
-        for item_id, created, inclusion, reasons in session.execute(query).all():
+        for item_id, created, inclusion, reasons, prediction_id in session.execute(query).all():
             if item_id not in out:
                 audited = inclusion is not None and bool(AUDIT_REASONS.intersection(reasons or []))
-                out[item_id] = FirstRouting(created, inclusion, audited)
+                out[item_id] = FirstRouting(created, inclusion, audited, float(prediction_id))
     return out
 
 
@@ -201,7 +204,7 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
             provenance, inclusion = Provenance.AUDIT.value, routing.inclusion
         else:
             provenance, inclusion = Provenance.CORRECTION.value, None
-        arrival = SEED_ARRIVAL if routing is None else _arrival(routing.created_at)
+        arrival = SEED_ARRIVAL if routing is None else routing.arrival
         by_item[item_id] = LabeledText(
             item_id, text, record.label, "correction", provenance, inclusion, arrival
         )
@@ -210,9 +213,7 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
         if routing.inclusion is None or item_id in seed_set or item_id not in texts:
             continue
         if cutoff is None or routing.created_at < cutoff:
-            stream.append(
-                StreamItem(item_id, texts[item_id], routing.inclusion, _arrival(routing.created_at))
-            )
+            stream.append(StreamItem(item_id, texts[item_id], routing.inclusion, routing.arrival))
     return CollectedLabels(
         sorted(by_item.values(), key=lambda r: r.item_id), stream, watermark, cutoff, len(pending)
     )
