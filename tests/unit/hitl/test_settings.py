@@ -40,6 +40,9 @@ def test_unknown_or_invalid_keys_are_refused(tmp_path: Path) -> None:
     config.write_text("learner:\n  target_accuracy: 1.5\n")
     with pytest.raises(ValidationError, match="target_accuracy"):
         load_settings(config)
+    config.write_text("learner:\n  audit:\n    certify_window: -1\n")
+    with pytest.raises(ValidationError, match="certify_window"):
+        load_settings(config)
     config.write_text("no_such_section: 1\n")
     with pytest.raises(ValidationError, match="no_such_section"):
         load_settings(config)
