@@ -1,8 +1,8 @@
 """Scoring and recording predictions: what `POST /v1/predict` (and the ML backend) run.
 
-`score_items` is side-effect free (embed, calibrated probabilities, routing); `predict_and_record`
-(and its event-loop twin `predict_and_record_async`) also stores items, predictions, audit rows and
-outbox entries in one transaction, committed before it returns.
+`score_items` is side-effect free (embed, calibrated probabilities, routing);
+`predict_and_record` also stores items, predictions, audit rows and outbox entries in one
+transaction, committed before it returns.
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def new_predictions(scored: Sequence[Scored]) -> list[NewPrediction]:
     ]
 
 
-def predict_and_record(
+async def predict_and_record(
     model: LoadedModel,
     store: Store,
     items: Sequence[ItemIn],
@@ -129,25 +129,9 @@ def predict_and_record(
     requested_by: str | None,
     on_escalated: EscalationHook | None,
 ) -> tuple[list[Scored], list[int]]:
-    scored = score_items(model, items, policy, loop)
-    rows = new_predictions(scored)
-    ids = store.record_predictions(model.version, rows, requested_by=requested_by, on_escalated=on_escalated)
-    return scored, ids
-
-
-async def predict_and_record_async(
-    model: LoadedModel,
-    store: Store,
-    items: Sequence[ItemIn],
-    policy: RoutingSettings,
-    loop: LoopPolicy,
-    *,
-    requested_by: str | None,
-    on_escalated: EscalationHook | None,
-) -> tuple[list[Scored], list[int]]:
-    """`predict_and_record` for the event loop: scoring (CPU, numpy/torch) runs in the threadpool, and
-    the write is awaited on the store's writer thread, so no thread is parked while rows commit.
-    Returns only after the rows are committed, exactly like the blocking version.
+    """Score `items` and record them, for the event loop: scoring (CPU, numpy/torch) runs in the
+    threadpool, and the write is awaited on the store's writer thread, so no thread is parked while
+    rows commit. Returns (the scored items, their prediction ids) only after the rows are committed.
 
     A few items whose embeddings are in memory are scored inline: that is ~1 ms of GIL-bound Python,
     which a worker thread could not run in parallel anyway, and the two thread handoffs it saves cost

@@ -11,7 +11,7 @@ from serving.deps import StoreDep, get_metrics, get_model_holder, get_settings
 from serving.routing import LABEL_SEPARATOR
 from serving.schemas import ItemPrediction, PredictRequest, PredictResponse, ScoredLabel
 from serving.security import Principal, Role, require_roles
-from serving.service import LoopPolicy, outbox_hook, predict_and_record_async
+from serving.service import LoopPolicy, outbox_hook, predict_and_record
 from serving.settings import ServingSettings
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -76,7 +76,7 @@ async def predict(
     settings, holder, metrics = get_settings(request), get_model_holder(request), get_metrics(request)
     check_limits(body, settings.serving)
     model = holder.require()  # one reference for the whole request: a hot swap cannot split it
-    scored, ids = await predict_and_record_async(
+    scored, ids = await predict_and_record(
         model,
         store,
         body.items,
