@@ -159,7 +159,8 @@ class ModelBundle:
         """
         proba = self.predict_proba(embeddings)
         best = np.argmax(proba, axis=1)
-        return [self.labels[i] for i in best], self.confidence(proba), self.thresholds.accept_mask(proba)
+        confidence = self.confidence(proba)
+        return [self.labels[i] for i in best], confidence, self.thresholds.accepts(confidence, best)
 
     def confidence(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
         """(n, n_labels) calibrated probabilities -> (n,) the confidence this bundle's certified

@@ -91,8 +91,11 @@ class ClassThresholds:
 
     def accept_mask(self, proba: NDArray[np.floating[Any]]) -> NDArray[np.bool_]:
         """(n, n_classes) calibrated probabilities -> (n,) True where the item is auto-accepted."""
-        predicted = np.argmax(proba, axis=1)
-        return np.asarray(self.confidence(proba) >= self.thresholds[predicted], dtype=np.bool_)
+        return self.accepts(self.confidence(proba), np.argmax(proba, axis=1))
+
+    def accepts(self, confidence: NDArray[np.float64], predicted: NDArray[np.intp]) -> NDArray[np.bool_]:
+        """`accept_mask` for a caller that already holds (n,) `confidence` and (n,) predicted class."""
+        return np.asarray(confidence >= self.thresholds[predicted], dtype=np.bool_)
 
     def to_dict(self) -> dict[str, Any]:
         return {

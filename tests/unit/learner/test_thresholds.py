@@ -112,6 +112,10 @@ def test_class_with_too_little_data_gets_inf() -> None:
     # Items of never-accepted classes are never accepted, however confident.
     mask = th.accept_mask(proba)
     assert not mask[200:].any()
+    # A caller holding the confidence and the predicted class gets the same decision.
+    again = th.accepts(th.confidence(proba), np.argmax(proba, axis=1))
+    np.testing.assert_array_equal(again, mask)
+    assert mask.any() and not mask.all()
 
 
 def test_perfect_classifier_gets_a_threshold() -> None:
