@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 import pytest
@@ -46,6 +46,16 @@ TAXONOMY = Taxonomy.from_paths(
 )
 REVIEWER_PASSWORD = "reviewer-password-1"
 T = TypeVar("T")
+
+
+@overload
+def eventually(read: Callable[[], T | None], *, timeout: float = 20.0, what: str = "it") -> T: ...
+
+
+@overload
+def eventually(
+    read: Callable[[], T], ok: Callable[[T], object], *, timeout: float = 20.0, what: str = "it"
+) -> T: ...
 
 
 def eventually(

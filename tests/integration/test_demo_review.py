@@ -127,7 +127,7 @@ def test_demo_review_works_label_studios_queue_in_order_and_its_labels_reach_the
     assert [r["one_click"] for r in reviews] == [True, False, True, False]
     assert all(r["model_version"] == VERSION for r in reviews)
 
-    def stored() -> dict[str, str] | None:
+    def stored() -> dict[str, str | None] | None:
         labels = store.current_labels()
         found = {i: labels[i].label for i in ITEMS if i in labels and labels[i].source == "webhook"}
         return found if len(found) == 3 else None

@@ -338,7 +338,7 @@ def test_planted_pii_reaches_no_store_no_task_no_answer_and_no_log(
     answer = loop.http.post("/v1/predict", json={"items": items}, headers=service)
     assert answer.status_code == 200, answer.text
     assert all(p["decision"] == "escalated" for p in answer.json()["predictions"])
-    ids = {item["id"] for item in items}
+    ids = {str(item["id"]) for item in items}
     truth = {f"pii-{i}": loop.truth[base.id] for i, base in enumerate(loop.fresh[-5:])}
 
     def delivered() -> list[dict[str, Any]] | None:

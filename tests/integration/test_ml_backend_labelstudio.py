@@ -118,11 +118,11 @@ def test_bootstrap_connects_the_ml_backend_once_and_start_training_reaches_the_t
         "webhook_secret": "s3cret-for-this-test",
     }
     taxonomy = Taxonomy.from_paths(["Sports > Running", "Sports > Tennis"])
-    first = bootstrap_project(ls_client, taxonomy, **kwargs)  # type: ignore[arg-type]
+    first = bootstrap_project(ls_client, taxonomy, **kwargs)
     try:
         _, created = ls_client.ensure_ml_backend(first.project_id, spec)
         assert created
-        again = bootstrap_project(ls_client, taxonomy, **kwargs)  # type: ignore[arg-type]
+        again = bootstrap_project(ls_client, taxonomy, **kwargs)
         assert again.project_id == first.project_id
         # Connected once: the second call creates nothing. Its id is the one backend kept, which need
         # not be the id the create answered: a CI run saw Label Studio list two backends for one

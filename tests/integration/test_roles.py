@@ -157,9 +157,9 @@ def test_routes_are_found_and_match_the_openapi_document() -> None:
     assert documented <= walked
     keys_routes = {(e.method, e.path): e.allowed for e in PROTECTED if e.path.startswith("/v1/keys")}
     assert keys_routes == {
-        ("POST", "/v1/keys"): {Role.ADMIN},
-        ("GET", "/v1/keys"): {Role.ADMIN},
-        ("DELETE", "/v1/keys/{key_id}"): {Role.ADMIN},
+        ("POST", "/v1/keys"): frozenset({Role.ADMIN}),
+        ("GET", "/v1/keys"): frozenset({Role.ADMIN}),
+        ("DELETE", "/v1/keys/{key_id}"): frozenset({Role.ADMIN}),
     }
     dashboard_roles = frozenset({Role.PRODUCT_OWNER, Role.ML_ENGINEER, Role.ADMIN})
     metrics_routes = {e.path: e.allowed for e in PROTECTED if e.path.startswith("/v1/metrics/")}

@@ -183,7 +183,7 @@ def test_the_simulation_builds_head_inputs_as_a_retrain_does(tiny: Tiny) -> None
     inputs = model_inputs(data, x, spec)
     assert sparse.issparse(inputs.x)  # the retrain job's CSR inputs, fitted by the same code path
     dense = spec.model_inputs(x, [str(t) for t in data.texts])
-    np.testing.assert_allclose(inputs.x.toarray(), dense, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(sparse.csr_matrix(inputs.x).toarray(), dense, rtol=1e-6, atol=1e-7)
     embedding_only = model_inputs(data, x, FeatureSpec(kind="embedding")).x
     assert isinstance(embedding_only, np.ndarray)
     np.testing.assert_array_equal(embedding_only, x)

@@ -41,7 +41,7 @@ def esc(
     item: str, priority: float, version: str = "v1", label: str = "Shoes", action: str = "push"
 ) -> Escalation:
     return Escalation(
-        action=action,  # type: ignore[arg-type]
+        action=action,
         item_id=item,
         title=f"t {item}",
         predicted_label=label,

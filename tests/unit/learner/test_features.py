@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from scipy import sparse
 
 from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.exceptions import BundleFormatError
@@ -185,7 +186,7 @@ def test_sparse_inputs_hold_the_numbers_of_model_inputs() -> None:
         dense = spec.model_inputs(embeddings, texts)
         csr = spec.sparse_inputs(embeddings, texts)
         assert csr.shape == dense.shape
-        np.testing.assert_array_equal(csr.toarray(), dense)
+        np.testing.assert_array_equal(sparse.csr_matrix(csr).toarray(), dense)
         np.testing.assert_array_equal(spec.encoder_part(csr), embeddings)
     plain = FeatureSpec()
     np.testing.assert_array_equal(plain.sparse_inputs(embeddings, texts), embeddings)  # stays dense
@@ -200,11 +201,14 @@ def test_the_memo_reuses_rows_per_spec_and_stays_bounded() -> None:
     assert (memo.misses, memo.hits, len(memo)) == (30, 0, 30)
     again = HYBRID.sparse_inputs(embeddings[::-1], texts[::-1], memo)
     assert (memo.misses, memo.hits) == (30, 30)
-    np.testing.assert_array_equal(again.toarray(), first.toarray()[::-1])
+    np.testing.assert_array_equal(
+        sparse.csr_matrix(again).toarray(), sparse.csr_matrix(first).toarray()[::-1]
+    )
     # Another spec's n-grams are other numbers: never served from the first spec's rows.
     other = FeatureSpec(kind="hybrid", ngram_dims=256, sublinear_tf=True)
     np.testing.assert_array_equal(
-        other.sparse_inputs(embeddings, texts, memo).toarray(), other.model_inputs(embeddings, texts)
+        sparse.csr_matrix(other.sparse_inputs(embeddings, texts, memo)).toarray(),
+        other.model_inputs(embeddings, texts),
     )
     assert memo.misses == 60
     assert len(memo) == 50  # the oldest rows made room

@@ -115,7 +115,8 @@ def test_class_with_too_little_data_gets_inf() -> None:
     # A caller holding the confidence and the predicted class gets the same decision.
     again = th.accepts(th.confidence(proba), np.argmax(proba, axis=1))
     np.testing.assert_array_equal(again, mask)
-    assert mask.any() and not mask.all()
+    assert mask.any()
+    assert not mask.all()
 
 
 def test_perfect_classifier_gets_a_threshold() -> None:

@@ -16,6 +16,7 @@ from learner.training import TrainingResult
 from serving import registry, tracking
 from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
 from serving.retrain.tables import RunRecord
+from serving.retrain.training import TrainFn
 from serving.store import Store
 from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
 
@@ -45,7 +46,7 @@ def crash(inputs: TrainingInputs) -> TrainingResult:
     raise RuntimeError("out of memory (simulated)")
 
 
-def run_once(settings: Settings, store: Store, train_fn=default_train):  # type: ignore[no-untyped-def]
+def run_once(settings: Settings, store: Store, train_fn: TrainFn = default_train) -> RunRecord:
     worker = RetrainWorker(settings, store, embedder=BowEmbedder(), train_fn=train_fn, auto=False)
     run_id = worker.trigger("test").run_id
     assert worker.run_next()
@@ -130,8 +131,8 @@ def test_a_challenger_with_other_features_is_compared_on_the_champions_own_input
     assert record.status in {"promoted", "rejected"}, record.error
     challenger = ModelBundle.load(registry.download(settings, record.version or ""), device="cpu")
     assert challenger.features.kind == "embedding"
-    champion = ModelBundle.load(registry.download(settings, "1"), device="cpu")
-    assert champion.features.kind == "hybrid"
+    champion_bundle = ModelBundle.load(registry.download(settings, "1"), device="cpu")
+    assert champion_bundle.features.kind == "hybrid"
 
 
 def test_the_worker_hashes_each_title_once_across_runs(

@@ -9,7 +9,7 @@ import pytest
 
 from hitl.settings import RoutingSettings
 from learner.loop import AUDIT_PRIORITY, AuditPolicy
-from serving.routing import AuditRouting, Decision, Reason, RouteInput, audit_draw, known_hint, route
+from serving.routing import AuditRouting, Decision, Reason, Routed, RouteInput, audit_draw, known_hint, route
 
 LABELS = ["Audio > Headphones", "Audio > Speakers", "Home > Cookware"]
 THRESHOLDS = np.array([0.8, 0.9, np.inf])
@@ -23,7 +23,7 @@ def one(
     policy: RoutingSettings = NO_SPOT,
     score: str = "top_probability",
     **kw: object,
-):
+) -> Routed:
     out = route(np.array([proba]), LABELS, THRESHOLDS, [item or RouteInput("a")], policy, score=score, **kw)  # type: ignore[arg-type]
     return out[0]
 

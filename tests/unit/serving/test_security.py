@@ -99,8 +99,8 @@ def client(store: Store) -> Iterator[TestClient]:
 
 
 def test_allowed_roles_are_recorded_and_admin_always_included() -> None:
-    assert allowed_roles_of(require_roles(Role.SERVICE)) == {Role.SERVICE, Role.ADMIN}
-    assert allowed_roles_of(require_roles()) == {Role.ADMIN}
+    assert allowed_roles_of(require_roles(Role.SERVICE)) == frozenset({Role.SERVICE, Role.ADMIN})
+    assert allowed_roles_of(require_roles()) == frozenset({Role.ADMIN})
     assert allowed_roles_of(lambda: None) is None
 
 

@@ -17,7 +17,7 @@ def _esc(item_id: str, title: str, action: str = "push") -> Escalation:
         confidence=0.4,
         priority=0.5,
         model_version="v1",
-        action=action,  # type: ignore[arg-type]
+        action=action,
     )
 
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from hitl.settings import Settings
 from serving import tracking
+from serving.escalation import EscalationWindow
 from serving.tracking import (
-    EscalationWindow,
     confusion_matrix_png,
     finite_metrics,
     registered_version_of,
@@ -57,8 +58,11 @@ def test_escalation_window_metrics() -> None:
     assert EscalationWindow("m:v1", 0.0, 60, 0, 0, {}).rate == 0.0
 
 
+Evaluation = tuple[NDArray[np.float64], NDArray[np.int64]]  # (probabilities, labels)
+
+
 @pytest.fixture
-def evaluation() -> tuple[np.ndarray, np.ndarray]:
+def evaluation() -> Evaluation:
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((60, 4)) * 3
     proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
@@ -66,7 +70,7 @@ def evaluation() -> tuple[np.ndarray, np.ndarray]:
     return proba, y
 
 
-def test_plots_are_png_files(tmp_path: Path, evaluation: tuple[np.ndarray, np.ndarray]) -> None:
+def test_plots_are_png_files(tmp_path: Path, evaluation: Evaluation) -> None:
     proba, y = evaluation
     paths = [
         confusion_matrix_png(
@@ -88,5 +92,6 @@ def test_mlflow_http_calls_are_bounded_by_settings(tmp_path: Path, monkeypatch: 
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
     settings = Settings(state_dir=tmp_path, mlflow={"request_timeout_s": 7, "request_retries": 1})
     tracking.client(settings)
-    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7
-    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1
+    # MLflow's own parsing of the variables, untyped in MLflow: what its HTTP client will use.
+    assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7  # type: ignore[no-untyped-call]
+    assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1  # type: ignore[no-untyped-call]
