@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,6 +83,11 @@ class PredictionPayload(_Payload):
     model_version: str | None = None
     score: float | None = Field(None, allow_inf_nan=False)
     result: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("model_version")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        return None if value is None else check_text(value, "model_version")
 
     _result = field_validator("result")(_check_result)
 
@@ -243,7 +249,8 @@ def parse_payload(
     """Validate a webhook body; `WebhookPayloadError.errors` lists one reason per field."""
     try:
         raw: Any = json.loads(body) if isinstance(body, bytes | str) else dict(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers JSONDecodeError and an integer literal longer than Python converts.
+    except (UnicodeDecodeError, ValueError) as exc:
         raise WebhookPayloadError(
             [{"loc": "body", "msg": f"not JSON: {exc}", "type": "json_invalid"}]
         ) from None
@@ -270,18 +277,44 @@ def parse_payload(
         raise WebhookPayloadError(_field_errors(exc)) from None
 
 
+# The longest string kept from a task's meta (a category path, a model version).
+MAX_META_TEXT = 1000
+
+
+def meta_text(value: object) -> str | None:
+    """A string the meta we pushed with a task holds, or None where it holds anything else: the meta
+    can be edited in Label Studio, and a broken value there must not cost the reviewer's label."""
+    if not isinstance(value, str) or not value or len(value) > MAX_META_TEXT:
+        return None
+    try:
+        return check_text(value, "meta")
+    except ValueError:
+        return None
+
+
+def meta_score(value: object) -> float | None:
+    """The model's confidence the meta holds (a number in [0, 1], or its decimal string), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    try:
+        score = float(value)
+    except (ValueError, OverflowError):
+        return None
+    return score if math.isfinite(score) and 0.0 <= score <= 1.0 else None
+
+
 def _prediction_from(
     annotation: AnnotationPayload, task_meta: Mapping[str, Any]
 ) -> tuple[str | None, str | None, float | None]:
-    """The model's original prediction: from the annotation, else from the meta we pushed with the task."""
+    """The model's original prediction: from the annotation, else from the meta we pushed with the task
+    (what it holds there that is not a usable string or score counts as absent)."""
     predicted = label_from_result(annotation.prediction.result) if annotation.prediction else None
     version = annotation.prediction.model_version if annotation.prediction else None
     score = annotation.prediction.score if annotation.prediction else None
-    meta_score = task_meta.get("model_score")
     return (
-        predicted or task_meta.get("predicted_label"),
-        version or task_meta.get("model_version"),
-        score if score is not None else (float(meta_score) if meta_score is not None else None),
+        predicted or meta_text(task_meta.get("predicted_label")),
+        version or meta_text(task_meta.get("model_version")),
+        score if score is not None else meta_score(task_meta.get("model_score")),
     )
 
 

@@ -147,7 +147,16 @@ def test_malformed_payloads_name_the_field_but_never_echo_values(mutate: Any, lo
     assert "secret-project-token" not in str(info.value)
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"[1, 2]", '"text"'])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"[1, 2]",
+        '"text"',
+        # An integer literal longer than Python converts (4,300 digits): malformed, not a crash.
+        b'{"action": "ANNOTATIONS_DELETED", "annotations": [{"id": ' + b"1" * 4301 + b"}]}",
+    ],
+)
 def test_non_object_bodies_are_malformed(raw: bytes | str) -> None:
     with pytest.raises(WebhookPayloadError):
         parse_payload(raw)
@@ -191,3 +200,43 @@ def test_on_a_task_that_needs_a_senior_only_a_seniors_category_is_the_label() ->
     assert events_from(parse_payload(skipped), TAX, is_senior).action == "cancelled"  # type: ignore[union-attr]
     outside = _high_stakes(created(["Garden", "Hoses"]))
     assert events_from(parse_payload(outside), TAX, is_senior).action == "rejected"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"predicted_label": {"a": 1}, "model_version": ["v1"], "model_score": "abc"},
+        {"predicted_label": 10**20, "model_version": "\ud800", "model_score": {}},
+        {"predicted_label": "x" * 5000, "model_version": "v\x001", "model_score": [1]},
+        {"predicted_label": "", "model_version": 3, "model_score": "NaN"},
+        {"model_score": 10**400},
+        {"model_score": 1.5},
+        {"model_score": True},
+    ],
+)
+def test_unusable_task_meta_counts_as_absent_and_the_label_is_kept(meta: dict[str, Any]) -> None:
+    """The meta we push with a task can be edited in Label Studio: whatever it holds there, the
+    reviewer's category is the label, and only usable strings and scores in [0, 1] are kept."""
+    body = created(["Home & Kitchen", "Cookware"])
+    body["task"]["meta"] = {"item_id": "sku-1", **meta}
+    event = events_from(parse_payload(body), TAX)
+    assert isinstance(event, CorrectionEvent)
+    assert (event.action, event.label, event.item_id) == ("created", "Home & Kitchen > Cookware", "sku-1")
+    assert (event.predicted_label, event.model_version, event.model_score) == (None, None, None)
+
+
+def test_usable_meta_scores_are_read_from_numbers_and_decimal_strings() -> None:
+    body = created(["Sports", "Running"])
+    for raw, expected in ((0, 0.0), (1, 1.0), ("0.25", 0.25), (0.5, 0.5)):
+        body["task"]["meta"]["model_score"] = raw
+        event = events_from(parse_payload(body), TAX)
+        assert isinstance(event, CorrectionEvent)
+        assert event.model_score == expected
+
+
+def test_a_prediction_version_no_database_can_store_is_malformed() -> None:
+    body = created(["Sports", "Running"])
+    body["annotation"]["prediction"] = {"model_version": "v\ud8001", "result": []}
+    with pytest.raises(WebhookPayloadError) as info:
+        parse_payload(body)
+    assert "ANNOTATION_CREATED.annotation.prediction.model_version" in {e["loc"] for e in info.value.errors}
