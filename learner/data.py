@@ -83,6 +83,12 @@ def check_text(value: str, name: str) -> str:
     raise ValueError(f"{name} is not valid UTF-8: lone surrogate U+{ord(ch):04X} at position {position}")
 
 
+def drop_unstorable(value: str) -> str:
+    """``value`` without the characters `check_text` refuses (NULs, lone surrogates): for text that is
+    only read to be scored, where refusing it would leave a reviewer without a pre-annotation."""
+    return _UNSTORABLE.sub("", value)
+
+
 def has_visible_text(value: str) -> bool:
     """True when ``value`` has a letter, digit, mark, punctuation or symbol: a title of zero-width
     spaces or control characters only is empty."""

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from learner.data import has_visible_text
+
 
 @dataclass(frozen=True)
 class ItemText:
@@ -22,8 +24,8 @@ class ItemText:
 
     @property
     def has_title(self) -> bool:
-        """A title with something besides whitespace: without one there is nothing to predict from."""
-        return bool(self.title.strip())
+        """A title with a visible character: without one there is nothing to predict from."""
+        return has_visible_text(self.title)
 
 
 @dataclass(frozen=True)

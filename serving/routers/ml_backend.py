@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from labeling.client import MLBackendSpec
 from labeling.config import Taxonomy
+from labeling.webhooks import MAX_ID
+from learner.data import drop_unstorable
 from serving.deps import SettingsDep, StoreDep, get_settings
 from serving.predictor import ItemText, LabelGuess, Predictor, PredictorHolder
 from serving.settings import ServingSettings
@@ -137,8 +139,13 @@ def _predictor(request: Request) -> Predictor:
 
 
 def _project_id(project: str | None) -> int | None:
+    # Label Studio sends "<id>.<timestamp>"; anything else (other digits than ASCII, an id no store
+    # column holds) is no project of ours.
     head = (project or "").split(".", 1)[0]
-    return int(head) if head.isdigit() else None
+    if not head.isascii() or not head.isdigit():
+        return None
+    project_id = int(head)
+    return project_id if 1 <= project_id <= MAX_ID else None
 
 
 def _taxonomy(store: Store, project: str | None, title: str) -> Taxonomy:
@@ -156,7 +163,7 @@ def _taxonomy(store: Store, project: str | None, title: str) -> Taxonomy:
 
 
 def _text(value: Any, limit: int) -> str:
-    return ("" if value is None else str(value))[:limit]
+    return drop_unstorable("" if value is None else str(value))[:limit]
 
 
 def _price(value: Any) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import SecretStr
 
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.config import Taxonomy
+from learner.data import Product
 from serving.predictor import ItemText, LabelGuess, Predictor
 from serving.routers.ml_backend import ml_backend_url, router
 from serving.store import Store
@@ -39,8 +41,8 @@ class FakeModel:
     seen: list[ItemText] = field(default_factory=list)
 
     def predict_items(self, items: Sequence[ItemText]) -> list[LabelGuess]:
-        if not all(item.has_title for item in items):  # the real model's Product refuses a blank title
-            raise ValueError("title is empty")
+        for item in items:  # what the real model checks (`serving.service`): a Product, or ValueError
+            Product(id="ls", title=item.title, description=item.description, brand=item.brand or None)
         self.seen.extend(items)
         return [
             LabelGuess("Home & Kitchen > Cookware", 0.8)
@@ -184,6 +186,36 @@ def test_predict_uses_the_project_config_and_blanks_unknown_labels(client: TestC
 def test_predict_falls_back_to_the_configured_project(client: TestClient) -> None:
     answer = client.post("/ml-backend/predict", json={"tasks": _tasks("shoe"), "project": "99.1"})
     assert answer.json()["results"][0]["result"] == TAX.result_for("Sports > Running")
+
+
+@pytest.mark.parametrize("project", ["\u00b2", "\u2460.1", "99999999999999999999", "2147483648.5", "0", "-3"])
+def test_a_project_id_no_store_can_hold_falls_back_to_the_configured_project(
+    client: TestClient, project: str
+) -> None:
+    answer = client.post("/ml-backend/predict", json={"tasks": _tasks("shoe"), "project": project})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["result"] == TAX.result_for("Sports > Running")
+    assert client.post("/ml-backend/setup", json={"project": project}).status_code == 200
+
+
+def test_characters_no_model_input_may_hold_are_dropped_not_a_500(
+    client: TestClient, model: FakeModel
+) -> None:
+    tasks = [
+        {"data": {"title": "Frying\u0000 pan", "description": "non\ud800stick", "brand": "Ac\x00me"}},
+        {"data": {"title": "\u0007\u202e"}},  # no visible character: nothing to predict from
+        *_tasks("Trail shoe"),
+    ]
+    # As JSON escapes: a lone surrogate cannot be encoded as UTF-8, but JSON may spell it.
+    raw = json.dumps({"tasks": tasks})
+    answer = client.post("/ml-backend/predict", content=raw, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert [r["result"] for r in answer.json()["results"]] == [
+        TAX.result_for("Home & Kitchen > Cookware"),
+        [],
+        TAX.result_for("Sports > Running"),
+    ]
+    assert [(i.title, i.description, i.brand) for i in model.seen[:1]] == [("Frying pan", "nonstick", "Acme")]
 
 
 def test_missing_fields_are_empty_not_errors(client: TestClient, model: FakeModel) -> None:
