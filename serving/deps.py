@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
 from serving.model import ModelHolder
 from serving.prometheus import ServingMetrics
@@ -52,3 +52,8 @@ StoreDep = Annotated[Store, Depends(_store)]
 SettingsDep = Annotated[AppSettings, Depends(_settings)]
 ModelHolderDep = Annotated[ModelHolder, Depends(_model_holder)]
 MetricsDep = Annotated[ServingMetrics, Depends(_metrics)]
+
+# Rows have INTEGER ids, whose PostgreSQL range ends at 2**31 - 1: a larger id in a path names no row,
+# and is refused as such (422) before it reaches a database driver that cannot bind it.
+MAX_ROW_ID = 2**31 - 1
+RowIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]

@@ -67,6 +67,17 @@ class _Tally:
     last_seen: float = -math.inf
 
 
+def store_time(moment: datetime) -> datetime:
+    """`moment` as the store writes times: naive UTC (a naive `moment` is UTC already). A moment whose
+    UTC falls outside the calendar (0001-01-01T00:00+01:00) is clamped to the calendar's end."""
+    if moment.tzinfo is None:
+        return moment
+    try:
+        return moment.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        return datetime.min if moment.year == datetime.min.year else datetime.max
+
+
 def escalation_windows(
     store: Store, *, window_s: int, since: datetime | None = None, model_version: str | None = None
 ) -> list[EscalationWindow]:
@@ -77,7 +88,7 @@ def escalation_windows(
         Prediction.model_version, Prediction.decision, Prediction.reasons, Prediction.created_at
     ).where(first_pass())
     if since is not None:
-        query = query.where(Prediction.created_at >= since.astimezone(UTC).replace(tzinfo=None))
+        query = query.where(Prediction.created_at >= store_time(since))
     if model_version is not None:
         query = query.where(Prediction.model_version == model_version)
     tallies: dict[tuple[str, int], _Tally] = {}

@@ -8,12 +8,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving import keys
-from serving.deps import StoreDep
+from serving.deps import RowIdPath, StoreDep
 from serving.keys import ApiKeyInfo, Principal, Role
 from serving.security import require_roles
 
@@ -96,9 +96,7 @@ async def list_api_keys(store: StoreDep, _: AdminDep, include_revoked: bool = Fa
         status.HTTP_409_CONFLICT: {"description": "the last active admin key cannot be revoked here"},
     },
 )
-async def revoke_api_key(
-    request: Request, key_id: Annotated[int, Path(ge=1, le=2**62)], store: StoreDep, _: AdminDep
-) -> Response:
+async def revoke_api_key(request: Request, key_id: RowIdPath, store: StoreDep, _: AdminDep) -> Response:
     """Revoke a key (idempotent). The last active admin key can only be revoked with the CLI."""
     info = await run_in_threadpool(keys.get_key, store, key_id)
     if info is None:

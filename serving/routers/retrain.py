@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from serving.deps import SettingsDep, StoreDep
+from serving.deps import RowIdPath, SettingsDep, StoreDep
 from serving.escalation import EscalationWindow, escalation_windows, per_version
 from serving.retrain import RetrainWorker, RunRecord
 from serving.security import Principal, Role, require_roles
@@ -137,7 +137,7 @@ async def runs(
 
 
 @router.get("/retrain/{run_id}", response_model=RunOut)
-async def run(request: Request, run_id: int, _: ReaderDep) -> RunOut:
+async def run(request: Request, run_id: RowIdPath, _: ReaderDep) -> RunOut:
     record = await run_in_threadpool(_worker(request).get, run_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"no retrain run {run_id}")

@@ -4,7 +4,7 @@ the rates logged to MLflow agree on the same predictions, and a known store give
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -124,3 +124,32 @@ def test_dashboard_api_and_mlflow_report_the_same_rates(settings: Settings, stor
             logged[(version, point.timestamp // 1000)] = point.value
     assert logged == pytest.approx(api_windows)
     assert len(logged) == 4
+
+
+def test_since_is_read_as_utc_and_clamped_to_the_calendar(store: Store) -> None:
+    def counted(since: datetime) -> int:
+        return sum(w.predicted for w in escalation_windows(store, window_s=HOUR, since=since))
+
+    assert counted(T0) == 8
+    assert counted(T0.replace(tzinfo=None) + timedelta(hours=1)) == 5  # naive: UTC, as the store keeps it
+    assert counted(T0.astimezone(timezone(timedelta(hours=2))) + timedelta(hours=2)) == 3
+    # Moments whose UTC falls outside the calendar: before everything, after everything.
+    assert counted(datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=1)))) == 8
+    assert counted(datetime(1, 1, 1)) == 8
+    assert counted(datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-1)))) == 0
+
+
+def test_out_of_range_query_and_path_values_are_4xx_not_500(settings: Settings, store: Store) -> None:
+    _, owner_key = create_key(store, "po", "product_owner")
+    _, admin_key = create_key(store, "root", "admin")
+    owner, admin = ({"Authorization": f"Bearer {k}"} for k in (owner_key, admin_key))
+    with TestClient(create_app(settings, store=store), raise_server_exceptions=False) as api:
+        for since in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01"):
+            answer = api.get("/v1/metrics/escalation", params={"since": since}, headers=owner)
+            assert answer.status_code == 200, (since, answer.text)
+        for run_id in ("99999999999999999999", "2147483648", "-99999999999999999999"):
+            answer = api.get(f"/v1/retrain/{run_id}", headers=owner)
+            assert answer.status_code == 422, (run_id, answer.text)
+            assert "less than or equal" in answer.text or "greater than or equal" in answer.text
+        refused = api.delete("/v1/keys/99999999999999999999", headers=admin)
+        assert refused.status_code == 422
