@@ -95,7 +95,10 @@ def _cross_origin(request: Request) -> bool:
         referer = request.headers.get("referer")
         if referer is None:
             return False
-        parts = urlsplit(referer)
+        try:
+            parts = urlsplit(referer)
+        except ValueError:  # not a URL at all (an unclosed "[" host): no origin of ours either
+            return True
         origin = f"{parts.scheme}://{parts.netloc}"
     return origin.rstrip("/").lower() != own.lower()
 

@@ -174,6 +174,8 @@ def test_a_cross_origin_login_or_logout_is_refused(dash: Dashboard) -> None:
         {"Origin": "https://evil.example"},
         {"Origin": "null"},
         {"Referer": "https://evil.example/page"},
+        {"Referer": "http://[::1"},  # not a URL: no origin of ours, and no 500 either
+        {"Referer": "http://[zz]/"},
     )
     for headers in foreign:
         refused = dash.client.post("/login", data=key, headers=headers)
