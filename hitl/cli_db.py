@@ -8,9 +8,8 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from hitl.context import settings_from
+from hitl.context import open_store, settings_from
 from serving import db
-from serving.store import Store
 
 app = typer.Typer(help="The serving database's schema: upgrade it, keeping every row.", no_args_is_help=True)
 console = Console()
@@ -26,7 +25,7 @@ def upgrade(
 ) -> None:
     """Bring the database to the newest schema revision (new, pre-migration and migrated databases)."""
     url = database_url or settings_from(ctx).database_url
-    store = Store(url)
+    store = open_store(url)
     try:
         before = db.current_revision(store.engine)
         head = db.upgrade(store.engine)
@@ -45,7 +44,7 @@ def current(
     database_url: Annotated[str | None, typer.Option(help="default: serving.database_url")] = None,
 ) -> None:
     """Print the database's schema revision and the newest one this release has."""
-    store = Store(database_url or settings_from(ctx).database_url)
+    store = open_store(database_url or settings_from(ctx).database_url)
     try:
         revision = db.current_revision(store.engine)
     except SQLAlchemyError as exc:

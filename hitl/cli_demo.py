@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
@@ -28,6 +28,9 @@ from hitl.context import settings_from
 from hitl.settings import Settings
 from hitl.up_state import KEYS_FILE, read_json, read_state, split_demo, stack_settings, up_dir_of
 from labeling.exceptions import LabelingError
+
+if TYPE_CHECKING:
+    from learner.data import Product
 
 app = typer.Typer(help="The demo loop: a steady stream of new items, and a simulated merchandiser.")
 console = Console()
@@ -73,6 +76,18 @@ def _item(p: Any) -> dict[str, Any]:
     return {"id": p.id, "title": p.title, "description": p.description, "brand": p.brand, "price": p.price}
 
 
+def _products(path: Path) -> list[Product]:
+    """The catalog's products, or exit 2 saying why the file cannot be read."""
+    from learner.data import load_catalog
+    from learner.exceptions import LearnerError
+
+    try:
+        return load_catalog(path).products
+    except (LearnerError, OSError, ValueError) as exc:
+        err_console.print(f"[red]catalog {path}:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
 @app.command("stream")
 def stream(
     ctx: typer.Context,
@@ -81,12 +96,10 @@ def stream(
     ] = None,
 ) -> None:
     """Send the catalog's items after the seed to /v1/predict at a steady rate; resumes where it stopped."""
-    from learner.data import load_catalog
-
     settings = _settings(ctx)
     up_dir = up_dir_of(settings)
     catalog, seed_size = _catalog_and_seed(settings, up_dir)
-    _, items = split_demo(load_catalog(catalog).products, seed_size)
+    _, items = split_demo(_products(catalog), seed_size)
     per_s = rate or settings.demo.stream_items_per_s
     interval = settings.demo.stream_interval_s
     per_batch = max(1, round(per_s * interval))
@@ -186,7 +199,7 @@ def review(
     from labeling.client import LabelStudioClient
     from labeling.config import Taxonomy
     from labeling.demo import SimulatedMerchandiser
-    from learner.data import label_of, load_catalog
+    from learner.data import label_of
 
     if n is None and minutes is None:
         err_console.print("[red]say how long to review:[/red] --n N (tasks) and/or --minutes M")
@@ -194,7 +207,7 @@ def review(
     settings = _settings(ctx)
     up_dir = up_dir_of(settings)
     truth_path = catalog or _catalog_and_seed(settings, up_dir)[0]
-    products = load_catalog(truth_path).products
+    products = _products(truth_path)
     level = settings.learner.label_level
     truth = {p.id: label_of(p, level) for p in products if p.category}
     taxonomy = Taxonomy.from_paths(sorted(set(truth.values())))

@@ -71,7 +71,7 @@ def _load(
         data = build_dataset(
             loaded.products,
             level=settings.learner.label_level,
-            min_class_size=min_class_size or settings.learner.min_class_size,
+            min_class_size=settings.learner.min_class_size if min_class_size is None else min_class_size,
         )
     except (LearnerError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
@@ -218,7 +218,8 @@ AuditOpt = Annotated[
     ),
 ]
 MinClassOpt = Annotated[
-    int | None, typer.Option("--min-class-size", help="drop smaller classes (default: learner setting)")
+    int | None,
+    typer.Option("--min-class-size", min=1, help="drop smaller classes (default: learner setting)"),
 ]
 LimitOpt = Annotated[int | None, typer.Option("--limit", help="use only the first N stream items")]
 OutOpt = Annotated[

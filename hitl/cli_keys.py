@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hitl.context import settings_from
+from hitl.context import open_store, settings_from
 from serving import keys
 from serving.store import Store
 
@@ -29,9 +29,8 @@ ROLES = ", ".join(r.value for r in keys.Role)
 
 @contextmanager
 def _store(ctx: typer.Context) -> Iterator[Store]:
-    store = Store(settings_from(ctx).database_url)
+    store = open_store(settings_from(ctx).database_url, create=True)
     try:
-        store.create_all()
         yield store
     finally:
         store.close()

@@ -46,14 +46,19 @@ def load_taxonomy(path: Path) -> Taxonomy:
     """A taxonomy file: JSON or YAML list of paths (strings or lists), else one `A > B` path per line."""
     if not path.is_file():
         raise LabelingError(f"taxonomy file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    structured = path.suffix in (".json", ".yaml", ".yml")
     entries: Any
-    if path.suffix in (".json", ".yaml", ".yml"):
-        entries = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        if not isinstance(entries, list):
-            raise LabelingError(f"{path}: expected a list of category paths")
-    else:
+    try:
+        text = path.read_text(encoding="utf-8")
+        if structured:
+            entries = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        # The parser's own words name the line and column; a taxonomy holds no secrets.
+        raise LabelingError(f"{path}: not readable as {path.suffix.lstrip('.') or 'text'}: {exc}") from None
+    if not structured:
         entries = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    elif not isinstance(entries, list):
+        raise LabelingError(f"{path}: expected a list of category paths")
     try:
         return Taxonomy.from_paths(entries)
     except ValueError as exc:

@@ -39,9 +39,16 @@ def generate(
     """Write a seeded synthetic catalog (about 20 categories) for offline demos and tests."""
     from learner.synthetic import generate_catalog, write_catalog
 
+    if out.is_dir():
+        err_console.print(f"[red]{out} is a directory; --out names the .jsonl file to write[/red]")
+        raise typer.Exit(2)
     products = generate_catalog(n_items, seed=seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_catalog(products, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_catalog(products, out)
+    except (OSError, ValueError) as exc:
+        err_console.print(f"[red]cannot write {out}: {exc}[/red]")
+        raise typer.Exit(2) from exc
     n_classes = len({" > ".join(p.category or []) for p in products})
     console.print(f"wrote {len(products)} products in {n_classes} categories to {out}")
 
@@ -61,6 +68,9 @@ def validate(path: Annotated[Path, typer.Argument(help="JSONL or CSV catalog")])
         err_console.print(f"{path}:{problem.line}: {problem.reason}")
     console.print(f"{len(catalog.products)} good record(s), {len(catalog.problems)} bad")
     if catalog.problems:
+        raise typer.Exit(1)
+    if not catalog.products:
+        err_console.print(f"[red]{path} holds no records[/red]")
         raise typer.Exit(1)
 
 
@@ -85,11 +95,15 @@ def train(
 
     settings = _settings(ctx)
     cfg = settings.learner
-    try:
+    try:  # what the catalog itself gets wrong, before any model is loaded
         products = load_catalog(catalog).products
         if limit is not None:
             products = [p for p in products if p.category][:limit]
         dataset = build_dataset(products, level=cfg.label_level, min_class_size=cfg.min_class_size)
+    except (LearnerError, OSError, ValueError) as exc:
+        err_console.print(f"[red]catalog {catalog}:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    try:
         split = group_split(
             dataset,
             calibration_fraction=cfg.calibration_fraction,

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from hitl.context import settings_from
+from hitl.context import open_store, settings_from
 
 ENGINES = ("local", "ray")
 console = Console()
@@ -35,7 +35,6 @@ def score(
     from serving.model import ModelHolder, ModelLoadError
     from serving.schemas import ItemIn
     from serving.scoring import RayScorer, ScoringError, score_catalog
-    from serving.store import Store
 
     settings = settings_from(ctx)
     if engine not in ENGINES:
@@ -43,7 +42,7 @@ def score(
         raise typer.Exit(2)
     try:
         products = load_catalog(catalog).products
-    except LearnerError as exc:
+    except (LearnerError, OSError, ValueError) as exc:
         err_console.print(f"[red]cannot read {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
     items = [
@@ -54,11 +53,10 @@ def score(
     try:
         holder.refresh()
         model = holder.require()
-    except (ModelLoadError, RuntimeError) as exc:
+    except (ModelLoadError, RuntimeError, OSError) as exc:  # OSError: a bundle path that holds no bundle
         err_console.print(f"[red]no model to score with:[/red] {exc}")
         raise typer.Exit(1) from exc
-    store = Store(settings.database_url)
-    store.create_all()
+    store = open_store(settings.database_url, create=True)
     scorer = (
         RayScorer(model, settings, address=ray_address, concurrency=ray_actors) if engine == "ray" else None
     )

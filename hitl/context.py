@@ -4,9 +4,15 @@ module that registers them."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+from rich.console import Console
 
 from hitl.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.store import Store
 
 
 def settings_from(ctx: typer.Context) -> Settings:
@@ -15,3 +21,31 @@ def settings_from(ctx: typer.Context) -> Settings:
     if not isinstance(settings, Settings):  # pragma: no cover - the root callback always sets it
         raise RuntimeError("settings were not loaded")
     return settings
+
+
+def open_store(url: str, *, create: bool = False) -> Store:
+    """The serving store at `url` (with ``create``: its tables created if missing), or exit 2 with a
+    reason when the URL is malformed, names a database driver that is not installed, or the database
+    cannot be reached. The URL is never printed: it can hold a password."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    from serving.store import Store
+
+    err = Console(stderr=True)
+    try:
+        store = Store(url)
+    except ArgumentError as exc:
+        err.print(f"[red]serving.database_url is not a usable database URL:[/red] {type(exc).__name__}")
+        raise typer.Exit(2) from None
+    except ImportError as exc:
+        err.print(f"[red]the driver serving.database_url names is not installed:[/red] {exc.name}")
+        raise typer.Exit(2) from None
+    if create:
+        try:
+            store.create_all()
+        except SQLAlchemyError as exc:
+            store.close()
+            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            err.print(f"[red]could not open the database:[/red] {type(exc).__name__}: {reason}")
+            raise typer.Exit(1) from None
+    return store

@@ -12,11 +12,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -99,7 +101,27 @@ class Settings(AppSettings, BaseSettings):
 
 
 class ConfigFileError(ValueError):
-    """The configuration file is missing or unreadable."""
+    """The configuration cannot be read: its file is missing or is no YAML mapping, or an environment
+    override cannot be parsed."""
+
+
+def _check_yaml(path: Path) -> None:
+    """ConfigFileError unless `path` holds a YAML mapping (or nothing). The message names the line
+    and the problem, never the text around it: a config file can hold secrets."""
+    try:
+        with path.open(encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        raise ConfigFileError(f"{path}: not valid YAML at {where}: {exc.problem or exc.context}") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{path}: cannot be read as YAML ({type(exc).__name__})") from None
+    if document is not None and not isinstance(document, dict):
+        raise ConfigFileError(
+            f"{path}: expected a mapping of sections (learner:, serving:, ...) at the top, "
+            f"got a {type(document).__name__}"
+        )
 
 
 def load_settings(config: Path | str | None = None, **overrides: Any) -> Settings:
@@ -107,6 +129,8 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     path: Path | None
     if config is not None:
         path = Path(config)
+        if path.is_dir():
+            raise ConfigFileError(f"config {path} is a directory, not a YAML file")
         if not path.is_file():
             raise ConfigFileError(f"config file not found: {path}")
     elif os.environ.get(CONFIG_ENV_VAR):
@@ -116,7 +140,14 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
     else:
         path = DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
 
+    if path is not None:
+        _check_yaml(path)
+
     class _FromFile(Settings):
         model_config = SettingsConfigDict(yaml_file=path)
 
-    return Settings.model_validate(_FromFile(**overrides).model_dump())
+    try:
+        from_sources = _FromFile(**overrides)
+    except SettingsError as exc:  # an environment value that is not JSON where a section is expected
+        raise ConfigFileError(str(exc)) from None
+    return Settings.model_validate(from_sources.model_dump())

@@ -35,6 +35,40 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
         load_settings(tmp_path / "nope.yaml")
 
 
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('learner:\n  seed: 1\n token: "s3cret-value\n', "not valid YAML at line 3"),
+        ("- learner\n- serving\n", "expected a mapping of sections"),
+        ("just text\n", "got a str"),
+    ],
+)
+def test_a_config_that_is_no_yaml_mapping_is_a_clear_error(tmp_path: Path, text: str, reason: str) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigFileError, match=reason) as info:
+        load_settings(config)
+    assert "s3cret" not in str(info.value)  # the file's text is never quoted: it can hold secrets
+
+
+def test_a_directory_or_an_unreadable_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigFileError, match="is a directory"):
+        load_settings(tmp_path)
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigFileError, match="cannot be read as YAML"):
+        load_settings(config)
+    config.write_text("")  # an empty file is no override at all
+    assert load_settings(config).learner.seed == load_settings(None).learner.seed
+
+
+def test_an_unparsable_environment_section_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HITL_LEARNER", '{"token": "s3cret-value"')
+    with pytest.raises(ConfigFileError, match='field "learner"') as info:
+        load_settings(None)
+    assert "s3cret" not in str(info.value)
+
+
 def test_unknown_or_invalid_keys_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("learner:\n  target_accuracy: 1.5\n")

@@ -42,3 +42,16 @@ def test_load_taxonomy_formats(tmp_path: Path) -> None:
     bad.write_text("a: b\n")
     with pytest.raises(LabelingError, match="expected a list"):
         cli_labelstudio.load_taxonomy(bad)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("t.json", '["Sports > Running", oops]'), ("t.yaml", "- a\n - b: [\n"), ("t.txt", b"\xff\xfe")],
+)
+def test_a_taxonomy_file_its_parser_cannot_read_is_a_labeling_error(
+    tmp_path: Path, name: str, text: str | bytes
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(LabelingError, match="not readable as"):
+        cli_labelstudio.load_taxonomy(path)

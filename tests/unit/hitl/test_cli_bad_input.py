@@ -1,0 +1,134 @@
+"""Bad input to the CLI: a clear message and a non-zero exit, never a traceback, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner, Result
+
+from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_score
+from hitl.settings import ServingSettings, Settings
+from learner.synthetic import generate_catalog, write_catalog
+
+
+def settings(tmp_path: Path, database_url: str | None = None) -> Settings:
+    url = database_url or f"sqlite:///{tmp_path / 'cli.db'}"
+    return Settings(state_dir=tmp_path / "state", serving=ServingSettings(database_url=url))
+
+
+def refused(result: Result, code: int, *reasons: str) -> None:
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    said = " ".join(result.output.split())  # rich wraps long lines
+    for reason in reasons:
+        assert reason in said
+
+
+def test_generate_names_what_is_wrong_with_out(tmp_path: Path) -> None:
+    invoke = CliRunner().invoke
+    refused(
+        invoke(cli_learner.catalog_app, ["generate", "--out", str(tmp_path), "--n", "5"]), 2, "is a directory"
+    )
+    refused(
+        invoke(cli_learner.catalog_app, ["generate", "--out", str(tmp_path / "c.txt"), "--n", "5"]),
+        2,
+        "use a .jsonl suffix",
+    )
+    a_file = tmp_path / "f.jsonl"
+    a_file.write_text("")
+    refused(
+        invoke(cli_learner.catalog_app, ["generate", "--out", str(a_file / "c.jsonl"), "--n", "5"]),
+        2,
+        "cannot write",
+    )
+
+
+def test_an_empty_catalog_does_not_validate(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    refused(CliRunner().invoke(cli_learner.catalog_app, ["validate", str(empty)]), 1, "holds no records")
+
+
+def test_train_refuses_a_catalog_it_cannot_learn_from_before_loading_a_model(tmp_path: Path) -> None:
+    small = tmp_path / "small.jsonl"
+    write_catalog(generate_catalog(40, seed=0), small)
+    text = tmp_path / "cat.txt"
+    text.write_text("x")
+    conf = settings(tmp_path)
+    invoke = CliRunner().invoke
+    refused(invoke(cli_learner.learner_app, ["--catalog", str(small)], obj=conf), 2, "no class has")
+    refused(invoke(cli_learner.learner_app, ["--catalog", str(text)], obj=conf), 2, "unsupported")
+    assert not (conf.state_dir / "models").exists()
+
+
+def test_score_refuses_an_unreadable_catalog_and_a_bundle_path_without_a_bundle(tmp_path: Path) -> None:
+    text = tmp_path / "cat.txt"
+    text.write_text("x")
+    good = tmp_path / "c.jsonl"
+    write_catalog(generate_catalog(20, seed=0), good)
+    out = ["--out", str(tmp_path / "scored")]
+    conf = settings(tmp_path)
+    score = typer.Typer()
+    score.command()(cli_score.score)
+    refused(CliRunner().invoke(score, ["--catalog", str(text), *out], obj=conf), 2, "unsupported")
+    no_bundle = conf.model_copy(
+        update={
+            "serving": conf.serving.model_copy(update={"model_source": "bundle", "bundle_path": tmp_path})
+        }
+    )
+    refused(
+        CliRunner().invoke(score, ["--catalog", str(good), *out], obj=no_bundle),
+        1,
+        "no model to score with",
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "reason"),
+    [
+        ("notaurl", 2, "not a usable database URL"),
+        ("mysql://user:pw-s3cret@127.0.0.1:1/x", 2, "driver"),
+        ("postgresql+psycopg://user:pw-s3cret@127.0.0.1:1/hitl", 1, "could not open the database"),
+    ],
+)
+def test_a_database_url_that_cannot_be_used_is_a_clear_error(
+    tmp_path: Path, url: str, code: int, reason: str
+) -> None:
+    result = CliRunner().invoke(cli_keys.app, ["list"], obj=settings(tmp_path, url))
+    refused(result, code, reason)
+    assert "s3cret" not in result.output  # the URL's password is never printed
+    if code == 2:
+        refused(CliRunner().invoke(cli_db.app, ["current", "--database-url", url], obj=settings(tmp_path)), 2)
+
+
+def test_demo_review_with_a_missing_catalog_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        cli_demo.app,
+        ["review", "--n", "1", "--catalog", str(tmp_path / "missing.jsonl")],
+        obj=settings(tmp_path),
+    )
+    refused(result, 2, "catalog file not found")
+
+
+def test_a_broken_config_file_is_a_configuration_error(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text('learner:\n  seed: 1\n token: "x\n')
+    cli._register()
+    refused(
+        CliRunner().invoke(cli.app, ["-c", str(config), "catalog", "validate", "x.jsonl"]),
+        2,
+        "not valid YAML",
+    )
+
+
+def test_min_class_size_zero_is_refused_not_replaced(tmp_path: Path) -> None:
+    cli._register()
+    catalog = tmp_path / "c.jsonl"
+    write_catalog(generate_catalog(40, seed=0), catalog)
+    result = CliRunner().invoke(
+        cli.app, ["simulate", "--catalog", str(catalog), "--min-class-size", "0", "--no-mlflow"]
+    )
+    refused(result, 2, "--min-class-size")
