@@ -142,7 +142,7 @@ def _project_id(project: str | None) -> int | None:
     # Label Studio sends "<id>.<timestamp>"; anything else (other digits than ASCII, an id no store
     # column holds) is no project of ours.
     head = (project or "").split(".", 1)[0]
-    if not head.isascii() or not head.isdigit():
+    if not head.isascii() or not head.isdigit() or len(head) > len(str(MAX_ID)):
         return None
     project_id = int(head)
     return project_id if 1 <= project_id <= MAX_ID else None

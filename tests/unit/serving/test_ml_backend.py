@@ -188,7 +188,18 @@ def test_predict_falls_back_to_the_configured_project(client: TestClient) -> Non
     assert answer.json()["results"][0]["result"] == TAX.result_for("Sports > Running")
 
 
-@pytest.mark.parametrize("project", ["\u00b2", "\u2460.1", "99999999999999999999", "2147483648.5", "0", "-3"])
+@pytest.mark.parametrize(
+    "project",
+    [
+        "\u00b2",
+        "\u2460.1",
+        "99999999999999999999",
+        "2147483648.5",
+        "0",
+        "-3",
+        pytest.param("1" * 5000, id="5000-digits"),
+    ],
+)
 def test_a_project_id_no_store_can_hold_falls_back_to_the_configured_project(
     client: TestClient, project: str
 ) -> None:
