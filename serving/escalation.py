@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import ColumnElement, or_, select
 
-from serving.store import Prediction, Store
+from serving.store import Prediction, Store, store_time
 
 ALL_VERSIONS = "all"
 # `requested_by` of the predictions a promotion makes when it re-scores open escalations.
@@ -65,17 +65,6 @@ class _Tally:
     by_reason: dict[str, int] = field(default_factory=dict)
     first_seen: float = math.inf
     last_seen: float = -math.inf
-
-
-def store_time(moment: datetime) -> datetime:
-    """`moment` as the store writes times: naive UTC (a naive `moment` is UTC already). A moment whose
-    UTC falls outside the calendar (0001-01-01T00:00+01:00) is clamped to the calendar's end."""
-    if moment.tzinfo is None:
-        return moment
-    try:
-        return moment.astimezone(UTC).replace(tzinfo=None)
-    except OverflowError:
-        return datetime.min if moment.year == datetime.min.year else datetime.max
 
 
 def escalation_windows(

@@ -58,8 +58,13 @@ class Base(DeclarativeBase):
     pass
 
 
-def _naive(value: datetime) -> datetime:
-    return utc(value).replace(tzinfo=None)
+def store_time(moment: datetime) -> datetime:
+    """`moment` as the store keeps times: naive UTC (a naive `moment` is UTC already). A moment whose
+    UTC falls outside the calendar (0001-01-01T00:00+01:00) is clamped to the calendar's end."""
+    try:
+        return utc(moment).replace(tzinfo=None)
+    except OverflowError:
+        return datetime.min if moment.year == datetime.min.year else datetime.max
 
 
 def _now() -> datetime:
@@ -493,8 +498,8 @@ class Store:
             raw_label=event.raw_label,
             error=event.error,
             reviewer_id=event.reviewer_id,
-            created_at=_naive(event.created_at),
-            updated_at=_naive(event.updated_at),
+            created_at=store_time(event.created_at),
+            updated_at=store_time(event.updated_at),
             lead_time=event.lead_time,
             was_cancelled=event.was_cancelled,
             predicted_label=event.predicted_label,
@@ -560,7 +565,7 @@ class Store:
                 reviewer_id=latest.reviewer_id if latest else None,
                 created_at=latest.created_at if latest else None,
                 # The key of a deletion is the last state it deletes: a repeated delivery collides.
-                updated_at=latest.updated_at if latest else _naive(EPOCH),
+                updated_at=latest.updated_at if latest else store_time(EPOCH),
                 was_cancelled=False,
                 predicted_label=latest.predicted_label if latest else None,
                 model_version=latest.model_version if latest else None,
@@ -881,7 +886,7 @@ class Store:
                     after=version,
                     model_version=version,
                     details={"reason": reason, **(details or {})},
-                    created_at=_naive(at) if at is not None else _now(),
+                    created_at=store_time(at) if at is not None else _now(),
                 )
             )
 

@@ -24,10 +24,6 @@ def aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def naive(value: datetime) -> datetime:
-    return aware(value).replace(tzinfo=None)
-
-
 def now_utc(now: datetime | None) -> datetime:
     return aware(now) if now is not None else datetime.now(UTC)
 

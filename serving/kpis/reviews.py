@@ -10,12 +10,12 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import func, select
 
 from serving.escalation import first_pass
-from serving.kpis.common import aware, naive, now_utc
+from serving.kpis.common import aware, now_utc
 from serving.kpis.schemas import DailyReviews, ReviewKpis, ThroughputKpis
 from serving.kpis.statistics import quantile
 from serving.retrain.tables import USABLE_ACTIONS
 from serving.settings import DashboardSettings
-from serving.store import Correction, Prediction, Store, review_action
+from serving.store import Correction, Prediction, Store, review_action, store_time
 
 
 def _review_rows(store: Store) -> list[tuple[str | None, str | None, datetime, float | None]]:
@@ -57,7 +57,7 @@ def reviews(store: Store) -> ReviewKpis:
 
 def throughput(store: Store, dashboard: DashboardSettings, now: datetime | None = None) -> ThroughputKpis:
     window_s = dashboard.window_s
-    since = naive(now_utc(now) - timedelta(seconds=window_s))
+    since = store_time(now_utc(now) - timedelta(seconds=window_s))
     with store.session() as session:
         predictions = session.scalar(
             select(func.count()).select_from(Prediction).where(first_pass(), Prediction.created_at >= since)
