@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from hitl.context import open_store, settings_from
+from hitl.context import database_error, open_store, settings_from
 from serving import db
 
 app = typer.Typer(help="The serving database's schema: upgrade it, keeping every row.", no_args_is_help=True)
@@ -30,8 +30,7 @@ def upgrade(
         before = db.current_revision(store.engine)
         head = db.upgrade(store.engine)
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-        err_console.print(f"[red]could not upgrade the database:[/red] {type(exc).__name__}: {reason}")
+        err_console.print(f"[red]could not upgrade the database:[/red] {database_error(exc)}")
         raise typer.Exit(1) from None
     finally:
         store.close()

@@ -23,6 +23,11 @@ def settings_from(ctx: typer.Context) -> Settings:
     return settings
 
 
+def database_error(exc: Exception) -> str:
+    """A database error in one line: its type and the driver's first line (no URL, no statement)."""
+    return f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"
+
+
 def open_store(url: str, *, create: bool = False) -> Store:
     """The serving store at `url` (with ``create``: its tables created if missing), or exit 2 with a
     reason when the URL is malformed, names a database driver that is not installed, or the database
@@ -45,7 +50,6 @@ def open_store(url: str, *, create: bool = False) -> Store:
             store.create_all()
         except SQLAlchemyError as exc:
             store.close()
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            err.print(f"[red]could not open the database:[/red] {type(exc).__name__}: {reason}")
+            err.print(f"[red]could not open the database:[/red] {database_error(exc)}")
             raise typer.Exit(1) from None
     return store
