@@ -38,13 +38,16 @@ similarity (out-of-distribution routing) and `batch_diverse` distances use the e
 `candidate_factor * batch` queue items with the smallest margin (most uncertain), and picks its
 diverse batch among those.
 
-Each run writes ``<out>/<strategy>/seed<k>.jsonl``: a header line with the configuration, one line per
-round, and a final ``{"done": true}`` line. A run whose file ends with that line and whose header matches
-the configuration is skipped on re-run (resumable); an unfinished file is started over.
+Each run writes ``<out>/<strategy>/seed<k>.jsonl``: a header line with the configuration and the
+fingerprint of the code that ran it (`code_fingerprint`), one line per round, and a final
+``{"done": true}`` line. A run whose file ends with that line and whose header matches both is
+skipped on re-run (resumable); an unfinished file, or one written by other code, is started over.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import time
@@ -85,12 +88,14 @@ __all__ = [
     "RunLogger",
     "SimulationConfig",
     "arrival_clustering",
+    "code_fingerprint",
     "looks_sorted",
     "model_inputs",
     "run_file",
     "run_finished",
     "seed_share_at",
     "simulate_run",
+    "sources_digest",
     "split_stream",
 ]
 
@@ -181,7 +186,7 @@ def run_finished(path: Path, config: SimulationConfig, extra: Mapping[str, Any] 
         return False
     if len(lines) < 2 or lines[-1] != DONE:
         return False
-    return bool(lines[0].get("config") == _header(config, extra)["config"])
+    return bool(lines[0] == _header(config, extra))
 
 
 def read_rounds(path: Path) -> list[dict[str, Any]]:
@@ -189,10 +194,39 @@ def read_rounds(path: Path) -> list[dict[str, Any]]:
     return [row for row in _read_lines(path)[1:] if row != DONE]
 
 
+# What decides a run's rounds besides its configuration: the loop and the learner, and the app the
+# through-API driver talks to. Plots and summaries are left out, so redrawing a figure keeps the runs.
+_RUN_CODE = ("learner", "serving", "labeling", "experiments/simulate.py", "experiments/through_api.py")
+
+
+def sources_digest(root: Path, entries: Sequence[str]) -> str:
+    """sha256 (16 hex digits) of the ``*.py`` files under each of `entries` (folders or files,
+    relative to `root`), names included, so a renamed or added module changes it too."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        path = root / entry
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0")
+            digest.update(file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """`sources_digest` of the code that decides a run's rounds (`_RUN_CODE`), once a process.
+
+    A run file's header holds it, so a resumed benchmark never reads back runs that earlier code
+    wrote: a changed threshold grid left the configuration as it was and the old runs were reused.
+    Any edit counts, comments too, which costs a rerun and never a stale number.
+    """
+    return sources_digest(Path(__file__).resolve().parent.parent, _RUN_CODE)
+
+
 def _header(config: SimulationConfig, extra: Mapping[str, Any] | None) -> dict[str, Any]:
     # A JSON round-trip so tuples/lists compare equal to what a file holds.
     payload = {**config.to_dict(), **dict(extra or {})}
-    return {"config": json.loads(json.dumps(payload))}
+    return {"config": json.loads(json.dumps(payload)), "code": code_fingerprint()}
 
 
 # --------------------------------------------------------------------------------------------- the loop

@@ -15,6 +15,7 @@ from experiments.simulate import (
     DONE,
     SimulationConfig,
     arrival_clustering,
+    code_fingerprint,
     looks_sorted,
     model_inputs,
     read_rounds,
@@ -22,6 +23,7 @@ from experiments.simulate import (
     run_finished,
     run_or_skip,
     simulate_run,
+    sources_digest,
     split_stream,
     value_at,
 )
@@ -108,6 +110,44 @@ def test_finished_runs_are_skipped_and_unfinished_ones_redone(tiny: Tiny, tmp_pa
     _, skipped = run_or_skip(data, x, config, tmp_path)
     assert not skipped
     assert run_finished(path, config)
+
+
+def test_a_run_written_by_other_code_is_redone(tiny: Tiny, tmp_path: Path) -> None:
+    data, x = tiny
+    config = _config("least_confidence")
+    run_or_skip(data, x, config, tmp_path)
+    path = run_file(tmp_path, "least_confidence", 0)
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert header["code"] == code_fingerprint()
+
+    # Same configuration, other code (a changed grid or rule leaves the configuration as it was).
+    path.write_text("\n".join([json.dumps({**header, "code": "0" * 16}), *lines[1:]]) + "\n")
+    assert not run_finished(path, config)
+    # A file from before the fingerprint existed is not trusted either.
+    path.write_text("\n".join([json.dumps({"config": header["config"]}), *lines[1:]]) + "\n")
+    assert not run_finished(path, config)
+    _, skipped = run_or_skip(data, x, config, tmp_path)
+    assert not skipped
+    assert run_finished(path, config)
+
+
+def test_sources_digest_changes_with_the_code_it_covers_only(tmp_path: Path) -> None:
+    (tmp_path / "learner").mkdir()
+    (tmp_path / "learner" / "rule.py").write_text("GRID = 0.005\n")
+    (tmp_path / "loop.py").write_text("ROUNDS = 3\n")
+    (tmp_path / "plots.py").write_text("COLOR = 'red'\n")
+    entries = ("learner", "loop.py")
+    before = sources_digest(tmp_path, entries)
+    assert len(before) == 16
+
+    (tmp_path / "plots.py").write_text("COLOR = 'blue'\n")
+    assert sources_digest(tmp_path, entries) == before  # not covered: runs stay valid
+    (tmp_path / "learner" / "rule.py").write_text("GRID = 0.001\n")
+    changed = sources_digest(tmp_path, entries)
+    assert changed != before
+    (tmp_path / "learner" / "extra.py").write_text("")
+    assert sources_digest(tmp_path, entries) != changed  # a new module counts
 
 
 def test_bad_configuration_is_refused() -> None:
