@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from labeling.client import LabelStudioClient
 from labeling.exceptions import LabelingError
 from labeling.settings import LabelStudioSettings
+from learner.pii import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class ReviewerTiers:
         try:
             emails = {int(uid): email.strip().lower() for uid, email in self._directory().items()}
         except LabelingError as exc:  # keep what we knew; an unknown reviewer counts as junior meanwhile
-            logger.warning("reviewer tiers: Label Studio's user directory could not be read: %s", exc)
+            logger.warning(
+                "reviewer tiers: Label Studio's user directory could not be read: %s", describe_error(exc)
+            )
         else:
             self._emails = emails
         self._loaded_at = now

@@ -22,6 +22,7 @@ from labeling.webhooks import (
     correction_from,
     utc,
 )
+from learner.pii import describe_error
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class PeriodicSync:
             try:
                 self._job()
             except LabelingError as exc:
-                logger.warning("periodic Label Studio sync failed: %s", exc)
+                logger.warning("periodic Label Studio sync failed: %s", describe_error(exc))
             except Exception:  # keep the loop alive; the next run retries
                 logger.exception("periodic Label Studio sync crashed")
 

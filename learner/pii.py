@@ -1,4 +1,5 @@
-"""Mask personal data in free text before it is embedded, hashed or stored.
+"""Mask personal data in free text before it is embedded, hashed or stored, and credentials in error
+text before it is logged, stored or shown (`mask_credentials`, `describe_error`).
 
 Catalog titles are full of numbers ("500 mg", "Pack of 12", "2 x 500 g", "SKU 12345", "2019 2020"),
 so the number rules are deliberately structural: a digit run is only a phone number when it looks like
@@ -19,6 +20,9 @@ from dataclasses import dataclass
 EMAIL_TOKEN = "[EMAIL]"
 PHONE_TOKEN = "[PHONE]"
 CARD_TOKEN = "[CARD]"
+SECRET_TOKEN = "[SECRET]"
+# A log line keeps at most this much of an error message; stored errors pass their column's size.
+ERROR_TEXT_CHARS = 1000
 
 _EMAIL = re.compile(
     r"(?<![\w.!#$%&'*+/=?^`{|}~-])"  # start of the local part, not the middle of one
@@ -222,3 +226,49 @@ def mask_pii(text: str) -> str:
         masked, _CARD_RUN, _is_card, CARD_TOKEN, _MIN_CARD_DIGITS, _MAX_CARD_DIGITS, skip_after=_CODE_LABEL
     )
     return _mask_runs(masked, _PHONE_RUN, _is_phone, PHONE_TOKEN, _MIN_PHONE_DIGITS, _MAX_PHONE_DIGITS)
+
+
+# The user-info part of a URL (``scheme://user:password@host``, ``https://TOKEN@host``): database and
+# tracking URLs carry credentials there, and client libraries quote the URL in their error messages.
+_URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s/@?#]+@")
+# Credentials passed as query parameters or key=value / key: value pairs in a message.
+_SECRET_PAIR = re.compile(
+    r"(?P<key>\b(?:[a-z_]*(?:password|passwd|secret|token|api[_-]?key)[a-z_]*|access_key|auth)"
+    r"[\"']?\s*[=:]\s*[\"']?)(?P<value>[^\s&,;\"'}]+)",
+    re.IGNORECASE,
+)
+# An HTTP Authorization value quoted back ("Token abc", "Bearer abc", "Basic abc").
+_AUTH_VALUE = re.compile(r"\b(?P<kind>Token|Bearer|Basic)\s+(?P<value>[A-Za-z0-9._~+/=\-]{8,})")
+
+
+def mask_credentials(text: str) -> str:
+    """Replace credentials in `text` with ``[SECRET]``: the user-info of URLs, the values of
+    password/secret/token/api_key parameters, and Authorization values (``Bearer ...``).
+
+    Error messages of database drivers and HTTP clients quote the URL they failed on, and a URL may
+    carry its credentials; this runs before such a message is logged, stored or returned.
+
+    Returns
+    -------
+    str
+        `text` with every credential found replaced; the rest unchanged.
+    """
+    if not text:
+        return text
+    masked = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{SECRET_TOKEN}@", text)
+    masked = _SECRET_PAIR.sub(
+        lambda m: m.group(0) if m.group("value") == SECRET_TOKEN else f"{m.group('key')}{SECRET_TOKEN}",
+        masked,
+    )
+    return _AUTH_VALUE.sub(lambda m: f"{m.group('kind')} {SECRET_TOKEN}", masked)
+
+
+def describe_error(exc: BaseException, limit: int = ERROR_TEXT_CHARS) -> str:
+    """``"TypeName: message"`` for a log line, a stored error or an API answer: credentials and
+    personal data masked (`mask_credentials`, `mask_pii`), cut to `limit` characters.
+
+    The one way an exception becomes text outside the process: a failing MLflow or database call
+    quotes its URL, and a validation error may quote the item that failed.
+    """
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return mask_pii(mask_credentials(text))[:limit]

@@ -20,6 +20,7 @@ from labeling.exceptions import LabelingError, WebhookAuthError, WebhookPayloadE
 from labeling.reviewers import ReviewerTiers, senior_check, tiers_from
 from labeling.settings import LabelStudioSettings
 from labeling.sync import PeriodicSync, sync_project
+from learner.pii import describe_error
 from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddleware
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError, record_version
 from serving.outbox import OutboxWorker
@@ -179,7 +180,7 @@ def create_app(
             except ModelLoadError as exc:
                 if holder.source == "bundle":  # a configured local bundle that cannot load is fatal
                     raise
-                logger.error("no model yet: %s", exc)
+                logger.error("no model yet: %s", describe_error(exc))
         holder.start()
         worker = None
         if settings.serving.outbox_enabled:

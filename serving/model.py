@@ -22,7 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,6 +29,7 @@ from numpy.typing import NDArray
 from learner.bundle import MANIFEST_NAME, ModelBundle
 from learner.cache import EmbeddingCache
 from learner.encoder import TextEncoder, encoder_from
+from learner.pii import describe_error
 from serving.embeddings import vector_store_for
 from serving.settings import AppSettings
 from serving.store import Store
@@ -222,13 +222,13 @@ class ModelHolder:
                 self.swap(self.build(folder, version, f"registry:{version}"))
                 return True
         except (ModelLoadError, OSError) as exc:
-            self.last_error = str(exc)
+            self.last_error = describe_error(exc)
             if current is None:
                 raise
-            logger.error("model refresh failed, still serving %s: %s", current.version, exc)
+            logger.error("model refresh failed, still serving %s: %s", current.version, self.last_error)
             return False
         except Exception as exc:  # the registry client raises its own types
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.last_error = describe_error(exc)
             if current is None:
                 raise ModelLoadError(self.last_error) from exc
             logger.error("model refresh failed, still serving %s: %s", current.version, self.last_error)
@@ -264,15 +264,6 @@ class ModelHolder:
         for cache in self._caches.values():
             cache.close()
         self._caches.clear()
-
-    def describe(self) -> dict[str, Any]:
-        model = self._current
-        return {
-            "source": self.settings.serving.model_source,
-            "version": None if model is None else model.version,
-            "loaded_at": None if model is None else model.loaded_at.isoformat(),
-            "error": self.last_error,
-        }
 
 
 def record_version(store: Store, model: LoadedModel) -> None:

@@ -54,6 +54,7 @@ from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
 from labeling.exceptions import LabelingError, LabelStudioApiError
 from labeling.push import Escalation, push_escalations
+from learner.pii import describe_error
 from serving.settings import AppSettings
 from serving.store import Base, PushedTask, Store
 
@@ -193,8 +194,8 @@ class _Due:
 
 
 def _short(exc: BaseException) -> str:
-    # Our client's errors name the operation and status, never the token; still keep it short.
-    return f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+    # Our client's errors name the operation and status, never the token; still masked and short.
+    return describe_error(exc, MAX_ERROR_CHARS)
 
 
 def _permanent(exc: BaseException) -> bool:
@@ -328,7 +329,10 @@ class OutboxWorker:
                 report.held += 1
         except LabelingError as exc:
             report.errors.append(_short(exc))
-            logger.warning("outbox: holding tasks for senior reviewers failed, retried next pass: %s", exc)
+            logger.warning(
+                "outbox: holding tasks for senior reviewers failed, retried next pass: %s",
+                describe_error(exc),
+            )
         finally:
             client.close()
 

@@ -18,6 +18,7 @@ from learner.bundle import ModelBundle
 from learner.features import HeadInputs, NgramMemo
 from learner.gate import AuditScores, GateDecision, audit_scores
 from learner.loop import AuditPolicy, training_config
+from learner.pii import describe_error
 from learner.training import AuditDesign, TrainingConfig, certify_bundle, label_indices
 from serving.retrain.gate import gate
 from serving.retrain.labels import (
@@ -122,7 +123,7 @@ class RetrainJob:
             return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger)
         except BaseException as exc:
             try:
-                tracking.end_run(settings, run_id, failed=True, error=f"{type(exc).__name__}: {exc}")
+                tracking.end_run(settings, run_id, failed=True, error=describe_error(exc))
             except Exception as inner:
                 logger.error("could not mark MLflow run %s FAILED: %s", run_id, type(inner).__name__)
             raise

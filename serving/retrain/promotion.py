@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import select
 
+from learner.pii import describe_error
 from serving.escalation import RESCORE_ACTOR
 from serving.model import LoadedModel, ModelHolder
 from serving.retrain.tables import (
@@ -90,7 +91,7 @@ class Promoter:
                     auto_resolve=self.settings.retrain.auto_resolve_on_promotion,
                 )
             except Exception as exc:
-                logger.error("re-scoring open escalations failed: %s: %s", type(exc).__name__, exc)
+                logger.error("re-scoring open escalations failed: %s", describe_error(exc))
         logger.info(
             "promoted %s (%s): swapped=%s, Label Studio=%s, auto-resolved %d, re-prioritized %d",
             label,
@@ -113,7 +114,7 @@ class Promoter:
                 client.set_model_version(project_id, label)
         except Exception as exc:  # Label Studio down, or no task of this version yet: retried later
             if self.pending_labelstudio != label:
-                logger.warning("could not set Label Studio's model_version yet: %s", str(exc)[:300])
+                logger.warning("could not set Label Studio's model_version yet: %s", describe_error(exc, 300))
             self.pending_labelstudio = label
             return False
         self.pending_labelstudio = None

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from learner.features import NgramMemo
+from learner.pii import describe_error
 from serving.escalation import escalation_windows
 from serving.leader import LeaderLock, leader_lock
 from serving.model import ModelHolder
@@ -162,7 +163,7 @@ class RetrainWorker:
                     self._maybe_auto_trigger()
                     self._maybe_log_escalation()
             except Exception as exc:  # keep the worker alive; the run row says what failed
-                logger.error("retrain worker: %s: %s", type(exc).__name__, exc)
+                logger.error("retrain worker: %s", describe_error(exc))
             if self._wake.wait(interval):
                 self._wake.clear()
 
@@ -216,7 +217,7 @@ class RetrainWorker:
         try:
             outcome = job.run(trigger)
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"[:MAX_ERROR_CHARS]
+            error = describe_error(exc, MAX_ERROR_CHARS)
             logger.error("retrain run %d failed: %s", run_id, error)
             self._update(
                 run_id,

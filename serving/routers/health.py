@@ -38,7 +38,9 @@ async def readyz(store: StoreDep, holder: ModelHolderDep) -> JSONResponse:
         database=database,
         model_loaded=model is not None,
         model_version=None if model is None else model.version,
-        detail=None if ready else (holder.last_error if database else "database unreachable"),
+        # Unauthenticated: say what is missing, never why (an error can name hosts and paths; the
+        # server log has it, masked).
+        detail=None if ready else ("no model loaded yet" if database else "database unreachable"),
     )
     return JSONResponse(status_code=200 if ready else 503, content=body.model_dump(mode="json"))
 

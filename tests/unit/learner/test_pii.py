@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from learner.pii import mask_pii
+from learner.pii import describe_error, mask_credentials, mask_pii
 
 
 def _luhn_complete(prefix: str) -> str:
@@ -192,3 +192,48 @@ def test_a_luhn_valid_number_after_a_country_code_is_a_phone_not_a_card() -> Non
     # Found by test_international_numbers_are_masked: the 14 digits after "+1" pass the Luhn check.
     assert mask_pii("ring +1 9923-5942-2314-51 today") == "ring [PHONE] today"
     assert mask_pii("card +4111 1111 1111 1111 ok") == "card [CARD] ok"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "API request to https://jane:s3cret@mlflow.corp/api/2.0/x failed",
+            "API request to https://[SECRET]@mlflow.corp/api/2.0/x failed",
+        ),
+        (
+            "could not connect: postgresql+psycopg://u:pw@db:5432/hitl",
+            "could not connect: postgresql+psycopg://[SECRET]@db:5432/hitl",
+        ),
+        ("GET https://ghp_token123@git.corp/repo", "GET https://[SECRET]@git.corp/repo"),
+        ("dsn: host=db password=hunter2 user=u", "dsn: host=db password=[SECRET] user=u"),
+        ("/api/x?api_key=abc123&page=2", "/api/x?api_key=[SECRET]&page=2"),
+        ('{"access_token": "abc.def", "n": 1}', '{"access_token": "[SECRET]", "n": 1}'),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.x", "Authorization: Bearer [SECRET]"),
+        ("header Token 0123456789abcdef sent", "header Token [SECRET] sent"),
+    ],
+)
+def test_credentials_in_error_text_are_masked(text: str, masked: str) -> None:
+    assert mask_credentials(text) == masked
+    assert mask_credentials(masked) == masked  # idempotent
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "connection refused: http://127.0.0.1:5000/api/2.0/mlflow/runs/create",
+        "HTTP 404 on /api/projects/3/",
+        "tokenizer failed on 12 titles",
+        "Garlic Oil - Vegetarian Capsule 500 mg",
+        "",
+    ],
+)
+def test_text_without_credentials_is_left_alone(text: str) -> None:
+    assert mask_credentials(text) == text
+
+
+def test_describe_error_names_the_type_and_masks_secrets_and_personal_data() -> None:
+    exc = RuntimeError("upload to https://u:pw@store.corp/b failed for jane.doe@corp.com")
+    assert describe_error(exc) == "RuntimeError: upload to https://[SECRET]@store.corp/b failed for [EMAIL]"
+    assert describe_error(KeyError()) == "KeyError"
+    assert len(describe_error(ValueError("x" * 5000), 300)) == 300
