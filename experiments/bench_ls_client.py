@@ -43,8 +43,8 @@ TARGETS = {
 }
 
 _LIST = """
-import json, statistics, sys, time
-url, token, project = sys.argv[1], sys.argv[2], int(sys.argv[3])
+import json, os, statistics, sys, time
+url, project, token = sys.argv[1], int(sys.argv[2]), os.environ["HITL_BENCH_LS_TOKEN"]
 times, count = [], 0
 for _ in range(3):
     t = time.perf_counter()
@@ -79,13 +79,15 @@ COVERS: dict[str, str | None] = {
 }
 
 
-def _run(code: str, *args: str) -> dict[str, Any]:
+def _run(code: str, *args: str, token: str | None = None) -> dict[str, Any]:
+    # The token travels in the environment: a command line is readable by every local user (ps).
+    secret = {} if token is None else {"HITL_BENCH_LS_TOKEN": token}
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        env=os.environ | {"HF_HUB_OFFLINE": "1"} | secret,
     )
     if done.returncode != 0:
         raise SystemExit(f"measurement failed:\n{done.stderr[-2000:]}")
@@ -125,14 +127,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="http://127.0.0.1:8081")
     parser.add_argument("--project", type=int, default=1)
-    parser.add_argument("--token", default=None, help="default: labelstudio.token of the settings")
     parser.add_argument("--out", type=Path, default=Path("experiments/results"))
     args = parser.parse_args(argv)
-    token = args.token
-    if token is None:
-        from hitl.settings import load_settings
+    # From the settings (HITL_LABELSTUDIO__TOKEN), never a flag: a command line is visible to `ps`.
+    from hitl.settings import load_settings
 
-        token = load_settings().labelstudio.token.get_secret_value()
+    token = load_settings().labelstudio.token.get_secret_value()
 
     imports = {
         context: {
@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         for context, setup in CONTEXTS.items()
     }
-    where = (args.url, token, str(args.project))
-    lists = {name: _run(_LIST.format(body=body), *where) for name, body in LISTS.items()}
+    where = (args.url, str(args.project))
+    lists = {name: _run(_LIST.format(body=body), *where, token=token) for name, body in LISTS.items()}
     if len({v["tasks"] for v in lists.values()}) != 1:
         raise SystemExit(f"the two clients read different task counts: {lists}")
     result = {

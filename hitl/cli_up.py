@@ -34,6 +34,7 @@ from hitl.up_state import (
     stack_settings,
     up_dir_of,
 )
+from learner.pii import describe_error, mask_credentials
 
 console = Console()
 err_console = Console(stderr=True)
@@ -173,7 +174,7 @@ def up(
         _up(settings, up_dir, state, started, env, catalog)
     except Exception as exc:
         save_state(up_dir, state)
-        err_console.print(f"[red]hitl up failed:[/red] {type(exc).__name__}: {exc}")
+        err_console.print(f"[red]hitl up failed:[/red] {describe_error(exc)}")
         err_console.print("fix the cause and run `make up` again: finished steps are skipped")
         raise typer.Exit(1) from exc
     save_state(up_dir, state)
@@ -204,7 +205,7 @@ def _up(
     # 2. MLflow server (lean: 1 worker, no job execution)
     mlflow_pid_file = up_dir / "mlflow.pid"
     if settings.mlflow.tracking_uri and not settings.tracking_uri.startswith(mlflow_url(settings)):
-        console.print(f"MLflow: configured tracking URI {settings.tracking_uri}")
+        console.print(f"MLflow: configured tracking URI {mask_credentials(settings.tracking_uri)}")
     elif _recorded(mlflow_pid_file, "mlflow") or _healthy(mlflow_url(settings) + "/health"):
         console.print(f"[green]✓[/green] MLflow already running at {mlflow_url(settings)}")
     else:
@@ -382,7 +383,11 @@ def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) ->
     project = state.get("project_id")
     console.rule("[bold]hitl is up")
     console.print(f"Label Studio  {ls.base_url}/projects/{project or ''}")
-    console.print(f"   login      {ls.username} / {ls.password.get_secret_value()}  (local dev login)")
+    if settings.dev_mode and not ls.url:
+        # The shipped dev login of the local Label Studio: printed so a person can sign in at once.
+        console.print(f"   login      {ls.username} / {ls.password.get_secret_value()}  (local dev login)")
+    else:
+        console.print(f"   login      {ls.username} (password: labelstudio.password, never printed)")
     console.print(f"MLflow UI     {mlflow_url(settings)}  (experiment '{settings.mlflow.experiment}')")
     console.print(f"Serving API   {settings.serving.base_url}/docs")
     console.print(

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from labeling.settings import LabelStudioSettings
 from serving.model import LoadedModel, ModelHolder, record_version
 from serving.schemas import ItemIn
 from serving.service import LoopPolicy, Scored, new_predictions, outbox_hook, score_items
-from serving.settings import AppSettings
+from serving.settings import AppSettings, MlflowSettings
 from serving.store import Store
 
 SCORE_ACTOR = "hitl-score"
@@ -94,6 +95,19 @@ def _bundle_bytes(model: LoadedModel) -> bytes:
         return buffer.getvalue()
 
 
+def settings_for_actors(settings: AppSettings) -> AppSettings:
+    """`settings` without what a scoring actor never uses and must not carry: the Label Studio
+    credentials and webhook secret, the ML backend's password and the MLflow URI (which may hold
+    credentials). Ray pickles an actor's arguments into its object store and, on a remote cluster,
+    sends them over the network. The database URL stays: an embedding cache may live there."""
+    serving = settings.serving.model_copy(
+        update={"ml_backend_password": type(settings.serving).model_fields["ml_backend_password"].default}
+    )
+    return settings.model_copy(
+        update={"labelstudio": LabelStudioSettings(), "mlflow": MlflowSettings(), "serving": serving}
+    )
+
+
 class RayScorer:
     """Scores on Ray Data: `concurrency` actors, `batch_size` items per batch. `address` None starts a
     local cluster (this machine's CPUs); "auto" or "ray://host:10001" joins an existing one."""
@@ -122,7 +136,7 @@ class RayScorer:
             )
         self.concurrency, self.batch_size = concurrency, batch_size
         self._args = {
-            "settings": settings,
+            "settings": settings_for_actors(settings),
             "bundle_dir_bytes": _bundle_bytes(model),
             "version": model.version,
         }
