@@ -61,6 +61,11 @@ def serve(
         }
     )
     settings = settings.model_copy(update={"serving": serving})
+    try:
+        settings.check_exposure()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
     console.print(
         f"serving on http://{serving.host}:{serving.port} (model source: {serving.model_source}, "
         f"{workers} worker{'s' if workers > 1 else ''})"

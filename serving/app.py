@@ -151,7 +151,13 @@ def create_app(
     starts the outbox worker and the periodic Label Studio sync, and closes them all.
 
     `store` and `model` may be passed in (tests, benchmarks); the app then leaves closing them to the caller.
+
+    Raises
+    ------
+    ValueError
+        `AppSettings.check_exposure`: dev mode's public placeholder secrets on a non-loopback address.
     """
+    settings.check_exposure()
     metrics = ServingMetrics()
 
     @asynccontextmanager

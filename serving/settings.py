@@ -6,6 +6,7 @@ once. `serving` never imports `hitl`.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 from pathlib import Path
 from typing import Literal
@@ -17,6 +18,16 @@ from learner.settings import LearnerSettings
 
 # Secrets shorter than this are refused outside dev mode.
 MIN_SECRET_LENGTH = 16
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` (a bind address or name) only accepts connections from this machine."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name other than localhost may resolve to anything
 
 
 class MlflowSettings(BaseModel):
@@ -197,11 +208,9 @@ class AppSettings(BaseModel):
     def _expand(cls, value: Path) -> Path:
         return value.expanduser()
 
-    @model_validator(mode="after")
-    def _refuse_placeholder_secrets(self) -> AppSettings:
-        """Outside dev mode, every secret must be set, and not to its shipped (public) default."""
-        if self.dev_mode:
-            return self
+    def unsafe_secrets(self) -> list[str]:
+        """What makes this configuration unsafe to expose: secrets still at their shipped (public)
+        placeholder or too short, and the ML backend left without authentication. Empty = safe."""
         checked: list[tuple[str, BaseModel, str]] = [
             ("labelstudio.password", self.labelstudio, "password"),
             ("labelstudio.token", self.labelstudio, "token"),
@@ -223,13 +232,44 @@ class AppSettings(BaseModel):
             problems.append(f"still the shipped placeholder: {', '.join(placeholder)}")
         if short:
             problems.append(f"shorter than {MIN_SECRET_LENGTH} characters: {', '.join(short)}")
+        if not self.serving.ml_backend_auth:
+            problems.append("serving.ml_backend_auth is false (anyone could start retrains)")
+        return problems
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secrets(self) -> AppSettings:
+        """Outside dev mode, every secret must be set, not to its shipped (public) default, and the
+        ML backend must require authentication."""
+        problems = [] if self.dev_mode else self.unsafe_secrets()
         if problems:
             raise ValueError(
-                "dev_mode is false but secrets are unsafe ("
+                "dev_mode is false but the configuration is unsafe ("
                 + "; ".join(problems)
-                + "); set them (e.g. HITL_LABELSTUDIO__TOKEN) or set dev_mode: true for local use"
+                + "); set the secrets (e.g. HITL_LABELSTUDIO__TOKEN) or set dev_mode: true for local use"
             )
         return self
+
+    def check_exposure(self) -> None:
+        """Refuse to serve beyond this machine with dev mode's public placeholder secrets.
+
+        Dev mode accepts the shipped secrets, which anyone can read in this repository: on a
+        non-loopback address, anyone who reaches the port could post forged corrections (training
+        labels) to the webhook or start retrains through the ML backend.
+
+        Raises
+        ------
+        ValueError
+            naming the address and what is unsafe.
+        """
+        if is_loopback(self.serving.host):
+            return
+        problems = self.unsafe_secrets()
+        if problems:
+            raise ValueError(
+                f"refusing to serve on {self.serving.host!r}, which is reachable from other machines, "
+                f"with an unsafe configuration ({'; '.join(problems)}); set the secrets and "
+                "dev_mode: false, or serve on 127.0.0.1"
+            )
 
     @property
     def cache_dir(self) -> Path:

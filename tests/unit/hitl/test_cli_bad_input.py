@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_score
+from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_score, cli_serve
 from hitl.settings import ServingSettings, Settings
 from learner.synthetic import generate_catalog, write_catalog
 
@@ -132,3 +132,9 @@ def test_min_class_size_zero_is_refused_not_replaced(tmp_path: Path) -> None:
         cli.app, ["simulate", "--catalog", str(catalog), "--min-class-size", "0", "--no-mlflow"]
     )
     refused(result, 2, "--min-class-size")
+
+
+def test_serve_refuses_dev_placeholder_secrets_on_a_public_address(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli_serve.app, ["--host", "0.0.0.0", "--port", "1"], obj=settings(tmp_path))
+    refused(result, 2, "refusing to serve on '0.0.0.0'", "labelstudio.webhook_secret", "127.0.0.1")
+    assert "hitl-dev" not in result.output
