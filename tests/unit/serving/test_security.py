@@ -287,5 +287,5 @@ def test_the_throttle_forgets_after_its_window() -> None:
 
 
 def test_the_app_is_not_built_with_dev_placeholder_secrets_on_a_public_address() -> None:
-    with pytest.raises(ValueError, match="refusing to serve on '0.0.0.0'"):
+    with pytest.raises(ValueError, match=r"refusing to serve on '0\.0\.0\.0'"):
         create_app(Settings(serving=ServingSettings(host="0.0.0.0")))
