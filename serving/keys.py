@@ -22,6 +22,7 @@ from enum import StrEnum
 from sqlalchemy import DateTime, Integer, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from learner.pii import mask_pii
 from serving.store import Base, Store
 
 KEY_PREFIX = "hitl_"
@@ -121,7 +122,9 @@ def _clean_name(name: str) -> str:
     cleaned = name.strip()
     if not cleaned or len(cleaned) > MAX_NAME_LENGTH:
         raise ValueError(f"a key name must have 1 to {MAX_NAME_LENGTH} characters")
-    return cleaned
+    # A key's name is stored on every prediction it makes and names the actor in the audit trail and
+    # MLflow: a person's e-mail or phone number there is masked like any other free text.
+    return mask_pii(cleaned)
 
 
 def create_key(store: Store, name: str, role: Role | str) -> tuple[int, str]:

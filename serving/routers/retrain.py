@@ -17,8 +17,9 @@ from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
+from learner.pii import mask_pii
 from serving.deps import RowIdPath, SettingsDep, StoreDep
 from serving.escalation import EscalationWindow, escalation_windows, per_version
 from serving.retrain import RetrainWorker, RunRecord
@@ -28,8 +29,11 @@ router = APIRouter(prefix="/v1", tags=["retrain"])
 
 EngineerDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))]
 ReaderDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.PRODUCT_OWNER))]
+# Free text that reaches the audit trail, MLflow tags and logs: personal data masked on the way in.
 ReasonQuery = Annotated[
-    str | None, Query(min_length=1, max_length=500, description="why (kept in the audit trail)")
+    str | None,
+    Query(min_length=1, max_length=500, description="why (kept in the audit trail; personal data masked)"),
+    AfterValidator(lambda value: None if value is None else mask_pii(value)),
 ]
 
 # MLflow's own spelling of a version: digits, no leading zero. "03" would be audited as a version that
@@ -42,7 +46,9 @@ VersionPath = Annotated[
 
 
 class RetrainRequest(BaseModel):
-    reason: str = Field("api", min_length=1, max_length=200)
+    reason: Annotated[str, AfterValidator(mask_pii)] = Field(
+        "api", min_length=1, max_length=200, description="why (kept in the audit trail; personal data masked)"
+    )
 
 
 class TriggerOut(BaseModel):

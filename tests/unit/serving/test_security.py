@@ -289,3 +289,9 @@ def test_the_throttle_forgets_after_its_window() -> None:
 def test_the_app_is_not_built_with_dev_placeholder_secrets_on_a_public_address() -> None:
     with pytest.raises(ValueError, match=r"refusing to serve on '0\.0\.0\.0'"):
         create_app(Settings(serving=ServingSettings(host="0.0.0.0")))
+
+
+@pytest.mark.every_database
+def test_a_key_named_after_a_person_is_stored_masked(store: Store) -> None:
+    key_id, _ = create_key(store, "  jane.doe@corp.com laptop ", Role.SERVICE)
+    assert {k.id: k.name for k in list_keys(store)}[key_id] == "[EMAIL] laptop"
