@@ -62,6 +62,20 @@ def _with_prediction(task: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def _annotation_ids(raws: Any) -> set[int]:
+    """Ids of the annotations in `raws` that have one (what Label Studio still holds, readable or not)."""
+    return {
+        raw["id"]
+        for raw in raws
+        if isinstance(raw, dict) and isinstance(raw.get("id"), int) and not isinstance(raw.get("id"), bool)
+    }
+
+
+def _id_of(task: Any) -> str:
+    value = task.get("id") if isinstance(task, dict) else None
+    return str(value) if isinstance(value, int) else "unreadable"
+
+
 def sync_project(
     client: LabelStudioClient,
     sink: CorrectionSink,
@@ -77,14 +91,28 @@ def sync_project(
     known = {aid: utc(ts) for aid, ts in sink.annotation_versions(project_id).items()}
     present: set[int] = set()
     for task in client.iter_tasks(project_id, annotated_only=True):
-        task_model = TaskPayload(id=int(task["id"]), data=task.get("data") or {}, meta=_with_prediction(task))
-        for raw in task.get("annotations") or []:
+        raws = task.get("annotations") or []
+        try:
+            task_model = TaskPayload(
+                id=task.get("id"), data=task.get("data") or {}, meta=_with_prediction(task)
+            )
+        except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+            # A task edited in Label Studio into something we cannot read: its annotations are skipped,
+            # not taken for deleted (that would drop labels we hold), and its text stays out of the log.
+            report.skipped_malformed += len(raws)
+            present.update(_annotation_ids(raws))
+            logger.warning(
+                "sync: skipped %d annotation(s) of a malformed task (id %s)", len(raws), _id_of(task)
+            )
+            continue
+        for raw in raws:
             try:
                 annotation = AnnotationPayload.model_validate(
                     {"task": task_model.id, "project": project_id, **raw}
                 )
             except ValidationError:
                 report.skipped_malformed += 1
+                present.update(_annotation_ids([raw]))
                 logger.warning("sync: skipped a malformed annotation in task %d", task_model.id)
                 continue
             report.annotations_seen += 1

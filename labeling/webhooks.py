@@ -76,7 +76,8 @@ def _check_result(result: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class _Payload(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    # Validation errors never quote the input: a task's data holds item text.
+    model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
 
 class PredictionPayload(_Payload):

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, cast
+
+import pytest
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
@@ -63,3 +66,44 @@ def test_sync_fills_gaps_updates_and_deletions_idempotently(tmp_path: Path) -> N
     assert (second.recorded, second.deleted) == (1, 1)
     assert [(r.action, r.label) for r in store.history(11)] == [("created", "Shoes"), ("updated", "Hats")]
     assert [r.action for r in store.history(12)] == ["rejected", "deleted"]
+
+
+def test_a_malformed_task_is_skipped_keeps_its_labels_and_stays_out_of_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeLabelStudio()
+    good = {
+        "id": 1,
+        "data": {"item_id": "a", "title": "Oxford shoe"},
+        "meta": {"item_id": "a"},
+        "annotations": [annotation(11, "Shoes", "2025-01-01T10:00:00Z")],
+    }
+    fake.tasks = [good]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_all()
+    client = cast(LabelStudioClient, fake)
+    assert sync_project(client, store, 1, TAX).recorded == 1
+
+    # Someone edits the task in Label Studio: its item id is no longer one we can read, and its
+    # title carries personal data. A second task with a good annotation must still be recorded.
+    fake.tasks = [
+        {
+            **good,
+            "data": {"item_id": "a b\n", "title": "call jane.doe@corp.com"},
+            "meta": ["not", "a", "map"],
+        },
+        {
+            "id": 2,
+            "data": {"item_id": "b"},
+            "meta": {"item_id": "b"},
+            "annotations": [annotation(12, "Hats", "2025-01-01T10:00:00Z"), {"id": 13, "result": "junk"}],
+        },
+    ]
+    with caplog.at_level(logging.WARNING, logger="labeling.sync"):
+        report = sync_project(client, store, 1, TAX)
+    assert (report.recorded, report.deleted, report.skipped_malformed) == (1, 0, 2)
+    assert [r.action for r in store.history(11)] == ["created"]  # not taken for deleted
+    assert [r.label for r in store.history(12)] == ["Hats"]
+    assert "malformed task (id 1)" in caplog.text
+    assert "jane.doe" not in caplog.text
+    assert "corp.com" not in caplog.text
