@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -18,6 +19,22 @@ app = typer.Typer(
     invoke_without_command=True,
 )
 console = Console(stderr=True)
+
+
+# Our packages log at INFO beside uvicorn's own lines; uvicorn's access log is off, because it writes
+# raw paths and query strings (item ids, reasons): `serving.access` logs route templates instead.
+_LOGGED_PACKAGES = ("hitl", "serving", "labeling", "learner")
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging configuration with its access log replaced by ``serving.access``."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["uvicorn.access"] = {"handlers": [], "level": "WARNING", "propagate": False}
+    for name in _LOGGED_PACKAGES:
+        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -72,7 +89,14 @@ def serve(
     )
     if workers == 1:
         app = create_app(settings)
-        uvicorn.run(app, host=serving.host, port=serving.port, log_level="info", lifespan="on")
+        uvicorn.run(
+            app,
+            host=serving.host,
+            port=serving.port,
+            log_config=log_config(),
+            access_log=False,
+            lifespan="on",
+        )
         return
     # Worker processes build their own app from the configuration: what this command overrode travels
     # in the environment, which every worker reads.
@@ -92,7 +116,8 @@ def serve(
         host=serving.host,
         port=serving.port,
         workers=workers,
-        log_level="info",
+        log_config=log_config(),
+        access_log=False,
         lifespan="on",
     )
 

@@ -29,13 +29,14 @@ from serving.routers import audit, escalations, health, items, keys, ml_backend,
 from serving.routers import dashboard as dashboard_router
 from serving.routers import kpis as kpis_router
 from serving.routers import retrain as retrain_router
-from serving.security import AuthThrottle, KeyCache
+from serving.security import AuthThrottle, KeyCache, route_of
 from serving.service import BackendHolder
 from serving.settings import AppSettings, ServingSettings
 from serving.similar import SimilarLabelled
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("serving.access")
 
 
 def sync_known_project(
@@ -65,7 +66,9 @@ def _error(error: Any) -> dict[str, Any]:
 
 
 class LatencyMiddleware:
-    """Records every HTTP request's duration by method, route template and status (plain ASGI: cheap)."""
+    """Records every HTTP request's duration by method, route template and status (plain ASGI: cheap),
+    and logs it to ``serving.access`` (`hitl serve` turns uvicorn's own access log off: it logs raw
+    paths and query strings)."""
 
     def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
         self.app = app
@@ -87,9 +90,11 @@ class LatencyMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            self.metrics.request_latency.labels(scope["method"], _route_of(scope), str(status_code)).observe(
-                time.perf_counter() - started
-            )
+            elapsed = time.perf_counter() - started
+            route = route_of(scope)
+            self.metrics.request_latency.labels(scope["method"], route, str(status_code)).observe(elapsed)
+            # The access log: the route template, never the raw path or query (ids, reasons).
+            access_logger.info("%s %s %d %.1f ms", scope["method"], route, status_code, elapsed * 1000)
 
 
 class InternalErrorGuard:
@@ -108,19 +113,13 @@ class InternalErrorGuard:
         try:
             await self.app(scope, receive, send)
         except Exception as exc:
-            logger.error("unhandled %s in %s %s", type(exc).__name__, scope["method"], _route_of(scope))
+            logger.error("unhandled %s in %s %s", type(exc).__name__, scope["method"], route_of(scope))
             try:
                 await JSONResponse(status_code=500, content={"detail": "internal error"})(
                     scope, receive, send
                 )
             except Exception:  # the status line was already sent: nothing more can be said
                 return
-
-
-def _route_of(scope: Scope) -> str:
-    """The route template (``/v1/items/{item_id}``), never the raw path: paths carry ids."""
-    route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
 
 
 def body_limits(serving: ServingSettings) -> BodyLimits:

@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -186,11 +186,18 @@ async def key_principal(request: Request, presented: str) -> Principal | None:
     return principal
 
 
+def route_of(scope: Mapping[str, Any]) -> str:
+    """The route template (``/v1/items/{item_id}``), never the raw path: paths carry ids, which logs
+    must not hold."""
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
 def admit(request: Request, principal: Principal, allowed: frozenset[Role]) -> Principal:
     """`principal` if its role is in `allowed` (recorded on the request), else 403 naming the roles."""
     request.state.principal = principal
     if principal.role not in allowed:
-        logger.info("key %d (%s) denied %s", principal.key_id, principal.role.value, request.url.path)
+        logger.info("key %d (%s) denied %s", principal.key_id, principal.role.value, route_of(request.scope))
         needed = ", ".join(sorted(r.value for r in allowed))
         raise HTTPException(
             status.HTTP_403_FORBIDDEN,
@@ -206,7 +213,7 @@ def require_roles(*roles: Role) -> Callable[..., Any]:
     async def dependency(request: Request, presented: PresentedKey) -> Principal:
         principal = await key_principal(request, presented) if presented else None
         if principal is None:
-            logger.info("rejected a request to %s: missing or invalid API key", request.url.path)
+            logger.info("rejected a request to %s: missing or invalid API key", route_of(request.scope))
             raise _unauthorized()
         return admit(request, principal, allowed)
 

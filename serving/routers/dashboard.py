@@ -25,7 +25,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from serving.deps import SettingsDep, StoreDep
 from serving.keys import Principal, authenticate
-from serving.security import PresentedKey, check_throttle, record_failure
+from serving.security import PresentedKey, check_throttle, record_failure, route_of
 from serving.sessions import (
     DASHBOARD_ROLES,
     SESSION_COOKIE,
@@ -106,7 +106,7 @@ def _cross_origin(request: Request) -> bool:
 def _refuse_cross_origin(request: Request) -> HTMLResponse | None:
     if not _cross_origin(request):
         return None
-    logger.info("refused a cross-origin form post to %s", request.url.path)
+    logger.info("refused a cross-origin form post to %s", route_of(request.scope))
     return _login_page("cross-origin form submissions are refused", status.HTTP_403_FORBIDDEN)
 
 

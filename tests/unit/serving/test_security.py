@@ -295,3 +295,28 @@ def test_the_app_is_not_built_with_dev_placeholder_secrets_on_a_public_address()
 def test_a_key_named_after_a_person_is_stored_masked(store: Store) -> None:
     key_id, _ = create_key(store, "  jane.doe@corp.com laptop ", Role.SERVICE)
     assert {k.id: k.name for k in list_keys(store)}[key_id] == "[EMAIL] laptop"
+
+
+def test_refusals_log_the_route_template_never_the_ids_in_the_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        labelstudio=LabelStudioSettings(sync_interval_s=0),
+        serving=ServingSettings(model_source="none", outbox_enabled=False, model_poll_interval_s=0),
+        retrain=RetrainSettings(enabled=False),
+    )
+    store = Store(settings.database_url)
+    caplog.set_level(logging.INFO, logger="serving.security")
+    caplog.set_level(logging.INFO, logger="serving.access")
+    with TestClient(create_app(settings, store=store)) as client:
+        _, service = create_key(store, "svc", Role.SERVICE)
+        assert client.get("/v1/items/jane-doe-order-77").status_code == 401
+        wrong_role = client.get("/v1/items/jane-doe-order-77", headers={"Authorization": f"Bearer {service}"})
+        assert wrong_role.status_code == 403
+    store.close()
+    assert "rejected a request to /v1/items/{item_id}" in caplog.text
+    assert "denied /v1/items/{item_id}" in caplog.text
+    assert "GET /v1/items/{item_id} 401" in caplog.text  # the access log
+    assert "GET /v1/items/{item_id} 403" in caplog.text
+    assert "jane-doe-order-77" not in caplog.text
