@@ -42,6 +42,7 @@ from labeling.webhooks import MAX_ID
 from learner.data import drop_unstorable
 from serving.deps import SettingsDep, StoreDep, get_settings
 from serving.predictor import ItemText, LabelGuess, Predictor, PredictorHolder
+from serving.security import check_throttle, record_failure
 from serving.settings import ServingSettings
 from serving.store import Store
 
@@ -76,12 +77,14 @@ def require_ml_backend_auth(request: Request) -> None:
     settings = get_settings(request)
     if not settings.serving.ml_backend_auth:
         return
+    check_throttle(request)  # the same per-address limit on failed attempts as API keys
     user, password = _basic_credentials(request.headers.get("Authorization"))
     expected_user = settings.serving.ml_backend_user.encode()
     expected_password = settings.serving.ml_backend_password.get_secret_value().encode()
     user_ok = hmac.compare_digest(user, expected_user)
     password_ok = hmac.compare_digest(password, expected_password)
     if not (user_ok and password_ok):
+        record_failure(request)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             detail="ML-backend credentials missing or wrong",

@@ -15,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from labeling.client import WEBHOOK_PATH
+from labeling.exceptions import WebhookAuthError
 from labeling.reviewers import ReviewerTiers, senior_check
 from labeling.webhooks import (
     SECRET_HEADER,
@@ -27,6 +28,7 @@ from labeling.webhooks import (
     project_id_of,
 )
 from serving.deps import SettingsDep, StoreDep
+from serving.security import check_throttle, record_failure
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,16 @@ def _persist(store: Store, payload_event: CorrectionEvent | DeletionEvent) -> di
     },
 )
 async def label_studio_webhook(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
-    check_secret(request.headers.get(SECRET_HEADER), settings.labelstudio.webhook_secret.get_secret_value())
+    # The same per-address limit on failed attempts as API keys: guessing the secret is throttled. A
+    # webhook refused meanwhile is not lost: the periodic sync reads the annotation from Label Studio.
+    check_throttle(request)
+    try:
+        check_secret(
+            request.headers.get(SECRET_HEADER), settings.labelstudio.webhook_secret.get_secret_value()
+        )
+    except WebhookAuthError:
+        record_failure(request)
+        raise
     payload = parse_payload(await request.body())
     project_id = project_id_of(payload)
     taxonomy = await run_in_threadpool(store.taxonomy, project_id) if project_id is not None else None

@@ -19,6 +19,7 @@ from labeling.config import Taxonomy
 from learner.data import Product
 from serving.predictor import ItemText, LabelGuess, Predictor
 from serving.routers.ml_backend import ml_backend_url, router
+from serving.security import AuthThrottle
 from serving.store import Store
 
 USER, PASSWORD = "ls", "unit-ml-password"
@@ -350,3 +351,18 @@ def test_other_events_are_acknowledged(client: TestClient, action: str, expected
 def test_bad_webhook_bodies_are_422(client: TestClient, raw: bytes) -> None:
     answer = client.post("/ml-backend/webhook", content=raw, headers={"Content-Type": "application/json"})
     assert answer.status_code == 422
+
+
+def test_guessing_the_password_is_throttled_like_api_keys(
+    tmp_path: Path, store: Store, model: FakeModel
+) -> None:
+    app = _app(tmp_path, store, model)
+    app.state.auth_throttle = AuthThrottle(max_failures=3, window_s=60)
+    wrong = {"Authorization": "Basic " + base64.b64encode(f"{USER}:guess".encode()).decode()}
+    with TestClient(app) as client:
+        assert [client.get("/ml-backend/health", headers=wrong).status_code for _ in range(3)] == [401] * 3
+        refused = client.get("/ml-backend/health", headers=wrong)
+        assert refused.status_code == 429
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Right credentials from the same address wait too: the address is what is throttled.
+        assert client.get("/ml-backend/health", headers=AUTH).status_code == 429

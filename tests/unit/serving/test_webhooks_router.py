@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from hitl.settings import LabelStudioSettings, Settings
+from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.config import Taxonomy
 from labeling.webhooks import SECRET_HEADER
 from serving.app import create_app
@@ -195,3 +195,18 @@ def test_a_5_mb_body_is_refused_by_size_before_it_is_parsed(client: TestClient, 
     answer = client.post(URL, content=b"[" * 5_000_000, headers={SECRET_HEADER: SECRET})
     assert answer.status_code == 413
     assert store.corrections() == []
+
+
+def test_guessing_the_secret_is_throttled_like_api_keys(tmp_path: Path, store: Store) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        labelstudio=LabelStudioSettings(webhook_secret=SecretStr(SECRET), sync_interval_s=0),
+        serving=ServingSettings(auth_max_failures=3),
+    )
+    with TestClient(create_app(settings, store=store), raise_server_exceptions=False) as client:
+        body = payload(["Sports", "Running"])
+        assert [post(client, body, f"guess-{i}").status_code for i in range(3)] == [401] * 3
+        throttled = post(client, body)  # the right secret, from the address that guessed
+        assert throttled.status_code == 429
+        assert "Retry-After" in throttled.headers
+    assert store.annotation_versions(1) == {}  # nothing stored: the sync reads it from Label Studio later
