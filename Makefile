@@ -10,7 +10,11 @@ install: $(STAMP)
 
 # Re-installs only when the dependency declaration or the lock changes.
 $(STAMP): pyproject.toml constraints.txt
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@test -x $(BIN)/python || { \
+		$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+			echo "hitl needs Python 3.11 or newer; $(PYTHON) is not. Run: make PYTHON=python3.11 $(MAKECMDGOALS)" >&2; \
+			exit 1; }; \
+		$(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
 	@touch $@

@@ -66,7 +66,7 @@ from numpy.typing import NDArray
 
 from experiments.bench_loop import CATALOGS, load_real
 from hitl.settings import Settings, load_settings
-from learner.data import LabeledDataset, Product, group_split, load_catalog
+from learner.data import LabeledDataset, Product, catalog_file, group_split, load_catalog
 from learner.evaluation import curve_area, curve_coverage_at, macro_f1, selective_curve
 from learner.loop import training_config
 from learner.strategies import get_strategy
@@ -124,7 +124,7 @@ def _cells_path(out: Path) -> Path:
 def load_corpus(settings: Settings, name: str, data_dir: Path) -> Corpus:
     """`name` under `data_dir` with its cached embeddings, split as the project splits it."""
     data, x, _ = load_real(settings, name, data_dir)
-    products = load_catalog(data_dir / name / "products.jsonl", strict=False).products
+    products = load_catalog(catalog_file(data_dir, name), strict=False).products
     return corpus_of(name, data, x, products, settings)
 
 
@@ -722,9 +722,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="forget finished cells and run everything")
     args = parser.parse_args(argv)
     for name in args.catalogs:
-        if not (args.data_dir / name / "products.jsonl").exists():
+        if not catalog_file(args.data_dir, name).exists():
             print(
-                f"error: {args.data_dir / name / 'products.jsonl'} not found (see --data-dir)",
+                f"error: {catalog_file(args.data_dir, name)} not found (see --data-dir)",
                 file=sys.stderr,
             )
             return 2
@@ -756,9 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     default_encoder = encoder(learner.encoder)
     if "finetune" in args.configs:
         configs["finetune"] = functools.partial(run_finetune, encoder=default_encoder)
-    sample = [
-        p.title for p in load_catalog(args.data_dir / args.catalogs[0] / "products.jsonl").products[:256]
-    ]
+    sample = [p.title for p in load_catalog(catalog_file(args.data_dir, args.catalogs[0])).products[:256]]
     # The cost of an encoder measured by an earlier run (its cells are kept too) stays in the table.
     previous = args.out / "summary.json"
     encoders = dict(json.loads(previous.read_text()).get("encoders", {})) if previous.exists() else {}

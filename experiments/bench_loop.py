@@ -62,7 +62,7 @@ from experiments.simulate import (
 from hitl.settings import Settings, load_settings
 from learner.cache import cached_encoder
 from learner.certify import GUARANTEES, certify_thresholds
-from learner.data import LabeledDataset, build_dataset, load_catalog
+from learner.data import LabeledDataset, build_dataset, catalog_file, load_catalog
 from learner.gate import AuditScores, audit_scores
 from learner.loop import AuditPolicy, strata_of, training_config
 from learner.training import AuditDesign, TrainingResult, train_bundle
@@ -77,7 +77,7 @@ def load_real(
     settings: Settings, name: str, data_dir: Path
 ) -> tuple[LabeledDataset, NDArray[np.float32], str]:
     """Catalog `name` under `data_dir` at the configured label level, with its cached embeddings."""
-    products = load_catalog(data_dir / name / "products.jsonl", strict=False).products
+    products = load_catalog(catalog_file(data_dir, name), strict=False).products
     data = build_dataset(products, level=settings.learner.label_level, min_class_size=CATALOGS[name])
     x, encoder_id = cached_embeddings(settings, [str(t) for t in data.texts])
     return data, x, encoder_id
@@ -422,7 +422,7 @@ def through_api_gap(
     certificate passes)."""
     from experiments.through_api import run_or_skip_through_api
 
-    products = {p.id: p for p in load_catalog(data_dir / name / "products.jsonl", strict=False).products}
+    products = {p.id: p for p in load_catalog(catalog_file(data_dir, name), strict=False).products}
     # The API runs' state (SQLite, MLflow, models: tens of MB) lives under the state dir; their rows
     # are copied next to the in-process ones.
     work = settings.state_dir / "experiments" / "loop" / name

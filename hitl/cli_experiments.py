@@ -405,11 +405,13 @@ def simulate(
     )
     data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
     extra = {"catalog": catalog.name, "encoder_id": encoder_id, "n_items": len(data)}
+    from learner.data import catalog_name
+
     if through_api:
-        out = out or settings.state_dir / "experiments" / f"{catalog.stem}-api"
+        out = out or settings.state_dir / "experiments" / f"{catalog_name(catalog)}-api"
         results = {strategy: _run_through_api(settings, catalog, data, x, base, seeds, out, extra, mlflow)}
     else:
-        out = out or settings.state_dir / "experiments" / catalog.stem
+        out = out or settings.state_dir / "experiments" / catalog_name(catalog)
         results = _run_all(settings, data, x, base, [strategy], seeds, out, extra, mlflow)
     for seed, rows in enumerate(results[strategy]):
         last = rows[-1]
@@ -473,7 +475,9 @@ def compare(
         audit_share=audit_share,
     )
     data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
-    out = out or settings.state_dir / "experiments" / catalog.stem
+    from learner.data import catalog_name
+
+    out = out or settings.state_dir / "experiments" / catalog_name(catalog)
     extra = {"catalog": catalog.name, "encoder_id": encoder_id, "n_items": len(data)}
     results = _run_all(settings, data, x, base, names, seeds, out, extra, mlflow)
     summary = write_outputs(results, out, target=target, command=_command_line())
@@ -506,7 +510,9 @@ def guarantee(
     training = _training(settings, target, delta)
     config = GuaranteeConfig(splits=splits, train_size=train_size, training=training)
     data, x, _ = _load(settings, catalog, min_class_size, threads, streamed=False)
-    out = out or settings.state_dir / "experiments" / catalog.stem
+    from learner.data import catalog_name
+
+    out = out or settings.state_dir / "experiments" / catalog_name(catalog)
     out.mkdir(parents=True, exist_ok=True)
     with _progress_round(splits) as bar:
         task = bar.add_task("splits", total=splits)

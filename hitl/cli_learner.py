@@ -83,7 +83,8 @@ def train(
     ] = None,
     limit: Annotated[int | None, typer.Option(min=10, help="use only the first N labelled items")] = None,
 ) -> None:
-    """Train a bundle (head, temperature, per-class thresholds) and report test metrics."""
+    """Train a bundle (head, temperature, and one threshold certified on the calibration split under
+    `learner.guarantee`) and report test metrics."""
     from datetime import UTC, datetime
 
     from learner.cache import cached_encoder

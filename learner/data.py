@@ -314,6 +314,25 @@ class Catalog:
         return [p for p in self.products if p.category is None]
 
 
+# How catalogs are laid out on disk: one folder per catalog, named after it, holding this file
+# (shared/data/bigbasket/products.jsonl).
+CATALOG_FILE = "products.jsonl"
+
+
+def catalog_file(data_dir: str | os.PathLike[str], name: str) -> Path:
+    """The catalog called `name` under `data_dir` (``<data_dir>/<name>/products.jsonl``)."""
+    return Path(data_dir) / name / CATALOG_FILE
+
+
+def catalog_name(path: str | os.PathLike[str]) -> str:
+    """What to call the catalog at `path` (in output folders, run headers): its folder's name for a
+    ``<name>/products.jsonl``, where every catalog has the same file name, else the file's stem."""
+    file = Path(path)
+    if file.name == CATALOG_FILE and file.parent.name not in ("", ".", ".."):
+        return file.parent.name
+    return file.stem
+
+
 def load_catalog(
     path: str | os.PathLike[str], *, require_category: bool = True, strict: bool = True
 ) -> Catalog:

@@ -21,6 +21,8 @@ from learner.data import (
     LabeledDataset,
     Product,
     build_dataset,
+    catalog_file,
+    catalog_name,
     group_split,
     item_text,
     label_of,
@@ -571,3 +573,14 @@ def test_brand_in_text_reads_back_the_brand_product_text_wrote() -> None:
     assert brand_in_text(Product(id="1", title="Kettle | steel", brand="Prestige").text) == "Prestige"
     assert brand_in_text(Product(id="2", title="Kettle", description="steel, 1.5 l").text) is None
     assert brand_in_text(Product(id="3", title="Kettle", brand="Bosch", description="d").text) == "Bosch"
+
+
+def test_catalogs_are_named_by_their_folder_when_every_file_is_products_jsonl(tmp_path: Path) -> None:
+    # Both shared catalogs are <name>/products.jsonl: named by the stem, their experiment folders
+    # (<state_dir>/experiments/<catalog>) were one and the same, and one run overwrote the other.
+    assert catalog_name(catalog_file(tmp_path, "bigbasket")) == "bigbasket"
+    assert catalog_name(catalog_file(tmp_path, "instacart")) == "instacart"
+    assert catalog_file(tmp_path, "bigbasket") == tmp_path / "bigbasket" / "products.jsonl"
+    assert catalog_name(tmp_path / "shoes.jsonl") == "shoes"
+    assert catalog_name(Path("shoes.csv")) == "shoes"
+    assert catalog_name(Path("products.jsonl")) == "products"  # no folder to name it by
