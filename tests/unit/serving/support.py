@@ -11,14 +11,20 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 
+from hitl.settings import RoutingSettings, ServingSettings, Settings
+from learner.encoder import HFEncoder
 from learner.synthetic import generate_catalog
 from learner.synthetic_bundle import N_CATEGORIES
+from serving.app import create_app
 from serving.keys import create_key
+from serving.model import ModelHolder
 from serving.security import Role
 from serving.store import NewPrediction, Store
 
@@ -29,6 +35,38 @@ def catalog_items(n: int = 40, *, seed: int = 7) -> list[dict[str, Any]]:
         {"id": f"it-{seed}-{i}", "title": p.title, "description": p.description, "brand": p.brand}
         for i, p in enumerate(generate_catalog(n, seed=seed, n_categories=N_CATEGORIES))
     ]
+
+
+def served_settings(small_bundle_dir: Path, embedding_dir: Path, **routing: Any) -> Settings:
+    """The app serving the suite's small bundle, with the session's embedding cache (the training
+    catalog's embeddings are already there); no outbox delivery, no polling, no Label Studio sync."""
+    return Settings(
+        serving=ServingSettings(
+            bundle_path=small_bundle_dir,
+            model_poll_interval_s=0,
+            outbox_enabled=False,
+            max_batch_size=64,
+            max_text_length=300,
+        ),
+        routing=RoutingSettings(**({"high_value_price": 1000.0} | routing)),
+        labelstudio={"sync_interval_s": 0},
+    ).model_copy(update={"state_dir": embedding_dir.parent})
+
+
+@contextmanager
+def served_app(
+    settings: Settings, store: Store, encoder: HFEncoder, role: Role = Role.SERVICE, key_name: str = "svc"
+) -> Iterator[tuple[TestClient, ModelHolder]]:
+    """The real app on `settings` with the real encoder; the client carries a key with `role`."""
+    holder = ModelHolder(settings, encoder_factory=lambda _ref: encoder)
+    try:
+        with TestClient(
+            create_app(settings, store=store, model=holder), raise_server_exceptions=False
+        ) as client:
+            client.headers.update(auth(store, role, key_name))
+            yield client, holder
+    finally:
+        holder.close()
 
 
 def auth(store: Store, role: Role, name: str | None = None) -> dict[str, str]:

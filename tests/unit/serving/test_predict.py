@@ -10,32 +10,18 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
-from hitl.settings import RoutingSettings, ServingSettings, Settings
 from learner.encoder import HFEncoder
-from serving.app import create_app
-from serving.model import ModelHolder
+from learner.loop import AuditPolicy
+from learner.settings import LearnerSettings
 from serving.outbox import OutboxEntry
+from serving.routing import audit_draw
 from serving.security import Role
 from serving.store import AuditEvent, Item, Prediction, Store
-from tests.unit.serving.support import auth, catalog_items
+from tests.unit.serving.support import auth, catalog_items, served_app, served_settings
 
 pytestmark = pytest.mark.slow
-
-
-def make_settings(tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, **routing: Any) -> Settings:
-    return Settings(
-        state_dir=tmp_path,
-        serving=ServingSettings(
-            bundle_path=small_bundle_dir,
-            model_poll_interval_s=0,
-            outbox_enabled=False,
-            max_batch_size=64,
-            max_text_length=300,
-        ),
-        routing=RoutingSettings(**({"high_value_price": 1000.0} | routing)),
-        labelstudio={"sync_interval_s": 0},
-    ).model_copy(update={"state_dir": tmp_path})
 
 
 @pytest.fixture
@@ -48,17 +34,11 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def app_client(
-    tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder, store: Store
+    small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder, store: Store
 ) -> Iterator[TestClient]:
-    settings = make_settings(tmp_path, small_bundle_dir, embedding_dir, always_review_brands=["Reviewme"])
-    # The session's embedding cache: embeddings of the training catalog are already there.
-    settings = settings.model_copy(update={"state_dir": embedding_dir.parent})
-    holder = ModelHolder(settings, encoder_factory=lambda _ref: minilm_encoder)
-    app = create_app(settings, store=store, model=holder)
-    with TestClient(app, raise_server_exceptions=False) as client:
-        client.headers.update(auth(store, Role.SERVICE, "svc"))
+    settings = served_settings(small_bundle_dir, embedding_dir, always_review_brands=["Reviewme"])
+    with served_app(settings, store, minilm_encoder) as (client, _):
         yield client
-    holder.close()
 
 
 def test_predicts_routes_and_records_everything(app_client: TestClient, store: Store) -> None:
@@ -245,3 +225,21 @@ def test_personal_data_is_masked_before_it_is_stored_or_answered(
         assert row is not None
         assert (row.title, row.description) == ("Pan, mail [EMAIL]", "card [CARD]")
     assert "jane@example.com" not in answer.text
+
+
+def test_audit_draws_through_the_app_follow_the_default_policy(app_client: TestClient, store: Store) -> None:
+    """The certificate weighs each audit by the probability stored with it: through the real app on the
+    default settings, every routed item carries `learner.audit.rate`, and is audited exactly when its
+    id's fixed uniform draw falls below it (so a re-prediction never flips a draw)."""
+    policy = AuditPolicy.of(LearnerSettings().audit)
+    items = catalog_items(400, seed=31)
+    for start in range(0, len(items), 64):  # the app's max_batch_size here
+        assert app_client.post("/v1/predict", json={"items": items[start : start + 64]}).status_code == 200
+    with store.session() as session:
+        stored = {p.item_id: p for p in session.scalars(select(Prediction)).all()}
+    assert len(stored) == len(items)
+    audited = {i for i, p in stored.items() if {"audit", "spot_check"} & set(p.reasons)}
+    assert {p.audit_probability for p in stored.values()} == {policy.rate}
+    assert audited == {i for i in stored if audit_draw(policy.seed, i) < policy.rate}
+    # 400 draws at 0.08: 32 expected, s.d. 5.4; 4.5 s.d. either side.
+    assert abs(len(audited) - 0.08 * len(items)) <= 4.5 * (len(items) * 0.08 * 0.92) ** 0.5
