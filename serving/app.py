@@ -25,6 +25,7 @@ from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddlew
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError, record_version
 from serving.outbox import OutboxWorker
 from serving.prometheus import ServingMetrics
+from serving.registry import RegistryUnavailableError
 from serving.routers import audit, escalations, health, items, keys, ml_backend, predict, webhooks
 from serving.routers import dashboard as dashboard_router
 from serving.routers import kpis as kpis_router
@@ -273,6 +274,14 @@ def create_app(
     async def _malformed(_: Request, exc: WebhookPayloadError) -> JSONResponse:
         detail = [{"loc": e["loc"].split("."), "msg": e["msg"], "type": e["type"]} for e in exc.errors]
         return JSONResponse(status_code=422, content={"detail": detail})
+
+    @app.exception_handler(RegistryUnavailableError)
+    async def _registry_down(_: Request, exc: RegistryUnavailableError) -> JSONResponse:
+        return JSONResponse(
+            status_code=503,
+            content={"detail": "the model registry (MLflow) is unreachable; retry shortly"},
+            headers={"Retry-After": "10"},
+        )
 
     @app.exception_handler(LabelingError)
     async def _labeling(_: Request, exc: LabelingError) -> JSONResponse:

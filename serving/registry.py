@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from learner.pii import describe_error
 from serving import tracking
 from serving.settings import AppSettings
 
@@ -105,17 +106,64 @@ def set_alias(settings: AppSettings, version: str, alias: str | None = None) -> 
     )
 
 
+# MLflow's answers for "there is no such registered model / alias" (the SQL, file and REST stores
+# alike). Every other error means the registry could not answer, which is not the same as it being empty.
+_ABSENT = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+class RegistryUnavailableError(RuntimeError):
+    """The model registry could not answer (MLflow down, slow or failing). Callers must not read this
+    as "no champion": a retrain would then promote its challenger without the gate."""
+
+
+def is_absent(exc: BaseException) -> bool:
+    """Whether an MLflow error says that what was asked for does not exist (not that MLflow failed)."""
+    return getattr(exc, "error_code", None) in _ABSENT
+
+
 def champion_version(settings: AppSettings, alias: str | None = None) -> str | None:
-    """The version the served alias points to, or None when the model or alias does not exist."""
+    """The version the served alias points to, or None when the model or alias does not exist.
+
+    Raises
+    ------
+    RegistryUnavailableError
+        when MLflow could not answer (unreachable, timed out, an internal error): the message is
+        masked (`learner.pii.describe_error`), since MLflow quotes the tracking URI.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         found = _client(settings).get_model_version_by_alias(
             settings.mlflow.registered_model, alias or settings.serving.model_alias
         )
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if is_absent(exc):
+            return None
+        raise RegistryUnavailableError(f"the model registry did not answer: {describe_error(exc)}") from exc
     return str(found.version)
+
+
+def registered_versions(settings: AppSettings) -> tuple[list[Any], dict[str, str]]:
+    """(every version of the registered model, alias -> version); ([], {}) when none is registered.
+
+    Raises
+    ------
+    RegistryUnavailableError
+        when MLflow could not answer: an empty list would then be a wrong answer.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(settings)
+    name = settings.mlflow.registered_model
+    try:
+        found = list(client.search_model_versions(f"name='{name}'"))
+        # search_model_versions leaves `aliases` empty; the registered model holds them.
+        aliases = dict(getattr(client.get_registered_model(name), "aliases", {}) or {})
+    except MlflowException as exc:
+        if is_absent(exc):
+            return [], {}
+        raise RegistryUnavailableError(f"the model registry did not answer: {describe_error(exc)}") from exc
+    return found, {str(k): str(v) for k, v in aliases.items()}
 
 
 def version_label(settings: AppSettings, version: str) -> str:

@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, cast
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -151,17 +151,11 @@ async def run(request: Request, run_id: RowIdPath, _: ReaderDep) -> RunOut:
 
 
 def _versions(request: Request) -> ModelsOut:
-    from serving import registry, tracking
+    from serving import registry
 
     settings = request.app.state.settings
     name = settings.mlflow.registered_model
-    client = tracking.client(settings)
-    try:
-        found = client.search_model_versions(f"name='{name}'")
-        # search_model_versions leaves `aliases` empty; the registered model holds them.
-        by_alias = dict(getattr(client.get_registered_model(name), "aliases", {}) or {})
-    except Exception:  # no registry yet
-        found, by_alias = [], {}
+    found, by_alias = registry.registered_versions(settings)
     aliases: dict[str, list[str]] = {}
     for alias, aliased in sorted(by_alias.items()):
         aliases.setdefault(str(aliased), []).append(alias)
@@ -173,7 +167,7 @@ def _versions(request: Request) -> ModelsOut:
                 version=str(mv.version),
                 aliases=aliases.get(str(mv.version), []),
                 run_id=mv.run_id,
-                created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000)
+                created_at=datetime.fromtimestamp(mv.creation_timestamp / 1000, UTC)
                 if mv.creation_timestamp
                 else None,
                 gate=tags.get("hitl.gate"),

@@ -8,12 +8,22 @@ import warnings
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
 
-from hitl.settings import MlflowSettings, Settings
+from hitl.settings import (
+    LabelStudioSettings,
+    MlflowSettings,
+    RetrainSettings,
+    ServingSettings,
+    Settings,
+)
 from learner.bundle import ModelBundle
 from learner.encoder import HFEncoder
 from serving import registry
+from serving.app import create_app
+from serving.keys import Role, create_key
 from serving.model import ModelHolder
+from serving.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -65,3 +75,48 @@ def test_log_alias_download_and_serve(
     assert holder.refresh() is True
     assert holder.require().version.endswith(f":v{second}")
     holder.close()
+
+
+def test_a_registry_that_cannot_answer_is_not_an_empty_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Empty: nothing registered yet, which callers read as "no champion" (the first model is seeded).
+    empty = Settings(
+        state_dir=tmp_path, mlflow=MlflowSettings(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    )
+    assert registry.champion_version(empty) is None
+    assert registry.registered_versions(empty) == ([], {})
+    # Unreachable: MLflow could not answer. Read as "no champion", a retrain would skip the gate and
+    # promote its challenger unchecked; it must fail instead, and not quote the URI's credentials.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    down = Settings(
+        state_dir=tmp_path, mlflow=MlflowSettings(tracking_uri="http://ops:s3cret-pw@127.0.0.1:9")
+    )
+    with pytest.raises(registry.RegistryUnavailableError) as caught:
+        registry.champion_version(down)
+    assert "s3cret-pw" not in str(caught.value)
+    with pytest.raises(registry.RegistryUnavailableError):
+        registry.registered_versions(down)
+
+
+def test_the_models_page_says_the_registry_is_down_instead_of_listing_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    settings = Settings(
+        state_dir=tmp_path,
+        mlflow=MlflowSettings(tracking_uri="http://127.0.0.1:9"),
+        labelstudio=LabelStudioSettings(sync_interval_s=0),
+        serving=ServingSettings(model_source="none", outbox_enabled=False, model_poll_interval_s=0),
+        retrain=RetrainSettings(enabled=False),
+    )
+    store = Store(settings.database_url)
+    with TestClient(create_app(settings, store=store)) as client:
+        _, key = create_key(store, "eng", Role.ML_ENGINEER)
+        answer = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+    store.close()
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "10"
+    assert "registry" in answer.json()["detail"]
