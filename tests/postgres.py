@@ -24,6 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from labeling.server import free_port
+from tests.prerequisites import unavailable
 
 PG_PROGRAMS = ("initdb", "pg_ctl", "postgres")
 PG_SYSTEM_USER = "postgres"  # who runs the server when the tests run as root
@@ -109,7 +110,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     """A PostgreSQL server for the session, in a temporary directory that is removed afterwards."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
-        pytest.skip(
+        unavailable(
             "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found on PATH or under "
             "/usr/lib/postgresql/*/bin; install the postgresql server package to run the PostgreSQL tests"
         )

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from tests.prerequisites import unavailable
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
@@ -52,11 +54,11 @@ def chromium() -> Path:
     """Debian's chromium + chromium-driver, installed when missing (CI does not need them preinstalled)."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         if shutil.which("apt-get") is None:
-            pytest.skip(
+            unavailable(
                 "chromium is not installed and apt-get is unavailable to install it (Debian/Ubuntu only)"
             )
         if os.geteuid() != 0:
-            pytest.skip("chromium is not installed and installing it with apt-get needs root")
+            unavailable("chromium is not installed and installing it with apt-get needs root")
         started = time.monotonic()
         _apt_install()
         print(f"\ninstalled chromium + chromium-driver in {time.monotonic() - started:.0f} s")
