@@ -415,6 +415,16 @@ class LabelStudioClient:
     def delete_annotation(self, annotation_id: int) -> None:
         self._request("DELETE", f"/api/annotations/{annotation_id}/", f"delete annotation {annotation_id}")
 
+    def annotation_exists(self, annotation_id: int) -> bool:
+        """Whether Label Studio still holds the annotation (False only on its 404)."""
+        try:
+            self._request("GET", f"/api/annotations/{annotation_id}/", f"read annotation {annotation_id}")
+        except LabelStudioApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
     # ----------------------------------------------------------------- users
     def user_emails(self) -> dict[int, str]:
         """Every user of the organization: id -> email."""

@@ -50,6 +50,7 @@ class SyncReport:
     deleted: int = 0
     rejected: int = 0
     skipped_malformed: int = 0
+    unseen_but_present: int = 0  # missed by this scan, still in Label Studio: not deleted
 
 
 def _with_prediction(task: dict[str, Any]) -> dict[str, Any]:
@@ -134,7 +135,13 @@ def sync_project(
                 report.rejected += event.action == "rejected"
             if progress is not None:
                 progress(report.annotations_seen)
-    gone = tuple(sorted(set(known) - present))
+    # Not seen in this scan is not yet deleted: the task list is read page by page, and a task that
+    # leaves the annotated set in front of the scan (a reviewer deletes an annotation, a task is
+    # closed) shifts the rest back by one, so one task goes unseen. A deletion is recorded only once
+    # Label Studio answers 404 for the annotation itself; a recorded deletion outranks the label.
+    unseen = sorted(set(known) - present)
+    gone = tuple(a for a in unseen if not client.annotation_exists(a))
+    report.unseen_but_present = len(unseen) - len(gone)
     if gone:
         report.deleted = sink.record_deletion(DeletionEvent(gone, project_id, "sync"))
     return report

@@ -164,7 +164,9 @@ def test_update_changes_label_and_keeps_history_then_delete_is_recorded(
     ]
     assert store.current_labels(project_id=project_id)["upd-0"].label == "Toys <3+> > Games"
 
+    assert ls_client.annotation_exists(annotation["id"])  # what the sync asks before recording a deletion
     ls_client.delete_annotation(annotation["id"])
+    assert not ls_client.annotation_exists(annotation["id"])
     history = _wait_for(lambda: store.history(annotation["id"]), 3)
     assert [r.action for r in history] == ["created", "updated", "deleted"]
     assert "upd-0" not in store.current_labels(project_id=project_id)

@@ -43,6 +43,9 @@ class FakeLabelStudio:
         task = self._task(task_id)
         task["data"], task["meta"] = dict(data), dict(meta)
 
+    def annotation_exists(self, annotation_id: int) -> bool:
+        return any(a.get("id") == annotation_id for t in self.tasks for a in t.get("annotations") or [])
+
     def delete_task(self, task_id: int) -> bool:
         before = len(self.tasks)
         self.tasks = [t for t in self.tasks if t["id"] != task_id]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -107,3 +108,47 @@ def test_a_malformed_task_is_skipped_keeps_its_labels_and_stays_out_of_the_log(
     assert "malformed task (id 1)" in caplog.text
     assert "jane.doe" not in caplog.text
     assert "corp.com" not in caplog.text
+
+
+class ShiftedPages(FakeLabelStudio):
+    """Label Studio reading pages while a task leaves the annotated set in front of the scan: the task
+    after it slides onto the page already read, so one scan never sees it."""
+
+    def __init__(self, missed: int) -> None:
+        super().__init__()
+        self.missed = missed
+
+    def iter_tasks(
+        self, project_id: int, *, annotated_only: bool = False, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        for task in super().iter_tasks(project_id, annotated_only=annotated_only, page_size=page_size):
+            if task["id"] != self.missed:
+                yield task
+
+
+def test_an_annotation_a_scan_missed_is_not_taken_for_deleted(tmp_path: Path) -> None:
+    fake = ShiftedPages(missed=-1)
+    fake.tasks = [
+        {
+            "id": i,
+            "data": {"item_id": f"i{i}"},
+            "meta": {"item_id": f"i{i}"},
+            "annotations": [annotation(i * 10, "Shoes", "2025-01-01T10:00:00Z")],
+        }
+        for i in (1, 2, 3)
+    ]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_all()
+    client = cast(LabelStudioClient, fake)
+    assert sync_project(client, store, 1, TAX).recorded == 3
+
+    fake.missed = 2  # the next scan does not see task 2, whose annotation Label Studio still holds
+    report = sync_project(client, store, 1, TAX)
+    assert (report.deleted, report.unseen_but_present) == (0, 1)
+    assert [r.action for r in store.history(20)] == ["created"]
+    assert store.current_labels(project_id=1)["i2"].label == "Shoes"
+
+    fake.tasks[2]["annotations"] = []  # really deleted in Label Studio: recorded
+    report = sync_project(client, store, 1, TAX)
+    assert (report.deleted, report.unseen_but_present) == (1, 1)
+    assert [r.action for r in store.history(30)] == ["created", "deleted"]
