@@ -127,6 +127,11 @@ class RetrainSettings(BaseModel):
         25, ge=0, description="new usable corrections that trigger a retrain; 0 = only explicit triggers"
     )
     poll_interval_s: float = Field(1.0, gt=0, description="how often the worker counts new corrections")
+    retry_failed_after_s: float = Field(
+        300.0,
+        gt=0,
+        description="a failed run's corrections trigger a new run once this long has passed since it failed",
+    )
     min_labels: int = Field(20, ge=2, description="fewer training labels than this fails the run")
     accuracy_tolerance: float = Field(
         0.01, ge=0, lt=1, description="gate margin: refused only if significantly worse by more than this"

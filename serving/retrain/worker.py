@@ -251,10 +251,24 @@ class RetrainWorker:
         with self.store.session() as session:
             if session.scalars(select(RetrainRun.id).where(RetrainRun.status == QUEUED)).first() is not None:
                 return
-            last = session.scalar(select(func.max(RetrainRun.correction_watermark)))
+            # A failed run (MLflow down, a crash) did not use up its corrections: they count again, but
+            # only once `retry_failed_after_s` has passed since the last failure, so a cause that lasts
+            # is retried now and then, not in a loop.
+            last = session.scalar(
+                select(func.max(RetrainRun.correction_watermark)).where(RetrainRun.status != FAILED)
+            )
+            failed_at = session.scalar(
+                select(func.max(RetrainRun.finished_at)).where(
+                    RetrainRun.status == FAILED, RetrainRun.correction_watermark > int(last or 0)
+                )
+            )
         new = count_new_corrections(self.store, int(last or 0))
-        if new >= n:
+        if new < n:
+            return
+        if failed_at is None:
             self.trigger(f"corrections:{new}")
+        elif (_now() - failed_at).total_seconds() >= self.settings.retrain.retry_failed_after_s:
+            self.trigger(f"corrections:{new} (retry after a failed run)")
 
     def _maybe_log_escalation(self) -> None:
         every = self.settings.retrain.escalation_log_interval_s

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -217,6 +218,38 @@ def test_every_n_corrections_triggers_once(tmp_path: Path, store: Store) -> None
     runs = worker.runs()
     assert len(runs) == 1
     assert runs[0].reasons == ["corrections:3"]
+
+
+def test_a_failed_run_does_not_use_up_its_corrections(
+    tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [datetime(2030, 1, 1)]  # naive UTC, as the worker stores times
+    monkeypatch.setattr("serving.retrain.worker._now", lambda: clock[0])
+    worker = RetrainWorker(
+        retrain_settings(tmp_path, retrain_every_n_corrections=3, retry_failed_after_s=300),
+        store,
+        embedder=BowEmbedder(),
+        auto=True,
+    )
+    for i in range(3):
+        predicted(store, "v1", f"p{i}", f"thing {i}", escalated=True, reasons=["below_threshold"])
+        store.record_correction(correction(i + 1, f"p{i}", "A > B", minute=i))
+    worker._maybe_auto_trigger()
+    (first,) = worker.runs()
+    claimed = worker._claim()  # the run starts (its corrections are stamped on it) and then fails
+    assert claimed is not None
+    worker._update(first.id, status="failed", error="MlflowException: unreachable", finished_at=clock[0])
+
+    worker._maybe_auto_trigger()
+    assert len(worker.runs()) == 1  # not at once: the cause may still be there
+    clock[0] += timedelta(seconds=299)
+    worker._maybe_auto_trigger()
+    assert len(worker.runs()) == 1
+    clock[0] += timedelta(seconds=1)
+    worker._maybe_auto_trigger()
+    runs = worker.runs()
+    assert len(runs) == 2  # the same three corrections, retried
+    assert runs[0].reasons == ["corrections:3 (retry after a failed run)"]
 
 
 def test_a_seed_item_routed_again_and_audited_is_not_a_stream_audit(store: Store) -> None:
