@@ -26,7 +26,15 @@ from rich.console import Console
 
 from hitl.context import settings_from
 from hitl.settings import Settings
-from hitl.up_state import KEYS_FILE, read_json, read_state, split_demo, stack_settings, up_dir_of
+from hitl.up_state import (
+    KEYS_FILE,
+    read_json,
+    read_state,
+    split_demo,
+    stack_settings,
+    up_dir_of,
+    write_json,
+)
 from labeling.exceptions import LabelingError
 
 if TYPE_CHECKING:
@@ -136,7 +144,7 @@ def stream(
                 {"t": time.time(), "n": len(predictions), "escalated": escalated, "versions": dict(versions)},
             )
             done += len(batch)
-            progress_path.write_text(json.dumps({"streamed": done, "total": len(items)}))
+            write_json(progress_path, {"streamed": done, "total": len(items)})
             minute.update(n=len(predictions), escalated=escalated)
             if time.monotonic() - minute_start >= 60 or done >= len(items):
                 console.print(

@@ -10,7 +10,6 @@ Every step is skipped when already done (state under ``<state_dir>/up``), so re-
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -33,6 +32,7 @@ from hitl.up_state import (
     split_demo,
     stack_settings,
     up_dir_of,
+    write_json,
 )
 from learner.pii import describe_error, mask_credentials
 
@@ -372,9 +372,7 @@ def _keys(store: Any, up_dir: Path) -> dict[str, str]:
     for role in KEY_ROLES:
         if role not in keys:
             keys[role] = create_key(store, f"hitl-up-{role}", role)[1]
-    path.touch(mode=0o600, exist_ok=True)
-    path.chmod(0o600)
-    path.write_text(json.dumps(keys, indent=2))
+    write_json(path, keys, mode=0o600)
     return keys
 
 

@@ -4,6 +4,7 @@ state file (catalog, seed size, project, started processes), the API keys, and t
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,30 @@ def read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def write_json(path: Path, data: dict[str, Any], *, mode: int = 0o644) -> None:
+    """Write `data` to `path` atomically (a temporary file in the same folder, then a rename), with
+    file `mode`. A kill or a full disk mid-write leaves the old file whole: `read_json` would read a
+    truncated one as {}, and the stream would restart at item 0, `hitl down` forget what it started."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(json.dumps(data, indent=2))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)  # the umask may have narrowed it; never widen beyond `mode`
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def read_state(up: Path) -> dict[str, Any]:
     return read_json(up / STATE_FILE)
 
 
 def save_state(up: Path, state: dict[str, Any]) -> None:
-    (up / STATE_FILE).write_text(json.dumps(state, indent=2))
+    write_json(up / STATE_FILE, state)
 
 
 def split_demo(products: Sequence[Any], seed_size: int) -> tuple[list[Any], list[Any]]:
