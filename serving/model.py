@@ -209,7 +209,12 @@ class ModelHolder:
             if source == "registry":
                 from serving import registry
 
-                found = registry.champion_version(self.settings)
+                try:
+                    found = registry.champion_version(self.settings)
+                except registry.RegistryUnavailableError as exc:
+                    if current is not None or not self._serve_last_champion(exc):
+                        raise
+                    return True
                 if found is None:
                     self.last_error = (
                         f"no model has the alias {self.settings.serving.model_alias!r} in the registry"
@@ -220,6 +225,7 @@ class ModelHolder:
                     return False
                 folder = registry.download(self.settings, found)
                 self.swap(self.build(folder, version, f"registry:{version}"))
+                registry.remember_champion(self.settings, found)
                 return True
         except (ModelLoadError, OSError) as exc:
             self.last_error = describe_error(exc)
@@ -235,6 +241,22 @@ class ModelHolder:
             return False
         self.last_error = "no model source configured (serving.model_source)"
         return False
+
+    def _serve_last_champion(self, exc: BaseException) -> bool:
+        """With no model loaded and the registry unreachable: serve the champion last served from it,
+        from its local copy, until the registry answers again (the poller then swaps as usual).
+        Without a copy on this machine there is nothing to serve: False."""
+        from serving import registry
+
+        found = registry.last_champion(self.settings)
+        if found is None:
+            return False
+        version, folder = found
+        label = registry.version_label(self.settings, version)
+        self.swap(self.build(folder, label, f"registry-copy:{label}"))
+        self.last_error = f"the registry is unreachable; serving the last champion's local copy ({label})"
+        logger.warning("%s: %s", self.last_error, describe_error(exc))
+        return True
 
     # -------------------------------------------------------------- background
     def start(self) -> None:

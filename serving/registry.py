@@ -22,6 +22,7 @@ from serving import tracking
 from serving.settings import AppSettings
 
 BUNDLE_ARTIFACT = "bundle"
+LAST_CHAMPION = "last-champion"  # the champion's version, beside the downloaded bundles
 MODEL_NAME_IN_RUN = "model"
 
 
@@ -171,6 +172,33 @@ def version_label(settings: AppSettings, version: str) -> str:
     return f"{settings.mlflow.registered_model}:v{version}"
 
 
+def _registry_dir(settings: AppSettings) -> Path:
+    return settings.models_dir / "registry" / settings.mlflow.registered_model
+
+
+def remember_champion(settings: AppSettings, version: str) -> None:
+    """Note `version` as the champion last served from the registry (next to its downloaded copy), so
+    a replica restarted while MLflow is down can serve it (`last_champion`)."""
+    folder = _registry_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{LAST_CHAMPION}.tmp"
+    tmp.write_text(f"{version}\n")
+    tmp.replace(folder / LAST_CHAMPION)
+
+
+def last_champion(settings: AppSettings) -> tuple[str, Path] | None:
+    """(version, bundle folder) of the champion last served from the registry, when its downloaded
+    copy is still complete on this machine; else None."""
+    try:
+        version = (_registry_dir(settings) / LAST_CHAMPION).read_text().strip()
+    except OSError:
+        return None
+    folder = _registry_dir(settings) / version
+    if not version.isdigit() or not (folder / "manifest.json").is_file():
+        return None
+    return version, folder
+
+
 def download(settings: AppSettings, version: str) -> Path:
     """Fetch a registered version's bundle into ``state_dir/models/registry/<name>/<version>``.
 
@@ -179,7 +207,7 @@ def download(settings: AppSettings, version: str) -> Path:
     """
     import mlflow
 
-    target = settings.models_dir / "registry" / settings.mlflow.registered_model / str(version)
+    target = _registry_dir(settings) / str(version)
     if (target / "manifest.json").is_file():
         return target
     mlflow.set_tracking_uri(settings.tracking_uri)

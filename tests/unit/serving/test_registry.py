@@ -22,7 +22,7 @@ from learner.encoder import HFEncoder
 from serving import registry
 from serving.app import create_app
 from serving.keys import Role, create_key
-from serving.model import ModelHolder
+from serving.model import ModelHolder, ModelLoadError
 from serving.store import Store
 
 pytestmark = pytest.mark.slow
@@ -120,3 +120,37 @@ def test_the_models_page_says_the_registry_is_down_instead_of_listing_nothing(
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "10"
     assert "registry" in answer.json()["detail"]
+
+
+def test_a_replica_restarted_while_the_registry_is_down_serves_the_last_champions_copy(
+    tmp_path: Path,
+    small_bundle_dir: Path,
+    minilm_encoder: HFEncoder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(
+        state_dir=tmp_path,
+        mlflow=MlflowSettings(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="t"),
+    )
+    version = registry.log_bundle(settings, small_bundle_dir, alias="champion")
+    first = ModelHolder(settings, encoder_factory=lambda _r: minilm_encoder)
+    assert first.refresh() is True  # served from the registry: its copy and version stay on disk
+    first.close()
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    down = settings.model_copy(update={"mlflow": MlflowSettings(tracking_uri="http://127.0.0.1:9")})
+    restarted = ModelHolder(down, encoder_factory=lambda _r: minilm_encoder)
+    assert restarted.refresh() is True
+    served = restarted.require()
+    assert served.version == registry.version_label(settings, version)
+    assert served.source.startswith("registry-copy:")
+    assert restarted.last_error is not None
+    assert "unreachable" in restarted.last_error
+    assert restarted.refresh() is False  # still down: it keeps serving, nothing to swap
+    restarted.close()
+
+    # A machine that never served a champion has no copy: nothing to serve, said plainly.
+    elsewhere = down.model_copy(update={"state_dir": tmp_path / "other"})
+    with pytest.raises(ModelLoadError, match="registry did not answer"):
+        ModelHolder(elsewhere, encoder_factory=lambda _r: minilm_encoder).refresh()
