@@ -126,13 +126,18 @@ def _spawn(
     raise RuntimeError(f"{what} was not healthy after 180 s; see {log}")
 
 
-def _stop_pid(pid_file: Path, marker: str) -> bool:
+# The API's shutdown waits up to 60 s for a running retrain to finish (`RetrainWorker.stop`): killed
+# sooner, a run could be cut between moving the alias and recording it.
+SERVING_STOP_GRACE_S = 75.0
+
+
+def _stop_pid(pid_file: Path, marker: str, grace_s: float = 20.0) -> bool:
     pid = _recorded(pid_file, marker)
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
     os.killpg(pid, signal.SIGTERM) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.2)
     if _alive(pid):
@@ -423,7 +428,7 @@ def down(ctx: typer.Context) -> None:
     started: dict[str, bool] = state.get("started", {})
     if _stop_pid(up_dir / "stream.pid", STREAM_MARKER):
         console.print("stopped the item stream")
-    if _stop_pid(up_dir / "serving.pid", "uvicorn"):
+    if _stop_pid(up_dir / "serving.pid", "uvicorn", SERVING_STOP_GRACE_S):
         console.print("stopped the serving API")
     if _stop_pid(up_dir / "mlflow.pid", "mlflow"):
         console.print("stopped MLflow")

@@ -52,6 +52,9 @@ class RetrainJob:
     promoter: Promoter
     train_fn: TrainFn = default_train
     on_stage: Callable[[str], None] = field(default=lambda _stage: None)
+    # Run-row fields as soon as they exist (the MLflow run id, the registered version): a run that
+    # fails later still names what it left in MLflow.
+    on_record: Callable[..., None] = field(default=lambda **_values: None)
     # The worker's, kept between runs: one correction must not re-hash every title. None = one of
     # `retrain.ngram_memo_texts` for this job alone.
     ngram_memo: NgramMemo | None = None
@@ -119,6 +122,7 @@ class RetrainJob:
         )
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
+        self.on_record(mlflow_run_id=run_id)
         try:
             return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger)
         except BaseException as exc:
@@ -297,23 +301,37 @@ class RetrainJob:
             },
         )
         outcome.update({"version": version, "gate_reason": decision.reason, "promoted": False})
+        self.on_record(version=version)
         tracking.log_params(settings, run_id, {"registered_version": version})
 
+        # Once the alias has moved, the run's outcome is decided: what follows is bookkeeping, and a
+        # failing MLflow call there must not mark a promoted run FAILED (best effort, logged).
         if decision.promote:
             self.on_stage("promoting")
             report = self.promoter.promote(
                 version, reason=f"gate: {decision.reason}", actor=f"retrain:{trigger}"
             )
             outcome["promoted"] = True
-            tracking.log_metrics(
+            _best_effort(
+                "log the re-scoring counts",
+                tracking.log_metrics,
                 settings,
                 run_id,
                 {"auto_resolved": report.auto_resolved, "reprioritized": report.reprioritized},
             )
         else:
-            registry.set_alias(settings, version, settings.retrain.challenger_alias)
+            _best_effort(
+                "set the challenger alias",
+                registry.set_alias,
+                settings,
+                version,
+                settings.retrain.challenger_alias,
+            )
             logger.info("version %s stays a challenger: %s", version, decision.reason)
-        tracking.client(settings).set_tag(run_id, "hitl.gate_reason", decision.reason[:5000])
+        _best_effort(
+            "tag the gate's reason",
+            lambda: tracking.client(settings).set_tag(run_id, "hitl.gate_reason", decision.reason[:5000]),
+        )
 
         self.on_stage("artifacts")
         try:
@@ -332,7 +350,7 @@ class RetrainJob:
                 )
         except Exception as exc:  # plots are informative; never fail a promoted run for them
             logger.warning("could not log evaluation plots: %s", type(exc).__name__)
-        tracking.end_run(settings, run_id)
+        _best_effort("end the MLflow run", tracking.end_run, settings, run_id)
         return outcome
 
     def _champion_scores(
@@ -367,6 +385,14 @@ class RetrainJob:
         if version not in self._loaded:
             self._loaded[version] = ModelBundle.load(registry.download(self.settings, version), device="cpu")
         return self._loaded[version]
+
+
+def _best_effort(what: str, call: Callable[..., Any], *args: Any) -> None:
+    """`call(*args)`, logging (masked) instead of raising: for the bookkeeping after a run's outcome."""
+    try:
+        call(*args)
+    except Exception as exc:
+        logger.warning("retrain: could not %s: %s", what, describe_error(exc))
 
 
 class RetrainError(RuntimeError):

@@ -212,6 +212,7 @@ class RetrainWorker:
             self.promoter,
             self.train_fn,
             on_stage=lambda stage: self._update(run_id, stage=stage),
+            on_record=lambda **values: self._update(run_id, **values),
             ngram_memo=self.ngram_memo,
         )
         try:

@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from learner.synthetic import generate_catalog
 from learner.training import TrainingResult
 from serving import registry, tracking
 from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
+from serving.retrain.promotion import Promoter
 from serving.retrain.tables import RunRecord
 from serving.retrain.training import TrainFn
 from serving.store import Store
@@ -179,3 +181,53 @@ def test_with_warm_starts_on_the_champion_starts_the_next_head(tmp_path: Path) -
         assert run_once(settings, store).metrics["warm_started"] == 0.0  # the default: from zero
     finally:
         store.close()
+
+
+@pytest.fixture
+def fresh(tmp_path: Path) -> Iterator[tuple[Settings, Store]]:
+    settings = retrain_settings(tmp_path)
+    store = Store(settings.database_url)
+    store.create_all()
+    add_seed_labels(store, generate_catalog(500, seed=3, n_categories=5), level=2)
+    yield settings, store
+    store.close()
+
+
+def test_mlflow_failing_after_the_promotion_does_not_fail_the_promoted_run(
+    fresh: tuple[Settings, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, store = fresh
+    real_end_run = tracking.end_run
+
+    def end_run(settings: Settings, run_id: str, **kwargs: Any) -> None:
+        if not kwargs.get("failed"):
+            raise tracking_error("MLflow went away after the alias moved")
+        real_end_run(settings, run_id, **kwargs)
+
+    monkeypatch.setattr(tracking, "end_run", end_run)
+    record = run_once(settings, store)
+    assert record.status == "promoted", record.error
+    assert record.version == "1"
+    assert registry.champion_version(settings) == "1"
+
+
+def test_a_run_failing_between_registration_and_promotion_names_its_version_and_leaves_no_champion(
+    fresh: tuple[Settings, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, store = fresh
+
+    def promote(self: Promoter, version: str, **kwargs: Any) -> None:
+        raise tracking_error("MLflow refused the alias")
+
+    monkeypatch.setattr(Promoter, "promote", promote)
+    record = run_once(settings, store)
+    assert record.status == "failed"
+    assert record.version == "1"  # registered before it failed: the row says what MLflow holds
+    assert record.mlflow_run_id is not None
+    assert registry.champion_version(settings) is None
+
+
+def tracking_error(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+
+    return MlflowException(message)
