@@ -15,6 +15,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,11 +27,13 @@ from rich.console import Console
 from hitl.settings import Settings, load_settings
 from hitl.up_state import (
     KEYS_FILE,
+    StackBusyError,
     mlflow_url,
     read_json,
     read_state,
     save_state,
     split_demo,
+    stack_lock,
     stack_settings,
     up_dir_of,
     write_json,
@@ -131,6 +135,17 @@ def _spawn(
 SERVING_STOP_GRACE_S = 75.0
 
 
+@contextmanager
+def _exclusive(up_dir: Path) -> Iterator[None]:
+    """`stack_lock`, or a one-line error and exit 1 when another up/down holds it."""
+    try:
+        with stack_lock(up_dir):
+            yield
+    except StackBusyError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
 def _stop_pid(pid_file: Path, marker: str, grace_s: float = 20.0) -> bool:
     pid = _recorded(pid_file, marker)
     if pid is None:
@@ -161,28 +176,29 @@ def up(
     base = _settings(ctx)
     settings = stack_settings(base)
     up_dir = up_dir_of(settings)
-    state = read_state(up_dir)
-    started: dict[str, bool] = state.setdefault("started", {})
-    env = dict(os.environ)
-    env.update(
-        {
-            "HITL_STATE_DIR": str(settings.state_dir),
-            "HITL_MLFLOW__TRACKING_URI": settings.tracking_uri,
-            **{name: env.get(name, value) for name, value in QUIET_ENV.items()},
-        }
-    )
-    config = ctx.find_root().params.get("config")
-    if config:
-        env["HITL_CONFIG"] = str(Path(config).resolve())
-    os.environ.update({k: env[k] for k in QUIET_ENV})
-    try:
-        _up(settings, up_dir, state, started, env, catalog)
-    except Exception as exc:
+    with _exclusive(up_dir):
+        state = read_state(up_dir)
+        started: dict[str, bool] = state.setdefault("started", {})
+        env = dict(os.environ)
+        env.update(
+            {
+                "HITL_STATE_DIR": str(settings.state_dir),
+                "HITL_MLFLOW__TRACKING_URI": settings.tracking_uri,
+                **{name: env.get(name, value) for name, value in QUIET_ENV.items()},
+            }
+        )
+        config = ctx.find_root().params.get("config")
+        if config:
+            env["HITL_CONFIG"] = str(Path(config).resolve())
+        os.environ.update({k: env[k] for k in QUIET_ENV})
+        try:
+            _up(settings, up_dir, state, started, env, catalog)
+        except Exception as exc:
+            save_state(up_dir, state)
+            err_console.print(f"[red]hitl up failed:[/red] {describe_error(exc)}")
+            err_console.print("fix the cause and run `make up` again: finished steps are skipped")
+            raise typer.Exit(1) from exc
         save_state(up_dir, state)
-        err_console.print(f"[red]hitl up failed:[/red] {describe_error(exc)}")
-        err_console.print("fix the cause and run `make up` again: finished steps are skipped")
-        raise typer.Exit(1) from exc
-    save_state(up_dir, state)
 
 
 def _up(
@@ -424,20 +440,21 @@ def down(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     up_dir = up_dir_of(settings)
-    state = read_state(up_dir)
-    started: dict[str, bool] = state.get("started", {})
-    if _stop_pid(up_dir / "stream.pid", STREAM_MARKER):
-        console.print("stopped the item stream")
-    if _stop_pid(up_dir / "serving.pid", "uvicorn", SERVING_STOP_GRACE_S):
-        console.print("stopped the serving API")
-    if _stop_pid(up_dir / "mlflow.pid", "mlflow"):
-        console.print("stopped MLflow")
-    if (
-        started.get("labelstudio")
-        and not settings.labelstudio.url
-        and LabelStudioServer(settings.labelstudio, settings.state_dir).stop()
-    ):
-        console.print("stopped Label Studio")
-    state["started"] = {}
-    save_state(up_dir, state)
-    console.print("down.")
+    with _exclusive(up_dir):
+        state = read_state(up_dir)
+        started: dict[str, bool] = state.get("started", {})
+        if _stop_pid(up_dir / "stream.pid", STREAM_MARKER):
+            console.print("stopped the item stream")
+        if _stop_pid(up_dir / "serving.pid", "uvicorn", SERVING_STOP_GRACE_S):
+            console.print("stopped the serving API")
+        if _stop_pid(up_dir / "mlflow.pid", "mlflow"):
+            console.print("stopped MLflow")
+        if (
+            started.get("labelstudio")
+            and not settings.labelstudio.url
+            and LabelStudioServer(settings.labelstudio, settings.state_dir).stop()
+        ):
+            console.print("stopped Label Studio")
+        state["started"] = {}
+        save_state(up_dir, state)
+        console.print("down.")

@@ -3,9 +3,11 @@ state file (catalog, seed size, project, started processes), the API keys, and t
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,30 @@ from hitl.settings import Settings
 
 STATE_FILE = "state.json"
 KEYS_FILE = "keys.json"
+LOCK_FILE = "up.lock"
+
+
+class StackBusyError(RuntimeError):
+    """Another `hitl up` or `hitl down` is working on the same state directory."""
+
+
+@contextmanager
+def stack_lock(up: Path) -> Iterator[None]:
+    """Hold the state directory's lock for one `hitl up` / `hitl down`. Two at once would both start
+    services on the same ports and overwrite each other's PID files, leaving processes nothing stops.
+    The lock is released when the command ends (and by the OS if it dies); services it started keep
+    running, since child processes do not inherit it."""
+    fd = os.open(up / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackBusyError(
+                f"another `hitl up` or `hitl down` is running on {up.parent}; wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def up_dir_of(settings: Settings) -> Path:

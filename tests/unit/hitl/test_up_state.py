@@ -7,8 +7,12 @@ import stat
 from pathlib import Path
 
 import pytest
+import typer
+from typer.testing import CliRunner
 
-from hitl.up_state import read_json, write_json
+from hitl import cli_up
+from hitl.settings import Settings
+from hitl.up_state import StackBusyError, read_json, stack_lock, up_dir_of, write_json
 
 
 def test_state_is_written_whole_or_not_at_all(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,3 +39,24 @@ def test_keys_are_readable_by_their_owner_only(tmp_path: Path) -> None:
     write_json(path, {"service": "hitl_x"}, mode=0o600)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert read_json(path) == {"service": "hitl_x"}
+
+
+def test_one_up_or_down_at_a_time(tmp_path: Path) -> None:
+    message = "another `hitl up` or `hitl down` is running"
+    with stack_lock(tmp_path), pytest.raises(StackBusyError, match=message), stack_lock(tmp_path):
+        pass
+    with stack_lock(tmp_path):  # released when the first one ended
+        pass
+
+
+def test_a_second_up_or_down_is_refused_with_a_message(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    app.command("up")(cli_up.up)
+    app.command("down")(cli_up.down)
+    settings = Settings(state_dir=tmp_path / "state")
+    with stack_lock(up_dir_of(settings)):
+        for command in ("up", "down"):
+            result = CliRunner().invoke(app, [command], obj=settings)
+            assert result.exit_code == 1, result.output
+            assert "another `hitl up` or `hitl down` is running" in " ".join(result.output.split())
