@@ -20,13 +20,14 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 from numpy.typing import NDArray
 
 from learner.thresholds import LEGACY_ACCEPTANCE_SCORE
 from serving.escalation import EscalationWindow
-from serving.settings import AppSettings
+from serving.settings import AppSettings, is_loopback
 
 KIND_TAG = "hitl.kind"
 TRIGGER_TAG = "hitl.trigger"
@@ -45,17 +46,30 @@ def client(settings: AppSettings) -> Any:
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
 
 
+def artifact_location(settings: AppSettings) -> str | None:
+    """Where a new experiment keeps its artifacts: under the state dir when tracking is on this machine
+    (a SQLite or file store, or a server on loopback, as `hitl up` runs); None for a remote server,
+    which then stores them itself (a ``file://`` path of the machine that created the experiment would
+    leave every other replica unable to download a champion)."""
+    uri = urlparse(settings.tracking_uri)
+    if uri.scheme in ("http", "https") and not is_loopback(uri.hostname or ""):
+        return None
+    artifacts = (settings.state_dir / "mlartifacts").resolve()
+    artifacts.mkdir(parents=True, exist_ok=True)
+    return artifacts.as_uri()
+
+
 def experiment_id(settings: AppSettings) -> str:
-    """The configured experiment, created with its artifacts under the state dir when missing."""
+    """The configured experiment, created when missing (artifacts: `artifact_location`)."""
     mlflow_client = client(settings)
     found = mlflow_client.get_experiment_by_name(settings.mlflow.experiment)
     if found is not None:
         return str(found.experiment_id)
-    artifacts = (settings.state_dir / "mlartifacts").resolve()
-    artifacts.mkdir(parents=True, exist_ok=True)
     try:
         return str(
-            mlflow_client.create_experiment(settings.mlflow.experiment, artifact_location=artifacts.as_uri())
+            mlflow_client.create_experiment(
+                settings.mlflow.experiment, artifact_location=artifact_location(settings)
+            )
         )
     except Exception:  # created concurrently by another process
         again = mlflow_client.get_experiment_by_name(settings.mlflow.experiment)

@@ -12,6 +12,7 @@ import pytest
 from hitl.settings import Settings
 from labeling.client import LabelStudioClient, ReviewerAccount
 from labeling.push import Escalation, push_escalations
+from labeling.server import free_port
 from labeling.sync import sync_project
 from labeling.webhooks import SECRET_HEADER
 from serving.store import CorrectionRecord, Store
@@ -201,6 +202,40 @@ def test_sync_recovers_corrections_missed_while_receiver_was_down(
     assert (skipped.action, skipped.label, skipped.was_cancelled) == ("cancelled", None, True)
 
     assert sync_project(ls_client, store, project_id, TAXONOMY).recorded == 0
+
+
+def test_the_apps_periodic_sync_records_what_no_webhook_delivered(
+    ls_client: LabelStudioClient,
+    reviewer_client: LabelStudioClient,
+    store: Store,
+    project_id: int,
+    receiver: Receiver,
+    settings: Settings,
+) -> None:
+    """The app's own reconciliation (`labelstudio.sync_interval_s`), not a direct `sync_project` call:
+    a webhook refused or lost (the app down, the address throttled) is read from Label Studio later."""
+    task = _push_one(ls_client, store, project_id, "periodic")
+    receiver.stop()
+    try:
+        made = reviewer_client.create_annotation(task, TAXONOMY.result_for("Sports > Running"))
+    finally:
+        receiver.start()
+    assert store.history(made["id"]) == []
+    syncing = Receiver(
+        settings.model_copy(
+            update={
+                "labelstudio": settings.labelstudio.model_copy(update={"sync_interval_s": 1}),
+                "serving": settings.serving.model_copy(update={"port": free_port()}),
+            }
+        ),
+        store,
+    )
+    syncing.start()
+    try:
+        rows = _wait_for(lambda: store.history(made["id"]), 1, timeout=30)
+    finally:
+        syncing.stop()
+    assert [(r.action, r.source, r.label) for r in rows] == [("created", "sync", "Sports > Running")]
 
 
 @pytest.mark.parametrize("secret", [None, "wrong-secret"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from hitl.settings import Settings
+from hitl.settings import MlflowSettings, Settings
 from serving import tracking
 from serving.escalation import EscalationWindow
 from serving.tracking import (
@@ -95,3 +95,25 @@ def test_mlflow_http_calls_are_bounded_by_settings(tmp_path: Path, monkeypatch: 
     # MLflow's own parsing of the variables, untyped in MLflow: what its HTTP client will use.
     assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 7  # type: ignore[no-untyped-call]
     assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 1  # type: ignore[no-untyped-call]
+
+
+@pytest.mark.parametrize(
+    ("uri", "local"),
+    [
+        ("sqlite:///state/mlflow.db", True),
+        ("file:///state/mlruns", True),
+        ("http://127.0.0.1:5000", True),  # `hitl up`'s own server
+        ("http://localhost:5000", True),
+        ("https://mlflow.corp.example", False),
+        ("http://10.0.0.7:5000", False),
+    ],
+)
+def test_experiments_keep_artifacts_on_this_machine_only_when_tracking_is_local(
+    tmp_path: Path, uri: str, local: bool
+) -> None:
+    settings = Settings(state_dir=tmp_path, mlflow=MlflowSettings(tracking_uri=uri))
+    location = tracking.artifact_location(settings)
+    if local:
+        assert location == (tmp_path / "mlartifacts").resolve().as_uri()
+    else:
+        assert location is None  # the server stores (and serves) them for every replica
