@@ -335,15 +335,19 @@ class LabelStudioClient:
             json={"data": dict(data), "meta": dict(meta)},
         )
 
-    def delete_task(self, task_id: int) -> bool:
-        """Delete a task; False when it was already gone (404), so a retried delete is harmless."""
+    def _found(self, method: str, path: str, operation: str) -> bool:
+        """`_request`, answering False where Label Studio answers 404 (the object is not there)."""
         try:
-            self._request("DELETE", f"/api/tasks/{task_id}/", f"delete task {task_id}")
+            self._request(method, path, operation)
         except LabelStudioApiError as exc:
             if exc.status == 404:
                 return False
             raise
         return True
+
+    def delete_task(self, task_id: int) -> bool:
+        """Delete a task; False when it was already gone (404), so a retried delete is harmless."""
+        return self._found("DELETE", f"/api/tasks/{task_id}/", f"delete task {task_id}")
 
     def hold_task(self, task_id: int, *, hold: bool) -> int:
         """Keep a task in the labeling queue for one more annotator (``hold``), or let its annotations
@@ -417,13 +421,7 @@ class LabelStudioClient:
 
     def annotation_exists(self, annotation_id: int) -> bool:
         """Whether Label Studio still holds the annotation (False only on its 404)."""
-        try:
-            self._request("GET", f"/api/annotations/{annotation_id}/", f"read annotation {annotation_id}")
-        except LabelStudioApiError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return self._found("GET", f"/api/annotations/{annotation_id}/", f"read annotation {annotation_id}")
 
     # ----------------------------------------------------------------- users
     def user_emails(self) -> dict[int, str]:

@@ -25,13 +25,18 @@ from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Store]]:
-    tmp = tmp_path_factory.mktemp("retrain-mlflow")
+def seeded(tmp: Path) -> tuple[Settings, Store]:
+    """Settings and a store holding 500 seed labels (a quarter of them audits), no model yet."""
     settings = retrain_settings(tmp)
     store = Store(settings.database_url)
     store.create_all()
     add_seed_labels(store, generate_catalog(500, seed=3, n_categories=5), level=2)
+    return settings, store
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, Store]]:
+    settings, store = seeded(tmp_path_factory.mktemp("retrain-mlflow"))
     yield settings, store
     store.close()
 
@@ -185,10 +190,7 @@ def test_with_warm_starts_on_the_champion_starts_the_next_head(tmp_path: Path) -
 
 @pytest.fixture
 def fresh(tmp_path: Path) -> Iterator[tuple[Settings, Store]]:
-    settings = retrain_settings(tmp_path)
-    store = Store(settings.database_url)
-    store.create_all()
-    add_seed_labels(store, generate_catalog(500, seed=3, n_categories=5), level=2)
+    settings, store = seeded(tmp_path)
     yield settings, store
     store.close()
 

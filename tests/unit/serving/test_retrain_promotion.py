@@ -3,7 +3,6 @@ with the real app, store and (small) model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,14 +22,6 @@ from tests.unit.serving.support import catalog_items, served_app, served_setting
 
 pytestmark = pytest.mark.slow
 LENIENT = "v-lenient"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    db = Store(f"sqlite:///{tmp_path / 'hitl.db'}")
-    db.create_all()
-    yield db
-    db.close()
 
 
 def _with_threshold(model: LoadedModel, version: str, threshold: float) -> LoadedModel:

@@ -229,13 +229,18 @@ def test_key_cache_expires_clears_and_never_holds_the_plaintext(monkeypatch: pyt
     assert disabled.get("hitl_x") is None
 
 
-def test_a_key_revoked_through_the_api_stops_working_at_once(tmp_path: Path) -> None:
-    settings = Settings(
+def bare_settings(tmp_path: Path) -> Settings:
+    """The app with nothing running beside its routes: no model, outbox, sync or retrain worker."""
+    return Settings(
         state_dir=tmp_path,
         labelstudio=LabelStudioSettings(sync_interval_s=0),
         serving=ServingSettings(model_source="none", outbox_enabled=False, model_poll_interval_s=0),
         retrain=RetrainSettings(enabled=False),
     )
+
+
+def test_a_key_revoked_through_the_api_stops_working_at_once(tmp_path: Path) -> None:
+    settings = bare_settings(tmp_path)
     store = Store(settings.database_url)
     with TestClient(create_app(settings, store=store)) as client:  # the lifespan creates the tables
         _, admin = create_key(store, "root", Role.ADMIN)
@@ -302,12 +307,7 @@ def test_a_key_named_after_a_person_is_stored_masked(store: Store) -> None:
 def test_refusals_log_the_route_template_never_the_ids_in_the_path(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    settings = Settings(
-        state_dir=tmp_path,
-        labelstudio=LabelStudioSettings(sync_interval_s=0),
-        serving=ServingSettings(model_source="none", outbox_enabled=False, model_poll_interval_s=0),
-        retrain=RetrainSettings(enabled=False),
-    )
+    settings = bare_settings(tmp_path)
     store = Store(settings.database_url)
     caplog.set_level(logging.INFO, logger="serving.security")
     caplog.set_level(logging.INFO, logger="serving.access")
