@@ -11,6 +11,7 @@ returns the bundle path inside it.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -181,7 +182,7 @@ def remember_champion(settings: AppSettings, version: str) -> None:
     a replica restarted while MLflow is down can serve it (`last_champion`)."""
     folder = _registry_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{LAST_CHAMPION}.tmp"
+    tmp = folder / f".{LAST_CHAMPION}.{os.getpid()}.tmp"  # replicas share the state dir
     tmp.write_text(f"{version}\n")
     tmp.replace(folder / LAST_CHAMPION)
 

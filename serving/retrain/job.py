@@ -288,18 +288,23 @@ class RetrainJob:
         if bundle_dir.exists():
             shutil.rmtree(bundle_dir)
         bundle.save(bundle_dir)
-        version = tracking.log_model_version(
-            settings,
-            run_id,
-            bundle_dir,
-            tags={
-                "hitl.gate": "passed" if decision.promote else "rejected",
-                "hitl.gate_reason": decision.reason,
-                "hitl.guarantee": loop.describe_guarantee(
-                    config.guarantee, config.target_accuracy, config.delta
-                ),
-            },
-        )
+        try:
+            version = tracking.log_model_version(
+                settings,
+                run_id,
+                bundle_dir,
+                tags={
+                    "hitl.gate": "passed" if decision.promote else "rejected",
+                    "hitl.gate_reason": decision.reason,
+                    "hitl.guarantee": loop.describe_guarantee(
+                        config.guarantee, config.target_accuracy, config.delta
+                    ),
+                },
+            )
+        finally:
+            # Staging only: MLflow keeps the registered copy and serving downloads its own, so a third
+            # copy per retrain would only fill the disk.
+            shutil.rmtree(bundle_dir, ignore_errors=True)
         outcome.update({"version": version, "gate_reason": decision.reason, "promoted": False})
         self.on_record(version=version)
         tracking.log_params(settings, run_id, {"registered_version": version})

@@ -94,6 +94,8 @@ def test_first_run_is_promoted_with_metrics_and_plots(
     assert run.data.params["n_labels"] == "500"
     plots = {a.path for a in client.list_artifacts(record.mlflow_run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "plots/risk_coverage.png"}
+    staged = settings.models_dir / "retrain"
+    assert not staged.exists() or not any(staged.iterdir()), "MLflow holds the bundle: no staged copy kept"
 
 
 def test_a_worse_model_stays_a_challenger(env: tuple[Settings, Store], champion: RunRecord) -> None:
