@@ -277,6 +277,24 @@ class LabelStudioClient:
             )
         return ids
 
+    def tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
+        """item id -> id of a task in the project whose data names that item (the oldest if several).
+
+        How an import whose answer was lost (a timeout after Label Studio committed it) is found
+        again, instead of importing the items a second time."""
+        found: dict[str, int] = {}
+        for start in range(0, len(item_ids), 50):  # one data-manager filter of 50 alternatives at a time
+            chunk = list(item_ids[start : start + 50])
+            items = [
+                {"filter": "filter:tasks:data.item_id", "operator": "equal", "type": "String", "value": i}
+                for i in chunk
+            ]
+            for task in self._tasks(project_id, {"filters": {"conjunction": "or", "items": items}}):
+                item = (task.get("data") or {}).get("item_id")
+                if isinstance(item, str) and item in chunk and item not in found:
+                    found[item] = int(task["id"])
+        return found
+
     def iter_tasks(
         self, project_id: int, *, annotated_only: bool = False, page_size: int = 100
     ) -> Iterator[dict[str, Any]]:
@@ -291,6 +309,12 @@ class LabelStudioClient:
                     for column in ("total_annotations", "cancelled_annotations")
                 ],
             }
+        yield from self._tasks(project_id, query, page_size=page_size)
+
+    def _tasks(
+        self, project_id: int, query: dict[str, Any], *, page_size: int = 100
+    ) -> Iterator[dict[str, Any]]:
+        """Every task of the project matching the data-manager `query` (ordered by id), page by page."""
         page = 1
         while True:
             params: dict[str, Any] = {

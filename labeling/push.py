@@ -124,6 +124,7 @@ class PushReport:
     pushed: int = 0  # new tasks
     updated: int = 0  # open tasks that got a newer model version's prediction
     closed: int = 0  # open tasks removed because a newer model auto-accepted their item
+    adopted: int = 0  # tasks an earlier import made though its answer was lost (`adopt_existing`)
     skipped: int = 0
     task_ids: dict[str, int] = field(default_factory=dict)
 
@@ -194,6 +195,7 @@ def push_escalations(
     batch_size: int = 200,
     progress: Callable[[int, int], None] | None = None,
     senior_review: bool = False,
+    adopt_existing: bool = False,
 ) -> PushReport:
     """Deliver escalations, most useful first: one task per item across model versions.
 
@@ -202,7 +204,9 @@ def push_escalations(
       meta (so the queue order and the reasons follow the champion); no second task;
     - ``push`` of any other item: a new task, imported in batches.
 
-    An (item, model version) already pushed is skipped.
+    An (item, model version) already pushed is skipped. With `adopt_existing` (a retry after an
+    attempt whose outcome is unknown, such as a timeout), items the project already holds a task for
+    are not imported again: the task an earlier import made is recorded as theirs.
     """
     report = PushReport()
     closes = {e.item_id: e for e in escalations if e.action == "close"}
@@ -239,6 +243,14 @@ def push_escalations(
         report.task_ids[esc.item_id] = task_id
         report.updated += 1
     new = [e for e in fresh if e.item_id not in open_tasks]
+    if adopt_existing and new:
+        existing = client.tasks_of_items(project_id, [e.item_id for e in new])
+        for esc in [e for e in new if e.item_id in existing]:
+            task_id = existing[esc.item_id]
+            ledger.record_pushed(project_id, esc.model_version, [(esc.item_id, task_id, esc.priority)])
+            report.task_ids[esc.item_id] = task_id
+            report.adopted += 1
+        new = [e for e in new if e.item_id not in existing]
     for start in range(0, len(new), batch_size):
         batch = new[start : start + batch_size]
         ids = client.import_tasks(project_id, [payloads[(e.item_id, e.model_version)] for e in batch])

@@ -13,7 +13,8 @@ auto-accepts the item) deletes the open task, and the store records when and why
 Failures never lose an entry:
 - Label Studio down, 5xx, 401/403/404/408/429 -> the entry stays `pending`, `attempts` + 1, and
   `next_attempt_at` moves by an exponential backoff with jitter (`outbox_base_backoff_s` doubling up to
-  `outbox_max_backoff_s`);
+  `outbox_max_backoff_s`); a retry first looks for tasks the failed attempt made after all (a timeout
+  after Label Studio committed the import) and adopts them rather than importing the items twice;
 - a label outside the project's taxonomy, or an import Label Studio refuses on its own (400/413/422 for
   that single entry) -> `dead`, with `last_error`; it stays in the table for an operator;
 - the project not bootstrapped yet -> nothing is attempted, entries stay pending (logged once).
@@ -378,6 +379,9 @@ class OutboxWorker:
                 [d.escalation for d in chunk],
                 batch_size=len(chunk),
                 senior_review=bool(self.settings.labelstudio.senior_reviewers),
+                # A retried entry's earlier import may have landed though its answer was lost (a
+                # timeout): find its task instead of importing a second one.
+                adopt_existing=any(d.attempts > 0 for d in chunk),
             )
         except Exception as exc:  # any failure keeps the entries; only the kind decides retry vs dead
             if not isinstance(exc, LabelingError | OSError | ValueError):

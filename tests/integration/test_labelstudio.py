@@ -204,6 +204,17 @@ def test_sync_recovers_corrections_missed_while_receiver_was_down(
     assert sync_project(ls_client, store, project_id, TAXONOMY).recorded == 0
 
 
+def test_tasks_are_found_by_their_item_id_exactly(
+    ls_client: LabelStudioClient, store: Store, project_id: int
+) -> None:
+    report = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("find", 12, "v-find"))
+    wanted = ["find-1", "find-11", "find-404"]
+    found = ls_client.tasks_of_items(project_id, wanted)
+    assert found == {"find-1": report.task_ids["find-1"], "find-11": report.task_ids["find-11"]}
+    many = [f"find-{i}" for i in range(12)] + [f"absent-{i}" for i in range(60)]  # more than one query
+    assert ls_client.tasks_of_items(project_id, many) == report.task_ids
+
+
 def test_the_apps_periodic_sync_records_what_no_webhook_delivered(
     ls_client: LabelStudioClient,
     reviewer_client: LabelStudioClient,

@@ -43,6 +43,14 @@ class FakeLabelStudio:
         task = self._task(task_id)
         task["data"], task["meta"] = dict(data), dict(meta)
 
+    def tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for task in self.tasks:
+            item = (task.get("data") or {}).get("item_id")
+            if isinstance(item, str) and item in item_ids and item not in found:
+                found[item] = task["id"]
+        return found
+
     def annotation_exists(self, annotation_id: int) -> bool:
         return any(a.get("id") == annotation_id for t in self.tasks for a in t.get("annotations") or [])
 

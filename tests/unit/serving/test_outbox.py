@@ -33,10 +33,12 @@ class Clock:
 
 
 class FlakyLabelStudio:
-    """Fails the first `failures` imports (Label Studio down), then imports like the real one."""
+    """Fails the first `failures` imports (Label Studio down), then imports like the real one. With
+    `lost_answers`, the first that many imports land in Label Studio and THEN fail (a timeout)."""
 
-    def __init__(self, failures: int = 0, error: Exception | None = None) -> None:
+    def __init__(self, failures: int = 0, error: Exception | None = None, lost_answers: int = 0) -> None:
         self.failures = failures
+        self.lost_answers = lost_answers
         self.error = error or LabelStudioUnavailableError("Label Studio at http://x did not answer")
         self.calls = 0
         self.imported: list[dict[str, Any]] = []
@@ -48,7 +50,17 @@ class FlakyLabelStudio:
             raise self.error
         ids = list(range(1000 + len(self.imported), 1000 + len(self.imported) + len(tasks)))
         self.imported.extend(dict(t) for t in tasks)
+        if self.calls <= self.failures + self.lost_answers:
+            raise LabelStudioUnavailableError("Label Studio at http://x did not answer import: ReadTimeout")
         return ids
+
+    def tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for i, task in enumerate(self.imported):
+            item = task["data"]["item_id"]
+            if item in item_ids and item not in found:
+                found[item] = 1000 + i
+        return found
 
     def close(self) -> None:
         self.closed += 1
@@ -147,6 +159,23 @@ def test_backoff_doubles_with_jitter_and_is_capped() -> None:
 
 
 # ------------------------------------------------------------------ worker
+def test_an_import_whose_answer_was_lost_is_adopted_not_imported_twice(tmp_path: Path) -> None:
+    store, settings, clock = _store(tmp_path), _settings(tmp_path), Clock()
+    _enqueue(store, [_esc(i, priority=i / 10) for i in range(1, 4)])
+    client = FlakyLabelStudio(lost_answers=1)  # the import lands, then the answer times out
+    worker = _worker(store, settings, client, clock)
+    assert worker.run_once().failed == 3
+    assert len(client.imported) == 3
+    clock.now += timedelta(minutes=5)
+    report = worker.run_once()
+    assert report.delivered == 3
+    assert len(client.imported) == 3, "the retry found the tasks instead of importing them again"
+    rows = _entries(store)
+    first_import = {t["data"]["item_id"]: 1000 + i for i, t in enumerate(client.imported)}
+    assert {r.item_id: r.task_id for r in rows} == first_import
+    assert {r.status for r in rows} == {"delivered"}
+
+
 def test_failures_back_off_then_deliver_exactly_once(tmp_path: Path) -> None:
     store, settings, clock = _store(tmp_path), _settings(tmp_path), Clock()
     _enqueue(store, [_esc(i, priority=i / 10) for i in range(1, 4)])
