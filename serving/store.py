@@ -842,14 +842,26 @@ class Store:
             .where(Prediction.decision == "escalated", ~reviewed)
             .order_by(Prediction.priority.desc(), Prediction.id)
         )
+        if limit <= 0:
+            return []
+        out: list[OpenEscalation] = []
         with self.session() as session:
-            rows = session.execute(query).all()
-        out = [
-            OpenEscalation(PredictionRecord.of(p), title, brand, price)
-            for p, title, brand, price in rows
-            if reason is None or reason in p.reasons
-        ]
-        return out[offset : offset + limit]
+            if reason is None:  # the page in SQL: the queue can hold hundreds of thousands of items
+                rows = session.execute(query.limit(limit).offset(max(offset, 0))).all()
+                return [OpenEscalation(PredictionRecord.of(p), t, b, pr) for p, t, b, pr in rows]
+            # Reasons are a JSON list, which no portable SQL can search: filter while reading, and stop
+            # as soon as the page is full.
+            skipped = 0
+            for p, title, brand, price in session.execute(query.execution_options(yield_per=500)):
+                if reason not in p.reasons:
+                    continue
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                out.append(OpenEscalation(PredictionRecord.of(p), title, brand, price))
+                if len(out) >= limit:
+                    break
+        return out
 
     def audit_trail(
         self, *, item_id: str | None = None, kind: str | None = None, limit: int = 100, after_id: int = 0

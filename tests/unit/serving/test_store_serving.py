@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -85,3 +86,22 @@ def test_review_audit_and_open_queue(store: Store) -> None:
     # a new escalation of the same item after the review reopens it
     store.record_predictions("v1", [new("b")])
     assert [e.prediction.item_id for e in store.open_escalations()] == ["b"]
+
+
+def test_the_open_queue_pages_in_priority_order_with_and_without_a_reason(store: Store) -> None:
+    items = [
+        replace(new(f"i{k}"), priority=k / 10, reasons=["audit"] if k % 3 == 0 else ["below_threshold"])
+        for k in range(10)
+    ]
+    store.record_predictions("v1", items)
+    everything = [e.prediction.item_id for e in store.open_escalations(limit=100)]
+    assert everything == [f"i{k}" for k in range(9, -1, -1)]  # highest priority first
+    pages = [store.open_escalations(limit=3, offset=o) for o in (0, 3, 6, 9, 12)]
+    assert [e.prediction.item_id for page in pages for e in page] == everything
+    assert store.open_escalations(limit=0) == []
+    audits = [e.prediction.item_id for e in store.open_escalations(reason="audit")]
+    assert audits == ["i9", "i6", "i3", "i0"]
+    assert [e.prediction.item_id for e in store.open_escalations(reason="audit", limit=2, offset=1)] == [
+        "i6",
+        "i3",
+    ]
