@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from hitl.context import open_store, settings_from
+from hitl.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.model import ModelHolder
 
 ENGINES = ("local", "ray")
 console = Console()
@@ -51,7 +55,9 @@ def score(
     ]
     holder = ModelHolder(settings)
     try:
-        holder.refresh()
+        resumed = _resumed_model(settings, holder, out)
+        if resumed is None:
+            holder.refresh()
         model = holder.require()
     except (ModelLoadError, RuntimeError, OSError) as exc:  # OSError: a bundle path that holds no bundle
         err_console.print(f"[red]no model to score with:[/red] {exc}")
@@ -85,3 +91,28 @@ def score(
         f"{report.items} items scored in {report.parts - report.skipped_parts} parts "
         f"({report.skipped_parts} done before), {report.escalated} escalated; Parquet in {out}"
     )
+
+
+def _resumed_model(settings: Settings, holder: ModelHolder, out: Path) -> str | None:
+    """A run resumed from the registry goes on with the version it started with, though the loop may
+    have promoted others since (every 25 corrections): its parts mean something only for that model.
+    Loaded into `holder`; returns its version, or None for a fresh run (or a local bundle)."""
+    from learner.pii import describe_error
+    from serving import registry
+    from serving.model import ModelLoadError
+    from serving.scoring import started_with
+
+    version = started_with(out)
+    prefix = f"{settings.mlflow.registered_model}:v"
+    if settings.serving.model_source != "registry" or version is None or not version.startswith(prefix):
+        return None
+    try:
+        folder = registry.download(settings, version.removeprefix(prefix))
+    except Exception as exc:  # deleted from the registry, or MLflow down
+        raise ModelLoadError(
+            f"the run in {out} started with {version}, which the registry cannot give back "
+            f"({describe_error(exc)}); score into a new --out folder"
+        ) from exc
+    holder.swap(holder.build(folder, version, f"registry:{version}"))
+    console.print(f"resuming with {version}, the version this run started with")
+    return version

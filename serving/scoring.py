@@ -203,6 +203,16 @@ def _write_part(path: Path, rows: dict[str, list[object]]) -> None:
     partial.replace(path)  # a part file exists only complete
 
 
+def started_with(out_dir: Path) -> str | None:
+    """The model version a scoring run in `out_dir` started with (its manifest), or None."""
+    try:
+        found = json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    version = found.get("model_version") if isinstance(found, dict) else None
+    return version if isinstance(version, str) else None
+
+
 def _check_manifest(out_dir: Path, items: Sequence[ItemIn], part_size: int, version: str) -> None:
     """Resume only the same run: the parts are numbered by position, so they mean something only for the
     same items, part size and model."""

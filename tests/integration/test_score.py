@@ -102,3 +102,29 @@ def test_an_unknown_engine_is_refused_with_the_valid_names(tmp_path: Path) -> No
     )  # fmt: skip
     assert done.returncode == 2
     assert "unknown engine 'spark'; one of: local, ray" in done.stderr
+
+
+def test_a_run_resumed_after_a_promotion_goes_on_with_the_version_it_started_with(
+    small_bundle_dir: Path, tmp_path: Path
+) -> None:
+    from hitl.settings import MlflowSettings, Settings
+    from serving import registry
+
+    catalog, out, state = tmp_path / "catalog.jsonl", tmp_path / "scored", tmp_path / "state"
+    write_catalog(generate_catalog(N, seed=12, n_categories=5), catalog)
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = Settings(state_dir=state, mlflow=MlflowSettings(tracking_uri=tracking_uri))
+    first = registry.log_bundle(settings, small_bundle_dir, alias="champion")
+    env = cli_env(state, HITL_SERVING__MODEL_SOURCE="registry", HITL_MLFLOW__TRACKING_URI=tracking_uri)
+
+    assert _score(env, catalog, out).returncode == 0
+    sorted(out.glob("part-*.parquet"))[-1].unlink()  # it stopped before its last part ...
+    second = registry.log_bundle(settings, small_bundle_dir)
+    registry.set_alias(settings, second)  # ... and the loop promoted a new champion meanwhile
+
+    again = _score(env, catalog, out)
+    assert again.returncode == 0, again.stdout + again.stderr
+    started = registry.version_label(settings, first)
+    assert f"resuming with {started}" in again.stdout
+    versions = {row["model_version"] for row in pq.read_table(sorted(out.glob("part-*.parquet"))).to_pylist()}
+    assert versions == {started}  # every part from the model the run started with
