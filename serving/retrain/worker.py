@@ -174,11 +174,26 @@ class RetrainWorker:
             return True
         if not self.leader.try_acquire():
             return False
+        orphaned: list[str] = []
         with self.store.session() as session:
             for row in session.scalars(select(RetrainRun).where(RetrainRun.status == RUNNING)).all():
                 row.status, row.error, row.finished_at = FAILED, "interrupted (the server stopped)", _now()
+                if row.mlflow_run_id:
+                    orphaned.append(row.mlflow_run_id)
+        for mlflow_run_id in orphaned:  # else they stay RUNNING in MLflow forever
+            self._end_orphan(mlflow_run_id)
         logger.info("this replica runs the retrain worker (leader)")
         return True
+
+    def _end_orphan(self, mlflow_run_id: str) -> None:
+        from serving import tracking
+
+        try:
+            tracking.end_run(
+                self.settings, mlflow_run_id, failed=True, error="interrupted (the server stopped)"
+            )
+        except Exception as exc:  # MLflow down: the row says FAILED already; MLflow is informative
+            logger.warning("could not end MLflow run %s: %s", mlflow_run_id, describe_error(exc))
 
     def _claim(self) -> tuple[int, list[str]] | None:
         with self._lock, self.store.session() as session:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from learner.synthetic import generate_catalog
+from serving import tracking
 from serving.retrain import RetrainWorker, add_seed_labels
 from serving.retrain.tables import FAILED, RUNNING, RetrainRun
 from serving.store import Store
@@ -29,8 +30,12 @@ def test_one_replica_trains_and_another_takes_over_when_it_stops(tmp_path: Path)
         assert run.finished, run
         second.start()  # a second replica: not the leader while the first runs
         assert not second._lead()
-        with store.session() as session:  # as if the first died mid-run
-            orphan = RetrainRun(status=RUNNING, stage="training", reasons=["orphan"])
+        # As if the first died mid-run: its MLflow run was open, and stays RUNNING unless someone ends it.
+        orphan_mlflow = tracking.start_run(settings, run_name="orphan", trigger="orphan", params={})
+        with store.session() as session:
+            orphan = RetrainRun(
+                status=RUNNING, stage="training", reasons=["orphan"], mlflow_run_id=orphan_mlflow
+            )
             session.add(orphan)
             session.flush()
             orphan_id = orphan.id
@@ -41,6 +46,7 @@ def test_one_replica_trains_and_another_takes_over_when_it_stops(tmp_path: Path)
         left = second.get(orphan_id)
         assert left is not None
         assert (left.status, left.error) == (FAILED, "interrupted (the server stopped)")
+        assert tracking.client(settings).get_run(orphan_mlflow).info.status == "FAILED"
     finally:
         first.stop()
         second.stop()
