@@ -49,6 +49,8 @@ STREAM_LOG = "stream.jsonl"
 REVIEW_LOG = "review.jsonl"
 # A stream batch that fails (the API restarting, overloaded) is retried after this, doubling up to the cap.
 STREAM_RETRY_S = (1.0, 30.0)
+# Client errors that a later attempt can cure (a timeout, too many requests); every other 4xx cannot.
+RETRIED_CLIENT_ERRORS = frozenset({408, 425, 429})
 # `review --n N` without --minutes stops when Label Studio serves nothing for this long.
 IDLE_STOP_S = 120.0
 MAX_FAILURES = 5  # consecutive failed Label Studio calls before `review` gives up
@@ -96,6 +98,26 @@ def _products(path: Path) -> list[Product]:
         raise typer.Exit(2) from exc
 
 
+def _wait_to_retry(done: int, why: str, retry: float) -> float:
+    """Sleep `retry` seconds before the batch at item `done` is sent again; the next wait (doubling)."""
+    console.print(f"batch at item {done} failed ({why}); retrying in {retry:g} s")
+    time.sleep(retry)
+    return min(retry * 2, STREAM_RETRY_S[1])
+
+
+def _detail(answer: httpx.Response) -> str:
+    """The API's reason for refusing a batch, short (422: the fields and messages)."""
+    try:
+        detail = answer.json().get("detail")
+    except ValueError:
+        return answer.text[:200]
+    if isinstance(detail, list):
+        return "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', []))}: {d.get('msg', '')}" for d in detail[:3]
+        )[:300]
+    return str(detail)[:300]
+
+
 @app.command("stream")
 def stream(
     ctx: typer.Context,
@@ -128,12 +150,38 @@ def stream(
             try:
                 answer = client.post("/v1/predict", json={"items": [_item(p) for p in batch]})
                 answer.raise_for_status()
+            except httpx.HTTPStatusError as exc:
+                status = exc.response.status_code
+                if status in (401, 403):  # no retry fixes a refused key
+                    err_console.print(
+                        f"[red]the API refused the stream's service key (HTTP {status})[/red]; "
+                        "run `make up` again to issue the stack's keys"
+                    )
+                    raise typer.Exit(1) from exc
+                if 400 <= status < 500 and status not in RETRIED_CLIENT_ERRORS:
+                    # This batch can never be accepted as it is (e.g. 422): say which and go on, or
+                    # the stream would resend it forever.
+                    err_console.print(
+                        f"[yellow]batch at item {done} refused (HTTP {status}): {_detail(exc.response)}; "
+                        f"skipping its {len(batch)} items[/yellow]"
+                    )
+                    refused = {
+                        "n": 0,
+                        "escalated": 0,
+                        "versions": {},
+                        "skipped": len(batch),
+                        "status": status,
+                    }
+                    _append(up_dir / STREAM_LOG, {"t": time.time(), **refused})
+                    done += len(batch)
+                    write_json(progress_path, {"streamed": done, "total": len(items)})
+                    continue
+                retry = _wait_to_retry(done, f"HTTP {status}", retry)
+                continue
             except httpx.HTTPError as exc:
                 # The stream must survive an API restart or a 503 under load: nothing is lost, the batch
                 # is sent again.
-                console.print(f"batch at item {done} failed ({type(exc).__name__}); retrying in {retry:g} s")
-                time.sleep(retry)
-                retry = min(retry * 2, STREAM_RETRY_S[1])
+                retry = _wait_to_retry(done, type(exc).__name__, retry)
                 continue
             retry = STREAM_RETRY_S[0]
             predictions = answer.json()["predictions"]
