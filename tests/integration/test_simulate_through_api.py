@@ -151,7 +151,6 @@ def test_cli_through_api_runs_and_writes_rows_with_the_in_process_keys(simulated
     assert counts[0] == 0
     assert all(0 < step <= BATCH for step in steps), counts
     assert rows[-1]["labels_used"] == SEED_SIZE + counts[-1]
-    assert 0.0 <= float(rows[-1]["accuracy"]) <= 1.0  # type: ignore[arg-type]
     print(f"\nthrough-API simulation took {simulated.seconds:.1f} s")
 
 
@@ -186,8 +185,10 @@ def test_the_api_recorded_predictions_corrections_and_retrains(simulated: Simula
     promoted = [r for r in rows[1:] if r["retrain_status"] == "promoted"]
     assert promoted, [r["gate_reason"] for r in rows]
     assert rows[-1]["champion_version"] != rows[0]["champion_version"]
-    # The app served the champion that was current when each round's batch arrived.
-    assert rows[1]["serving_version"] is not None
+    # The app served the champion that was current when each round's batch arrived: the one the
+    # previous round left (round 0 is the seed model's).
+    for previous, row in itertools.pairwise(rows):
+        assert str(row["serving_version"]).endswith(f":v{previous['champion_version']}"), (previous, row)
 
 
 def test_a_finished_run_is_skipped_on_rerun(simulated: Simulated) -> None:
