@@ -272,3 +272,68 @@ def test_trained_on_stream_items_count_at_their_strata_audit_acceptance_share() 
         candidates=[0.99, 0.5],
     )
     assert certified_coverage(naive)[0] == pytest.approx(0.9)
+
+
+# ---------------------------------------------------------------- the design production certifies on
+SEED, SEED_SHARE, STREAM, RATE, WINDOW, PICKS = 300, 0.25, 6_000, 0.08, 400, 400
+
+
+def production_draw(rng: np.random.Generator, guarantee: str) -> tuple[float, float]:
+    """One loop state as production certifies it (`learner.loop`, `serving.retrain`): a seed whose
+    quarter audits (stratum 1, inclusion 0.25), a stream of 6,000 routed items audited uniformly at
+    0.08 (stratum 0), the 400 most recent audits certify and every older one trained, 400 strategy
+    picks (the least confident stream items) trained. Trained-on items are not scored (their
+    confidence says nothing) and count at their stratum's audit acceptance share. The threshold is
+    then applied to the FUTURE stream: (its expected error among accepted items, its coverage)."""
+    n = SEED + STREAM
+    conf = rng.beta(4.0, 1.0, size=n)  # the over-confident model of `simulated_stream`
+    correct = rng.random(n) < np.clip(0.995 - (1.0 - conf), 0.0, 1.0)
+    seed = np.arange(n) < SEED
+    strata = np.where(seed, 1, 0).astype(np.int64)
+    audited = np.where(seed, rng.random(n) < SEED_SHARE, rng.random(n) < RATE)
+    arrival = np.arange(n)  # the seed first, then the stream in routing order
+    audit_rows = np.flatnonzero(audited)
+    certifying = audit_rows[-WINDOW:]
+    cutoff = arrival[certifying[0]]  # the certificate weighs the stream routed since its oldest audit
+    stream_rows = np.flatnonzero(~seed)
+    picks = stream_rows[~audited[stream_rows]]
+    picks = picks[np.argsort(conf[picks])[:PICKS]]
+    trained = np.zeros(n, dtype=bool)
+    trained[audit_rows[:-WINDOW]] = True  # older audits retired into training
+    trained[picks] = True
+    trained[seed & ~audited] = True  # the seed's training labels
+    in_stream = arrival >= cutoff
+    scored = in_stream & ~trained
+    options = CertifyOptions(guarantee=guarantee, target=TARGET, delta=DELTA, score="top_probability")
+    evidence = evidence_of(
+        two_class(conf[certifying]),
+        np.where(correct[certifying], 0, 1),
+        strata[certifying],
+        conf[scored],
+        strata[scored],
+        options=options,
+        trained_strata=strata[in_stream & trained],
+    )
+    threshold = certify_evidence(evidence, 2).thresholds[0]
+    future = rng.beta(4.0, 1.0, size=100_000)
+    accepted = future >= threshold
+    if not accepted.any():
+        return 0.0, 0.0
+    error = float(np.mean(1.0 - np.clip(0.995 - (1.0 - future[accepted]), 0.0, 1.0)))
+    return error, float(accepted.mean())
+
+
+def test_both_guarantees_hold_on_the_design_production_certifies_on() -> None:
+    # Measured on these draws: expected mean error 0.047 (s.e. 0.001) at coverage 0.31 of an oracle
+    # 0.33; high-probability violations 0.017, but it certifies nothing in ~90% of the draws: 400
+    # audits cannot prove 95% on a model whose best region keeps ~1-2% errors (as on the real catalogs).
+    rng = np.random.default_rng(27)
+    expected = [production_draw(rng, "expected") for _ in range(STREAMS)]
+    errors = np.array([e for e, _ in expected])
+    # Mean error among accepted future items <= 1 - target, 3 standard errors of the mean as tolerance.
+    assert errors.mean() <= (1 - TARGET) + 3 * errors.std() / np.sqrt(STREAMS)
+    assert np.mean([c for _, c in expected]) > 0.2  # not vacuous: it certifies a real share
+    high = [production_draw(rng, "high_probability") for _ in range(STREAMS)]
+    violations = sum(e > 1 - TARGET for e, _ in high)
+    # 3 binomial standard errors of a share delta over STREAMS draws (~0.038), as above.
+    assert violations / STREAMS <= DELTA + 3 * np.sqrt(DELTA * (1 - DELTA) / STREAMS)
