@@ -80,14 +80,10 @@ def _load(
     )
     if streamed:
         _warn_if_sorted(catalog, data)
-    embedder = load_embedder(settings)
-    texts = [str(t) for t in data.texts]
-    chunks = []
-    import numpy as np
+    from learner.cache import embed_in_chunks
 
-    for start in range(0, len(texts), 2000):  # chunks: an interrupted embedding keeps what it did
-        chunks.append(embedder.embed(texts[start : start + 2000]))
-    x = np.concatenate(chunks).astype(np.float32)
+    embedder = load_embedder(settings)
+    x = embed_in_chunks(embedder, [str(t) for t in data.texts])
     return data, x, str(embedder.encoder_id)
 
 

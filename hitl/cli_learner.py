@@ -87,7 +87,7 @@ def train(
     `learner.guarantee`) and report test metrics."""
     from datetime import UTC, datetime
 
-    from learner.cache import cached_encoder
+    from learner.cache import cached_encoder, embed_in_chunks
     from learner.data import build_dataset, group_split, load_catalog
     from learner.exceptions import LearnerError
     from learner.features import HeadInputs
@@ -118,7 +118,7 @@ def train(
         features = config.features
         # The cache stores encoder embeddings only; the n-gram part is rebuilt each time (as CSR,
         # which the head fits faster).
-        inputs = features.sparse_inputs(cache.embed(texts), texts)
+        inputs = features.sparse_inputs(embed_in_chunks(cache, texts), texts)
         labels = [str(label) for label in dataset.labels]
 
         def part(indices: NDArray[np.int64]) -> tuple[HeadInputs, list[str]]:

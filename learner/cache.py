@@ -274,6 +274,19 @@ class EmbeddingCache:
         return f"EmbeddingCache({str(self.directory)!r}, encoder_id={self.encoder_id!r})"
 
 
+# Texts embedded per call by `embed_in_chunks`: each chunk is on disk before the next is encoded.
+RESUMABLE_CHUNK = 2000
+
+
+def embed_in_chunks(
+    cache: EmbeddingCache, texts: Sequence[str], chunk: int = RESUMABLE_CHUNK
+) -> NDArray[np.float32]:
+    """`cache.embed(texts)` a chunk at a time, so a long embedding (a whole catalog: minutes on a CPU)
+    that is interrupted keeps what it did, and a re-run encodes only the rest."""
+    parts = [cache.embed(texts[start : start + chunk]) for start in range(0, len(texts), chunk)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.empty((0, cache.dim), np.float32)
+
+
 def cached_encoder(
     settings: LearnerSettings,
     cache_dir: Path,

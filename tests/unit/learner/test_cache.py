@@ -8,10 +8,24 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from learner.cache import DB_NAME, EmbeddingCache, cache_key
+from learner.cache import DB_NAME, EmbeddingCache, cache_key, embed_in_chunks
 from learner.encoder import HFEncoder, TextEncoder
 from learner.exceptions import LearnerError
 from tests.unit.learner.support import CountingEncoder
+
+
+class FailingAfter(CountingEncoder):
+    """Encodes `calls` times, then dies as an interrupted process would."""
+
+    def __init__(self, calls: int) -> None:
+        super().__init__()
+        self.calls_left = calls
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        if self.calls_left <= 0:
+            raise RuntimeError("interrupted")
+        self.calls_left -= 1
+        return super().encode(texts)
 
 
 class WrongShapeEncoder(CountingEncoder):
@@ -142,3 +156,15 @@ def test_real_encoder_through_the_cache(tmp_path: Path, minilm_encoder: HFEncode
         np.testing.assert_allclose(cache.embed(texts), minilm_encoder.encode(texts), atol=1e-6)
         assert cache.embed(texts[:1]).shape == (1, 384)
         assert (cache.hits, cache.misses) == (1, 2)
+
+
+def test_a_long_embedding_interrupted_keeps_the_chunks_it_finished(tmp_path: Path) -> None:
+    encoder = FailingAfter(calls=2)
+    cache = EmbeddingCache(tmp_path, encoder)
+    texts = [f"title {i}" for i in range(25)]
+    with pytest.raises(RuntimeError, match="interrupted"):
+        embed_in_chunks(cache, texts, chunk=10)  # two chunks done, the third dies
+    encoder.calls_left = 10
+    again = EmbeddingCache(tmp_path, encoder)
+    embed_in_chunks(again, texts, chunk=10)
+    assert (again.hits, again.misses) == (20, 5)  # only the unfinished chunk was encoded again
