@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from learner.encoder import HFEncoder
@@ -243,3 +245,18 @@ def test_audit_draws_through_the_app_follow_the_default_policy(app_client: TestC
     assert audited == {i for i in stored if audit_draw(policy.seed, i) < policy.rate}
     # 400 draws at 0.08: 32 expected, s.d. 5.4; 4.5 s.d. either side.
     assert abs(len(audited) - 0.08 * len(items)) <= 4.5 * (len(items) * 0.08 * 0.92) ** 0.5
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(title=st.text(min_size=0, max_size=400), brand=st.none() | st.text(max_size=60))
+def test_any_text_is_answered_or_refused_never_a_500_with_the_real_encoder(
+    app_client: TestClient, title: str, brand: str | None
+) -> None:
+    """The schema fuzzing runs on a hash encoder; here arbitrary Unicode goes through the real
+    tokenizer and model: zero-width and bidi marks, combining runs, emoji, surrogates, controls."""
+    item = {"id": "fuzz-1", "title": title, "description": "", "brand": brand}
+    answer = app_client.post("/v1/predict", json={"items": [item]})
+    assert answer.status_code in (200, 422), (answer.status_code, answer.text[:300])
+    if answer.status_code == 200:
+        (prediction,) = answer.json()["predictions"]
+        assert 0.0 <= prediction["confidence"] <= 1.0
