@@ -19,8 +19,11 @@ Failures never lose an entry:
   that single entry) -> `dead`, with `last_error`; it stays in the table for an operator;
 - the project not bootstrapped yet -> nothing is attempted, entries stay pending (logged once).
 
-One worker per database: two processes running workers may import the same entry twice in the window
-between Label Studio's answer and the ledger write.
+Replicas share the outbox: each due entry is claimed by exactly one pass (`OutboxWorker._claim`, an
+UPDATE that succeeds only while the entry is still due; on PostgreSQL the rows are also locked) and
+held for `serving.outbox_claim_s`. A pass that outlives its claim can still meet another replica's
+delivery of the same entry: the pushed-task ledger and the adoption of lost imports keep that to one
+task per item.
 """
 
 from __future__ import annotations
@@ -346,7 +349,6 @@ class OutboxWorker:
         `FOR UPDATE SKIP LOCKED`; SQLite serializes writers), and each claimed entry is not due again for
         `serving.outbox_claim_s`, so no two replicas deliver it; a replica that dies mid-delivery leaves
         its entries to the others after that."""
-        lease_until = now + timedelta(seconds=self.settings.serving.outbox_claim_s)
         with self.store.session() as session:
             rows = session.scalars(
                 select(OutboxEntry)
@@ -355,9 +357,24 @@ class OutboxWorker:
                 .limit(self.settings.serving.outbox_batch_size)
                 .with_for_update(skip_locked=True)
             ).all()
-            for row in rows:
-                row.next_attempt_at = lease_until
-            return [_Due(row.id, row.attempts, Escalation.model_validate(row.payload)) for row in rows]
+            return self._claim(session, list(rows), now)
+
+    def _claim(self, session: Session, rows: list[OutboxEntry], now: datetime) -> list[_Due]:
+        """Take `rows` for this pass: each with an UPDATE that only succeeds while the row is still
+        due, so of two replicas that read the same rows (SQLite has no row locks: both SELECTs can run
+        before either writes) exactly one gets each."""
+        lease_until = now + timedelta(seconds=self.settings.serving.outbox_claim_s)
+        taken: list[_Due] = []
+        for row in rows:
+            won = session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id == row.id, _due_at(now))
+                .values(next_attempt_at=lease_until)
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(won, "rowcount", 0) == 1:
+                taken.append(_Due(row.id, row.attempts, Escalation.model_validate(row.payload)))
+        return taken
 
     def _deliver(
         self,

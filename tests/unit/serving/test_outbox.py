@@ -326,3 +326,17 @@ def test_a_pass_claims_its_entries_so_a_second_replica_does_not_deliver_them(tmp
     assert other.run_once().delivered == 5
     assert len(second.imported) == 5
     assert first.imported == []
+
+
+def test_two_replicas_that_read_the_same_due_rows_deliver_each_once(tmp_path: Path) -> None:
+    # SQLite has no row locks: both passes can read the same due rows before either writes its claim.
+    store, settings, clock = _store(tmp_path), _settings(tmp_path), Clock()
+    _enqueue(store, [_esc(i) for i in range(1, 4)])
+    first = _worker(store, settings, FlakyLabelStudio(), clock)
+    second = _worker(store, settings, FlakyLabelStudio(), clock)
+    with store.session() as session:
+        read_by_first = list(session.scalars(select(OutboxEntry)).all())
+        taken_by_second = second._due(clock.now)  # the other replica claims them meanwhile
+        taken_by_first = first._claim(session, read_by_first, clock.now)
+    assert len(taken_by_second) == 3
+    assert taken_by_first == []  # its claim finds them no longer due
