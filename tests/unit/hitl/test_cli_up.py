@@ -1,0 +1,46 @@
+"""`hitl down` stops what `hitl up` started, and nothing else (`hitl.cli_up._stop_pid`)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from hitl.cli_up import _recorded, _stop_pid
+
+
+def _sleeper() -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_a_recorded_pid_is_stopped_only_when_it_is_the_process_we_started(tmp_path: Path) -> None:
+    pid_file = tmp_path / "serving.pid"
+    other = _sleeper()  # a process whose PID a stale file might name after a reboot
+    try:
+        pid_file.write_text(f"{other.pid}\n")
+        assert _recorded(pid_file, "uvicorn") is None  # its command line is not ours
+        assert _stop_pid(pid_file, "uvicorn") is False
+        assert other.poll() is None, "an unrelated process was left running"
+        assert not pid_file.exists()  # the stale file is cleaned up
+    finally:
+        other.kill()
+        other.wait()
+
+    ours = _sleeper()
+    pid_file.write_text(f"{ours.pid}\n")
+    assert _recorded(pid_file, "time.sleep") == ours.pid
+    assert _stop_pid(pid_file, "time.sleep", grace_s=5) is True
+    assert ours.wait(timeout=10) is not None  # stopped (SIGTERM)
+    assert not pid_file.exists()
+
+
+def test_an_unreadable_or_dead_pid_file_names_nothing(tmp_path: Path) -> None:
+    pid_file = tmp_path / "mlflow.pid"
+    assert _recorded(pid_file, "mlflow") is None  # missing
+    pid_file.write_text("not a pid")
+    assert _recorded(pid_file, "mlflow") is None
+    gone = _sleeper()
+    gone.kill()
+    gone.wait()
+    pid_file.write_text(str(gone.pid))
+    assert _recorded(pid_file, "python") is None
