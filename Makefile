@@ -31,7 +31,7 @@ pytest: install
 
 test: lint typecheck pytest
 
-# The inner loop: unit tests without the real encoder (~2 min); `make test` is the full suite CI runs.
+# The inner loop: unit tests without the real encoder (~1.5 min); `make test` is the full suite CI runs.
 test-fast: install
 	$(BIN)/pytest tests/unit -m "not slow and not integration" -q $(PYTEST_ARGS)
 
