@@ -3,6 +3,9 @@ and when it stops another replica takes over and fails the run it left 'running'
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +52,71 @@ def test_one_replica_trains_and_another_takes_over_when_it_stops(tmp_path: Path)
         assert tracking.client(settings).get_run(orphan_mlflow).info.status == "FAILED"
     finally:
         first.stop()
+        second.stop()
+        store.close()
+        second.store.close()
+
+
+_DYING_LEADER = """
+import sys, threading
+from pathlib import Path
+from serving.retrain import RetrainWorker
+from serving.store import Store
+from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
+
+settings = retrain_settings(Path(sys.argv[1]), poll_interval_s=0.1, retrain_every_n_corrections=0)
+blocked = threading.Event()
+
+def train_forever(inputs):
+    print("training", flush=True)
+    blocked.wait()  # never returns: the process is killed mid-run
+
+worker = RetrainWorker(settings, Store(settings.database_url), embedder=BowEmbedder(), auto=False,
+                       train_fn=train_forever)
+worker.start()
+worker.trigger("dies")
+blocked.wait()
+"""
+
+
+def test_a_leader_killed_mid_run_is_replaced_and_its_run_failed(tmp_path: Path) -> None:
+    """`kill -9`, not a clean stop: the OS releases the dead leader's lock, and another replica leads
+    within its poll interval and fails the run the dead one left running."""
+    settings = retrain_settings(tmp_path, poll_interval_s=0.1, retrain_every_n_corrections=0)
+    store = Store(settings.database_url)
+    store.create_all()
+    add_seed_labels(store, generate_catalog(300, seed=3, n_categories=4), level=2)
+    leader = subprocess.Popen(
+        [sys.executable, "-c", _DYING_LEADER, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[3],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    second = RetrainWorker(settings, Store(settings.database_url), embedder=BowEmbedder(), auto=False)
+    try:
+        assert leader.stdout is not None
+        assert leader.stdout.readline().strip() == "training", leader.stderr.read() if leader.stderr else ""
+        second.start()
+        time.sleep(0.5)
+        assert not second.leader.held, "a second leader while the first is alive"
+        leader.kill()  # SIGKILL: no shutdown code runs
+        leader.wait(timeout=10)
+        killed_at = time.monotonic()
+        deadline = killed_at + 10
+        while not second.leader.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert second.leader.held, "no replica took the lead after the leader died"
+        assert time.monotonic() - killed_at < 2.0, "not within a poll interval or so"
+        (orphan,) = [r for r in second.runs() if r.reasons == ["dies"]]
+        deadline = time.monotonic() + 5
+        while orphan.status != FAILED and time.monotonic() < deadline:
+            time.sleep(0.05)
+            orphan = second.get(orphan.id) or orphan
+        assert (orphan.status, orphan.error) == (FAILED, "interrupted (the server stopped)")
+    finally:
+        if leader.poll() is None:
+            leader.kill()
         second.stop()
         store.close()
         second.store.close()
