@@ -282,7 +282,12 @@ class LabelStudioClient:
 
         How an import whose answer was lost (a timeout after Label Studio committed it) is found
         again, instead of importing the items a second time."""
-        found: dict[str, int] = {}
+        return {item: ids[0] for item, ids in self.task_ids_of_items(project_id, item_ids).items()}
+
+    def task_ids_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[int]]:
+        """item id -> ids of every task in the project whose data names that item, oldest first
+        (an exact match on ``data.item_id``; items without a task are absent)."""
+        found: dict[str, list[int]] = {}
         for start in range(0, len(item_ids), 50):  # one data-manager filter of 50 alternatives at a time
             chunk = list(item_ids[start : start + 50])
             items = [
@@ -291,9 +296,9 @@ class LabelStudioClient:
             ]
             for task in self._tasks(project_id, {"filters": {"conjunction": "or", "items": items}}):
                 item = (task.get("data") or {}).get("item_id")
-                if isinstance(item, str) and item in chunk and item not in found:
-                    found[item] = int(task["id"])
-        return found
+                if isinstance(item, str) and item in chunk:
+                    found.setdefault(item, []).append(int(task["id"]))
+        return {item: sorted(ids) for item, ids in found.items()}
 
     def iter_tasks(
         self, project_id: int, *, annotated_only: bool = False, page_size: int = 100
@@ -396,6 +401,10 @@ class LabelStudioClient:
             json={"overlap": overlap, "is_labeled": done >= overlap},
         )
         return overlap
+
+    def task_exists(self, task_id: int) -> bool:
+        """Whether the project still holds the task (False only on Label Studio's 404)."""
+        return self._found("GET", f"/api/tasks/{task_id}/", f"read task {task_id}")
 
     def get_task(self, task_id: int) -> dict[str, Any]:
         task: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/", f"get task {task_id}")

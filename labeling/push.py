@@ -97,6 +97,10 @@ def similar_text(escalation: Escalation) -> str:
     return " · ".join(f"“{title}” → {label}" for title, label in escalation.similar)
 
 
+# Why the ledger closes a task that someone deleted in Label Studio (its item then gets a new task).
+TASK_GONE = "deleted in Label Studio"
+
+
 class PushLedger(Protocol):
     """Remembers what was pushed: one task per item, and what each model version added to it."""
 
@@ -125,6 +129,7 @@ class PushReport:
     updated: int = 0  # open tasks that got a newer model version's prediction
     closed: int = 0  # open tasks removed because a newer model auto-accepted their item
     adopted: int = 0  # tasks an earlier import made though its answer was lost (`adopt_existing`)
+    reimported: int = 0  # items whose task someone deleted in Label Studio: imported again
     skipped: int = 0
     task_ids: dict[str, int] = field(default_factory=dict)
 
@@ -234,8 +239,18 @@ def push_escalations(
         (e.item_id, e.model_version): task_payload(e, taxonomy, senior_review=senior_review) for e in fresh
     }
     open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in fresh])
-    for esc in [e for e in fresh if e.item_id in open_tasks]:
+    updates = [e for e in fresh if e.item_id in open_tasks]
+    # A task someone deleted in Label Studio is gone from the project, and Label Studio (on SQLite)
+    # may give its id to the next task it imports, another item's: before updating, check that each
+    # open task still holds its item. One filtered listing per 50 items.
+    live = client.task_ids_of_items(project_id, [e.item_id for e in updates]) if updates else {}
+    for esc in updates:
         task_id = open_tasks[esc.item_id]
+        if task_id not in live.get(esc.item_id, []):  # gone: the item gets a new task below
+            ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, TASK_GONE)])
+            del open_tasks[esc.item_id]
+            report.reimported += 1
+            continue
         payload = payloads[(esc.item_id, esc.model_version)]
         client.create_prediction(task_id, payload["predictions"][0])
         client.update_task(task_id, data=payload["data"], meta=payload["meta"])

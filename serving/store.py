@@ -965,14 +965,20 @@ class Store:
     def record_closed(
         self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, str]]
     ) -> None:
-        """Tasks deleted from Label Studio's queue: every ledger row of the task is closed with the
-        reason, and the audit trail gets one `labelstudio_task` / `task_closed` event per task."""
+        """Tasks deleted from Label Studio's queue: every ledger row of the item's task is closed with
+        the reason, and the audit trail gets one `labelstudio_task` / `task_closed` event per task."""
         now = _now()
         with self.session() as session:
             for item_id, task_id, reason in rows:
                 session.execute(
                     update(PushedTask)
-                    .where(PushedTask.project_id == project_id, PushedTask.task_id == task_id)
+                    .where(
+                        PushedTask.project_id == project_id,
+                        PushedTask.task_id == task_id,
+                        # Label Studio on SQLite reuses a deleted task's id for the next import:
+                        # the same id may name another item's task now.
+                        PushedTask.item_id == item_id,
+                    )
                     .values(closed_at=now, close_reason=reason)
                 )
                 session.add(

@@ -204,6 +204,31 @@ def test_sync_recovers_corrections_missed_while_receiver_was_down(
     assert sync_project(ls_client, store, project_id, TAXONOMY).recorded == 0
 
 
+def test_an_item_whose_task_was_deleted_by_hand_gets_a_new_one_and_never_anothers(
+    ls_client: LabelStudioClient, store: Store, project_id: int
+) -> None:
+    first = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("gone", 1, "v-a"))
+    deleted = first.task_ids["gone-0"]
+    assert ls_client.delete_task(deleted)  # someone cleans up the project in Label Studio's UI
+    assert not ls_client.task_exists(deleted)
+    # Label Studio on SQLite may hand the deleted id to the next task it imports, another item's.
+    other = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("next", 1, "v-a"))
+    other_task = other.task_ids["next-0"]
+
+    # The next champion's escalation of the deleted item: a new task, and the other item's is untouched.
+    again = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("gone", 1, "v-b"))
+    assert (again.reimported, again.pushed, again.updated) == (1, 1, 0)
+    new_task = again.task_ids["gone-0"]
+    assert ls_client.task_ids_of_items(project_id, ["gone-0", "next-0"]) == {
+        "gone-0": [new_task],
+        "next-0": [other_task],
+    }
+    kept = ls_client.get_task(other_task)
+    assert kept["data"]["item_id"] == "next-0"
+    assert {p["model_version"] for p in kept["predictions"]} == {"v-a"}
+    assert store.open_task_ids(project_id, ["gone-0", "next-0"]) == {"gone-0": new_task, "next-0": other_task}
+
+
 def test_tasks_are_found_by_their_item_id_exactly(
     ls_client: LabelStudioClient, store: Store, project_id: int
 ) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from labeling.exceptions import LabelStudioApiError
+
 
 class FakeLabelStudio:
     def __init__(self) -> None:
@@ -32,7 +34,10 @@ class FakeLabelStudio:
         for task in self.tasks:
             if task["id"] == task_id:
                 return task
-        raise KeyError(f"no task {task_id}")
+        raise LabelStudioApiError(f"read task {task_id}", 404, "Not found.")
+
+    def task_exists(self, task_id: int) -> bool:
+        return any(task["id"] == task_id for task in self.tasks)
 
     def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> int:
         self._task(task_id)["predictions"].append(dict(prediction))
@@ -44,11 +49,14 @@ class FakeLabelStudio:
         task["data"], task["meta"] = dict(data), dict(meta)
 
     def tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
-        found: dict[str, int] = {}
+        return {item: ids[0] for item, ids in self.task_ids_of_items(project_id, item_ids).items()}
+
+    def task_ids_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[int]]:
+        found: dict[str, list[int]] = {}
         for task in self.tasks:
             item = (task.get("data") or {}).get("item_id")
-            if isinstance(item, str) and item in item_ids and item not in found:
-                found[item] = task["id"]
+            if isinstance(item, str) and item in item_ids:
+                found.setdefault(item, []).append(task["id"])
         return found
 
     def annotation_exists(self, annotation_id: int) -> bool:
