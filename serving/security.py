@@ -137,10 +137,13 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client is not None else "unknown"
 
 
-def check_throttle(request: Request) -> None:
-    """429 with Retry-After when this client failed to authenticate too often (`AuthThrottle`)."""
+def check_throttle(request: Request, scope: str = "key") -> None:
+    """429 with Retry-After when this client failed to authenticate too often (`AuthThrottle`) in
+    `scope`: API keys and dashboard sign-ins (``key``), the Label Studio webhook's secret, the ML
+    backend's password. Scopes are counted apart, so one misconfigured client on an address (every
+    local service shares 127.0.0.1) locks out only its own kind of request."""
     throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
-    wait = throttle.retry_after(client_address(request)) if throttle is not None else None
+    wait = throttle.retry_after(f"{scope}:{client_address(request)}") if throttle is not None else None
     if wait is not None:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -149,10 +152,10 @@ def check_throttle(request: Request) -> None:
         )
 
 
-def record_failure(request: Request) -> None:
+def record_failure(request: Request, scope: str = "key") -> None:
     throttle: AuthThrottle | None = getattr(request.app.state, "auth_throttle", None)
     if throttle is not None:
-        throttle.failed(client_address(request))
+        throttle.failed(f"{scope}:{client_address(request)}")
 
 
 async def presented_key(

@@ -50,15 +50,16 @@ def _persist(store: Store, payload_event: CorrectionEvent | DeletionEvent) -> di
     },
 )
 async def label_studio_webhook(request: Request, store: StoreDep, settings: SettingsDep) -> JSONResponse:
-    # The same per-address limit on failed attempts as API keys: guessing the secret is throttled. A
-    # webhook refused meanwhile is not lost: the periodic sync reads the annotation from Label Studio.
-    check_throttle(request)
+    # A per-address limit on wrong secrets, as for API keys (its own scope: failures elsewhere on the
+    # address never hold back corrections). A webhook refused meanwhile is not lost: the periodic sync
+    # reads the annotation from Label Studio.
+    check_throttle(request, "webhook")
+    provided = request.headers.get(SECRET_HEADER)
     try:
-        check_secret(
-            request.headers.get(SECRET_HEADER), settings.labelstudio.webhook_secret.get_secret_value()
-        )
+        check_secret(provided, settings.labelstudio.webhook_secret.get_secret_value())
     except WebhookAuthError:
-        record_failure(request)
+        if provided is not None:  # a wrong secret is a guess; a missing one is not
+            record_failure(request, "webhook")
         raise
     payload = parse_payload(await request.body())
     project_id = project_id_of(payload)

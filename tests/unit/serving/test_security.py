@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,8 @@ from fastapi import Depends, FastAPI
 from fastapi.testclient import TestClient
 
 from hitl.settings import LabelStudioSettings, RetrainSettings, ServingSettings, Settings
+from labeling.client import WEBHOOK_PATH
+from labeling.webhooks import SECRET_HEADER
 from serving import keys
 from serving.app import create_app
 from serving.keys import KEY_PREFIX, ApiKey, Role, authenticate, create_key, list_keys, revoke_key
@@ -322,3 +325,32 @@ def test_refusals_log_the_route_template_never_the_ids_in_the_path(
     assert "GET /v1/items/{item_id} 401" in caplog.text  # the access log
     assert "GET /v1/items/{item_id} 403" in caplog.text
     assert "jane-doe-order-77" not in caplog.text
+
+
+def test_credential_failures_throttle_only_their_own_kind_and_a_missing_one_is_no_guess(
+    tmp_path: Path,
+) -> None:
+    """Seen live after `make up`: the webhook Label Studio adds for the ML backend carries no
+    credentials, once per project event. Counted as failures, they throttled every local client
+    within a minute, and corrections (webhooks) and predictions got 429."""
+    settings = bare_settings(tmp_path).model_copy(
+        update={"serving": bare_settings(tmp_path).serving.model_copy(update={"auth_max_failures": 3})}
+    )
+    secret = settings.labelstudio.webhook_secret.get_secret_value()
+    store = Store(settings.database_url)
+    with TestClient(create_app(settings, store=store)) as client:
+        _, key = create_key(store, "eng", Role.ML_ENGINEER)
+        engineer = {"Authorization": f"Bearer {key}"}
+        # Label Studio's own ML-backend webhook, many times over: refused, never throttled.
+        for _ in range(10):
+            answer = client.post("/ml-backend/webhook", json={"action": "ANNOTATION_CREATED"})
+            assert answer.status_code == 401
+        assert client.post(WEBHOOK_PATH, content=b"{}", headers={SECRET_HEADER: secret}).status_code == 422
+        assert client.get("/v1/audit", headers=engineer).status_code == 200
+        # Guessing the ML backend's password: throttled there, and only there.
+        guess = {"Authorization": "Basic " + base64.b64encode(b"labelstudio:guess").decode()}
+        statuses = [client.get("/ml-backend/health", headers=guess).status_code for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+        assert client.post(WEBHOOK_PATH, content=b"{}", headers={SECRET_HEADER: secret}).status_code == 422
+        assert client.get("/v1/audit", headers=engineer).status_code == 200
+    store.close()
