@@ -402,10 +402,6 @@ class LabelStudioClient:
         )
         return overlap
 
-    def task_exists(self, task_id: int) -> bool:
-        """Whether the project still holds the task (False only on Label Studio's 404)."""
-        return self._found("GET", f"/api/tasks/{task_id}/", f"read task {task_id}")
-
     def get_task(self, task_id: int) -> dict[str, Any]:
         task: dict[str, Any] = self._request("GET", f"/api/tasks/{task_id}/", f"get task {task_id}")
         return task

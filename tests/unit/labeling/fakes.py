@@ -36,9 +36,6 @@ class FakeLabelStudio:
                 return task
         raise LabelStudioApiError(f"read task {task_id}", 404, "Not found.")
 
-    def task_exists(self, task_id: int) -> bool:
-        return any(task["id"] == task_id for task in self.tasks)
-
     def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> int:
         self._task(task_id)["predictions"].append(dict(prediction))
         self._next_id += 1
