@@ -44,6 +44,9 @@ class FineTuneClassifier:
         AdamW step size for the head, which can move faster than the pretrained encoder.
     batch_size : int
         Texts per optimisation step.
+    max_steps : int, optional
+        Stop after this many steps, even within an epoch (the learning rate decays to zero over the
+        steps actually taken); None = every epoch in full.
     weight_decay : float
         AdamW decoupled weight decay on the encoder.
     max_length : int, optional
@@ -59,6 +62,7 @@ class FineTuneClassifier:
     classes_ : (n_classes,) sorted labels
     initial_loss_ : float, training cross-entropy of the linear probe on the frozen encoder
     history_ : list of float, training loss of every fine-tuning step (with dropout active)
+    steps_ : int, optimisation steps taken
     """
 
     def __init__(
@@ -69,14 +73,17 @@ class FineTuneClassifier:
         learning_rate: float = 2e-5,
         head_learning_rate: float = 1e-3,
         batch_size: int = 32,
+        max_steps: int | None = None,
         weight_decay: float = 0.01,
         max_length: int | None = None,
         class_weight: ClassWeight = "balanced",
         device: str = "auto",
         seed: int = 0,
     ) -> None:
-        if epochs < 1 or batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")
+        if epochs < 1 or batch_size < 1 or (max_steps is not None and max_steps < 1):
+            raise ValueError(
+                f"epochs, batch_size and max_steps must be >= 1, got {epochs}, {batch_size}, {max_steps}"
+            )
         if not learning_rate > 0 or not head_learning_rate > 0:
             raise ValueError(f"learning rates must be > 0, got {learning_rate}, {head_learning_rate}")
         self.encoder = encoder
@@ -84,6 +91,7 @@ class FineTuneClassifier:
         self.learning_rate = learning_rate
         self.head_learning_rate = head_learning_rate
         self.batch_size = batch_size
+        self.max_steps = max_steps
         self.weight_decay = weight_decay
         self.max_length = max_length or encoder.max_length
         self.class_weight = class_weight
@@ -137,6 +145,8 @@ class FineTuneClassifier:
 
         steps_per_epoch = -(-len(texts) // self.batch_size)
         total_steps = steps_per_epoch * self.epochs
+        if self.max_steps is not None:
+            total_steps = min(total_steps, self.max_steps)
         optimizer = torch.optim.AdamW(
             [
                 {"params": model.parameters(), "lr": self.learning_rate, "weight_decay": self.weight_decay},
@@ -156,6 +166,8 @@ class FineTuneClassifier:
             for _ in range(self.epochs):
                 order = torch.randperm(len(texts), generator=generator).tolist()
                 for start in range(0, len(texts), self.batch_size):
+                    if len(history) >= total_steps:
+                        break
                     idx = order[start : start + self.batch_size]
                     embeddings = self._embed(model, [texts[i] for i in idx], device)
                     loss = functional.cross_entropy(head(embeddings), y_idx[idx], weight=weight)
@@ -170,6 +182,7 @@ class FineTuneClassifier:
         self.head_ = head
         self.classes_ = classes
         self.history_ = history
+        self.steps_ = len(history)
         self.device_ = device
         return self
 

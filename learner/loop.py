@@ -13,7 +13,8 @@ the Label Studio outbox); `experiments/simulate.py` with in-memory ones. What it
 - **strata** (`strata_of`): audits drawn with the same probability form one stratum for
   `learner.certify`;
 - **the review priority** (`review_priority`): the configured strategy's score, audits first;
-- **the training configuration** (`training_config`), from `LearnerSettings`.
+- **the training configuration** (`training_config`) and the encoder's optional fine-tune
+  (`encoder_finetune`), from `LearnerSettings`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import hashlib
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -31,6 +33,10 @@ from learner.features import FeatureSpec
 from learner.settings import AuditSettings, LearnerSettings
 from learner.strategies import entropy, get_strategy, least_confidence, margin
 from learner.training import TrainingConfig
+
+if TYPE_CHECKING:  # torch and transformers load only where a fine-tune runs
+    from learner.encoder import HFEncoder
+    from learner.finetune import FineTuneClassifier
 
 __all__ = ["band_low"]  # the audit band's edge lives with the certification that measures it
 
@@ -260,6 +266,26 @@ def training_config(
         start_share=learner.audit.start_share,
         band_share=learner.audit.band_share,
         acceptance_score=learner.acceptance_score,
+    )
+
+
+def encoder_finetune(learner: LearnerSettings, encoder: HFEncoder) -> FineTuneClassifier | None:
+    """The end-to-end fine-tune of `encoder` that ``learner.finetune`` configures, None when disabled:
+    the one mapping from settings to `FineTuneClassifier`, beside `training_config`."""
+    from learner.finetune import FineTuneClassifier
+
+    tune = learner.finetune
+    if not tune.enabled:
+        return None
+    return FineTuneClassifier(
+        encoder,
+        epochs=tune.epochs,
+        learning_rate=tune.learning_rate,
+        batch_size=tune.batch_size,
+        max_steps=tune.max_steps,
+        class_weight=learner.head.class_weight,
+        device=learner.device,
+        seed=learner.seed,
     )
 
 

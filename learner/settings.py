@@ -84,12 +84,23 @@ class HeadSettings(BaseModel):
 
 
 class FineTuneSettings(BaseModel):
-    """Optional end-to-end fine-tune of the encoder (a GPU job; runs slowly on CPU)."""
+    """Optional end-to-end fine-tune of the encoder in every retrain (`learner.finetune`).
+
+    When enabled, each retrain tunes the configured encoder (always from the base weights, so a run
+    does not depend on the chain of earlier runs) on its training labels, re-embeds its items with the
+    tuned encoder and trains the usual head on those embeddings. The tuned encoder is stored inside the
+    model bundle and so versioned with it in MLflow (~90 MB per version for MiniLM). A GPU job: on
+    this project's 2-core CPU it costs ~15 s per 1,000 labels and epoch plus the re-embedding, and at
+    3,200 labels it was measured not to pay (experiments/results/learner).
+    """
 
     enabled: bool = False
     epochs: int = Field(1, ge=1)
     learning_rate: float = Field(2e-5, gt=0)
     batch_size: int = Field(32, ge=1)
+    max_steps: int = Field(
+        1000, ge=1, description="cap on optimisation steps per retrain (bounds a CPU run's minutes)"
+    )
 
 
 class LearnerSettings(BaseModel):

@@ -9,6 +9,8 @@ from numpy.typing import NDArray
 from learner.encoder import HFEncoder
 from learner.exceptions import NotFittedError
 from learner.finetune import FineTuneClassifier
+from learner.loop import encoder_finetune
+from learner.settings import FineTuneSettings, LearnerSettings
 
 TEXTS = [
     "Organic green tea 20 bags",
@@ -105,3 +107,22 @@ def test_unfitted_use_raises(minilm_encoder: HFEncoder, tmp_path: Path) -> None:
         model.predict_proba(TEXTS)
     with pytest.raises(NotFittedError):
         model.save(tmp_path)
+
+
+def test_max_steps_caps_training(minilm_encoder: HFEncoder) -> None:
+    model = FineTuneClassifier(
+        minilm_encoder, epochs=3, batch_size=4, max_steps=5, max_length=32, device="cpu"
+    ).fit(TEXTS, LABELS)
+    assert model.steps_ == len(model.history_) == 5  # 3 epochs of 4 steps would be 12
+    with pytest.raises(ValueError, match="max_steps"):
+        FineTuneClassifier(minilm_encoder, max_steps=0)
+
+
+def test_settings_build_the_fine_tune_only_when_enabled(minilm_encoder: HFEncoder) -> None:
+    learner = LearnerSettings(device="cpu")
+    assert encoder_finetune(learner, minilm_encoder) is None
+    tune = FineTuneSettings(enabled=True, epochs=2, learning_rate=3e-5, batch_size=8, max_steps=7)
+    built = encoder_finetune(learner.model_copy(update={"finetune": tune}), minilm_encoder)
+    assert built is not None
+    assert (built.epochs, built.learning_rate, built.batch_size, built.max_steps) == (2, 3e-5, 8, 7)
+    assert built.device == "cpu"
