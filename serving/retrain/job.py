@@ -8,13 +8,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from learner import loop
-from learner.bundle import ModelBundle
+from learner.bundle import BUNDLE_REF_PREFIX, ModelBundle
 from learner.features import HeadInputs, NgramMemo
 from learner.gate import AuditScores, GateDecision, audit_scores
 from learner.loop import AuditPolicy, training_config
@@ -31,15 +32,23 @@ from serving.retrain.tables import (
     STREAM_CHUNK,
 )
 from serving.retrain.training import (
+    CachedEmbedder,
     Embedder,
+    EmbedderPool,
+    EncoderUnavailableError,
     TrainFn,
     TrainingInputs,
+    TunedEncoder,
     default_train,
+    tune_encoder,
 )
 from serving.settings import AppSettings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
+
+# Where a fine-tuned encoder lives inside a bundle (``encoder_ref = "bundle:encoder"``).
+TUNED_ENCODER_DIR = "encoder"
 
 
 @dataclass
@@ -58,6 +67,9 @@ class RetrainJob:
     # The worker's, kept between runs: one correction must not re-hash every title. None = one of
     # `retrain.ngram_memo_texts` for this job alone.
     ngram_memo: NgramMemo | None = None
+    # The embedder of a bundle trained on another encoder than this run's (a fine-tuned champion, or
+    # one from before `learner.encoder` changed); None = its encoder behind the shared cache.
+    embedder_for: Callable[[ModelBundle], Embedder] | None = None
     _loaded: dict[str, ModelBundle] = field(default_factory=dict, init=False, repr=False)
     mlflow_run_id: str | None = None  # set as soon as the MLflow run exists (failed runs have one too)
 
@@ -104,7 +116,12 @@ class RetrainJob:
             "coverage_tolerance": settings.retrain.coverage_tolerance,
             "gate_alpha": settings.retrain.gate_alpha,
             "encoder": self.embedder.encoder_ref,
-            "mode": "frozen-encoder",
+            "mode": "fine-tuned" if settings.learner.finetune.enabled else "frozen-encoder",
+            **(
+                {f"finetune.{k}": v for k, v in settings.learner.finetune.model_dump().items()}
+                if settings.learner.finetune.enabled
+                else {}
+            ),
             **{f"head.{k}": v for k, v in settings.learner.head.model_dump().items()},
             **{f"audit.{k}": v for k, v in settings.learner.audit.model_dump().items()},
             "target_accuracy": config.target_accuracy,
@@ -123,14 +140,24 @@ class RetrainJob:
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
         self.on_record(mlflow_run_id=run_id)
+        staging = settings.models_dir / "retrain" / run_id
+        pool = EmbedderPool([self.embedder], load=self.embedder_for or self._cached_embedder)
         try:
-            return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger)
+            return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger, staging, pool)
         except BaseException as exc:
             try:
                 tracking.end_run(settings, run_id, failed=True, error=describe_error(exc))
             except Exception as inner:
                 logger.error("could not mark MLflow run %s FAILED: %s", run_id, type(inner).__name__)
             raise
+        finally:
+            pool.close()
+            # Staging only: MLflow keeps the registered copy and serving downloads its own, so a third
+            # copy per retrain (with a tuned encoder, ~90 MB) would only fill the disk.
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _cached_embedder(self, bundle: ModelBundle) -> Embedder:
+        return CachedEmbedder(self.settings, ref=bundle.resolve_encoder_ref())
 
     def _run(
         self,
@@ -142,6 +169,8 @@ class RetrainJob:
         config: TrainingConfig,
         outcome: dict[str, Any],
         trigger: str,
+        staging: Path,
+        pool: EmbedderPool,
     ) -> dict[str, Any]:
         from serving import registry, tracking
 
@@ -155,31 +184,52 @@ class RetrainJob:
                 "no reviewed audits to certify on: audits are seed labels (learner.audit.seed_share) "
                 "and routed items drawn for review"
             )
+        shutil.rmtree(staging, ignore_errors=True)  # a leftover of a run that died with this id
+        tuned: TunedEncoder | None = None
+        embedder = self.embedder
+        if settings.learner.finetune.enabled:
+            # Tuned on the training labels only: the certifying audits stay unseen by the encoder too.
+            self.on_stage("fine-tuning")
+            tuned = tune_encoder(
+                settings,
+                [r.text for r in train],
+                [r.label for r in train],
+                staging / TUNED_ENCODER_DIR,
+                f"{BUNDLE_REF_PREFIX}{TUNED_ENCODER_DIR}",
+            )
+            embedder = tuned.embedder
+            pool.add(embedder)
+            logger.info(
+                "retrain: encoder fine-tuned in %.1f s (%d steps, loss %.3f -> %.3f)",
+                tuned.seconds,
+                tuned.steps,
+                tuned.initial_loss,
+                tuned.final_loss,
+            )
         started = time.perf_counter()
         self.on_stage("embedding")
-        encoder_id = self.embedder.encoder_id
+        encoder_id = embedder.encoder_id
 
-        def embed(texts: Sequence[str]) -> tuple[NDArray[np.float32], HeadInputs]:
+        def embed(name: str, texts: Sequence[str]) -> tuple[NDArray[np.float32], HeadInputs]:
             """(encoder embeddings, head inputs as `config.features` builds them)."""
+            embeddings = pool.embed(encoder_id, name, texts)
             if not texts:
-                empty = np.empty((0, 0), dtype=np.float32)
-                return empty, empty
-            embeddings = self.embedder.embed(list(texts))
+                return embeddings, embeddings
             return embeddings, config.features.sparse_inputs(embeddings, list(texts), self._memo)
 
-        e_train, x_train = embed([r.text for r in train])
-        e_audit, x_audit = embed([r.text for r in audits])
+        e_train, x_train = embed("train", [r.text for r in train])
+        audit_texts = [r.text for r in audits]
+        _, x_audit = embed("audits", audit_texts)
         # Only the items the model was not trained on are scored (`learner.loop.certification_stream`).
         stream_texts = [s.text for s, keep in zip(stream, fresh, strict=True) if keep]
         audit_pi = np.array([r.inclusion for r in audits], dtype=np.float64)
         strata, levels = loop.strata_of(np.concatenate([audit_pi, [s.inclusion for s in stream]]))
 
-        # Embedded once: the challenger and the re-certified champion both score the stream.
-        e_stream = self.embedder.embed(stream_texts) if stream_texts else np.empty((0, 0), np.float32)
-
         def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
-            """`bundle`'s confidence on the stream, under its own feature spec (the champion may
-            predate today's); head inputs are built a chunk at a time to bound memory."""
+            """`bundle`'s confidence on the stream, under its own encoder and feature spec (the
+            champion may predate today's); embedded once per encoder, head inputs built a chunk at a
+            time to bound memory."""
+            e_stream = pool.embed(bundle.encoder_id, "stream", stream_texts, bundle)
             parts = []
             for start in range(0, len(stream_texts), STREAM_CHUNK):
                 chunk = stream_texts[start : start + STREAM_CHUNK]
@@ -211,7 +261,7 @@ class RetrainJob:
                 x_calibration=x_audit,
                 y_calibration=[r.label for r in audits],
                 config=config,
-                encoder_ref=self.embedder.encoder_ref,
+                encoder_ref=embedder.encoder_ref,
                 encoder_id=encoder_id,
                 design=design,
                 init=init,
@@ -226,6 +276,8 @@ class RetrainJob:
         bundle.metadata.update(
             {"trigger": trigger, "n_labels": len(train), "mlflow_run_id": run_id, "audit_strata": levels}
         )
+        if tuned is not None:
+            bundle.metadata["finetune"] = tuned.summary()
 
         self.on_stage("evaluating")
         y_audit = [r.label for r in audits]
@@ -239,7 +291,7 @@ class RetrainJob:
         champion_note = ""
         if champion_version is not None:
             champion, champion_note = self._champion_scores(
-                champion_version, encoder_id, e_audit, [r.text for r in audits], y_audit, config, design
+                champion_version, pool, audit_texts, y_audit, config, design
             )
         certificate = bundle.thresholds.extra
         metrics: dict[str, Any] = {
@@ -251,6 +303,16 @@ class RetrainJob:
             "training_time_s": train_seconds,
             "warm_started": float(bool(bundle.metadata.get("warm_started"))),
             "embedding_time_s": embed_seconds,
+            **(
+                {
+                    "finetune_time_s": tuned.seconds,
+                    "finetune_steps": tuned.steps,
+                    "finetune_initial_loss": tuned.initial_loss,
+                    "finetune_final_loss": tuned.final_loss,
+                }
+                if tuned is not None
+                else {}
+            ),
             "temperature": bundle.temperature,
             "ece_calibration_before": result.ece_before,
             "ece_calibration_after": result.ece_after,
@@ -284,27 +346,27 @@ class RetrainJob:
             )
 
         self.on_stage("registering")
-        bundle_dir = settings.models_dir / "retrain" / run_id
-        if bundle_dir.exists():
-            shutil.rmtree(bundle_dir)
-        bundle.save(bundle_dir)
-        try:
-            version = tracking.log_model_version(
-                settings,
-                run_id,
-                bundle_dir,
-                tags={
-                    "hitl.gate": "passed" if decision.promote else "rejected",
-                    "hitl.gate_reason": decision.reason,
-                    "hitl.guarantee": loop.describe_guarantee(
-                        config.guarantee, config.target_accuracy, config.delta
-                    ),
-                },
-            )
-        finally:
-            # Staging only: MLflow keeps the registered copy and serving downloads its own, so a third
-            # copy per retrain would only fill the disk.
-            shutil.rmtree(bundle_dir, ignore_errors=True)
+        # A tuned encoder is already in `staging` (bundle:encoder): the bundle is written around it.
+        bundle.save(staging)
+        version = tracking.log_model_version(
+            settings,
+            run_id,
+            staging,
+            tags={
+                "hitl.gate": "passed" if decision.promote else "rejected",
+                "hitl.gate_reason": decision.reason,
+                "hitl.guarantee": loop.describe_guarantee(
+                    config.guarantee, config.target_accuracy, config.delta
+                ),
+                "hitl.encoder_id": encoder_id,
+                "hitl.encoder": (
+                    f"fine-tuned from {tuned.base_ref} ({tuned.base_id}), stored in the bundle"
+                    if tuned is not None
+                    else embedder.encoder_ref
+                ),
+            },
+        )
+        shutil.rmtree(staging, ignore_errors=True)
         outcome.update({"version": version, "gate_reason": decision.reason, "promoted": False})
         self.on_record(version=version)
         tracking.log_params(settings, run_id, {"registered_version": version})
@@ -361,8 +423,7 @@ class RetrainJob:
     def _champion_scores(
         self,
         version: str,
-        encoder_id: str,
-        e_audit: NDArray[np.float32],
+        pool: EmbedderPool,
         texts: list[str],
         y_audit: Sequence[str],
         config: TrainingConfig,
@@ -370,13 +431,15 @@ class RetrainJob:
     ) -> tuple[AuditScores | None, str]:
         """The champion on today's audits, RE-CERTIFIED on them (it trained only on audits older than
         these: the certifying window only moves forward): its coverage then rests on the same evidence
-        as the challenger's, not on the audits it had when it was promoted."""
+        as the challenger's, not on the audits it had when it was promoted. It is scored on its own
+        encoder's embeddings (a fine-tuned champion's is in its bundle) and its own feature spec."""
         champion = self._champion(version)
-        if champion.encoder_id != encoder_id:
-            return None, (
-                f"champion v{version} uses encoder {champion.encoder_id!r}, not {encoder_id!r}: "
-                "not comparable on these audits; promote manually"
-            )
+        try:
+            e_audit = pool.embed(champion.encoder_id, "audits", texts, champion)
+            # Before the gate reads it, so an unloadable encoder is a note here, not a failed run.
+            design.stream_confidence(champion)
+        except EncoderUnavailableError as exc:
+            return None, f"champion v{version}: {exc}; not comparable on these audits; promote manually"
         # The champion's own feature spec: it may predate hybrid features (or use other n-grams).
         proba = champion.predict_proba(champion.features.sparse_inputs(e_audit, texts, self._memo))
         y_idx = label_indices(y_audit, champion.labels)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -12,9 +14,11 @@ from numpy.typing import NDArray
 
 from learner.bundle import ModelBundle
 from learner.cache import EmbeddingCache, cached_encoder
-from learner.encoder import TextEncoder
+from learner.encoder import TextEncoder, encoder_from
 from learner.evaluation import EvaluationReport, evaluate
 from learner.features import HeadInputs
+from learner.loop import encoder_finetune
+from learner.pii import describe_error
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
 from serving.embeddings import vector_store_for
 from serving.settings import AppSettings
@@ -33,25 +37,34 @@ class Embedder(Protocol):
 
 
 class CachedEmbedder:
-    """The configured encoder behind the embedding cache serving uses (so predicted items are hits)."""
+    """The configured encoder (or the one at `ref`, e.g. inside a champion's bundle) behind the
+    embedding cache serving uses (so predicted items are hits)."""
 
     def __init__(
-        self, settings: AppSettings, *, encoder_factory: Callable[[str], TextEncoder] | None = None
+        self,
+        settings: AppSettings,
+        *,
+        encoder_factory: Callable[[str], TextEncoder] | None = None,
+        ref: str | None = None,
     ) -> None:
         self.settings = settings
         self._factory = encoder_factory
+        self._ref = ref
         self._cache: EmbeddingCache | None = None
         self._lock = threading.Lock()
 
     @property
     def encoder_ref(self) -> str:
-        return self.settings.learner.encoder
+        return self._ref or self.settings.learner.encoder
 
     def _get(self) -> EmbeddingCache:
         with self._lock:
             if self._cache is None:
                 learner = self.settings.learner
-                made = self._factory(learner.encoder) if self._factory is not None else None
+                if self._factory is not None:
+                    made: TextEncoder | None = self._factory(self.encoder_ref)
+                else:
+                    made = encoder_from(learner, self._ref) if self._ref is not None else None
                 self._cache = cached_encoder(
                     learner, self.settings.cache_dir, encoder=made, vectors=vector_store_for(self.settings)
                 )
@@ -68,6 +81,141 @@ class CachedEmbedder:
         if self._cache is not None:
             self._cache.close()
             self._cache = None
+
+
+class EncoderEmbedder:
+    """An encoder without the shared cache: a fine-tuned challenger's vectors would only fill it (most
+    challengers are never served), and serving embeds what it needs once a promotion loads it."""
+
+    def __init__(self, encoder: TextEncoder, encoder_ref: str) -> None:
+        self.encoder = encoder
+        self.encoder_ref = encoder_ref
+
+    @property
+    def encoder_id(self) -> str:
+        return self.encoder.encoder_id
+
+    def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return self.encoder.encode(list(texts))
+
+
+class EncoderUnavailableError(RuntimeError):
+    """A bundle's encoder cannot be loaded here, or does not reproduce the id it was trained with."""
+
+
+class EmbedderPool:
+    """One embedder per encoder in a run, and each text set embedded once per encoder.
+
+    A fine-tuned challenger, or a champion trained on another encoder, is scored on its own
+    embeddings: the gate then compares two models whatever encoders they use. Embedders the pool
+    loads for a bundle (`load`) are closed with the pool.
+    """
+
+    def __init__(self, embedders: Sequence[Embedder], load: Callable[[ModelBundle], Embedder]) -> None:
+        self._known = list(embedders)
+        self._load = load
+        self._by_id: dict[str, Embedder] = {}
+        self._opened: list[Embedder] = []
+        self._vectors: dict[tuple[str, str], NDArray[np.float32]] = {}
+
+    def add(self, embedder: Embedder) -> None:
+        """Make `embedder` (e.g. the run's fine-tuned encoder) one of the run's own."""
+        self._known.insert(0, embedder)
+
+    def embedder(self, encoder_id: str, bundle: ModelBundle | None = None) -> Embedder:
+        """The embedder whose encoder is `encoder_id`; loaded from `bundle` when none of the run's is."""
+        if encoder_id in self._by_id:
+            return self._by_id[encoder_id]
+        for known in self._known:
+            if known.encoder_id == encoder_id:
+                self._by_id[encoder_id] = known
+                return known
+        if bundle is None:
+            raise EncoderUnavailableError(f"no embedder for encoder {encoder_id!r} in this run")
+        try:
+            loaded = self._load(bundle)
+            self._opened.append(loaded)
+            loaded_id = loaded.encoder_id
+        except Exception as exc:
+            raise EncoderUnavailableError(
+                f"cannot load encoder {bundle.encoder_ref!r}: {describe_error(exc)}"
+            ) from exc
+        if loaded_id != encoder_id:
+            raise EncoderUnavailableError(
+                f"encoder {bundle.encoder_ref!r} is {loaded_id!r}, not {encoder_id!r} as trained"
+            )
+        self._by_id[encoder_id] = loaded
+        return loaded
+
+    def embed(
+        self, encoder_id: str, name: str, texts: Sequence[str], bundle: ModelBundle | None = None
+    ) -> NDArray[np.float32]:
+        """`texts` (the run's set called `name`) embedded by encoder `encoder_id`, once per run."""
+        key = (encoder_id, name)
+        if key not in self._vectors:
+            if not texts:
+                self._vectors[key] = np.empty((0, 0), dtype=np.float32)
+            else:
+                self._vectors[key] = self.embedder(encoder_id, bundle).embed(list(texts))
+        return self._vectors[key]
+
+    def close(self) -> None:
+        for opened in self._opened:
+            close = getattr(opened, "close", None)
+            if close is not None:
+                close()
+        self._opened.clear()
+
+
+@dataclass(frozen=True)
+class TunedEncoder:
+    """A fine-tuned encoder written into a bundle's staging folder, and what its training cost."""
+
+    embedder: EncoderEmbedder
+    base_ref: str
+    base_id: str
+    steps: int
+    seconds: float
+    initial_loss: float
+    final_loss: float
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts for the bundle's metadata and the MLflow run."""
+        return {
+            "base_encoder": self.base_ref,
+            "base_encoder_id": self.base_id,
+            "encoder_id": self.embedder.encoder_id,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "initial_loss": self.initial_loss,
+            "final_loss": self.final_loss,
+        }
+
+
+def tune_encoder(
+    settings: AppSettings, texts: Sequence[str], labels: Sequence[str], directory: Path, ref: str
+) -> TunedEncoder:
+    """Fine-tune the configured encoder on (`texts`, `labels`) (`learner.loop.encoder_finetune`), write
+    it to `directory`, and load it back from there as serving will: the id it reports is the one
+    serving computes when it loads the bundle, so the two can never disagree."""
+    base = encoder_from(settings.learner)
+    tuner = encoder_finetune(settings.learner, base)
+    if tuner is None:
+        raise ValueError("learner.finetune.enabled is false")
+    started = time.perf_counter()
+    tuner.fit(list(texts), list(labels))
+    tuner.save(directory)
+    seconds = time.perf_counter() - started
+    tail = tuner.history_[-min(len(tuner.history_), 10) :]
+    return TunedEncoder(
+        embedder=EncoderEmbedder(encoder_from(settings.learner, str(directory)), ref),
+        base_ref=settings.learner.encoder,
+        base_id=base.encoder_id,
+        steps=tuner.steps_,
+        seconds=seconds,
+        initial_loss=tuner.initial_loss_,
+        final_loss=float(np.mean(tail)) if tail else tuner.initial_loss_,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
+from learner.bundle import ModelBundle
 from learner.features import NgramMemo
 from learner.pii import describe_error
 from serving.escalation import escalation_windows
@@ -59,6 +61,8 @@ class RetrainWorker:
     settings, store : the app's
     holder : the serving model holder (hot swap right after a promotion); None outside the app
     embedder : texts -> embeddings (default: the configured encoder through the shared cache)
+    embedder_for : the embedder of a champion trained on another encoder (default: its encoder,
+        from its bundle or by name, through the shared cache)
     train_fn : the training function (tests inject failing or deliberately bad ones)
     auto : count new corrections and trigger every `retrain.retrain_every_n_corrections`
     """
@@ -70,6 +74,7 @@ class RetrainWorker:
         holder: ModelHolder | None = None,
         *,
         embedder: Embedder | None = None,
+        embedder_for: Callable[[ModelBundle], Embedder] | None = None,
         train_fn: TrainFn = default_train,
         auto: bool = True,
         leader: LeaderLock | None = None,
@@ -79,6 +84,7 @@ class RetrainWorker:
         self.holder = holder
         self._own_embedder = embedder is None
         self.embedder: Embedder = embedder or CachedEmbedder(settings)
+        self.embedder_for = embedder_for
         self.ngram_memo = NgramMemo(settings.retrain.ngram_memo_texts)
         self.promoter = Promoter(settings, store, holder)
         self.train_fn = train_fn
@@ -229,6 +235,7 @@ class RetrainWorker:
             on_stage=lambda stage: self._update(run_id, stage=stage),
             on_record=lambda **values: self._update(run_id, **values),
             ngram_memo=self.ngram_memo,
+            embedder_for=self.embedder_for,
         )
         try:
             outcome = job.run(trigger)

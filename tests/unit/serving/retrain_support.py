@@ -19,11 +19,16 @@ WORD = re.compile(r"[a-z]+")
 
 
 class BagOfWordsEncoder:
-    """Texts -> L2-normalised hashed bag of words (numpy only, instant, and it carries the category)."""
+    """Texts -> L2-normalised hashed bag of words (numpy only, instant, and it carries the category).
 
-    encoder_id = "test-bow-64"
+    Two widths are two encoders, as far as a bundle's `encoder_id` goes.
+    """
+
     encoder_ref = "test-bow"
-    dim = 64
+
+    def __init__(self, dim: int = 64) -> None:
+        self.dim = dim
+        self.encoder_id = f"test-bow-{dim}"
 
     def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
@@ -38,13 +43,15 @@ class BagOfWordsEncoder:
 class BowEmbedder:
     """`serving.retrain.Embedder` over `BagOfWordsEncoder` (no cache needed)."""
 
-    encoder_id = BagOfWordsEncoder.encoder_id
     encoder_ref = BagOfWordsEncoder.encoder_ref
 
-    def __init__(self) -> None:
-        self.encoder = BagOfWordsEncoder()
+    def __init__(self, dim: int = 64) -> None:
+        self.encoder = BagOfWordsEncoder(dim)
+        self.encoder_id = self.encoder.encoder_id
+        self.embedded = 0  # texts embedded so far
 
     def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        self.embedded += len(texts)
         return self.encoder.encode(list(texts))
 
 

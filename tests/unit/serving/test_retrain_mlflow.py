@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,9 @@ from serving import registry, tracking
 from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
 from serving.retrain.promotion import Promoter
 from serving.retrain.tables import RunRecord
-from serving.retrain.training import TrainFn
+from serving.retrain.training import Embedder, TrainFn
 from serving.store import Store
-from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
+from tests.unit.serving.retrain_support import BowEmbedder, predicted, retrain_settings
 
 pytestmark = pytest.mark.slow
 
@@ -53,8 +53,22 @@ def crash(inputs: TrainingInputs) -> TrainingResult:
     raise RuntimeError("out of memory (simulated)")
 
 
-def run_once(settings: Settings, store: Store, train_fn: TrainFn = default_train) -> RunRecord:
-    worker = RetrainWorker(settings, store, embedder=BowEmbedder(), train_fn=train_fn, auto=False)
+def run_once(
+    settings: Settings,
+    store: Store,
+    train_fn: TrainFn = default_train,
+    *,
+    embedder: Embedder | None = None,
+    embedder_for: Callable[[ModelBundle], Embedder] | None = None,
+) -> RunRecord:
+    worker = RetrainWorker(
+        settings,
+        store,
+        embedder=embedder or BowEmbedder(),
+        embedder_for=embedder_for,
+        train_fn=train_fn,
+        auto=False,
+    )
     run_id = worker.trigger("test").run_id
     assert worker.run_next()
     record = worker.get(run_id)
@@ -195,6 +209,49 @@ def fresh(tmp_path: Path) -> Iterator[tuple[Settings, Store]]:
     settings, store = seeded(tmp_path)
     yield settings, store
     store.close()
+
+
+def test_a_champion_on_another_encoder_is_gated_on_its_own_embeddings(
+    fresh: tuple[Settings, Store],
+) -> None:
+    # A fine-tuned challenger, or one trained after `learner.encoder` changed, has another encoder
+    # than the champion. The champion is then scored on its own encoder's embeddings of the same
+    # audits and stream: the 64-wide champion head could not even read the challenger's 32-wide ones.
+    settings, store = fresh
+    assert run_once(settings, store).status == "promoted"
+    for i in range(30):  # routed since, unlabelled: the stream both models are certified on
+        predicted(store, "1", f"stream-{i}", f"organic tea bags {i}", escalated=False, reasons=[])
+    champion_embedder = BowEmbedder(64)
+    asked: list[str] = []
+
+    def embedder_for(bundle: ModelBundle) -> Embedder:
+        asked.append(bundle.encoder_id)
+        return champion_embedder
+
+    record = run_once(settings, store, embedder=BowEmbedder(32), embedder_for=embedder_for)
+    assert record.status in {"promoted", "rejected"}, record.error
+    assert asked == ["test-bow-64"]  # loaded once, for the champion
+    assert "paired z-test" in (record.gate_reason or "")
+    assert record.metrics["champion_accuracy"] > 0.8  # a good model, on its own inputs
+    params = tracking.client(settings).get_run(record.mlflow_run_id or "").data.params
+    scored_stream = int(params["n_stream"]) - int(params["n_stream_trained_on"])
+    assert scored_stream >= 30
+    # The audits and the stream it is certified on, each embedded once.
+    assert champion_embedder.embedded == int(params["n_audits"]) + scored_stream
+    bundle = ModelBundle.load(registry.download(settings, record.version or ""), device="cpu")
+    assert bundle.encoder_id == "test-bow-32"
+
+
+def test_a_champion_whose_encoder_does_not_reproduce_stays_and_the_challenger_waits(
+    fresh: tuple[Settings, Store],
+) -> None:
+    settings, store = fresh
+    assert run_once(settings, store).status == "promoted"
+    record = run_once(settings, store, embedder=BowEmbedder(32), embedder_for=lambda bundle: BowEmbedder(16))
+    assert record.status == "rejected"
+    assert "is 'test-bow-16', not 'test-bow-64' as trained" in (record.gate_reason or "")
+    assert "promote manually" in (record.gate_reason or "")
+    assert registry.champion_version(settings) == "1"
 
 
 def test_mlflow_failing_after_the_promotion_does_not_fail_the_promoted_run(
