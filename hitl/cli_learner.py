@@ -87,10 +87,12 @@ def train(
     `learner.guarantee`) and report test metrics."""
     from datetime import UTC, datetime
 
+    from learner.bundle import BUNDLE_REF_PREFIX
     from learner.cache import cached_encoder, embed_in_chunks
     from learner.data import build_dataset, group_split, load_catalog
     from learner.exceptions import LearnerError
     from learner.features import HeadInputs
+    from learner.finetune import TUNED_ENCODER_DIR, tune_encoder
     from learner.loop import training_config
     from learner.training import train_bundle
 
@@ -104,6 +106,8 @@ def train(
     except (LearnerError, OSError, ValueError) as exc:
         err_console.print(f"[red]catalog {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
+    target_dir = out or settings.models_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    cache = None
     try:
         split = group_split(
             dataset,
@@ -111,15 +115,32 @@ def train(
             test_fraction=cfg.test_fraction,
             seed=cfg.seed,
         )
-        # The cache serving and retraining read, so a bundle trained here warms theirs.
-        cache = cached_encoder(cfg, settings.cache_dir, progress=True)
         texts = [str(t) for t in dataset.texts]
+        labels = [str(label) for label in dataset.labels]
         config = training_config(cfg)
         features = config.features
+        if cfg.finetune.enabled:
+            # As a retrain does it: tuned on the training split only, stored inside the bundle.
+            console.print(f"fine-tuning {cfg.encoder} on {len(split.train)} training labels ...")
+            tuned = tune_encoder(
+                cfg,
+                [texts[i] for i in split.train],
+                [labels[i] for i in split.train],
+                target_dir / TUNED_ENCODER_DIR,
+                progress=True,
+            )
+            console.print(f"fine-tuned in {tuned.seconds:.0f} s ({tuned.steps} steps)")
+            embeddings = tuned.encoder.encode(texts)
+            encoder_ref, encoder_id = f"{BUNDLE_REF_PREFIX}{TUNED_ENCODER_DIR}", tuned.encoder.encoder_id
+            extra: dict[str, object] = {"finetune": tuned.summary()}
+        else:
+            # The cache serving and retraining read, so a bundle trained here warms theirs.
+            cache = cached_encoder(cfg, settings.cache_dir, progress=True)
+            embeddings = embed_in_chunks(cache, texts)
+            encoder_ref, encoder_id, extra = cfg.encoder, cache.encoder_id, {}
         # The cache stores encoder embeddings only; the n-gram part is rebuilt each time (as CSR,
         # which the head fits faster).
-        inputs = features.sparse_inputs(embed_in_chunks(cache, texts), texts)
-        labels = [str(label) for label in dataset.labels]
+        inputs = features.sparse_inputs(embeddings, texts)
 
         def part(indices: NDArray[np.int64]) -> tuple[HeadInputs, list[str]]:
             return inputs[indices], [labels[i] for i in indices]
@@ -133,17 +154,16 @@ def train(
             x_cal,
             y_cal,
             config=config,
-            encoder_ref=cfg.encoder,
-            encoder_id=cache.encoder_id,
+            encoder_ref=encoder_ref,
+            encoder_id=encoder_id,
             x_test=x_te,
             y_test=y_te,
-            metadata={"catalog": catalog.name, "label_level": cfg.label_level},
+            metadata={"catalog": catalog.name, "label_level": cfg.label_level, **extra},
         )
     except (LearnerError, OSError) as exc:
         err_console.print(f"[red]training failed:[/red] {exc}")
         raise typer.Exit(1) from exc
 
-    target_dir = out or settings.models_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     result.bundle.save(target_dir)
     summary = result.summary()
     (target_dir / "training_report.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -153,4 +173,5 @@ def train(
     for key, value in summary.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    console.print(f"embedding cache: {cache.hits} hit(s), {cache.misses} miss(es)")
+    if cache is not None:
+        console.print(f"embedding cache: {cache.hits} hit(s), {cache.misses} miss(es)")

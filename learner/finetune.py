@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,13 @@ from torch.nn import functional
 
 from learner.calibration import softmax
 from learner.device import resolve_device
-from learner.encoder import HFEncoder, mean_pool
+from learner.encoder import HFEncoder, encoder_from, mean_pool
 from learner.exceptions import NotFittedError
 from learner.head import ClassWeight, TorchHeadClassifier, _as_labels, _HeadNet
+from learner.settings import LearnerSettings
+
+# Where a fine-tuned encoder lives inside a model bundle (``encoder_ref = "bundle:encoder"``).
+TUNED_ENCODER_DIR = "encoder"
 
 
 class FineTuneClassifier:
@@ -243,3 +249,64 @@ class FineTuneClassifier:
         model.save_pretrained(target)
         self.encoder.tokenizer.save_pretrained(target)
         return target
+
+
+@dataclass(frozen=True)
+class TunedEncoder:
+    """A fine-tuned encoder, loaded back from the folder it was written to, and what its training cost."""
+
+    encoder: HFEncoder
+    base_ref: str
+    base_id: str
+    steps: int
+    seconds: float
+    initial_loss: float
+    final_loss: float
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able facts for a bundle's metadata and the MLflow run."""
+        return {
+            "base_encoder": self.base_ref,
+            "base_encoder_id": self.base_id,
+            "encoder_id": self.encoder.encoder_id,
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "initial_loss": self.initial_loss,
+            "final_loss": self.final_loss,
+        }
+
+
+def tune_encoder(
+    learner: LearnerSettings,
+    texts: Sequence[str],
+    labels: Sequence[Hashable],
+    directory: str | os.PathLike[str],
+    *,
+    progress: bool = False,
+) -> TunedEncoder:
+    """Fine-tune the encoder `learner` configures on (`texts`, `labels`) as ``learner.finetune`` says
+    (`learner.loop.encoder_finetune`), always from its base weights, write it to `directory`, and load
+    it back from there the way serving will load it from a bundle: the id it reports is then the one
+    serving computes, so the two cannot disagree. `progress`: the reloaded encoder shows a progress
+    bar when it encodes.
+    """
+    from learner.loop import encoder_finetune
+
+    base = encoder_from(learner)
+    tuner = encoder_finetune(learner, base)
+    if tuner is None:
+        raise ValueError("learner.finetune.enabled is false: nothing to tune")
+    started = time.perf_counter()
+    tuner.fit(list(texts), list(labels))
+    tuner.save(directory)
+    seconds = time.perf_counter() - started
+    tail = tuner.history_[-10:]  # the last steps' loss, with dropout active: smoothed over 10
+    return TunedEncoder(
+        encoder=encoder_from(learner, str(directory), progress=progress),
+        base_ref=learner.encoder,
+        base_id=base.encoder_id,
+        steps=tuner.steps_,
+        seconds=seconds,
+        initial_loss=tuner.initial_loss_,
+        final_loss=float(np.mean(tail)) if tail else tuner.initial_loss_,
+    )

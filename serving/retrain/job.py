@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 from learner import loop
 from learner.bundle import BUNDLE_REF_PREFIX, ModelBundle
 from learner.features import HeadInputs, NgramMemo
+from learner.finetune import TUNED_ENCODER_DIR, TunedEncoder
 from learner.gate import AuditScores, GateDecision, audit_scores
 from learner.loop import AuditPolicy, training_config
 from learner.pii import describe_error
@@ -38,7 +39,6 @@ from serving.retrain.training import (
     EncoderUnavailableError,
     TrainFn,
     TrainingInputs,
-    TunedEncoder,
     default_train,
     tune_encoder,
 )
@@ -46,9 +46,6 @@ from serving.settings import AppSettings
 from serving.store import Store
 
 logger = logging.getLogger(__name__)
-
-# Where a fine-tuned encoder lives inside a bundle (``encoder_ref = "bundle:encoder"``).
-TUNED_ENCODER_DIR = "encoder"
 
 
 @dataclass
@@ -190,14 +187,13 @@ class RetrainJob:
         if settings.learner.finetune.enabled:
             # Tuned on the training labels only: the certifying audits stay unseen by the encoder too.
             self.on_stage("fine-tuning")
-            tuned = tune_encoder(
+            embedder, tuned = tune_encoder(
                 settings,
                 [r.text for r in train],
                 [r.label for r in train],
                 staging / TUNED_ENCODER_DIR,
                 f"{BUNDLE_REF_PREFIX}{TUNED_ENCODER_DIR}",
             )
-            embedder = tuned.embedder
             pool.add(embedder)
             logger.info(
                 "retrain: encoder fine-tuned in %.1f s (%d steps, loss %.3f -> %.3f)",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,8 @@ from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder, encoder_from
 from learner.evaluation import EvaluationReport, evaluate
 from learner.features import HeadInputs
-from learner.loop import encoder_finetune
+from learner.finetune import TunedEncoder
+from learner.finetune import tune_encoder as learner_tune_encoder
 from learner.pii import describe_error
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
 from serving.embeddings import vector_store_for
@@ -167,55 +167,13 @@ class EmbedderPool:
         self._opened.clear()
 
 
-@dataclass(frozen=True)
-class TunedEncoder:
-    """A fine-tuned encoder written into a bundle's staging folder, and what its training cost."""
-
-    embedder: EncoderEmbedder
-    base_ref: str
-    base_id: str
-    steps: int
-    seconds: float
-    initial_loss: float
-    final_loss: float
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-able facts for the bundle's metadata and the MLflow run."""
-        return {
-            "base_encoder": self.base_ref,
-            "base_encoder_id": self.base_id,
-            "encoder_id": self.embedder.encoder_id,
-            "steps": self.steps,
-            "seconds": self.seconds,
-            "initial_loss": self.initial_loss,
-            "final_loss": self.final_loss,
-        }
-
-
 def tune_encoder(
     settings: AppSettings, texts: Sequence[str], labels: Sequence[str], directory: Path, ref: str
-) -> TunedEncoder:
-    """Fine-tune the configured encoder on (`texts`, `labels`) (`learner.loop.encoder_finetune`), write
-    it to `directory`, and load it back from there as serving will: the id it reports is the one
-    serving computes when it loads the bundle, so the two can never disagree."""
-    base = encoder_from(settings.learner)
-    tuner = encoder_finetune(settings.learner, base)
-    if tuner is None:
-        raise ValueError("learner.finetune.enabled is false")
-    started = time.perf_counter()
-    tuner.fit(list(texts), list(labels))
-    tuner.save(directory)
-    seconds = time.perf_counter() - started
-    tail = tuner.history_[-min(len(tuner.history_), 10) :]
-    return TunedEncoder(
-        embedder=EncoderEmbedder(encoder_from(settings.learner, str(directory)), ref),
-        base_ref=settings.learner.encoder,
-        base_id=base.encoder_id,
-        steps=tuner.steps_,
-        seconds=seconds,
-        initial_loss=tuner.initial_loss_,
-        final_loss=float(np.mean(tail)) if tail else tuner.initial_loss_,
-    )
+) -> tuple[EncoderEmbedder, TunedEncoder]:
+    """`learner.finetune.tune_encoder` into `directory`, and an embedder of the tuned encoder that
+    names it `ref` (its place in the bundle, e.g. ``bundle:encoder``)."""
+    tuned = learner_tune_encoder(settings.learner, texts, labels, directory)
+    return EncoderEmbedder(tuned.encoder, ref), tuned
 
 
 # ---------------------------------------------------------------------------------------------- training
