@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments.figures import save_with_command
 from hitl.settings import LearnerSettings, RetrainSettings, ServingSettings, Settings
 from learner.data import Product, catalog_file, catalog_name, item_text, label_of, load_catalog
 from learner.settings import FineTuneSettings
@@ -238,10 +239,7 @@ def plot(results: list[dict[str, Any]], path: Path, command: str) -> None:
     ax.set_title("retrain with a fine-tuned encoder vs the frozen default, CPU")
     ax.tick_params(axis="x", labelsize=7)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, command, fontsize=6, family="monospace")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_with_command(fig, path, command, fontsize=6, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

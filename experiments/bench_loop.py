@@ -50,6 +50,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from experiments.figures import save_with_command
 from experiments.simulate import (
     Inputs,
     SimulationConfig,
@@ -567,10 +568,7 @@ def plot_catalog(
     for ax in axes:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    fig.text(0.01, 0.01, command, fontsize=7, family="monospace")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_command(fig, path, command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

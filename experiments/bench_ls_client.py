@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from experiments.figures import save_with_command
+
 COMMAND = ".venv/bin/python -m experiments.bench_ls_client"
 
 _IMPORT = """
@@ -117,10 +119,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     lists = result["list_tasks"]
     axes[2].bar(names, [lists[n]["list_tasks_s"] for n in names])
     axes[2].set_title(f"read {lists[names[0]]['tasks']} tasks (s, median of 3)")
-    fig.text(0.01, 0.01, COMMAND, fontsize=7, family="monospace")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_command(fig, path, COMMAND, footer=0.05)
 
 
 def main(argv: list[str] | None = None) -> None:

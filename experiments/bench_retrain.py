@@ -45,6 +45,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from experiments.bench_loop import cached_embeddings
+from experiments.figures import save_with_command
 from hitl.settings import HeadSettings, LearnerSettings, RetrainSettings, ServingSettings, Settings
 from labeling.webhooks import CorrectionEvent
 from learner.data import Product, item_text, label_of, load_catalog
@@ -328,10 +329,7 @@ def plot(results: list[dict[str, Any]], path: Path, command: str) -> None:
     ax.set_ylabel("correction -> new champion serving (s)")
     ax.set_title("retrain latency, frozen-encoder head, CPU")
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, command, fontsize=6, family="monospace")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_with_command(fig, path, command, fontsize=6, dpi=100)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.bench_serving import _request, _sweep_point, _wait_ready
+from experiments.figures import save_with_command
 from labeling.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,10 +165,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     sc = result["scoring"]
     right.bar([s["engine"] for s in sc], [s["items_per_s"] for s in sc])
     right.set_title(f"hitl score, bigbasket {sc[0]['items']} items (items/s)")
-    fig.text(0.01, 0.01, f"{COMMAND}   cpu_count={result['cpu_count']}", fontsize=7, family="monospace")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_command(fig, path, f"{COMMAND}   cpu_count={result['cpu_count']}", footer=0.05)
 
 
 def main(argv: list[str] | None = None) -> None:

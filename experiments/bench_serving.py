@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from experiments.figures import save_with_command
+
 BATCH = 32
 SWEEP_CLIENTS = (8, 50, 200)
 TARGET_SWEEP_VS_PEAK = 0.8
@@ -485,10 +487,7 @@ def _plot(result: dict[str, Any], latencies: list[float], path: Path) -> None:
     latency_ax.set_ylabel("p99 of accepted, ms (red)")
     sweep_ax.set_title(f"backpressure (200 clients: {sweep['served_at_max_clients_vs_peak']:.2f}x peak)")
     sweep_ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, result["command"], fontsize=7, family="monospace")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_with_command(fig, path, result["command"], dpi=100, footer=0.0)
 
 
 if __name__ == "__main__":

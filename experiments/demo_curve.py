@@ -25,6 +25,8 @@ from typing import Any
 
 import httpx
 
+from experiments.figures import save_with_command
+
 COMMAND = ".venv/bin/hitl demo review --minutes 10 && .venv/bin/python -m experiments.demo_curve"
 
 
@@ -105,10 +107,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         f"in {result['minutes']:.0f} min"
     )
     ax.legend(loc="upper right")
-    fig.text(0.01, 0.01, COMMAND, fontsize=7, family="monospace")
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_with_command(fig, path, COMMAND)
 
 
 def dashboard_screenshot(api: str, key: str, path: Path) -> None:
