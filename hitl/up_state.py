@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hitl.settings import Settings
+from learner.files import replaced_atomically
 
 STATE_FILE = "state.json"
 KEYS_FILE = "keys.json"
@@ -72,18 +73,13 @@ def write_json(path: Path, data: dict[str, Any], *, mode: int = 0o644) -> None:
     """Write `data` to `path` atomically (a temporary file in the same folder, then a rename), with
     file `mode`. A kill or a full disk mid-write leaves the old file whole: `read_json` would read a
     truncated one as {}, and the stream would restart at item 0, `hitl down` forget what it started."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
+    with replaced_atomically(path, mode=mode) as tmp:
+        # Created with `mode`: a key file is never readable by others, not even while it is written.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w", encoding="utf-8") as out:
             out.write(json.dumps(data, indent=2))
             out.flush()
             os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # the umask may have narrowed it; never widen beyond `mode`
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def read_state(up: Path) -> dict[str, Any]:

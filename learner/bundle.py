@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -32,6 +31,7 @@ from learner.calibration import softmax
 from learner.device import resolve_device
 from learner.exceptions import BundleFormatError
 from learner.features import FeatureSpec
+from learner.files import replaced_atomically
 from learner.head import TorchHeadClassifier
 from learner.thresholds import ClassThresholds
 
@@ -208,9 +208,8 @@ class ModelBundle:
         state = self.head.get_state()
         tensors: dict[str, NDArray[Any]] = state["tensors"]
         head_path = target / HEAD_WEIGHTS_NAME
-        with tempfile.NamedTemporaryFile(dir=target, suffix=".npz", delete=False) as tmp:
-            np.savez(tmp, allow_pickle=False, **tensors)
-        os.replace(tmp.name, head_path)
+        with replaced_atomically(head_path) as tmp, tmp.open("wb") as out:
+            np.savez(out, allow_pickle=False, **tensors)
         files[HEAD_WEIGHTS_NAME] = _sha256(head_path)
 
         meta = {"n_labels": len(self.labels), **self.metadata}
@@ -235,11 +234,8 @@ class ModelBundle:
             "metadata": _jsonable(meta),
         }
         text = json.dumps(manifest, indent=2, allow_nan=False, ensure_ascii=False)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=target, suffix=".json", delete=False, encoding="utf-8"
-        ) as f:
-            f.write(text + "\n")
-        os.replace(f.name, target / MANIFEST_NAME)
+        with replaced_atomically(target / MANIFEST_NAME) as tmp:
+            tmp.write_text(text + "\n", encoding="utf-8")
         return target
 
     @classmethod

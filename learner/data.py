@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from learner.exceptions import CatalogError, RecordProblem
+from learner.files import replaced_atomically
 from learner.pii import mask_pii
 
 __all__ = [
@@ -508,12 +509,10 @@ def write_catalog(products: Iterable[Product], path: str | os.PathLike[str]) -> 
     if file.suffix.lower() not in JSONL_SUFFIXES:
         raise ValueError(f"{file}: write_catalog writes JSON Lines; use a .jsonl suffix")
     file.parent.mkdir(parents=True, exist_ok=True)
-    partial = file.with_name(f".{file.name}.partial")
-    with partial.open("w", encoding="utf-8", newline="\n") as out:
+    with replaced_atomically(file) as partial, partial.open("w", encoding="utf-8", newline="\n") as out:
         for product in products:
             out.write(json.dumps(product.model_dump(mode="json"), ensure_ascii=False))
             out.write("\n")
-    partial.replace(file)
     return file
 
 
