@@ -10,7 +10,15 @@ from hitl.cli_up import _recorded, _stop_pid
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A process sleeping 60 s, returned once it runs its own command line: right after the fork it
+    still shows the parent's (pytest's), and a check of its command line would race the exec."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"up\n"
+    return proc
 
 
 def test_a_recorded_pid_is_stopped_only_when_it_is_the_process_we_started(tmp_path: Path) -> None:
