@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Annotated
 
@@ -94,6 +95,7 @@ def train(
     from learner.features import HeadInputs
     from learner.finetune import TUNED_ENCODER_DIR, tune_encoder
     from learner.loop import training_config
+    from learner.pii import describe_error
     from learner.training import train_bundle
 
     settings = _settings(ctx)
@@ -107,6 +109,10 @@ def train(
         err_console.print(f"[red]catalog {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
     target_dir = out or settings.models_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    # A tuned encoder is written beside the target first: a failed or interrupted run leaves the
+    # target as it was (an existing bundle's encoder must not change under its manifest).
+    staged_encoder = target_dir.with_name(f".{target_dir.name}.{TUNED_ENCODER_DIR}.partial")
+    shutil.rmtree(staged_encoder, ignore_errors=True)
     cache = None
     try:
         split = group_split(
@@ -126,7 +132,7 @@ def train(
                 cfg,
                 [texts[i] for i in split.train],
                 [labels[i] for i in split.train],
-                target_dir / TUNED_ENCODER_DIR,
+                staged_encoder,
                 progress=True,
             )
             console.print(f"fine-tuned in {tuned.seconds:.0f} s ({tuned.steps} steps)")
@@ -158,13 +164,26 @@ def train(
             encoder_id=encoder_id,
             x_test=x_te,
             y_test=y_te,
-            metadata={"catalog": catalog.name, "label_level": cfg.label_level, **extra},
+            metadata={
+                "catalog": catalog.name,
+                "label_level": cfg.label_level,
+                "encoder_max_length": cfg.max_length,
+                **extra,
+            },
         )
-    except (LearnerError, OSError) as exc:
-        err_console.print(f"[red]training failed:[/red] {exc}")
+    except (LearnerError, OSError, RuntimeError) as exc:  # RuntimeError: torch (e.g. out of memory)
+        shutil.rmtree(staged_encoder, ignore_errors=True)
+        err_console.print(f"[red]training failed:[/red] {describe_error(exc)}")
         raise typer.Exit(1) from exc
+    except BaseException:
+        shutil.rmtree(staged_encoder, ignore_errors=True)
+        raise
 
-    result.bundle.save(target_dir)
+    if staged_encoder.is_dir():
+        target_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target_dir / TUNED_ENCODER_DIR, ignore_errors=True)
+        staged_encoder.rename(target_dir / TUNED_ENCODER_DIR)
+    result.bundle.save(target_dir)  # the manifest last: the bundle is complete once it is there
     summary = result.summary()
     (target_dir / "training_report.json").write_text(json.dumps(summary, indent=2, default=float))
     table = Table(title=f"bundle written to {target_dir}")

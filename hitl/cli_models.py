@@ -21,8 +21,8 @@ models_app = typer.Typer(help="Registered model versions: list, promote, roll ba
 console = Console()
 err_console = Console(stderr=True)
 
-STAGES = ["queued", "starting", "collecting", "embedding", "training", "evaluating", "registering",
-          "promoting", "artifacts", "done"]  # fmt: skip
+STAGES = ["queued", "starting", "collecting", "fine-tuning", "embedding", "training", "evaluating",
+          "registering", "promoting", "artifacts", "done"]  # fmt: skip
 
 ApiKey = Annotated[
     str | None,
@@ -90,7 +90,8 @@ def retrain(
             while True:
                 record = _call(client, "GET", f"/v1/retrain/{run_id}")
                 stage = record["stage"]
-                position = STAGES.index(stage) if stage in STAGES else 0
+                name = stage.split(" ")[0]  # "fine-tuning 40/75": the stage and its own progress
+                position = STAGES.index(name) if name in STAGES else 0
                 progress.update(task, description=stage, completed=position)
                 if record["status"] in ("promoted", "rejected", "failed"):
                     progress.update(task, completed=len(STAGES) - 1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,9 @@ from learner.encoder import HFEncoder, encoder_from, mean_pool
 from learner.exceptions import NotFittedError
 from learner.head import ClassWeight, TorchHeadClassifier, _as_labels, _HeadNet
 from learner.settings import LearnerSettings
+
+# (step, total steps, loss) after each optimisation step of `FineTuneClassifier.fit`.
+StepCallback = Callable[[int, int, float], None]
 
 # Where a fine-tuned encoder lives inside a model bundle (``encoder_ref = "bundle:encoder"``).
 TUNED_ENCODER_DIR = "encoder"
@@ -109,13 +112,21 @@ class FineTuneClassifier:
         batch = self.encoder.tokenize(texts, self.max_length, device)
         return mean_pool(model(**batch).last_hidden_state, batch["attention_mask"])
 
-    def fit(self, texts: Sequence[str], y: Sequence[Hashable] | ArrayLike) -> FineTuneClassifier:
+    def fit(
+        self,
+        texts: Sequence[str],
+        y: Sequence[Hashable] | ArrayLike,
+        *,
+        on_step: StepCallback | None = None,
+    ) -> FineTuneClassifier:
         """Linear probe on the frozen encoder, then train encoder and head end to end.
 
         Parameters
         ----------
         texts : (n,) raw texts (PII is masked here)
         y : (n,) labels
+        on_step : called after every step with (step, total steps, loss): progress for the caller,
+            and the way to stop a long run (whatever it raises ends `fit`)
         """
         if isinstance(texts, str):
             raise TypeError("fit() takes a sequence of texts, not a single str")
@@ -182,6 +193,8 @@ class FineTuneClassifier:
                     optimizer.step()
                     scheduler.step()
                     history.append(float(loss.detach()))
+                    if on_step is not None:
+                        on_step(len(history), total_steps, history[-1])
         model.eval()
         head.eval()
         self.model_ = model
@@ -283,12 +296,13 @@ def tune_encoder(
     directory: str | os.PathLike[str],
     *,
     progress: bool = False,
+    on_step: StepCallback | None = None,
 ) -> TunedEncoder:
     """Fine-tune the encoder `learner` configures on (`texts`, `labels`) as ``learner.finetune`` says
     (`learner.loop.encoder_finetune`), always from its base weights, write it to `directory`, and load
     it back from there the way serving will load it from a bundle: the id it reports is then the one
     serving computes, so the two cannot disagree. `progress`: the reloaded encoder shows a progress
-    bar when it encodes.
+    bar when it encodes. `on_step`: see `FineTuneClassifier.fit`.
     """
     from learner.loop import encoder_finetune
 
@@ -297,7 +311,7 @@ def tune_encoder(
     if tuner is None:
         raise ValueError("learner.finetune.enabled is false: nothing to tune")
     started = time.perf_counter()
-    tuner.fit(list(texts), list(labels))
+    tuner.fit(list(texts), list(labels), on_step=on_step)
     tuner.save(directory)
     seconds = time.perf_counter() - started
     tail = tuner.history_[-10:]  # the last steps' loss, with dropout active: smoothed over 10

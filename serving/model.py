@@ -183,9 +183,25 @@ class ModelHolder:
             for callback in self.on_swap:  # e.g. record the version before any prediction names it
                 callback(model)
             previous, self._current = self._current, model
+            self._forget_encoders(keep=[model, previous])
         self.last_error = None
         logger.info("serving model %s (%s)", model.version, model.source)
         return previous
+
+    @property
+    def encoders_loaded(self) -> int:
+        """Encoders (with their embedding caches) this holder keeps loaded."""
+        return len(self._caches)
+
+    def _forget_encoders(self, keep: list[LoadedModel | None]) -> None:
+        """Drop the encoders and caches no longer used by the current or the previous model. With a
+        frozen encoder every version shares one; each fine-tuned version brings its own (~90 MB), and
+        a long-running server must not keep them all. Dropped, not closed: a request may still hold
+        an older model, and its cache closes when the last reference goes."""
+        used = {id(m.cache) for m in keep if m is not None}
+        for key in [k for k, cache in self._caches.items() if id(cache) not in used]:
+            del self._caches[key]
+            self._encoders.pop(key, None)
 
     def load_bundle(self, bundle_dir: Path, *, version: str | None = None) -> LoadedModel:
         model = self.build(bundle_dir, version or local_version(bundle_dir), f"bundle:{bundle_dir}")
@@ -226,6 +242,7 @@ class ModelHolder:
                 folder = registry.download(self.settings, found)
                 self.swap(self.build(folder, version, f"registry:{version}"))
                 registry.remember_champion(self.settings, found)
+                registry.prune_downloads(self.settings, keep=[found])
                 return True
         except (ModelLoadError, OSError) as exc:
             self.last_error = describe_error(exc)

@@ -24,8 +24,16 @@ class BundlePythonModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-de
         from learner.bundle import ModelBundle
         from learner.encoder import HFEncoder
 
-        self._bundle = ModelBundle.load(context.artifacts["bundle"], device="cpu")
-        self._encoder = HFEncoder(self._bundle.resolve_encoder_ref(), device="cpu")
+        bundle = ModelBundle.load(context.artifacts["bundle"], device="cpu")
+        # The truncation length is part of the encoder's id (bundles before it was recorded: 128).
+        max_length = int(bundle.metadata.get("encoder_max_length", 128))
+        encoder = HFEncoder(bundle.resolve_encoder_ref(), device="cpu", max_length=max_length)
+        if encoder.encoder_id != bundle.encoder_id:
+            raise ValueError(
+                f"the bundle was trained on encoder {bundle.encoder_id!r}, but "
+                f"{bundle.encoder_ref!r} loads as {encoder.encoder_id!r}"
+            )
+        self._bundle, self._encoder = bundle, encoder
 
     # MLflow reads these hints at class creation: the annotations must stay evaluable (no string forms).
     def predict(self, model_input: list[str], params: dict[str, str] | None = None) -> list[Categorized]:

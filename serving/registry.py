@@ -11,19 +11,20 @@ returns the bundle path inside it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
+from learner.files import replaced_atomically
 from learner.pii import describe_error
 from serving import tracking
 from serving.settings import AppSettings
 
 BUNDLE_ARTIFACT = "bundle"
 LAST_CHAMPION = "last-champion"  # the champion's version, beside the downloaded bundles
+KEEP_DOWNLOADS = 3  # newest downloaded versions kept besides the champion (`prune_downloads`)
 MODEL_NAME_IN_RUN = "model"
 
 
@@ -173,31 +174,48 @@ def version_label(settings: AppSettings, version: str) -> str:
     return f"{settings.mlflow.registered_model}:v{version}"
 
 
-def _registry_dir(settings: AppSettings) -> Path:
+def download_dir(settings: AppSettings) -> Path:
+    """Where `download` puts registered versions, one folder each."""
     return settings.models_dir / "registry" / settings.mlflow.registered_model
 
 
 def remember_champion(settings: AppSettings, version: str) -> None:
     """Note `version` as the champion last served from the registry (next to its downloaded copy), so
     a replica restarted while MLflow is down can serve it (`last_champion`)."""
-    folder = _registry_dir(settings)
+    folder = download_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{LAST_CHAMPION}.{os.getpid()}.tmp"  # replicas share the state dir
-    tmp.write_text(f"{version}\n")
-    tmp.replace(folder / LAST_CHAMPION)
+    with replaced_atomically(folder / LAST_CHAMPION) as tmp:
+        tmp.write_text(f"{version}\n")
 
 
 def last_champion(settings: AppSettings) -> tuple[str, Path] | None:
     """(version, bundle folder) of the champion last served from the registry, when its downloaded
     copy is still complete on this machine; else None."""
     try:
-        version = (_registry_dir(settings) / LAST_CHAMPION).read_text().strip()
+        version = (download_dir(settings) / LAST_CHAMPION).read_text().strip()
     except OSError:
         return None
-    folder = _registry_dir(settings) / version
+    folder = download_dir(settings) / version
     if not version.isdigit() or not (folder / "manifest.json").is_file():
         return None
     return version, folder
+
+
+def prune_downloads(settings: AppSettings, keep: Collection[str], newest: int = KEEP_DOWNLOADS) -> list[str]:
+    """Delete downloaded versions other than `keep`, the champion last served (`last_champion`) and the
+    `newest` highest: a fine-tuned version holds its encoder (~90 MB), and a server promoting one per
+    retrain must not fill the disk. Returns the versions deleted. Another replica that still needs
+    one downloads it again (`download`)."""
+    folder = download_dir(settings)
+    if not folder.is_dir():
+        return []
+    versions = sorted((p.name for p in folder.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+    last = last_champion(settings)
+    kept = set(keep) | set(versions[-newest:] if newest > 0 else []) | ({last[0]} if last else set())
+    deleted = [v for v in versions if v not in kept]
+    for version in deleted:
+        shutil.rmtree(folder / version, ignore_errors=True)
+    return deleted
 
 
 def download(settings: AppSettings, version: str) -> Path:
@@ -208,7 +226,7 @@ def download(settings: AppSettings, version: str) -> Path:
     """
     import mlflow
 
-    target = _registry_dir(settings) / str(version)
+    target = download_dir(settings) / str(version)
     if (target / "manifest.json").is_file():
         return target
     mlflow.set_tracking_uri(settings.tracking_uri)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from labeling.settings import LabelStudioSettings
+from learner.files import replaced_atomically
 from serving.model import LoadedModel, ModelHolder, record_version
 from serving.schemas import ItemIn
 from serving.service import LoopPolicy, Scored, new_predictions, outbox_hook, score_items
@@ -65,13 +66,19 @@ class _RayScoreActor:
 
     def __init__(self, settings: AppSettings, bundle_dir_bytes: bytes, version: str) -> None:
         import io
+        import shutil
         import tarfile
         import tempfile
 
         folder = Path(tempfile.mkdtemp(prefix="hitl-score-bundle-"))
         with tarfile.open(fileobj=io.BytesIO(bundle_dir_bytes)) as archive:
             archive.extractall(folder, filter="data")
-        self.score = LocalScorer(ModelHolder(settings).build(folder, version, f"ray:{version}"), settings)
+        try:
+            model = ModelHolder(settings).build(folder, version, f"ray:{version}")
+        finally:
+            # Loaded into memory: the unpacked copy (with a tuned encoder, ~90 MB) is not needed again.
+            shutil.rmtree(folder, ignore_errors=True)
+        self.score = LocalScorer(model, settings)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import numpy as np
@@ -198,9 +205,8 @@ def _write_part(path: Path, rows: dict[str, list[object]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    partial = path.with_suffix(".parquet.partial")
-    pq.write_table(pa.table(rows), partial)
-    partial.replace(path)  # a part file exists only complete
+    with replaced_atomically(path) as partial:  # a part file exists only complete
+        pq.write_table(pa.table(rows), partial)
 
 
 def started_with(out_dir: Path) -> str | None:

@@ -47,6 +47,8 @@ from serving.store import Store
 
 logger = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 2.0  # how often a long stage writes its progress to the run's row
+
 
 @dataclass
 class RetrainJob:
@@ -67,10 +69,14 @@ class RetrainJob:
     # The embedder of a bundle trained on another encoder than this run's (a fine-tuned champion, or
     # one from before `learner.encoder` changed); None = its encoder behind the shared cache.
     embedder_for: Callable[[ModelBundle], Embedder] | None = None
+    # The worker's stop flag: a fine-tune (minutes on a CPU) ends at its next step when it is set, so
+    # a shutdown records the run as failed and removes its staging instead of being killed mid-run.
+    should_stop: Callable[[], bool] = field(default=lambda: False)
     _loaded: dict[str, ModelBundle] = field(default_factory=dict, init=False, repr=False)
     mlflow_run_id: str | None = None  # set as soon as the MLflow run exists (failed runs have one too)
 
     def __post_init__(self) -> None:
+        self._progress_at = 0.0
         memo = self.ngram_memo  # not `or`: an empty memo has length 0
         self._memo = memo if memo is not None else NgramMemo(self.settings.retrain.ngram_memo_texts)
 
@@ -153,6 +159,15 @@ class RetrainJob:
             # copy per retrain (with a tuned encoder, ~90 MB) would only fill the disk.
             shutil.rmtree(staging, ignore_errors=True)
 
+    def _fine_tune_step(self, step: int, total: int, loss: float) -> None:
+        """Progress on the run's row (at most every 2 s), and the way out when the worker stops."""
+        if self.should_stop():
+            raise RetrainError(f"stopped at fine-tuning step {step}/{total}: the retrain worker shut down")
+        now = time.monotonic()
+        if step == total or now - self._progress_at >= PROGRESS_EVERY_S:
+            self._progress_at = now
+            self.on_stage(f"fine-tuning {step}/{total}")
+
     def _cached_embedder(self, bundle: ModelBundle) -> Embedder:
         return CachedEmbedder(self.settings, ref=bundle.resolve_encoder_ref())
 
@@ -193,6 +208,7 @@ class RetrainJob:
                 [r.label for r in train],
                 staging / TUNED_ENCODER_DIR,
                 f"{BUNDLE_REF_PREFIX}{TUNED_ENCODER_DIR}",
+                on_step=self._fine_tune_step,
             )
             pool.add(embedder)
             logger.info(
@@ -218,13 +234,18 @@ class RetrainJob:
         _, x_audit = embed("audits", audit_texts)
         # Only the items the model was not trained on are scored (`learner.loop.certification_stream`).
         stream_texts = [s.text for s, keep in zip(stream, fresh, strict=True) if keep]
+        pool.embed(encoder_id, "stream", stream_texts)  # here, so embedding_time_s counts it
         audit_pi = np.array([r.inclusion for r in audits], dtype=np.float64)
         strata, levels = loop.strata_of(np.concatenate([audit_pi, [s.inclusion for s in stream]]))
 
+        scored: dict[int, tuple[ModelBundle, NDArray[np.float64]]] = {}
+
         def stream_confidence(bundle: ModelBundle) -> NDArray[np.float64]:
             """`bundle`'s confidence on the stream, under its own encoder and feature spec (the
-            champion may predate today's); embedded once per encoder, head inputs built a chunk at a
-            time to bound memory."""
+            champion may predate today's); embedded once per encoder, scored once per bundle, head
+            inputs built a chunk at a time to bound memory."""
+            if id(bundle) in scored:  # the bundle is kept in the value, so its id is not reused
+                return scored[id(bundle)][1]
             e_stream = pool.embed(bundle.encoder_id, "stream", stream_texts, bundle)
             parts = []
             for start in range(0, len(stream_texts), STREAM_CHUNK):
@@ -232,7 +253,9 @@ class RetrainJob:
                 e_chunk = e_stream[start : start + STREAM_CHUNK]
                 x = bundle.features.sparse_inputs(e_chunk, chunk, self._memo)
                 parts.append(bundle.confidence(bundle.predict_proba(x)))
-            return np.concatenate(parts) if parts else np.empty(0)
+            confidence = np.concatenate(parts) if parts else np.empty(0)
+            scored[id(bundle)] = (bundle, confidence)
+            return confidence
 
         design = AuditDesign(
             strata=strata[: len(audits)],
@@ -270,7 +293,14 @@ class RetrainJob:
         # Encoder space, as serving compares them (`LoadedModel.features` -> embeddings).
         bundle.metadata["class_centroids"] = class_centroids(e_train, [r.label for r in train], bundle.labels)
         bundle.metadata.update(
-            {"trigger": trigger, "n_labels": len(train), "mlflow_run_id": run_id, "audit_strata": levels}
+            {
+                "trigger": trigger,
+                "n_labels": len(train),
+                "mlflow_run_id": run_id,
+                "audit_strata": levels,
+                # Part of the encoder's id, not of its folder: what a loader needs to reproduce it.
+                "encoder_max_length": settings.learner.max_length,
+            }
         )
         if tuned is not None:
             bundle.metadata["finetune"] = tuned.summary()

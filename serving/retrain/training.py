@@ -16,7 +16,7 @@ from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder, encoder_from
 from learner.evaluation import EvaluationReport, evaluate
 from learner.features import HeadInputs
-from learner.finetune import TunedEncoder
+from learner.finetune import StepCallback, TunedEncoder
 from learner.finetune import tune_encoder as learner_tune_encoder
 from learner.pii import describe_error
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
@@ -168,11 +168,16 @@ class EmbedderPool:
 
 
 def tune_encoder(
-    settings: AppSettings, texts: Sequence[str], labels: Sequence[str], directory: Path, ref: str
+    settings: AppSettings,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    directory: Path,
+    ref: str,
+    on_step: StepCallback | None = None,
 ) -> tuple[EncoderEmbedder, TunedEncoder]:
     """`learner.finetune.tune_encoder` into `directory`, and an embedder of the tuned encoder that
     names it `ref` (its place in the bundle, e.g. ``bundle:encoder``)."""
-    tuned = learner_tune_encoder(settings.learner, texts, labels, directory)
+    tuned = learner_tune_encoder(settings.learner, texts, labels, directory, on_step=on_step)
     return EncoderEmbedder(tuned.encoder, ref), tuned
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -188,6 +189,8 @@ class RetrainWorker:
                     orphaned.append(row.mlflow_run_id)
         for mlflow_run_id in orphaned:  # else they stay RUNNING in MLflow forever
             self._end_orphan(mlflow_run_id)
+            # A killed run leaves its staged bundle (with a tuned encoder, ~90 MB) behind.
+            shutil.rmtree(self.settings.models_dir / "retrain" / mlflow_run_id, ignore_errors=True)
         logger.info("this replica runs the retrain worker (leader)")
         return True
 
@@ -236,6 +239,7 @@ class RetrainWorker:
             on_record=lambda **values: self._update(run_id, **values),
             ngram_memo=self.ngram_memo,
             embedder_for=self.embedder_for,
+            should_stop=self._stop.is_set,
         )
         try:
             outcome = job.run(trigger)

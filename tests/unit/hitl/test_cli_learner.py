@@ -62,3 +62,36 @@ def test_train_writes_a_bundle_that_serving_loads(
     model = ModelHolder(conf).build(out, "1", "bundle")
     _, inputs = model.features(["organic green tea bags"])
     assert model.predict_proba(inputs).shape == (1, len(bundle.labels))
+
+
+def test_a_failed_fine_tune_leaves_the_bundle_at_out_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    catalog = tmp_path / "catalog.jsonl"
+    write_catalog(generate_catalog(300, seed=1, n_categories=4), catalog)
+    out = tmp_path / "bundle"
+    invoke = CliRunner().invoke
+    frozen = invoke(
+        cli_learner.learner_app,
+        ["--catalog", str(catalog), "--out", str(out)],
+        obj=settings(tmp_path, finetune=False),
+    )
+    assert frozen.exit_code == 0, frozen.output
+    manifest = (out / "manifest.json").read_text()
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr("learner.finetune.FineTuneClassifier.fit", out_of_memory)
+    failed = invoke(
+        cli_learner.learner_app,
+        ["--catalog", str(catalog), "--out", str(out)],
+        obj=settings(tmp_path, finetune=True),
+    )
+    assert failed.exit_code == 1
+    assert "training failed" in failed.output
+    assert "out of memory" in failed.output
+    assert "Traceback" not in failed.output
+    assert (out / "manifest.json").read_text() == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "catalog.jsonl", "state"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from hitl.settings import ServingSettings, Settings
 from learner.bundle import ModelBundle
@@ -101,3 +103,34 @@ def test_encoder_mismatch_is_refused(
     holder = holder_for(tmp_path, embedding_dir, other, minilm_encoder)
     with pytest.raises(ModelLoadError, match="trained on encoder"):
         holder.refresh()
+
+
+class Renamed:
+    """The session's MiniLM under another id: stands in for a fine-tuned encoder of each version."""
+
+    def __init__(self, encoder: HFEncoder, encoder_id: str) -> None:
+        self.encoder, self.encoder_id, self.dim = encoder, encoder_id, encoder.dim
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        return self.encoder.encode(texts)
+
+
+def test_encoders_of_versions_two_swaps_old_are_let_go(
+    tmp_path: Path, small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder
+) -> None:
+    # Each fine-tuned version brings its own encoder (~90 MB): a server promoting one per retrain
+    # keeps only those of the current and the previous model.
+    settings = Settings(state_dir=embedding_dir.parent, serving=ServingSettings(model_poll_interval_s=0))
+    holder = ModelHolder(settings, encoder_factory=lambda ref: Renamed(minilm_encoder, f"{ref}@0"))
+    models = []
+    for i in range(3):
+        bundle = ModelBundle.load(small_bundle_dir)
+        bundle.encoder_ref, bundle.encoder_id = f"tuned-{i}", f"tuned-{i}@0"
+        models.append(holder.build(bundle.save(tmp_path / f"v{i}"), str(i), "test"))
+        holder.swap(models[-1])
+        assert holder.encoders_loaded == min(i + 1, 2)
+    assert holder.require() is models[2]
+    # A request still holding the oldest model finishes on it: its cache was let go, not closed.
+    embeddings, _ = models[0].features(["Wireless Noise Cancelling Headphones"])
+    assert embeddings.shape == (1, minilm_encoder.dim)
+    holder.close()

@@ -154,3 +154,19 @@ def test_a_replica_restarted_while_the_registry_is_down_serves_the_last_champion
     elsewhere = down.model_copy(update={"state_dir": tmp_path / "other"})
     with pytest.raises(ModelLoadError, match="registry did not answer"):
         ModelHolder(elsewhere, encoder_factory=lambda _r: minilm_encoder).refresh()
+
+
+def test_downloads_beyond_the_newest_the_champion_and_the_last_served_are_deleted(tmp_path: Path) -> None:
+    # A fine-tuned version carries its encoder (~90 MB): downloads of old champions must not pile up.
+    settings = Settings(state_dir=tmp_path)
+    for version in range(1, 8):
+        folder = registry.download_dir(settings) / str(version)
+        folder.mkdir(parents=True)
+        (folder / "manifest.json").write_text("{}")
+    registry.remember_champion(settings, "2")  # a copy to serve while MLflow is down
+    assert registry.prune_downloads(settings, keep=["1"], newest=3) == ["3", "4"]
+    left = sorted(int(p.name) for p in registry.download_dir(settings).iterdir() if p.name.isdigit())
+    assert left == [1, 2, 5, 6, 7]
+    assert registry.last_champion(settings) == ("2", registry.download_dir(settings) / "2")
+    assert registry.prune_downloads(settings, keep=["1"], newest=3) == []
+    assert registry.prune_downloads(Settings(state_dir=tmp_path / "empty"), keep=[]) == []

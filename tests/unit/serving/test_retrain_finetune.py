@@ -128,3 +128,22 @@ def test_the_next_challenger_is_gated_against_the_tuned_champion(
     assert mode == ("fine-tuned" if enabled else "frozen-encoder")
     if record.status == "rejected":
         assert registry.champion_version(settings) == champion
+
+
+def test_a_worker_stopping_ends_the_fine_tune_at_its_next_step_and_cleans_up(
+    env: tuple[Settings, Store], tuned_champion: RunRecord
+) -> None:
+    # A CPU fine-tune takes minutes: shutting down must not wait for it, nor kill it mid-run.
+    settings, store = env
+    champion = registry.champion_version(settings)
+    worker = RetrainWorker(tiny(settings, enabled=True), store, auto=False)
+    run_id = worker.trigger("test").run_id
+    worker.stop()  # as `hitl down` does, while the run is (about to be) running
+    assert worker.run_next()
+    record = worker.get(run_id)
+    assert record is not None
+    assert record.status == "failed"
+    assert f"stopped at fine-tuning step 1/{STEPS}" in (record.error or "")
+    assert registry.champion_version(settings) == champion
+    staged = settings.models_dir / "retrain"
+    assert not staged.exists() or not any(staged.iterdir()), "the staged encoder is removed"
