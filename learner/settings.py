@@ -90,7 +90,7 @@ class FineTuneSettings(BaseModel):
     does not depend on the chain of earlier runs) on its training labels, re-embeds its items with the
     tuned encoder and trains the usual head on those embeddings. The tuned encoder is stored inside the
     model bundle and so versioned with it in MLflow (~90 MB per version for MiniLM). A GPU job: on
-    this project's 2-core CPU it costs 14-22 s per 1,000 labels and epoch plus the re-embedding, and at
+    this project's 2-core CPU it costs 13-21 s per 1,000 labels and epoch plus the re-embedding, and at
     1,000 and 3,200 labels it lost accuracy (experiments/bench_finetune.py).
     """
 
