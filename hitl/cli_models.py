@@ -134,6 +134,15 @@ def retrain_status(
     _print_run(record)
 
 
+def encoder_cell(version: dict[str, Any]) -> str:
+    """A `/v1/models` version's encoder as `hitl models list` shows it: its id, marked when the
+    version carries its own fine-tuned encoder (versions from before the tag: blank)."""
+    cell = str(version.get("encoder_id") or "")
+    if str(version.get("encoder") or "").startswith("fine-tuned"):
+        cell += " (fine-tuned)"
+    return cell
+
+
 @models_app.command("list")
 def list_models(ctx: typer.Context, api_key: ApiKey = None, url: Url = None) -> None:
     """Registered versions, the champion, and what the gate said."""
@@ -142,7 +151,7 @@ def list_models(ctx: typer.Context, api_key: ApiKey = None, url: Url = None) -> 
     table = Table(
         title=f"{body['registered_model']} (champion: v{body['champion']}, serving: {body['serving']})"
     )
-    for column in ("version", "aliases", "gate", "reason / promoted by", "created"):
+    for column in ("version", "aliases", "gate", "reason / promoted by", "encoder", "created"):
         table.add_column(column)
     for v in body["versions"]:
         table.add_row(
@@ -150,6 +159,7 @@ def list_models(ctx: typer.Context, api_key: ApiKey = None, url: Url = None) -> 
             ", ".join(v["aliases"]),
             v["gate"] or "",
             v["promoted_by"] or v["gate_reason"] or "",
+            encoder_cell(v),
             (v["created_at"] or "")[:19],
         )
     console.print(table)

@@ -85,6 +85,10 @@ class ModelVersionOut(BaseModel):
     gate: str | None
     gate_reason: str | None
     promoted_by: str | None
+    encoder_id: str | None = Field(None, description="the encoder the version was trained on")
+    encoder: str | None = Field(
+        None, description="its name, or 'fine-tuned from <base> ...' for an encoder stored in the bundle"
+    )
 
 
 class ModelsOut(BaseModel):
@@ -173,6 +177,8 @@ def _versions(request: Request) -> ModelsOut:
                 gate=tags.get("hitl.gate"),
                 gate_reason=tags.get("hitl.gate_reason"),
                 promoted_by=tags.get("hitl.promoted_by"),
+                encoder_id=tags.get("hitl.encoder_id"),
+                encoder=tags.get("hitl.encoder"),
             )
         )
     current = request.app.state.model.current

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from hitl.settings import Settings
 from learner.bundle import ModelBundle
@@ -14,6 +15,8 @@ from learner.encoder import HFEncoder, encoder_from
 from learner.settings import FineTuneSettings
 from learner.synthetic import generate_catalog
 from serving import registry, tracking
+from serving.app import create_app
+from serving.keys import Role, create_key
 from serving.model import ModelHolder
 from serving.retrain import RetrainWorker, add_seed_labels
 from serving.retrain.tables import RunRecord
@@ -147,3 +150,25 @@ def test_a_worker_stopping_ends_the_fine_tune_at_its_next_step_and_cleans_up(
     assert registry.champion_version(settings) == champion
     staged = settings.models_dir / "retrain"
     assert not staged.exists() or not any(staged.iterdir()), "the staged encoder is removed"
+
+
+def test_the_models_page_names_each_versions_encoder(
+    env: tuple[Settings, Store], tuned_champion: RunRecord
+) -> None:
+    settings, store = env
+    app_settings = settings.model_copy(
+        update={
+            "labelstudio": settings.labelstudio.model_copy(update={"sync_interval_s": 0}),
+            "serving": settings.serving.model_copy(update={"model_source": "none", "outbox_enabled": False}),
+            "retrain": settings.retrain.model_copy(update={"enabled": False}),
+        }
+    )
+    with TestClient(create_app(app_settings, store=store)) as client:
+        _, key = create_key(store, "eng-encoders", Role.ML_ENGINEER)
+        answer = client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    versions = {v["version"]: v for v in answer.json()["versions"]}
+    tuned = versions[tuned_champion.version or ""]
+    bundle = ModelBundle.load(registry.download(settings, tuned_champion.version or ""), device="cpu")
+    assert tuned["encoder_id"] == bundle.encoder_id
+    assert tuned["encoder"].startswith("fine-tuned from")
