@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from learner import loop
 from learner.bundle import BUNDLE_REF_PREFIX, ModelBundle
 from learner.features import HeadInputs, NgramMemo
-from learner.finetune import TUNED_ENCODER_DIR, TunedEncoder
+from learner.finetune import TUNED_ENCODER_DIR, TunedEncoder, tune_encoder
 from learner.gate import AuditScores, GateDecision, audit_scores
 from learner.loop import AuditPolicy, training_config
 from learner.pii import describe_error
@@ -36,11 +36,11 @@ from serving.retrain.training import (
     CachedEmbedder,
     Embedder,
     EmbedderPool,
+    EncoderEmbedder,
     EncoderUnavailableError,
     TrainFn,
     TrainingInputs,
     default_train,
-    tune_encoder,
 )
 from serving.settings import AppSettings
 from serving.store import Store
@@ -196,20 +196,19 @@ class RetrainJob:
                 "no reviewed audits to certify on: audits are seed labels (learner.audit.seed_share) "
                 "and routed items drawn for review"
             )
-        shutil.rmtree(staging, ignore_errors=True)  # a leftover of a run that died with this id
         tuned: TunedEncoder | None = None
-        embedder = self.embedder
+        embedder: Embedder = self.embedder
         if settings.learner.finetune.enabled:
             # Tuned on the training labels only: the certifying audits stay unseen by the encoder too.
             self.on_stage("fine-tuning")
-            embedder, tuned = tune_encoder(
-                settings,
+            tuned = tune_encoder(
+                settings.learner,
                 [r.text for r in train],
                 [r.label for r in train],
                 staging / TUNED_ENCODER_DIR,
-                f"{BUNDLE_REF_PREFIX}{TUNED_ENCODER_DIR}",
                 on_step=self._fine_tune_step,
             )
+            embedder = EncoderEmbedder(tuned.encoder, f"{BUNDLE_REF_PREFIX}{TUNED_ENCODER_DIR}")
             pool.add(embedder)
             logger.info(
                 "retrain: encoder fine-tuned in %.1f s (%d steps, loss %.3f -> %.3f)",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,8 +15,6 @@ from learner.cache import EmbeddingCache, cached_encoder
 from learner.encoder import TextEncoder, encoder_from
 from learner.evaluation import EvaluationReport, evaluate
 from learner.features import HeadInputs
-from learner.finetune import StepCallback, TunedEncoder
-from learner.finetune import tune_encoder as learner_tune_encoder
 from learner.pii import describe_error
 from learner.training import AuditDesign, TrainingConfig, TrainingResult, train_bundle
 from serving.embeddings import vector_store_for
@@ -165,20 +162,6 @@ class EmbedderPool:
             if close is not None:
                 close()
         self._opened.clear()
-
-
-def tune_encoder(
-    settings: AppSettings,
-    texts: Sequence[str],
-    labels: Sequence[str],
-    directory: Path,
-    ref: str,
-    on_step: StepCallback | None = None,
-) -> tuple[EncoderEmbedder, TunedEncoder]:
-    """`learner.finetune.tune_encoder` into `directory`, and an embedder of the tuned encoder that
-    names it `ref` (its place in the bundle, e.g. ``bundle:encoder``)."""
-    tuned = learner_tune_encoder(settings.learner, texts, labels, directory, on_step=on_step)
-    return EncoderEmbedder(tuned.encoder, ref), tuned
 
 
 # ---------------------------------------------------------------------------------------------- training
