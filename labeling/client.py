@@ -345,6 +345,14 @@ class LabelStudioClient:
                 return
             page += 1
 
+    def predictions_of_task(self, task_id: int) -> list[dict[str, Any]]:
+        """Every prediction of a task, whatever its model version (a task listing shows only those of
+        the project's current model version)."""
+        body = self._request(
+            "GET", "/api/predictions/", f"list predictions of task {task_id}", params={"task": task_id}
+        )
+        return [p for p in body if isinstance(p, dict)] if isinstance(body, list) else []
+
     def create_prediction(self, task_id: int, prediction: Mapping[str, Any]) -> int:
         """Add a prediction (``model_version``, ``score``, ``result``) to a task; returns its id."""
         body = self._request(
