@@ -291,10 +291,18 @@ def _close(
     report: PushReport,
 ) -> None:
     open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in closes])
+    # As for updates: a task deleted by hand may have given its id to another item's task (Label
+    # Studio on SQLite), which must not be deleted in its place.
+    items = [e.item_id for e in closes if e.item_id in open_tasks]
+    live = client.task_ids_of_items(project_id, items) if items else {}
     for esc in closes:
         task_id = open_tasks.get(esc.item_id)
         if task_id is None:
             report.skipped += 1  # never pushed, or closed already
+            continue
+        if task_id not in live.get(esc.item_id, []):
+            ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, TASK_GONE)])
+            report.skipped += 1
             continue
         client.delete_task(task_id)
         reason = f"auto-accepted by model {esc.model_version} at confidence {esc.confidence:.2f}"

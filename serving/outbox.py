@@ -324,11 +324,14 @@ class OutboxWorker:
         try:
             for change in changes:
                 try:
-                    overlap = client.hold_task(change.task_id, hold=change.hold)
+                    held = client.hold_task(change.task_id, hold=change.hold, item_id=change.item_id)
                 except LabelStudioApiError as exc:
                     if exc.status != 404:
                         raise
-                    overlap = 0  # the task is gone from Label Studio: nothing left to hold
+                    held = None
+                # None: the task is gone from Label Studio (or its id now holds another item's task):
+                # nothing left to hold
+                overlap = 0 if held is None else held
                 self.store.record_hold(project_id, change, overlap)
                 report.held += 1
         except LabelingError as exc:

@@ -229,6 +229,44 @@ def test_an_item_whose_task_was_deleted_by_hand_gets_a_new_one_and_never_another
     assert store.open_task_ids(project_id, ["gone-0", "next-0"]) == {"gone-0": new_task, "next-0": other_task}
 
 
+def test_closing_an_item_whose_task_was_deleted_by_hand_never_deletes_anothers(
+    ls_client: LabelStudioClient, store: Store, project_id: int
+) -> None:
+    first = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("closegone", 1, "v-a"))
+    deleted = first.task_ids["closegone-0"]
+    assert ls_client.delete_task(deleted)  # someone cleans up the project in Label Studio's UI
+    # Label Studio on SQLite gives the next task the highest id + 1: the deleted one's, another item's.
+    other = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("closenext", 1, "v-a"))
+    other_task = other.task_ids["closenext-0"]
+
+    # The next champion auto-accepts the deleted item: nothing to delete, and the other task stays.
+    close = [e.model_copy(update={"action": "close"}) for e in _escalations("closegone", 1, "v-b")]
+    report = push_escalations(ls_client, store, project_id, TAXONOMY, close)
+    assert (report.closed, report.skipped) == (0, 1)
+    assert ls_client.task_ids_of_items(project_id, ["closegone-0", "closenext-0"]) == {
+        "closenext-0": [other_task]
+    }
+    assert store.open_task_ids(project_id, ["closegone-0", "closenext-0"]) == {"closenext-0": other_task}
+    (gone,) = [
+        e
+        for e in store.audit_trail(item_id="closegone-0", kind="labelstudio_task")
+        if e.action == "task_closed"
+    ]
+    assert gone.details["reason"] == "deleted in Label Studio"
+
+
+def test_a_hold_meant_for_another_item_leaves_the_task_alone(
+    ls_client: LabelStudioClient, store: Store, project_id: int
+) -> None:
+    task_id = _push_one(ls_client, store, project_id, "holdmine")
+    ls_client._request("PATCH", f"/api/tasks/{task_id}/", "set overlap", json={"overlap": 3})
+    # The hold was computed for an item whose task had this id before Label Studio reused it.
+    assert ls_client.hold_task(task_id, hold=True, item_id="someone-else") is None
+    assert ls_client.get_task(task_id)["overlap"] == 3
+    assert ls_client.hold_task(task_id, hold=True, item_id="holdmine-0") == 1
+    assert ls_client.get_task(task_id)["overlap"] == 1
+
+
 def test_tasks_are_found_by_their_item_id_exactly(
     ls_client: LabelStudioClient, store: Store, project_id: int
 ) -> None:
