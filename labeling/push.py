@@ -128,6 +128,7 @@ class PushReport:
     pushed: int = 0  # new tasks
     updated: int = 0  # open tasks that got a newer model version's prediction
     closed: int = 0  # open tasks removed because a newer model auto-accepted their item
+    stopped: bool = False  # `should_stop` ended the push early: only `task_ids` were delivered
     adopted: int = 0  # tasks an earlier import made though its answer was lost (`adopt_existing`)
     reimported: int = 0  # items whose task someone deleted in Label Studio: imported again
     skipped: int = 0
@@ -201,6 +202,7 @@ def push_escalations(
     progress: Callable[[int, int], None] | None = None,
     senior_review: bool = False,
     adopt_existing: bool = False,
+    should_stop: Callable[[], bool] | None = None,
 ) -> PushReport:
     """Deliver escalations, most useful first: one task per item across model versions.
 
@@ -212,12 +214,22 @@ def push_escalations(
     An (item, model version) already pushed is skipped. With `adopt_existing` (a retry after an
     attempt whose outcome is unknown, such as a timeout), items the project already holds a task for
     are not imported again: the task an earlier import made is recorded as theirs.
+
+    `should_stop` (a shutdown) is asked before each Label Studio change; once it answers True the push
+    returns at once with ``stopped`` set, and only the items in ``task_ids`` were delivered.
     """
     report = PushReport()
+
+    def stopping() -> bool:
+        report.stopped = report.stopped or (should_stop is not None and should_stop())
+        return report.stopped
+
     closes = {e.item_id: e for e in escalations if e.action == "close"}
     pushes = [e for e in escalations if e.action == "push" and e.item_id not in closes]
     report.skipped = len(escalations) - len(closes) - len(pushes)
-    _close(client, ledger, project_id, list(closes.values()), report)
+    _close(client, ledger, project_id, list(closes.values()), report, stopping)
+    if report.stopped:
+        return report
 
     unique: dict[tuple[str, str], Escalation] = {}
     for esc in pushes:
@@ -245,6 +257,8 @@ def push_escalations(
     # open task still holds its item. One filtered listing per 50 items.
     live = client.task_ids_of_items(project_id, [e.item_id for e in updates]) if updates else {}
     for esc in updates:
+        if stopping():
+            return report
         task_id = open_tasks[esc.item_id]
         if task_id not in live.get(esc.item_id, []):  # gone: the item gets a new task below
             ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, TASK_GONE)])
@@ -267,6 +281,8 @@ def push_escalations(
             report.adopted += 1
         new = [e for e in new if e.item_id not in existing]
     for start in range(0, len(new), batch_size):
+        if stopping():
+            return report
         batch = new[start : start + batch_size]
         ids = client.import_tasks(project_id, [payloads[(e.item_id, e.model_version)] for e in batch])
         for version in {e.model_version for e in batch}:
@@ -289,6 +305,7 @@ def _close(
     project_id: int,
     closes: list[Escalation],
     report: PushReport,
+    stopping: Callable[[], bool],
 ) -> None:
     open_tasks = ledger.open_task_ids(project_id, [e.item_id for e in closes])
     # As for updates: a task deleted by hand may have given its id to another item's task (Label
@@ -296,6 +313,8 @@ def _close(
     items = [e.item_id for e in closes if e.item_id in open_tasks]
     live = client.task_ids_of_items(project_id, items) if items else {}
     for esc in closes:
+        if stopping():
+            return
         task_id = open_tasks.get(esc.item_id)
         if task_id is None:
             report.skipped += 1  # never pushed, or closed already

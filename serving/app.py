@@ -25,7 +25,7 @@ from serving.limits import BodyLimitMiddleware, BodyLimits, InFlightLimitMiddlew
 from serving.model import LoadedModel, ModelHolder, ModelLoadError, ModelNotReadyError, record_version
 from serving.outbox import OutboxWorker
 from serving.prometheus import ServingMetrics
-from serving.registry import RegistryUnavailableError
+from serving.registry import RegistryUnavailableError, import_mlflow
 from serving.routers import audit, escalations, health, items, keys, ml_backend, predict, webhooks
 from serving.routers import dashboard as dashboard_router
 from serving.routers import kpis as kpis_router
@@ -180,6 +180,9 @@ def create_app(
         app.state.metrics = metrics
         tiers = tiers_from(settings.labelstudio)
         app.state.reviewer_tiers = tiers
+        if settings.retrain.enabled or holder.source == "registry":
+            # Before any thread that may use MLflow starts (model watcher, retrain worker, requests).
+            await run_in_threadpool(import_mlflow)
         if holder.current is None:
             try:
                 await run_in_threadpool(holder.refresh)
@@ -210,12 +213,14 @@ def create_app(
         try:
             yield
         finally:
-            if retrainer is not None:
-                retrainer.stop()
-            if periodic is not None:
-                periodic.stop()
+            # The outbox first: it stops between two Label Studio changes, and what the retrain worker
+            # still enqueues while it finishes its run waits, durable, for the next start.
             if worker is not None:
                 worker.stop()
+            if periodic is not None:
+                periodic.stop()
+            if retrainer is not None:
+                retrainer.stop()
             holder.on_swap.clear()
             if own_model:
                 holder.close()

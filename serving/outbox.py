@@ -297,6 +297,9 @@ class OutboxWorker:
         try:
             for start in range(0, len(deliverable), batch_size):
                 chunk = deliverable[start : start + batch_size]
+                if self._stop.is_set():  # shutting down: the rest go on the next start, at once
+                    self._release(deliverable[start:])
+                    break
                 self._deliver(client, project_id, taxonomy, chunk, report, split=True)
         finally:
             client.close()
@@ -402,6 +405,7 @@ class OutboxWorker:
                 # A retried entry's earlier import may have landed though its answer was lost (a
                 # timeout): find its task instead of importing a second one.
                 adopt_existing=any(d.attempts > 0 for d in chunk),
+                should_stop=self._stop.is_set,
             )
         except Exception as exc:  # any failure keeps the entries; only the kind decides retry vs dead
             if not isinstance(exc, LabelingError | OSError | ValueError):
@@ -424,6 +428,13 @@ class OutboxWorker:
                     report.failed += 1
             return
         task_ids = dict(push.task_ids)
+        if push.stopped:  # a shutdown: what was delivered is recorded, the rest is released
+            done = [d for d in chunk if d.escalation.item_id in task_ids]
+            self._mark_delivered(done, task_ids)
+            self._release([d for d in chunk if d.escalation.item_id not in task_ids])
+            report.attempted -= len(chunk) - len(done)
+            report.delivered += len(done)
+            return
         missing = [d for d in chunk if d.escalation.item_id not in task_ids]
         if missing:  # pushed earlier (e.g. before a crash): the ledger knows their task ids
             task_ids.update(self._ledger_task_ids(missing))
@@ -460,6 +471,17 @@ class OutboxWorker:
                         last_error=None,
                     )
                 )
+
+    def _release(self, entries: Sequence[_Due]) -> None:
+        """Give back this pass's claim on `entries`, untried: due again now, attempts unchanged."""
+        if not entries:
+            return
+        with self.store.session() as session:
+            session.execute(
+                update(OutboxEntry)
+                .where(OutboxEntry.id.in_([e.id for e in entries]), OutboxEntry.status == PENDING)
+                .values(next_attempt_at=self.clock())
+            )
 
     def _mark_retry(self, entry: _Due, error: str, now: datetime) -> None:
         attempts = entry.attempts + 1

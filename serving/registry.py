@@ -44,6 +44,16 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
+def import_mlflow() -> None:
+    """Import MLflow's modules now, in this thread (~1 s). Call it before starting threads that use
+    MLflow: two threads importing it for the first time at once can see a partially initialised
+    ``mlflow.tracking`` and fail with ImportError ("cannot import name '_get_store'")."""
+    import mlflow.entities
+    import mlflow.exceptions
+    import mlflow.pyfunc
+    import mlflow.tracking  # noqa: F401
+
+
 def log_bundle(
     settings: AppSettings,
     bundle_dir: Path,

@@ -74,7 +74,11 @@ def running_app(tmp_path: Path, *, ml_backend_auth: bool = True) -> Iterator[Run
     """`create_app(settings)` with its lifespan running, and one fresh key per role."""
     settings = Settings(
         state_dir=tmp_path,
-        labelstudio=LabelStudioSettings(sync_interval_s=0, webhook_secret=SecretStr(WEBHOOK_SECRET)),
+        # Port 9 (discard): nothing answers, so these apps can never write to a Label Studio that runs
+        # here, this session's or a developer's `make up` on the default port.
+        labelstudio=LabelStudioSettings(
+            url="http://127.0.0.1:9", sync_interval_s=0, webhook_secret=SecretStr(WEBHOOK_SECRET)
+        ),
         serving=ServingSettings(
             database_url=f"sqlite:///{tmp_path / 'hitl.db'}",
             model_source="bundle",

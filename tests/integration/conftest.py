@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 import httpx
 import pytest
 import uvicorn
+from sqlalchemy import update
 
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.client import LabelStudioClient, ReviewerAccount
@@ -29,7 +30,7 @@ from labeling.project import bootstrap_project, webhook_url
 from labeling.push import Escalation
 from labeling.server import LabelStudioServer, free_port
 from serving.app import create_app
-from serving.outbox import DeliveryReport, OutboxWorker, enqueue_escalations
+from serving.outbox import PENDING, DeliveryReport, OutboxEntry, OutboxWorker, enqueue_escalations
 from serving.store import Store
 from tests.integration.browser import browser, chromium  # noqa: F401  (fixtures for every module)
 
@@ -153,9 +154,13 @@ class Receiver:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stop the app and wait for its lifespan to stop its workers: a worker left running (an
+        outbox pass, a sync) would go on changing Label Studio under later tests."""
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
-            self._thread.join(10)
+            self._thread.join(120)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the app on port {self.settings.serving.port} did not stop in 120 s")
         self._server = self._thread = None
 
 
@@ -191,9 +196,21 @@ def deliver_now(
 ) -> DeliveryReport:
     """Enqueue `escalations` and run one outbox pass an hour ahead (past any backoff), as the serving
     app's worker would; `worker` goes to `OutboxWorker` (e.g. ``similar``)."""
+    now = datetime.now(UTC).replace(tzinfo=None)
     with store.session() as session:
         enqueue_escalations(session, escalations, version)
-    later = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
+        # Not due for 30 minutes, in the same transaction: the session app's own outbox worker, which
+        # may run on `store` with another project title, never takes them first.
+        session.execute(
+            update(OutboxEntry)
+            .where(
+                OutboxEntry.model_version == version,
+                OutboxEntry.item_id.in_([e.item_id for e in escalations]),
+                OutboxEntry.status == PENDING,
+            )
+            .values(next_attempt_at=now + timedelta(minutes=30))
+        )
+    later = now + timedelta(hours=1)
     return OutboxWorker(store, settings, clock=lambda: later, **worker).run_once()
 
 

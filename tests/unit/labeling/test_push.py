@@ -188,3 +188,25 @@ def test_with_reviewer_tiers_a_high_stakes_task_says_it_needs_a_senior() -> None
     off = FakeLabelStudio()
     push_escalations(cast(LabelStudioClient, off), MemoryLedger(), 1, TAX, [high])
     assert off.tasks[0]["meta"]["needs_senior"] is False
+
+
+def test_a_stop_ends_the_push_between_label_studio_changes_and_says_what_was_delivered() -> None:
+    fake, ledger = FakeLabelStudio(), MemoryLedger()
+    client = cast(LabelStudioClient, fake)
+    push_escalations(client, ledger, 1, TAX, [esc(i, 0.5) for i in "abc"])
+    asked: list[int] = []
+
+    def after_one_update() -> bool:
+        asked.append(len(asked))
+        return len(asked) > 1
+
+    newer = [esc(i, 0.5, version="v2") for i in "abc"] + [esc("d", 0.5, version="v2")]
+    report = push_escalations(client, ledger, 1, TAX, newer, should_stop=after_one_update)
+    assert report.stopped
+    assert (report.updated, report.pushed) == (1, 0)
+    assert list(report.task_ids) == ["a"]  # the one change made; b, c and d were left untouched
+    updated = [t["meta"]["item_id"] for t in fake.tasks if len(t["predictions"]) == 2]
+    assert updated == ["a"]
+    assert len(fake.tasks) == 3
+    rest = push_escalations(client, ledger, 1, TAX, newer)  # the next start finishes the job
+    assert (rest.stopped, rest.updated, rest.pushed, rest.skipped) == (False, 2, 1, 1)

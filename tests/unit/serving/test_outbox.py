@@ -312,6 +312,29 @@ def test_background_thread_delivers_and_stops(tmp_path: Path) -> None:
     assert len(client.imported) == 1
 
 
+def test_a_stop_during_a_pass_records_what_was_delivered_and_gives_the_rest_back(tmp_path: Path) -> None:
+    store, settings, clock = _store(tmp_path), _settings(tmp_path, outbox_claim_s=120.0), Clock()
+    _enqueue(store, [_esc(i) for i in range(120)])  # three imports of 50 (push_batch_size)
+
+    class StoppedDuringTheFirstImport(FlakyLabelStudio):
+        def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+            worker._stop.set()  # a shutdown arrives while Label Studio imports the first 50
+            return super().import_tasks(project_id, tasks)
+
+    client = StoppedDuringTheFirstImport()
+    worker = _worker(store, settings, client, clock)
+    report = worker.run_once()
+    assert (report.delivered, report.failed) == (50, 0)
+    assert outbox_counts(store) == {"pending": 70, "delivered": 50, "dead": 0}
+    # Given back untried: due at once for the next start (no wait for the claim), no attempt counted.
+    pending = [r for r in _entries(store) if r.status == "pending"]
+    assert all(r.attempts == 0 and r.next_attempt_at <= clock() for r in pending)
+    again = _worker(store, settings, up := FlakyLabelStudio(), clock).run_once()
+    assert again.delivered == 70
+    assert len(up.imported) == 70
+    assert len(client.imported) == 50
+
+
 def test_a_pass_claims_its_entries_so_a_second_replica_does_not_deliver_them(tmp_path: Path) -> None:
     store, settings, clock = _store(tmp_path), _settings(tmp_path, outbox_claim_s=120.0), Clock()
     _enqueue(store, [_esc(i) for i in range(5)])
