@@ -204,16 +204,22 @@ def test_sync_recovers_corrections_missed_while_receiver_was_down(
     assert sync_project(ls_client, store, project_id, TAXONOMY).recorded == 0
 
 
+def _delete_by_hand_then_push_another(
+    ls_client: LabelStudioClient, store: Store, project_id: int, gone: str, other: str
+) -> int:
+    """Push item `gone`-0 (version v-a), delete its task by hand, push item `other`-0: its task id."""
+    first = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations(gone, 1, "v-a"))
+    assert ls_client.delete_task(first.task_ids[f"{gone}-0"])  # someone cleans up in Label Studio's UI
+    assert ls_client.task_ids_of_items(project_id, [f"{gone}-0"]) == {}  # gone from the project
+    # Label Studio on SQLite gives the next task the highest id + 1: the deleted one's, another item's.
+    pushed = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations(other, 1, "v-a"))
+    return pushed.task_ids[f"{other}-0"]
+
+
 def test_an_item_whose_task_was_deleted_by_hand_gets_a_new_one_and_never_anothers(
     ls_client: LabelStudioClient, store: Store, project_id: int
 ) -> None:
-    first = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("gone", 1, "v-a"))
-    deleted = first.task_ids["gone-0"]
-    assert ls_client.delete_task(deleted)  # someone cleans up the project in Label Studio's UI
-    assert ls_client.task_ids_of_items(project_id, ["gone-0"]) == {}  # gone from the project
-    # Label Studio on SQLite may hand the deleted id to the next task it imports, another item's.
-    other = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("next", 1, "v-a"))
-    other_task = other.task_ids["next-0"]
+    other_task = _delete_by_hand_then_push_another(ls_client, store, project_id, "gone", "next")
 
     # The next champion's escalation of the deleted item: a new task, and the other item's is untouched.
     again = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("gone", 1, "v-b"))
@@ -232,12 +238,7 @@ def test_an_item_whose_task_was_deleted_by_hand_gets_a_new_one_and_never_another
 def test_closing_an_item_whose_task_was_deleted_by_hand_never_deletes_anothers(
     ls_client: LabelStudioClient, store: Store, project_id: int
 ) -> None:
-    first = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("closegone", 1, "v-a"))
-    deleted = first.task_ids["closegone-0"]
-    assert ls_client.delete_task(deleted)  # someone cleans up the project in Label Studio's UI
-    # Label Studio on SQLite gives the next task the highest id + 1: the deleted one's, another item's.
-    other = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("closenext", 1, "v-a"))
-    other_task = other.task_ids["closenext-0"]
+    other_task = _delete_by_hand_then_push_another(ls_client, store, project_id, "closegone", "closenext")
 
     # The next champion auto-accepts the deleted item: nothing to delete, and the other task stays.
     close = [e.model_copy(update={"action": "close"}) for e in _escalations("closegone", 1, "v-b")]
