@@ -386,10 +386,12 @@ class LabelStudioClient:
         """Delete a task; False when it was already gone (404), so a retried delete is harmless."""
         return self._found("DELETE", f"/api/tasks/{task_id}/", f"delete task {task_id}")
 
-    def hold_task(self, task_id: int, *, hold: bool, item_id: str | None = None) -> int | None:
+    def hold_task(
+        self, task_id: int, *, hold: bool, item_id: str | None = None, project_id: int | None = None
+    ) -> int | None:
         """Keep a task in the labeling queue for one more annotator (``hold``), or let its annotations
-        so far finish it; returns the task's new ``overlap``, or None (nothing changed) when `item_id`
-        is given and the task no longer holds that item (its id went to another item's task).
+        so far finish it; returns the task's new ``overlap``, or None (nothing changed) when the task no
+        longer holds `item_id` or is not in `project_id`, when given (its id went to another task).
 
         Label Studio finishes a task (``is_labeled``) once as many distinct users annotated it as its
         ``overlap``; it then leaves everyone's queue, and the queue never serves a task to a user who
@@ -397,6 +399,8 @@ class LabelStudioClient:
         """
         task = self.get_task(task_id)
         if item_id is not None and (task.get("data") or {}).get("item_id") != item_id:
+            return None
+        if project_id is not None and task.get("project") != project_id:
             return None
         annotators = {
             _user_id(a.get("completed_by"))

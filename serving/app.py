@@ -180,9 +180,9 @@ def create_app(
         app.state.metrics = metrics
         tiers = tiers_from(settings.labelstudio)
         app.state.reviewer_tiers = tiers
-        if settings.retrain.enabled or holder.source == "registry":
-            # Before any thread that may use MLflow starts (model watcher, retrain worker, requests).
-            await run_in_threadpool(import_mlflow)
+        # Before any thread that may use MLflow starts (model watcher, retrain worker, requests to
+        # /v1/models): ~1 s once per process.
+        await run_in_threadpool(import_mlflow)
         if holder.current is None:
             try:
                 await run_in_threadpool(holder.refresh)

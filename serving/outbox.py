@@ -251,6 +251,7 @@ class OutboxWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_no_project = False
+        self._lease_until: datetime | None = None  # the claim of the current pass
 
     # ------------------------------------------------------------ one pass
     def run_once(self) -> DeliveryReport:
@@ -326,8 +327,12 @@ class OutboxWorker:
         client = self.client_factory()
         try:
             for change in changes:
+                if self._stop.is_set():  # recomputed from the store on the next pass
+                    break
                 try:
-                    held = client.hold_task(change.task_id, hold=change.hold, item_id=change.item_id)
+                    held = client.hold_task(
+                        change.task_id, hold=change.hold, item_id=change.item_id, project_id=project_id
+                    )
                 except LabelStudioApiError as exc:
                     if exc.status != 404:
                         raise
@@ -370,6 +375,7 @@ class OutboxWorker:
         due, so of two replicas that read the same rows (SQLite has no row locks: both SELECTs can run
         before either writes) exactly one gets each."""
         lease_until = now + timedelta(seconds=self.settings.serving.outbox_claim_s)
+        self._lease_until = lease_until
         taken: list[_Due] = []
         for row in rows:
             won = session.execute(
@@ -413,7 +419,10 @@ class OutboxWorker:
             if _permanent(exc) and split and len(chunk) > 1:
                 # One bad task refuses the whole import: find it by pushing one at a time.
                 report.attempted -= len(chunk)
-                for entry in chunk:
+                for index, entry in enumerate(chunk):
+                    if self._stop.is_set():
+                        self._release(chunk[index:])
+                        break
                     self._deliver(client, project_id, taxonomy, [entry], report, split=False)
                 return
             error = _short(exc)
@@ -473,13 +482,18 @@ class OutboxWorker:
                 )
 
     def _release(self, entries: Sequence[_Due]) -> None:
-        """Give back this pass's claim on `entries`, untried: due again now, attempts unchanged."""
-        if not entries:
+        """Give back this pass's claim on `entries`, untried: due again now, attempts unchanged. Only
+        while the claim is still this pass's: past it, another replica may have taken them."""
+        if not entries or self._lease_until is None:
             return
         with self.store.session() as session:
             session.execute(
                 update(OutboxEntry)
-                .where(OutboxEntry.id.in_([e.id for e in entries]), OutboxEntry.status == PENDING)
+                .where(
+                    OutboxEntry.id.in_([e.id for e in entries]),
+                    OutboxEntry.status == PENDING,
+                    OutboxEntry.next_attempt_at == self._lease_until,
+                )
                 .values(next_attempt_at=self.clock())
             )
 

@@ -140,8 +140,8 @@ def test_one_task_per_item_across_versions_and_auto_resolved_tasks_leave_the_que
     the task with the reason in the audit trail; the project's model_version can then be set (Label
     Studio 1.23 accepts only a version some task has predictions of)."""
     base = {"title": "Versioned item", "brand": "Acme", "price": 9.0, "confidence": 0.4, "priority": 0.5}
-    item = f"{PREFIX}-versions"
-    other = f"{PREFIX}-versions-resolved"
+    item = "versioned-it"
+    other = "versioned-it-resolved"
 
     def deliver(escalations: list[Escalation], version: str) -> None:
         report = deliver_now(outbox_store, own_settings, escalations, version)
@@ -160,7 +160,7 @@ def test_one_task_per_item_across_versions_and_auto_resolved_tasks_leave_the_que
     deliver(v1, "v-it-1")
     tasks = {
         t["data"]["item_id"]: t
-        for t in _our_tasks(ls_client, project_id)
+        for t in ls_client.iter_tasks(project_id)
         if t["data"]["item_id"] in (item, other)
     }
     assert set(tasks) == {item, other}
@@ -183,7 +183,7 @@ def test_one_task_per_item_across_versions_and_auto_resolved_tasks_leave_the_que
         ),
     ]
     deliver(v2, "v-it-2")
-    mine = [t for t in _our_tasks(ls_client, project_id) if t["data"]["item_id"] in (item, other)]
+    mine = [t for t in ls_client.iter_tasks(project_id) if t["data"]["item_id"] in (item, other)]
     assert [t["data"]["item_id"] for t in mine] == [item]  # one task left, the same one
     assert mine[0]["id"] == tasks[item]["id"]
     predictions = ls_client.predictions_of_task(mine[0]["id"])

@@ -335,6 +335,23 @@ def test_a_stop_during_a_pass_records_what_was_delivered_and_gives_the_rest_back
     assert len(client.imported) == 50
 
 
+def test_a_pass_gives_back_only_a_claim_it_still_holds(tmp_path: Path) -> None:
+    store, settings, clock = _store(tmp_path), _settings(tmp_path, outbox_claim_s=120.0), Clock()
+    _enqueue(store, [_esc(i) for i in range(3)])
+    slow, other = (
+        _worker(store, settings, FlakyLabelStudio(), clock),
+        _worker(store, settings, FlakyLabelStudio(), clock),
+    )
+    mine = slow._due(clock())
+    clock.now += timedelta(seconds=121)  # the slow pass outlived its claim: another replica takes them
+    theirs = other._due(clock())
+    assert len(mine) == len(theirs) == 3
+    slow._release(mine)  # then the slow replica shuts down
+    assert all(r.next_attempt_at > clock() for r in _entries(store)), "still the other replica's"
+    other._release(theirs)
+    assert all(r.next_attempt_at <= clock() for r in _entries(store))
+
+
 def test_a_pass_claims_its_entries_so_a_second_replica_does_not_deliver_them(tmp_path: Path) -> None:
     store, settings, clock = _store(tmp_path), _settings(tmp_path, outbox_claim_s=120.0), Clock()
     _enqueue(store, [_esc(i) for i in range(5)])
