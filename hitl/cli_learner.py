@@ -171,12 +171,11 @@ def train(
                 **extra,
             },
         )
-    except (LearnerError, OSError, RuntimeError) as exc:  # RuntimeError: torch (e.g. out of memory)
+    except BaseException as exc:
         shutil.rmtree(staged_encoder, ignore_errors=True)
-        err_console.print(f"[red]training failed:[/red] {describe_error(exc)}")
-        raise typer.Exit(1) from exc
-    except BaseException:
-        shutil.rmtree(staged_encoder, ignore_errors=True)
+        if isinstance(exc, LearnerError | OSError | RuntimeError):  # RuntimeError: torch (out of memory)
+            err_console.print(f"[red]training failed:[/red] {describe_error(exc)}")
+            raise typer.Exit(1) from exc
         raise
 
     if staged_encoder.is_dir():

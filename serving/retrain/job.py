@@ -50,6 +50,12 @@ logger = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 2.0  # how often a long stage writes its progress to the run's row
 
 
+def staging_dir(settings: AppSettings, mlflow_run_id: str = "") -> Path:
+    """Where a run writes its bundle (and a tuned encoder) before MLflow logs it, removed after; with
+    no run id, the folder holding every run's."""
+    return settings.models_dir / "retrain" / mlflow_run_id
+
+
 @dataclass
 class RetrainJob:
     """One training run, start to finish (see the module docstring)."""
@@ -143,7 +149,7 @@ class RetrainJob:
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
         self.on_record(mlflow_run_id=run_id)
-        staging = settings.models_dir / "retrain" / run_id
+        staging = staging_dir(settings, run_id)
         pool = EmbedderPool([self.embedder], load=self.embedder_for or self._cached_embedder)
         try:
             return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger, staging, pool)
@@ -391,7 +397,6 @@ class RetrainJob:
                 ),
             },
         )
-        shutil.rmtree(staging, ignore_errors=True)
         outcome.update({"version": version, "gate_reason": decision.reason, "promoted": False})
         self.on_record(version=version)
         tracking.log_params(settings, run_id, {"registered_version": version})

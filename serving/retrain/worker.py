@@ -19,7 +19,7 @@ from learner.pii import describe_error
 from serving.escalation import escalation_windows
 from serving.leader import LeaderLock, leader_lock
 from serving.model import ModelHolder
-from serving.retrain.job import RetrainJob
+from serving.retrain.job import RetrainJob, staging_dir
 from serving.retrain.labels import (
     correction_watermark,
     count_new_corrections,
@@ -190,7 +190,7 @@ class RetrainWorker:
         for mlflow_run_id in orphaned:  # else they stay RUNNING in MLflow forever
             self._end_orphan(mlflow_run_id)
             # A killed run leaves its staged bundle (with a tuned encoder, ~90 MB) behind.
-            shutil.rmtree(self.settings.models_dir / "retrain" / mlflow_run_id, ignore_errors=True)
+            shutil.rmtree(staging_dir(self.settings, mlflow_run_id), ignore_errors=True)
         logger.info("this replica runs the retrain worker (leader)")
         return True
 

@@ -19,6 +19,7 @@ from serving.app import create_app
 from serving.keys import Role, create_key
 from serving.model import ModelHolder
 from serving.retrain import RetrainWorker, add_seed_labels
+from serving.retrain.job import staging_dir
 from serving.retrain.tables import RunRecord
 from serving.store import Store
 from tests.unit.serving.retrain_support import retrain_settings
@@ -60,6 +61,12 @@ def run_once(settings: Settings, store: Store) -> RunRecord:
     return record
 
 
+def assert_nothing_staged(settings: Settings) -> None:
+    """No run left its staged bundle (and tuned encoder, ~90 MB) behind."""
+    staged = staging_dir(settings)
+    assert not staged.exists() or not any(staged.iterdir()), sorted(p.name for p in staged.iterdir())
+
+
 @pytest.fixture(scope="module")
 def tuned_champion(env: tuple[Settings, Store]) -> RunRecord:
     settings, store = env
@@ -93,8 +100,7 @@ def test_a_fine_tuned_model_is_versioned_with_its_encoder(
     version = client.get_model_version(settings.mlflow.registered_model, record.version or "")
     assert version.tags["hitl.encoder_id"] == bundle.encoder_id
     assert "fine-tuned from" in version.tags["hitl.encoder"]
-    staged = settings.models_dir / "retrain"
-    assert not staged.exists() or not any(staged.iterdir()), "no staged copy of the encoder kept"
+    assert_nothing_staged(settings)
 
 
 def test_serving_loads_the_tuned_encoder_from_the_bundle(
@@ -148,8 +154,7 @@ def test_a_worker_stopping_ends_the_fine_tune_at_its_next_step_and_cleans_up(
     assert record.status == "failed"
     assert f"stopped at fine-tuning step 1/{STEPS}" in (record.error or "")
     assert registry.champion_version(settings) == champion
-    staged = settings.models_dir / "retrain"
-    assert not staged.exists() or not any(staged.iterdir()), "the staged encoder is removed"
+    assert_nothing_staged(settings)
 
 
 def test_the_models_page_names_each_versions_encoder(
