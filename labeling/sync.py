@@ -168,7 +168,12 @@ class PeriodicSync:
             except Exception:  # keep the loop alive; the next run retries
                 logger.exception("periodic Label Studio sync crashed")
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Ask the thread to stop and wait up to `timeout` s; False if a sync is still running then."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.warning("periodic Label Studio sync: still running %.0f s after stop", timeout)
+            return False
+        return True

@@ -535,11 +535,18 @@ class OutboxWorker:
         self._thread = threading.Thread(target=self._loop, name="hitl-outbox", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the thread to stop (a pass stops between two Label Studio changes) and wait up to
+        `timeout` s; False if it is still running then (a Label Studio call that hangs)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        self._thread = None
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("outbox: still running %.0f s after stop (a Label Studio call hangs)", timeout)
+            return False
+        return True
 
     def _loop(self) -> None:
         interval = self.settings.serving.outbox_interval_s

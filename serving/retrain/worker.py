@@ -151,28 +151,46 @@ class RetrainWorker:
         self._thread = threading.Thread(target=self._loop, name="retrain-worker", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Ask the thread to stop and wait up to `timeout` s; False if it is still running then.
+
+        A run stops at its next step (`RetrainJob.should_stop`). A thread that outlives the wait keeps
+        the leadership and the embedder it is using, and gives them up itself when it ends: releasing
+        the lock under a running retrain would let another replica start a second one."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        thread = self._thread
+        if thread is None:
+            self._give_up()
+            return True
+        thread.join(timeout)
+        if thread.is_alive():
+            logger.warning("retrain worker: still running %.0f s after stop; it ends after its step", timeout)
+            return False
+        self._thread = None
+        return True
+
+    def _give_up(self) -> None:
+        """Leadership and the worker's own embedder, released by whoever ends the worker."""
         self.leader.release()
         if self._own_embedder and isinstance(self.embedder, CachedEmbedder):
             self.embedder.close()
 
     def _loop(self) -> None:
         interval = self.settings.retrain.poll_interval_s
-        while not self._stop.is_set():
-            try:
-                if self._lead() and not self.run_next():
-                    self.promoter.retry_labelstudio()
-                    self._maybe_auto_trigger()
-                    self._maybe_log_escalation()
-            except Exception as exc:  # keep the worker alive; the run row says what failed
-                logger.error("retrain worker: %s", describe_error(exc))
-            if self._wake.wait(interval):
-                self._wake.clear()
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._lead() and not self.run_next():
+                        self.promoter.retry_labelstudio()
+                        self._maybe_auto_trigger()
+                        self._maybe_log_escalation()
+                except Exception as exc:  # keep the worker alive; the run row says what failed
+                    logger.error("retrain worker: %s", describe_error(exc))
+                if self._wake.wait(interval):
+                    self._wake.clear()
+        finally:
+            self._give_up()
 
     def _lead(self) -> bool:
         """True while this replica is the retrain leader; taking the lead fails the runs a previous

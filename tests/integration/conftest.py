@@ -21,6 +21,7 @@ from typing import Any, TypeVar, overload
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import update
 
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
@@ -135,10 +136,12 @@ class Receiver:
         self.url = settings.serving.base_url
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
+        self._app: FastAPI | None = None
 
     def start(self) -> None:
+        self._app = create_app(self.settings, store=self.store)
         config = uvicorn.Config(
-            create_app(self.settings, store=self.store),
+            self._app,
             host=self.settings.serving.host,
             port=self.settings.serving.port,
             log_level="warning",
@@ -161,7 +164,10 @@ class Receiver:
             self._thread.join(120)
             if self._thread.is_alive():
                 raise RuntimeError(f"the app on port {self.settings.serving.port} did not stop in 120 s")
-        self._server = self._thread = None
+            still = self._app.state.workers_still_running if self._app is not None else []
+            if still:
+                raise RuntimeError(f"the app on port {self.settings.serving.port} left {still} running")
+        self._server = self._thread = self._app = None
 
 
 @pytest.fixture(scope="session")

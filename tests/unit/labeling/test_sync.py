@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -9,7 +10,7 @@ import pytest
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
-from labeling.sync import sync_project
+from labeling.sync import PeriodicSync, sync_project
 from serving.store import Store
 from tests.unit.labeling.fakes import FakeLabelStudio
 
@@ -152,3 +153,24 @@ def test_an_annotation_a_scan_missed_is_not_taken_for_deleted(tmp_path: Path) ->
     report = sync_project(client, store, 1, TAX)
     assert (report.deleted, report.unseen_but_present) == (1, 1)
     assert [r.action for r in store.history(30)] == ["created", "deleted"]
+
+
+def test_periodic_sync_runs_until_stopped_and_says_when_a_sync_still_runs() -> None:
+    runs: list[int] = []
+    inside, release = threading.Event(), threading.Event()
+
+    def job() -> None:
+        runs.append(1)
+        if len(runs) == 3:  # the third sync hangs (a Label Studio call past its timeout)
+            inside.set()
+            release.wait(30)
+
+    periodic = PeriodicSync(job, interval_s=0.01)
+    periodic.start()
+    try:
+        assert inside.wait(10), "the job did not run three times"
+        assert periodic.stop(timeout=0.1) is False
+    finally:
+        release.set()
+    assert periodic.stop(timeout=10) is True
+    assert len(runs) == 3  # nothing after the stop

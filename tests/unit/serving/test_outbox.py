@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -310,6 +311,33 @@ def test_background_thread_delivers_and_stops(tmp_path: Path) -> None:
         worker.stop()
     assert outbox_counts(store)["delivered"] == 1
     assert len(client.imported) == 1
+
+
+def test_stop_says_when_a_pass_still_hangs_in_label_studio(tmp_path: Path) -> None:
+    # The app's shutdown reports such a thread (`app.state.workers_still_running`) instead of
+    # pretending it stopped: it may still write to Label Studio.
+    store = _store(tmp_path)
+    settings = _settings(tmp_path, outbox_interval_s=0.05)
+    _enqueue(store, [_esc(1)])
+    inside, release = threading.Event(), threading.Event()
+
+    class Hanging(FlakyLabelStudio):
+        def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+            inside.set()
+            release.wait(30)
+            return super().import_tasks(project_id, tasks)
+
+    client = Hanging()
+    worker = OutboxWorker(store, settings, lambda: client)  # type: ignore[arg-type,return-value]
+    worker.start()
+    try:
+        assert inside.wait(10), "the pass never reached Label Studio"
+        assert worker.stop(timeout=0.1) is False
+    finally:
+        release.set()
+    idle = OutboxWorker(store, settings, lambda: client)  # type: ignore[arg-type,return-value]
+    idle.start()
+    assert idle.stop() is True
 
 
 def test_a_stop_during_a_pass_records_what_was_delivered_and_gives_the_rest_back(tmp_path: Path) -> None:

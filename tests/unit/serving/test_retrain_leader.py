@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from learner.synthetic import generate_catalog
+from learner.training import TrainingResult
 from serving import tracking
-from serving.retrain import RetrainWorker, add_seed_labels
+from serving.retrain import RetrainWorker, TrainingInputs, add_seed_labels, default_train
 from serving.retrain.tables import FAILED, RUNNING, RetrainRun
 from serving.store import Store
 from tests.unit.serving.retrain_support import BowEmbedder, retrain_settings
@@ -117,6 +119,46 @@ def test_a_leader_killed_mid_run_is_replaced_and_its_run_failed(tmp_path: Path) 
     finally:
         if leader.poll() is None:
             leader.kill()
+        second.stop()
+        store.close()
+        second.store.close()
+
+
+def test_a_worker_still_training_after_its_stop_keeps_the_lead_until_its_run_ends(tmp_path: Path) -> None:
+    """A training step that outlives `stop`'s wait must not hand the lead over: another replica would
+    start a second retrain beside it. The thread gives the lead up itself when it ends."""
+    settings = retrain_settings(tmp_path, poll_interval_s=0.05, retrain_every_n_corrections=0)
+    store = Store(settings.database_url)
+    store.create_all()
+    add_seed_labels(store, generate_catalog(300, seed=3, n_categories=4), level=2)
+    training, release = threading.Event(), threading.Event()
+
+    def train_slowly(inputs: TrainingInputs) -> TrainingResult:
+        training.set()
+        release.wait(60)
+        return default_train(inputs)
+
+    first = RetrainWorker(settings, store, embedder=BowEmbedder(), auto=False, train_fn=train_slowly)
+    second = RetrainWorker(settings, Store(settings.database_url), embedder=BowEmbedder(), auto=False)
+    first.start()
+    try:
+        run_id = first.trigger("slow").run_id
+        assert training.wait(60), "the run never started training"
+        assert first.stop(timeout=0.2) is False
+        assert first.leader.held
+        assert not second._lead(), "a second leader while the first still trains"
+        release.set()
+        deadline = time.monotonic() + 60
+        while first.leader.held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not first.leader.held, "the thread kept the lead after its run ended"
+        assert second._lead()
+        record = first.get(run_id)
+        assert record is not None
+        assert record.finished, record
+    finally:
+        release.set()
+        first.stop()
         second.stop()
         store.close()
         second.store.close()
