@@ -78,6 +78,21 @@ ML_BACKEND_STATES = {
 
 
 @dataclass(frozen=True)
+class LiveTask:
+    """A task as Label Studio holds it now: its id, and whether a reviewer annotated it (a skip does
+    not count: it carries no label)."""
+
+    id: int
+    annotated: bool
+
+    @classmethod
+    def of(cls, task: Mapping[str, Any]) -> LiveTask:
+        annotations = task.get("annotations") or []
+        annotated = any(isinstance(a, Mapping) and not a.get("was_cancelled") for a in annotations)
+        return cls(int(task["id"]), annotated or int(task.get("total_annotations") or 0) > 0)
+
+
+@dataclass(frozen=True)
 class ReviewerAccount:
     user_id: int
     email: str
@@ -287,7 +302,14 @@ class LabelStudioClient:
     def task_ids_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[int]]:
         """item id -> ids of every task in the project whose data names that item, oldest first
         (an exact match on ``data.item_id``; items without a task are absent)."""
-        found: dict[str, list[int]] = {}
+        return {
+            item: [task.id for task in tasks]
+            for item, tasks in self.live_tasks_of_items(project_id, item_ids).items()
+        }
+
+    def live_tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[LiveTask]]:
+        """As `task_ids_of_items`, each task with whether it holds a reviewer's annotation."""
+        found: dict[str, list[LiveTask]] = {}
         for start in range(0, len(item_ids), 50):  # one data-manager filter of 50 alternatives at a time
             chunk = list(item_ids[start : start + 50])
             items = [
@@ -297,8 +319,8 @@ class LabelStudioClient:
             for task in self._tasks(project_id, {"filters": {"conjunction": "or", "items": items}}):
                 item = (task.get("data") or {}).get("item_id")
                 if isinstance(item, str) and item in chunk:
-                    found.setdefault(item, []).append(int(task["id"]))
-        return {item: sorted(ids) for item, ids in found.items()}
+                    found.setdefault(item, []).append(LiveTask.of(task))
+        return {item: sorted(tasks, key=lambda t: t.id) for item, tasks in found.items()}
 
     def iter_tasks(
         self, project_id: int, *, annotated_only: bool = False, page_size: int = 100

@@ -99,6 +99,7 @@ def similar_text(escalation: Escalation) -> str:
 
 # Why the ledger closes a task that someone deleted in Label Studio (its item then gets a new task).
 TASK_GONE = "deleted in Label Studio"
+KEPT = "its task is kept: a reviewer annotated it"
 
 
 class PushLedger(Protocol):
@@ -128,6 +129,7 @@ class PushReport:
     pushed: int = 0  # new tasks
     updated: int = 0  # open tasks that got a newer model version's prediction
     closed: int = 0  # open tasks removed because a newer model auto-accepted their item
+    kept: int = 0  # auto-accepted items whose task a reviewer annotated: closed in the ledger only
     stopped: bool = False  # `should_stop` ended the push early: only `task_ids` were delivered
     adopted: int = 0  # tasks an earlier import made though its answer was lost (`adopt_existing`)
     reimported: int = 0  # items whose task someone deleted in Label Studio: imported again
@@ -311,7 +313,7 @@ def _close(
     # As for updates: a task deleted by hand may have given its id to another item's task (Label
     # Studio on SQLite), which must not be deleted in its place.
     items = [e.item_id for e in closes if e.item_id in open_tasks]
-    live = client.task_ids_of_items(project_id, items) if items else {}
+    live = client.live_tasks_of_items(project_id, items) if items else {}
     for esc in closes:
         if stopping():
             return
@@ -319,12 +321,20 @@ def _close(
         if task_id is None:
             report.skipped += 1  # never pushed, or closed already
             continue
-        if task_id not in live.get(esc.item_id, []):
+        task = next((t for t in live.get(esc.item_id, []) if t.id == task_id), None)
+        if task is None:
             ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, TASK_GONE)])
             report.skipped += 1
             continue
-        client.delete_task(task_id)
         reason = f"auto-accepted by model {esc.model_version} at confidence {esc.confidence:.2f}"
+        if task.annotated:
+            # Deleting the task would delete its annotations with it (Label Studio cascades), and
+            # the next sync would record the reviewer's label as deleted: a person's work outranks
+            # the model's auto-accept, so the task stays and only the ledger closes.
+            ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, f"{reason}; {KEPT}")])
+            report.kept += 1
+            continue
+        client.delete_task(task_id)
         ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, reason)])
         report.task_ids[esc.item_id] = task_id
         report.closed += 1

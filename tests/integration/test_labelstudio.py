@@ -256,6 +256,30 @@ def test_closing_an_item_whose_task_was_deleted_by_hand_never_deletes_anothers(
     assert gone.details["reason"] == "deleted in Label Studio"
 
 
+def test_closing_an_item_a_reviewer_annotated_keeps_the_task_and_the_label(
+    ls_client: LabelStudioClient, store: Store, project_id: int
+) -> None:
+    # A newer champion auto-accepts an item that was re-routed after its review: deleting the task
+    # would take the annotation with it, and the sync would then record the label as deleted.
+    pushed = push_escalations(ls_client, store, project_id, TAXONOMY, _escalations("reviewed", 1, "v-a"))
+    task_id = pushed.task_ids["reviewed-0"]
+    annotation = ls_client.create_annotation(task_id, TAXONOMY.result_for("Sports > Running"))
+    close = [e.model_copy(update={"action": "close"}) for e in _escalations("reviewed", 1, "v-b")]
+    report = push_escalations(ls_client, store, project_id, TAXONOMY, close)
+    assert (report.kept, report.closed) == (1, 0)
+    assert ls_client.task_ids_of_items(project_id, ["reviewed-0"]) == {"reviewed-0": [task_id]}
+    assert ls_client.annotation_exists(annotation["id"])
+    assert store.open_task_ids(project_id, ["reviewed-0"]) == {}
+    sync_project(ls_client, store, project_id, TAXONOMY)
+    assert store.current_labels()["reviewed-0"].label == "Sports > Running"
+    (closed,) = [
+        e
+        for e in store.audit_trail(item_id="reviewed-0", kind="labelstudio_task")
+        if e.action == "task_closed"
+    ]
+    assert "a reviewer annotated it" in closed.details["reason"]
+
+
 def test_a_hold_meant_for_another_item_leaves_the_task_alone(
     ls_client: LabelStudioClient, store: Store, project_id: int
 ) -> None:

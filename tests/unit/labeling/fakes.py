@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from labeling.client import LiveTask
 from labeling.exceptions import LabelStudioApiError
 
 
@@ -49,11 +50,17 @@ class FakeLabelStudio:
         return {item: ids[0] for item, ids in self.task_ids_of_items(project_id, item_ids).items()}
 
     def task_ids_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[int]]:
-        found: dict[str, list[int]] = {}
+        return {
+            item: [t.id for t in tasks]
+            for item, tasks in self.live_tasks_of_items(project_id, item_ids).items()
+        }
+
+    def live_tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[LiveTask]]:
+        found: dict[str, list[LiveTask]] = {}
         for task in self.tasks:
             item = (task.get("data") or {}).get("item_id")
             if isinstance(item, str) and item in item_ids:
-                found.setdefault(item, []).append(task["id"])
+                found.setdefault(item, []).append(LiveTask.of(task))
         return found
 
     def annotation_exists(self, annotation_id: int) -> bool:

@@ -116,6 +116,24 @@ def test_a_close_removes_the_open_task_with_its_reason_and_a_later_escalation_ge
     assert later.task_ids["a"] != first.task_ids["a"]
 
 
+def test_a_close_never_deletes_a_task_a_reviewer_annotated() -> None:
+    # Deleting it would delete the annotation with it (Label Studio cascades), and the next sync would
+    # record the reviewer's label as deleted; a skip carries no label, so its task may go.
+    fake, ledger = FakeLabelStudio(), MemoryLedger()
+    client = cast(LabelStudioClient, fake)
+    first = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5), esc("b", 0.4)])
+    for task in fake.tasks:
+        cancelled = task["meta"]["item_id"] == "b"
+        task["annotations"].append({"id": 7 + cancelled, "was_cancelled": cancelled, "result": []})
+    closes = [esc(i, 0.1, version="v2", action="close") for i in ("a", "b")]
+    report = push_escalations(client, ledger, 1, TAX, closes)
+    assert (report.kept, report.closed) == (1, 1)
+    assert [t["meta"]["item_id"] for t in fake.tasks] == ["a"]
+    assert fake.annotation_exists(7)
+    assert "a reviewer annotated it" in ledger.closed[first.task_ids["a"]]
+    assert "a reviewer annotated it" not in ledger.closed[first.task_ids["b"]]
+
+
 def test_a_label_outside_the_taxonomy_sends_nothing() -> None:
     fake = FakeLabelStudio()
     with pytest.raises(ValueError, match="not one of"):
