@@ -172,6 +172,7 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
         seeds = session.execute(select(*columns, SeedLabel.label)).all()
     seed_ids = [row[0] for row in seeds]
     seed_audit = policy.seed_audit(seed_ids)
+    seed_audits = {i for i, drawn in zip(seed_ids, seed_audit, strict=True) if drawn}
     for (item_id, title, description, brand, label), is_audit in zip(seeds, seed_audit, strict=True):
         product = Product(id=item_id, title=title, description=description, brand=brand)
         by_item[item_id] = LabeledText(
@@ -198,13 +199,17 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
         if text is None:  # reviewed in Label Studio but never predicted here: no text to learn from
             continue
         routing = routings.get(item_id)
-        if routing is not None and item_id in audited:
+        arrival = SEED_ARRIVAL if routing is None else routing.arrival
+        if item_id in seed_audits:
+            # Drawn by its id, it stays a seed audit, now with the reviewed label. Were a correction to
+            # take it out, the seed audits left would be those no model escalated, the easy ones.
+            provenance, inclusion, arrival = Provenance.SEED_AUDIT.value, policy.seed_share, SEED_ARRIVAL
+        elif routing is not None and item_id in audited:
             if cutoff is not None and routing.created_at >= cutoff:
                 continue  # an audit after the cutoff: neither trained on nor certifying, yet
             provenance, inclusion = Provenance.AUDIT.value, routing.inclusion
         else:
             provenance, inclusion = Provenance.CORRECTION.value, None
-        arrival = SEED_ARRIVAL if routing is None else routing.arrival
         by_item[item_id] = LabeledText(
             item_id, text, record.label, "correction", provenance, inclusion, arrival
         )

@@ -266,7 +266,8 @@ def test_a_seed_item_routed_again_and_audited_is_not_a_stream_audit(store: Store
     collected = collect_labels(store)
 
     by_id = {r.item_id: r for r in collected.labels}
-    assert by_id["s1"].provenance == Provenance.CORRECTION
+    (drawn,) = AuditPolicy().seed_audit(["s1"])
+    assert by_id["s1"].provenance == (Provenance.SEED_AUDIT if drawn else Provenance.CORRECTION)
     assert by_id["p1"].provenance == Provenance.AUDIT
     in_stream = {s.item_id: s.inclusion for s in collected.stream}
     for label in collected.labels:
@@ -288,3 +289,27 @@ def test_escalation_windows_by_version_and_reason(store: Store) -> None:
     assert windows["v1"].by_reason == {"below_threshold": 2, "high_value": 1}
     assert windows["v1"].metrics()["escalation_rate_high_value"] == 0.25
     assert windows["v2"].rate == 0.0
+
+
+def test_a_seed_audit_corrected_after_a_later_routing_stays_a_seed_audit(store: Store) -> None:
+    # Only a seed audit that some model escalated gets a correction; were that to take it out of the
+    # audits, the seed audits left would be the ones models find easy, and certify too much.
+    policy = AuditPolicy(seed_share=0.5)
+    seed = [Product(id=f"s{i}", title=f"pan {i}", category=["Home", "Cookware"]) for i in range(40)]
+    add_seed_labels(store, seed, level=2)
+    drawn = dict(zip([p.id for p in seed], policy.seed_audit([p.id for p in seed]), strict=True))
+    audit_id = next(i for i, d in drawn.items() if d)
+    plain_id = next(i for i, d in drawn.items() if not d)
+    for n, item in enumerate((audit_id, plain_id), start=1):
+        predicted(store, "v2", item, f"pan {item}", escalated=True, reasons=["below_threshold"])
+        store.record_correction(correction(n, item, "Home > Bakeware", minute=n))
+
+    collected = collect_labels(store, policy)
+
+    by_id = {r.item_id: r for r in collected.labels}
+    audit = by_id[audit_id]
+    assert (audit.provenance, audit.inclusion, audit.label) == (Provenance.SEED_AUDIT, 0.5, "Home > Bakeware")
+    assert audit.arrival == -np.inf  # among the seed audits, wherever the window starts
+    assert by_id[plain_id].provenance == Provenance.CORRECTION
+    seed_audits = [r.item_id for r in collected.labels if r.provenance == Provenance.SEED_AUDIT]
+    assert sorted(seed_audits) == sorted(i for i, d in drawn.items() if d)
