@@ -200,6 +200,7 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
             continue
         routing = routings.get(item_id)
         arrival = SEED_ARRIVAL if routing is None else routing.arrival
+        inclusion: float | None
         if item_id in seed_audits:
             # Drawn by its id, it stays a seed audit, now with the reviewed label. Were a correction to
             # take it out, the seed audits left would be those no model escalated, the easy ones.
