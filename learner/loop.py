@@ -168,18 +168,28 @@ def split_roles(
     *,
     arrivals: ArrayLike | None = None,
     window: int = 0,
+    floor: float | None = None,
 ) -> Roles:
     """Audits (routed and seed) certify and form the gate's holdout; everything else trains. With
     `item_ids`, each role's rows come in `canonical_order`. With ``arrivals`` (each label's routing
     time or position, seed labels first) and a ``window``, only the ``window`` most recent audits
-    certify and older ones train (`audit_cutoff`)."""
+    certify and older ones train (`audit_cutoff`).
+
+    ``floor`` is where the champion's certifying audits started (its `Roles.cutoff`): it trained on
+    every audit before it, so none of those certifies again, whatever the window says. The window
+    alone moves forward only while audits are added; an audit can also leave the sample (a deleted or
+    rejected review makes it unreviewed again, and the stream then stops before it), and the window
+    would then reach back over audits the champion trained on, which the gate re-certifies it on.
+    The floor, like the window, depends on arrivals alone, never on a label."""
     audit = np.array([p in AUDIT_PROVENANCES for p in provenance], dtype=bool)
     cutoff = None
-    if arrivals is not None and window > 0:
+    if arrivals is not None and (window > 0 or floor is not None):
         arrival = np.asarray(arrivals, dtype=np.float64)
         if arrival.shape != audit.shape:
             raise ValueError(f"arrivals have shape {arrival.shape}, provenance ({audit.size},)")
         cutoff = audit_cutoff(arrival[audit], window)
+        if floor is not None and (cutoff is None or floor > cutoff):
+            cutoff = float(floor)
         if cutoff is not None:
             audit &= arrival >= cutoff
     order = np.arange(len(audit), dtype=np.intp) if item_ids is None else canonical_order(item_ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -47,6 +48,7 @@ from serving.store import Store
 
 logger = logging.getLogger(__name__)
 
+CERTIFY_FROM = "certify_from"  # bundle metadata: where its certifying audits started (`certify_from`)
 PROGRESS_EVERY_S = 2.0  # how often a long stage writes its progress to the run's row
 
 
@@ -88,18 +90,23 @@ class RetrainJob:
 
     def run(self, trigger: str) -> dict[str, Any]:
         """Returns the run's outcome fields; raises on failure (after ending the MLflow run FAILED)."""
-        from serving import tracking
+        from serving import registry, tracking
 
         settings = self.settings
         self.on_stage("collecting")
         collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit))
         labels = collected.labels
         window = settings.learner.audit.certify_window
+        # One champion for the whole run: its certifying window is this run's floor, and the gate
+        # re-certifies it on this run's audits (a promotion by hand meanwhile waits for the next run).
+        champion_version = registry.champion_version(settings)
+        floor = None if champion_version is None else certify_from(self._champion(champion_version))
         roles = loop.split_roles(
             [r.provenance for r in labels],
             [r.item_id for r in labels],
             arrivals=[r.arrival for r in labels],
             window=window,
+            floor=floor,
         )
         train = [labels[i] for i in roles.train]
         audits = [labels[i] for i in roles.certify]
@@ -152,7 +159,15 @@ class RetrainJob:
         staging = staging_dir(settings, run_id)
         pool = EmbedderPool([self.embedder], load=self.embedder_for or self._cached_embedder)
         try:
-            return self._run(run_id, train, audits, stream, fresh, config, outcome, trigger, staging, pool)
+            return self._run(
+                run_id,
+                _Split(train, audits, stream, fresh, roles.cutoff, champion_version),
+                config,
+                outcome,
+                trigger,
+                staging,
+                pool,
+            )
         except BaseException as exc:
             try:
                 tracking.end_run(settings, run_id, failed=True, error=describe_error(exc))
@@ -180,10 +195,7 @@ class RetrainJob:
     def _run(
         self,
         run_id: str,
-        train: list[LabeledText],
-        audits: list[LabeledText],
-        stream: list[StreamItem],
-        fresh: NDArray[np.bool_],
+        split: _Split,
         config: TrainingConfig,
         outcome: dict[str, Any],
         trigger: str,
@@ -193,6 +205,7 @@ class RetrainJob:
         from serving import registry, tracking
 
         settings = self.settings
+        train, audits, stream, fresh = split.train, split.audits, split.stream, split.fresh
         if len(train) < settings.retrain.min_labels:
             raise RetrainError(
                 f"only {len(train)} training labels; at least {settings.retrain.min_labels} needed"
@@ -200,7 +213,8 @@ class RetrainJob:
         if not audits:
             raise RetrainError(
                 "no reviewed audits to certify on: audits are seed labels (learner.audit.seed_share) "
-                "and routed items drawn for review"
+                "and routed items drawn for review; those the champion trained on never certify again, "
+                "and an unreviewed routed audit holds back every later one"
             )
         tuned: TunedEncoder | None = None
         embedder: Embedder = self.embedder
@@ -270,12 +284,9 @@ class RetrainJob:
         )
         embed_seconds = time.perf_counter() - started
         init = None
-        if config.warm_start_iterations > 0:
-            from serving import registry
-
-            version = registry.champion_version(settings)
-            loaded = self._champion(version) if version is not None else None
-            init = loaded if loaded is not None and loaded.encoder_id == encoder_id else None
+        if config.warm_start_iterations > 0 and split.champion_version is not None:
+            loaded = self._champion(split.champion_version)
+            init = loaded if loaded.encoder_id == encoder_id else None
         self.on_stage("training")
         started_train = time.perf_counter()
         result = self.train_fn(
@@ -305,6 +316,8 @@ class RetrainJob:
                 "audit_strata": levels,
                 # Part of the encoder's id, not of its folder: what a loader needs to reproduce it.
                 "encoder_max_length": settings.learner.max_length,
+                # Audits routed before this trained it: the next run's floor (`certify_from`).
+                CERTIFY_FROM: split.cutoff,
             }
         )
         if tuned is not None:
@@ -317,7 +330,7 @@ class RetrainJob:
             raise RetrainError("the training function returned no certification evidence")
         challenger = audit_scores(proba_audit, bundle.labels, y_audit, bundle.thresholds, result.evidence)
         weights = 1.0 / audit_pi
-        champion_version = registry.champion_version(settings)
+        champion_version = split.champion_version
         champion: AuditScores | None = None
         champion_note = ""
         if champion_version is not None:
@@ -460,9 +473,10 @@ class RetrainJob:
         design: AuditDesign,
     ) -> tuple[AuditScores | None, str]:
         """The champion on today's audits, RE-CERTIFIED on them (it trained only on audits older than
-        these: the certifying window only moves forward): its coverage then rests on the same evidence
-        as the challenger's, not on the audits it had when it was promoted. It is scored on its own
-        encoder's embeddings (a fine-tuned champion's is in its bundle) and its own feature spec."""
+        these: a run's window never starts before its champion's, `certify_from`): its coverage then
+        rests on the same evidence as the challenger's, not on the audits it had when it was promoted.
+        It is scored on its own encoder's embeddings (a fine-tuned champion's is in its bundle) and
+        its own feature spec."""
         champion = self._champion(version)
         try:
             e_audit = pool.embed(champion.encoder_id, "audits", texts, champion)
@@ -483,6 +497,25 @@ class RetrainJob:
         if version not in self._loaded:
             self._loaded[version] = ModelBundle.load(registry.download(self.settings, version), device="cpu")
         return self._loaded[version]
+
+
+@dataclass(frozen=True)
+class _Split:
+    """What one run trains and certifies on, and against which champion."""
+
+    train: list[LabeledText]
+    audits: list[LabeledText]
+    stream: list[StreamItem]
+    fresh: NDArray[np.bool_]  # which stream items the challenger was not trained on
+    cutoff: float | None  # its certifying audits' first arrival (None: every audit certifies)
+    champion_version: str | None
+
+
+def certify_from(bundle: ModelBundle) -> float | None:
+    """The arrival from which `bundle`'s certifying audits started; it trained on the audits before.
+    None for a bundle that certified on every audit, or one from before this was recorded."""
+    value = bundle.metadata.get(CERTIFY_FROM)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _best_effort(what: str, call: Callable[..., Any], *args: Any) -> None:

@@ -92,6 +92,23 @@ def test_only_the_most_recent_audits_certify_and_older_ones_train() -> None:
         split_roles(provenance, arrivals=[1.0, 2.0], window=1)
 
 
+def test_audits_the_champion_trained_on_never_certify_again_when_an_audit_leaves_the_sample() -> None:
+    # Champion: window 2 over audits at 1, 3, 5 -> it certified on 3 and 5 and trained on 1 and the seed.
+    provenance = ["seed_audit", "audit", "audit", "audit"]
+    champion = split_roles(provenance, arrivals=[-np.inf, 1.0, 3.0, 5.0], window=2)
+    assert champion.cutoff == 3.0
+    # The review of the audit at 5 is deleted: it waits again, and the window alone would reach back
+    # over the audit at 1 (and the seed audit), which the champion trained on.
+    shrunk, arrivals = provenance[:3], [-np.inf, 1.0, 3.0]
+    assert split_roles(shrunk, arrivals=arrivals, window=2).certify.tolist() == [1, 2]
+    floored = split_roles(shrunk, arrivals=arrivals, window=2, floor=champion.cutoff)
+    assert (floored.certify.tolist(), floored.train.tolist(), floored.cutoff) == ([2], [0, 1], 3.0)
+    # Without a window the floor alone cuts; a floor below the window's cutoff changes nothing.
+    assert split_roles(shrunk, arrivals=arrivals, floor=3.0).certify.tolist() == [2]
+    later = split_roles(provenance, arrivals=[-np.inf, 1.0, 3.0, 5.0], window=1, floor=3.0)
+    assert (later.certify.tolist(), later.cutoff) == ([3], 5.0)
+
+
 def test_review_priority_follows_the_strategy_and_audits_come_first() -> None:
     proba = np.array([[0.9, 0.1, 0.0], [0.5, 0.5, 0.0], [0.4, 0.3, 0.3]])
     margin = review_priority(proba, "margin")

@@ -20,7 +20,7 @@ from serving.retrain.promotion import Promoter
 from serving.retrain.tables import RunRecord
 from serving.retrain.training import Embedder, TrainFn
 from serving.store import Store
-from tests.unit.serving.retrain_support import BowEmbedder, predicted, retrain_settings
+from tests.unit.serving.retrain_support import BowEmbedder, correction, predicted, retrain_settings
 
 pytestmark = pytest.mark.slow
 
@@ -292,3 +292,29 @@ def tracking_error(message: str) -> Exception:
     from mlflow.exceptions import MlflowException
 
     return MlflowException(message)
+
+
+def test_a_deleted_audit_review_never_lets_the_champion_be_certified_on_its_own_training_audits(
+    tmp_path: Path,
+) -> None:
+    # Window 4 over 10 routed audits: v1 certifies on the 4 newest and trains on the 6 older ones.
+    settings, store = seeded(tmp_path)
+    audit = settings.learner.audit.model_copy(update={"certify_window": 4})
+    settings = settings.model_copy(update={"learner": settings.learner.model_copy(update={"audit": audit})})
+    catalog = generate_catalog(10, seed=11, n_categories=5)
+    for n, product in enumerate(catalog, start=1):
+        item = f"routed-{n:02d}"
+        predicted(store, "v0", item, product.title, escalated=True, reasons=["audit"], audit_probability=0.1)
+        label = " > ".join((product.category or [])[:2])
+        store.record_correction(correction(n, item, label, minute=n))
+    first = run_once(settings, store)
+    assert first.status == "promoted", first.error
+    params = tracking.client(settings).get_run(first.mlflow_run_id or "").data.params
+    assert params["n_audits"] == "4"  # the seed audits are older than the window: they train
+    # A reviewer deletes the review of the 8th audit: it waits again, and so does everything after it.
+    store.record_correction(correction(8, "routed-08", None, action="deleted", minute=30))
+    second = run_once(settings, store)
+    params = tracking.client(settings).get_run(second.mlflow_run_id or "").data.params
+    # Left to certify: the 7th audit only. The window alone would take the 4th to the 7th, three of
+    # which trained v1, the champion the gate re-certifies on them.
+    assert params["n_audits"] == "1", params
