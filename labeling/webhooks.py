@@ -331,13 +331,16 @@ def correction_from(
 ) -> CorrectionEvent:
     """Apply the rules: cancelled -> recorded, not a label; label outside the taxonomy -> rejected; a
     category on a task that needs a senior reviewer, chosen by someone else -> proposed (with
-    `is_senior`; None = no tiers). The author of an edit is its ``updated_by``: a senior who edits a
-    junior's annotation makes it the label."""
+    `is_senior`; None = no tiers). The author of a state is its ``updated_by``, the account Label
+    Studio saw write it: a senior who edits a junior's annotation makes it the label, and
+    ``completed_by``, which a client may set to anyone's id when it creates an annotation, decides
+    only when Label Studio sent no ``updated_by``."""
     data = task.data if task else {}
     meta = task.meta if task else {}
     item_id = meta.get("item_id", data.get("item_id"))
     predicted, version, score = _prediction_from(annotation, meta)
     raw_label = label_from_result(annotation.result)
+    author = annotation.updated_by or annotation.completed_by
     action: CorrectionAction = "updated" if updated else "created"
     label: str | None = raw_label
     error: str | None = None
@@ -354,10 +357,8 @@ def correction_from(
             f"annotation {annotation.id}: label {raw_label!r} is not one of the taxonomy's "
             f"{len(taxonomy)} categories"
         )
-    elif is_senior is not None and meta.get(NEEDS_SENIOR) is True:
-        author = (annotation.updated_by if updated else None) or annotation.completed_by
-        if not is_senior(author):
-            action, label = "proposed", None
+    elif is_senior is not None and meta.get(NEEDS_SENIOR) is True and not is_senior(author):
+        action, label = "proposed", None
     return CorrectionEvent(
         action=action,
         annotation_id=annotation.id,
@@ -366,7 +367,7 @@ def correction_from(
         item_id=str(item_id) if item_id is not None else None,
         label=label,
         raw_label=raw_label,
-        reviewer_id=annotation.completed_by,
+        reviewer_id=author,
         created_at=utc(annotation.created_at),
         updated_at=utc(annotation.updated_at),
         lead_time=annotation.lead_time,

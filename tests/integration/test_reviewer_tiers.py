@@ -7,6 +7,7 @@ Label Studio, and the admin's annotation is the label that releases it. The audi
 
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from hitl.settings import Settings
@@ -87,6 +88,32 @@ def test_a_juniors_annotation_on_a_high_value_task_is_a_proposal_and_a_seniors_i
         (f"reviewer:{reviewer.user_id}", "proposed", "Home & Kitchen > Cookware"),
         (f"reviewer:{admin_id}", "corrected", "Sports > Cycling"),
     ]
+
+
+def test_a_junior_naming_a_senior_as_completed_by_is_still_the_author(
+    ls_client: LabelStudioClient,
+    reviewer: ReviewerAccount,
+    store: Store,
+    project_id: int,
+    receiver: Receiver,
+    settings: Settings,
+) -> None:
+    # `completed_by` is a field any client may set when it creates an annotation; Label Studio records
+    # the account that wrote it as `updated_by`, which is what decides.
+    admin_id = int(ls_client.whoami()["id"])
+    task_id = _push(ls_client, store, project_id, _escalation("tier-forged", ["high_value"], 1400.0))
+    answer = httpx.post(
+        f"{settings.labelstudio.base_url}/api/tasks/{task_id}/annotations/",
+        headers={"Authorization": f"Token {reviewer.token}"},
+        json={"result": TAXONOMY.result_for("Sports > Cycling"), "completed_by": admin_id},
+        timeout=30,
+    )
+    assert answer.status_code == 201, answer.text
+    forged = answer.json()
+    assert forged["completed_by"] == admin_id  # Label Studio took the forged field as it came
+    (state,) = eventually(lambda: store.history(forged["id"]), lambda rows: len(rows) >= 1)
+    assert (state.action, state.label, state.reviewer_id) == ("proposed", None, reviewer.user_id)
+    assert "tier-forged" not in store.current_labels()
 
 
 def test_a_senior_editing_a_juniors_proposal_makes_it_the_label(

@@ -155,6 +155,24 @@ def test_an_annotation_a_scan_missed_is_not_taken_for_deleted(tmp_path: Path) ->
     assert [r.action for r in store.history(30)] == ["created", "deleted"]
 
 
+def test_an_annotation_a_junior_edited_is_a_proposal_even_when_a_senior_created_it(tmp_path: Path) -> None:
+    # Both webhooks were missed: the sync sees the annotation for the first time, already edited.
+    fake = FakeLabelStudio()
+    fake.tasks = [
+        {
+            "id": 1,
+            "data": {"item_id": "a"},
+            "meta": {"item_id": "a", "needs_senior": True},
+            "annotations": [annotation(11, "Shoes", "2025-01-01T10:00:00Z", completed_by=5, updated_by=2)],
+        }
+    ]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_all()
+    sync_project(cast(LabelStudioClient, fake), store, 1, TAX, is_senior=lambda user: user == 5)
+    (row,) = store.history(11)
+    assert (row.action, row.label, row.reviewer_id) == ("proposed", None, 2)
+
+
 def test_periodic_sync_runs_until_stopped_and_says_when_a_sync_still_runs() -> None:
     runs: list[int] = []
     inside, release = threading.Event(), threading.Event()

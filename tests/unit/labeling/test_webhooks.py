@@ -189,6 +189,15 @@ def test_on_a_task_that_needs_a_senior_only_a_seniors_category_is_the_label() ->
     edited["action"] = "ANNOTATION_UPDATED"
     assert events_from(parse_payload(edited), TAX, is_senior).action == "updated"  # type: ignore[union-attr]
 
+    # A junior who creates an annotation naming a senior as completed_by (a field any client may
+    # set) is still the author: Label Studio's updated_by is the account that wrote it.
+    forged = _high_stakes(created(["Sports", "Running"], completed_by=5, updated_by=2))
+    event = events_from(parse_payload(forged), TAX, is_senior)
+    assert isinstance(event, CorrectionEvent)
+    assert (event.action, event.label, event.reviewer_id) == ("proposed", None, 2)
+    # The senior's edit is the senior's in the audit trail too.
+    assert events_from(parse_payload(edited), TAX, is_senior).reviewer_id == 5  # type: ignore[union-attr]
+
     # Without tiers, or on an ordinary task, anyone's category is the label.
     body = _high_stakes(created(["Sports", "Running"]))
     assert events_from(parse_payload(body), TAX).action == "created"  # type: ignore[union-attr]
