@@ -75,13 +75,17 @@ def _check_result(result: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return result
 
 
+# The longest model version a correction keeps (the store's column: PostgreSQL refuses longer ones).
+MAX_VERSION_LENGTH = 255
+
+
 class _Payload(BaseModel):
     # Validation errors never quote the input: a task's data holds item text.
     model_config = ConfigDict(extra="ignore", frozen=True, hide_input_in_errors=True)
 
 
 class PredictionPayload(_Payload):
-    model_version: str | None = None
+    model_version: str | None = Field(None, max_length=MAX_VERSION_LENGTH)
     score: float | None = Field(None, allow_inf_nan=False)
     result: list[dict[str, Any]] = Field(default_factory=list)
 
@@ -282,10 +286,11 @@ def parse_payload(
 MAX_META_TEXT = 1000
 
 
-def meta_text(value: object) -> str | None:
-    """A string the meta we pushed with a task holds, or None where it holds anything else: the meta
-    can be edited in Label Studio, and a broken value there must not cost the reviewer's label."""
-    if not isinstance(value, str) or not value or len(value) > MAX_META_TEXT:
+def meta_text(value: object, limit: int = MAX_META_TEXT) -> str | None:
+    """A string the meta we pushed with a task holds (at most `limit` characters), or None where it
+    holds anything else: the meta can be edited in Label Studio, and a broken value there must not
+    cost the reviewer's label."""
+    if not isinstance(value, str) or not value or len(value) > limit:
         return None
     try:
         return check_text(value, "meta")
@@ -314,7 +319,7 @@ def _prediction_from(
     score = annotation.prediction.score if annotation.prediction else None
     return (
         predicted or meta_text(task_meta.get("predicted_label")),
-        version or meta_text(task_meta.get("model_version")),
+        version or meta_text(task_meta.get("model_version"), MAX_VERSION_LENGTH),
         score if score is not None else meta_score(task_meta.get("model_score")),
     )
 

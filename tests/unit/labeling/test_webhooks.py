@@ -249,3 +249,20 @@ def test_a_prediction_version_no_database_can_store_is_malformed() -> None:
     with pytest.raises(WebhookPayloadError) as info:
         parse_payload(body)
     assert "ANNOTATION_CREATED.annotation.prediction.model_version" in {e["loc"] for e in info.value.errors}
+
+
+def test_a_model_version_longer_than_the_store_keeps_is_malformed_or_absent() -> None:
+    # PostgreSQL refuses a value longer than its column: once a 500, and a sync stopped at it.
+    body = created(["Sports", "Running"])
+    body["annotation"]["prediction"] = {"model_version": "v" * 256, "result": []}
+    with pytest.raises(WebhookPayloadError) as info:
+        parse_payload(body)
+    assert "ANNOTATION_CREATED.annotation.prediction.model_version" in {e["loc"] for e in info.value.errors}
+    # In the task's meta (editable in Label Studio) it counts as absent: the label is kept.
+    body = created(["Sports", "Running"])
+    body["task"]["meta"]["model_version"] = "v" * 256
+    event = events_from(parse_payload(body), TAX)
+    assert isinstance(event, CorrectionEvent)
+    assert (event.label, event.model_version) == ("Sports > Running", None)
+    body["task"]["meta"]["model_version"] = "v" * 255
+    assert events_from(parse_payload(body), TAX).model_version == "v" * 255  # type: ignore[union-attr]
