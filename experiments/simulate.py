@@ -435,13 +435,12 @@ def _train(
     train_rows, cal_rows, cutoff = _roles(data, state, config.audit.certify_window)
     _, levels = strata_of([state.audit_pi[r] for r in cal_rows] + state.stream_pi[cutoff:])
 
-    classes = data.classes
     x = inputs.x
     return train_bundle(
         x[train_rows],
-        [classes[state.observed[r]] for r in train_rows],
+        _reviewed(data, state, train_rows),
         x[cal_rows],
-        [classes[state.observed[r]] for r in cal_rows],
+        _reviewed(data, state, cal_rows),
         config=config.training,
         encoder_ref="simulation",
         encoder_id="simulation",
@@ -450,6 +449,12 @@ def _train(
         design=_design(inputs, state, cal_rows, train_rows, cutoff),
         metadata={"audit_strata": levels},
     )
+
+
+def _reviewed(data: LabeledDataset, state: _State, rows: Sequence[int]) -> list[str]:
+    """The labels `rows` carry as reviewers gave them (`reviewer_noise`): all that production's
+    training, certification and gate ever see."""
+    return [data.classes[state.observed[r]] for r in rows]
 
 
 def _select(
@@ -689,7 +694,7 @@ def _gate(
     both coverages rest on the same evidence."""
     # The challenger's audits, in the order it was certified on them.
     train_rows, rows, cutoff = _roles(data, state, config.audit.certify_window)
-    y = [str(label) for label in data.labels[rows]]
+    y = _reviewed(data, state, rows)
     pi = np.array([state.audit_pi[r] for r in rows])
     design = _design(inputs, state, rows, train_rows, cutoff)
 
