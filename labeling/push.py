@@ -208,7 +208,9 @@ def push_escalations(
 ) -> PushReport:
     """Deliver escalations, most useful first: one task per item across model versions.
 
-    - ``close``: the item's open task is deleted from the project (its item is auto-accepted now);
+    - ``close``: the item's open task is deleted from the project (its item is auto-accepted now),
+      unless a reviewer annotated it: deleting it would delete the annotation, so only the ledger
+      closes it (``kept``);
     - ``push`` of an item with an open task: the task gets the newer version's prediction, data and
       meta (so the queue order and the reasons follow the champion); no second task;
     - ``push`` of any other item: a new task, imported in batches.
