@@ -142,6 +142,27 @@ def default_candidates() -> NDArray[np.float64]:
     return out
 
 
+def certification_grid(temperature: float, score: str) -> NDArray[np.float64]:
+    """The candidate thresholds a model with this `temperature` is certified on, strictest first:
+    `default_candidates` placed on its score at temperature 1, expressed in its calibrated score.
+
+    The temperature is fitted on the very audits that then certify the threshold. On a grid fixed in
+    the calibrated score those labels would choose where the candidates fall along the model's
+    ranking: a choice, by one parameter, that fixed-sequence testing does not allow. The pairwise
+    score at temperature T is ``sigmoid(gap / T)`` (``gap``: the top-two logit gap), a monotone map of
+    its value at 1, so on this grid each candidate accepts the same items whatever T is: what is
+    tested depends on the head alone. The top-class probability is no function of its value at 1
+    (a temperature can reorder items), so it keeps the fixed grid.
+    """
+    grid = default_candidates()
+    if score != "pairwise" or temperature == 1.0:
+        return grid
+    inside = grid[(grid > 0.0) & (grid < 1.0)]
+    mapped = 1.0 / (1.0 + np.exp(-np.log(inside / (1.0 - inside)) / temperature))
+    out: NDArray[np.float64] = np.unique(np.concatenate([[0.0, 1.0], mapped]))[::-1].copy()
+    return out
+
+
 def min_accepted_to_pass(target: float, delta: float) -> int:
     """Fewest accepted calibration items with which any threshold can pass: even zero errors among
     fewer items leave ``P(0 errors | error rate = 1 - target) = target**n > delta``.

@@ -22,7 +22,7 @@ from learner.evaluation import EvaluationReport, evaluate
 from learner.exceptions import LearnerError
 from learner.features import FeatureSpec, HeadInputs
 from learner.head import ClassWeight, TorchHeadClassifier, start_mismatch
-from learner.thresholds import ClassThresholds
+from learner.thresholds import ClassThresholds, certification_grid
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,14 @@ def certify_bundle(
         score=bundle.thresholds.score,
     )
     evidence = evidence_of(
-        proba, y, strata, stream_conf, stream_strata, options=options, trained_strata=trained
+        proba,
+        y,
+        strata,
+        stream_conf,
+        stream_strata,
+        options=options,
+        candidates=certification_grid(bundle.temperature, options.score),
+        trained_strata=trained,
     )
     return certify_evidence(evidence, proba.shape[1]), evidence
 

@@ -6,10 +6,11 @@ from dataclasses import replace
 
 import numpy as np
 
+from learner.calibration import softmax
 from learner.loop import training_config
 from learner.settings import LearnerSettings
-from learner.thresholds import acceptance_confidence
-from learner.training import TrainingConfig, fit_head, train_bundle
+from learner.thresholds import acceptance_confidence, certification_grid, default_candidates
+from learner.training import TrainingConfig, certify_bundle, fit_head, label_indices, train_bundle
 
 
 def test_fit_head_uses_the_configured_head_and_learns_separable_classes() -> None:
@@ -49,3 +50,36 @@ def test_the_default_learner_certifies_and_predicts_on_the_pairwise_score() -> N
     assert not np.allclose(confidence, proba.max(axis=1))  # not the top probability
     np.testing.assert_array_equal(accepted, confidence >= bundle.thresholds.thresholds[proba.argmax(axis=1)])
     assert accepted.any()
+
+
+def test_what_a_certificate_accepts_does_not_depend_on_the_temperature_fitted_on_its_audits() -> None:
+    # The temperature is fitted on the audits that then certify: were the candidates fixed in the
+    # calibrated score, those labels would choose where they fall along the model's ranking.
+    rng = np.random.default_rng(2)
+    centres = np.eye(4, 8) * 1.6
+    y_idx = np.repeat(np.arange(4), 300)
+    x = (centres[y_idx] + rng.standard_normal((1200, 8))).astype(np.float32)
+    y = [str(v) for v in y_idx]
+    config = training_config(LearnerSettings(device="cpu", features="embedding"), device="cpu")
+    train, cal = np.arange(0, 1200, 3), np.setdiff1d(np.arange(1200), np.arange(0, 1200, 3))
+    bundle = train_bundle(
+        x[train],
+        [y[i] for i in train],
+        x[cal],
+        [y[i] for i in cal],
+        config=config,
+        encoder_ref="t",
+        encoder_id="t",
+    ).bundle
+    logits = bundle.head.logits(x[cal])
+    y_cal = label_indices([y[i] for i in cal], bundle.labels)
+    accepted = {}
+    for temperature in (0.5, 1.0, 2.0, 4.0, bundle.temperature):
+        tempered = replace(bundle, temperature=temperature)
+        thresholds, _ = certify_bundle(tempered, softmax(logits, temperature), y_cal, config=config)
+        accepted[temperature] = thresholds.accept_mask(softmax(logits, temperature))
+    assert accepted[1.0].any()
+    for temperature, mask in accepted.items():
+        np.testing.assert_array_equal(mask, accepted[1.0], err_msg=f"temperature {temperature}")
+    # The top-class probability is no monotone map of its value at temperature 1: its grid stays fixed.
+    np.testing.assert_array_equal(certification_grid(2.0, "top_probability"), default_candidates())
