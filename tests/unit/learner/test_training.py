@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from numpy.typing import NDArray
 
+from learner.bundle import ModelBundle
 from learner.calibration import softmax
 from learner.loop import training_config
 from learner.settings import LearnerSettings
@@ -25,15 +27,18 @@ def test_fit_head_uses_the_configured_head_and_learns_separable_classes() -> Non
     assert (head.predict(x.astype(np.float32)) == y).mean() > 0.95
 
 
-def test_the_default_learner_certifies_and_predicts_on_the_pairwise_score() -> None:
-    rng = np.random.default_rng(1)
-    centres = np.eye(4, 8) * 2.5
-    y_idx = np.repeat(np.arange(4), 150)
-    x = (centres[y_idx] + rng.standard_normal((600, 8))).astype(np.float32)
+def _default_bundle(
+    seed: int, spread: float, per_class: int, every: int
+) -> tuple[ModelBundle, NDArray[np.float32], list[str], NDArray[np.intp], TrainingConfig]:
+    """The default learner on 4 Gaussian classes (8-d, centres `spread` apart); every `every`-th item
+    trains, the rest calibrate: (bundle, x, labels, calibration rows, config)."""
+    rng = np.random.default_rng(seed)
+    y_idx = np.repeat(np.arange(4), per_class)
+    x = ((np.eye(4, 8) * spread)[y_idx] + rng.standard_normal((y_idx.size, 8))).astype(np.float32)
     y = [str(v) for v in y_idx]
     config = training_config(LearnerSettings(device="cpu", features="embedding"), device="cpu")
-    assert config.acceptance_score == "pairwise"
-    train, cal = np.arange(0, 600, 2), np.arange(1, 600, 2)
+    train = np.arange(0, y_idx.size, every)
+    cal = np.setdiff1d(np.arange(y_idx.size), train)
     bundle = train_bundle(
         x[train],
         [y[i] for i in train],
@@ -43,6 +48,12 @@ def test_the_default_learner_certifies_and_predicts_on_the_pairwise_score() -> N
         encoder_ref="test",
         encoder_id="test",
     ).bundle
+    return bundle, x, y, cal, config
+
+
+def test_the_default_learner_certifies_and_predicts_on_the_pairwise_score() -> None:
+    bundle, x, _, cal, config = _default_bundle(seed=1, spread=2.5, per_class=150, every=2)
+    assert config.acceptance_score == "pairwise"
     assert bundle.thresholds.score == "pairwise"
     proba = bundle.predict_proba(x[cal])
     _, confidence, accepted = bundle.predict(x[cal])
@@ -55,22 +66,7 @@ def test_the_default_learner_certifies_and_predicts_on_the_pairwise_score() -> N
 def test_what_a_certificate_accepts_does_not_depend_on_the_temperature_fitted_on_its_audits() -> None:
     # The temperature is fitted on the audits that then certify: were the candidates fixed in the
     # calibrated score, those labels would choose where they fall along the model's ranking.
-    rng = np.random.default_rng(2)
-    centres = np.eye(4, 8) * 1.6
-    y_idx = np.repeat(np.arange(4), 300)
-    x = (centres[y_idx] + rng.standard_normal((1200, 8))).astype(np.float32)
-    y = [str(v) for v in y_idx]
-    config = training_config(LearnerSettings(device="cpu", features="embedding"), device="cpu")
-    train, cal = np.arange(0, 1200, 3), np.setdiff1d(np.arange(1200), np.arange(0, 1200, 3))
-    bundle = train_bundle(
-        x[train],
-        [y[i] for i in train],
-        x[cal],
-        [y[i] for i in cal],
-        config=config,
-        encoder_ref="t",
-        encoder_id="t",
-    ).bundle
+    bundle, x, y, cal, config = _default_bundle(seed=2, spread=1.6, per_class=300, every=3)
     logits = bundle.head.logits(x[cal])
     y_cal = label_indices([y[i] for i in cal], bundle.labels)
     accepted = {}
