@@ -92,6 +92,16 @@ class LiveTask:
         return cls(int(task["id"]), annotated or int(task.get("total_annotations") or 0) > 0)
 
 
+def unreviewed_tasks(live: Mapping[str, Sequence[LiveTask]]) -> dict[str, int]:
+    """item id -> its oldest task no reviewer annotated (items with none are absent)."""
+    found: dict[str, int] = {}
+    for item, tasks in live.items():
+        fresh = sorted(t.id for t in tasks if not t.annotated)
+        if fresh:
+            found[item] = fresh[0]
+    return found
+
+
 @dataclass(frozen=True)
 class ReviewerAccount:
     user_id: int
@@ -293,11 +303,14 @@ class LabelStudioClient:
         return ids
 
     def tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
-        """item id -> id of a task in the project whose data names that item (the oldest if several).
+        """item id -> id of the oldest task in the project whose data names that item and that no
+        reviewer has annotated.
 
         How an import whose answer was lost (a timeout after Label Studio committed it) is found
-        again, instead of importing the items a second time."""
-        return {item: ids[0] for item, ids in self.task_ids_of_items(project_id, item_ids).items()}
+        again, instead of importing the items a second time. Such a task is new; an annotated one is
+        an earlier review's (kept when its item was auto-accepted, `labeling.push`), and taking it
+        for the new escalation would hide that escalation from every reviewer."""
+        return unreviewed_tasks(self.live_tasks_of_items(project_id, item_ids))
 
     def task_ids_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[int]]:
         """item id -> ids of every task in the project whose data names that item, oldest first

@@ -164,7 +164,8 @@ class Receiver:
             self._thread.join(120)
             if self._thread.is_alive():
                 raise RuntimeError(f"the app on port {self.settings.serving.port} did not stop in 120 s")
-            still = self._app.state.workers_still_running if self._app is not None else []
+            # Absent when the lifespan failed before its workers ran: that error is already raised.
+            still = getattr(self._app.state, "workers_still_running", []) if self._app is not None else []
             if still:
                 raise RuntimeError(f"the app on port {self.settings.serving.port} left {still} running")
         self._server = self._thread = self._app = None

@@ -269,6 +269,8 @@ def test_closing_an_item_a_reviewer_annotated_keeps_the_task_and_the_label(
     assert (report.kept, report.closed) == (1, 0)
     assert ls_client.task_ids_of_items(project_id, ["reviewed-0"]) == {"reviewed-0": [task_id]}
     assert ls_client.annotation_exists(annotation["id"])
+    # A later escalation's retried import never takes the reviewed task for its own.
+    assert ls_client.tasks_of_items(project_id, ["reviewed-0"]) == {}
     assert store.open_task_ids(project_id, ["reviewed-0"]) == {}
     sync_project(ls_client, store, project_id, TAXONOMY)
     assert store.current_labels()["reviewed-0"].label == "Sports > Running"

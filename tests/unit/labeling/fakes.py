@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from labeling.client import LiveTask
+from labeling.client import LiveTask, unreviewed_tasks
 from labeling.exceptions import LabelStudioApiError
 
 
@@ -47,7 +47,7 @@ class FakeLabelStudio:
         task["data"], task["meta"] = dict(data), dict(meta)
 
     def tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
-        return {item: ids[0] for item, ids in self.task_ids_of_items(project_id, item_ids).items()}
+        return unreviewed_tasks(self.live_tasks_of_items(project_id, item_ids))
 
     def task_ids_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[int]]:
         return {

@@ -134,6 +134,20 @@ def test_a_close_never_deletes_a_task_a_reviewer_annotated() -> None:
     assert "a reviewer annotated it" not in ledger.closed[first.task_ids["b"]]
 
 
+def test_a_retried_push_never_adopts_a_kept_annotated_task() -> None:
+    # A later escalation of the item, retried after a lost answer: the annotated task an earlier
+    # review left is not the import that was lost, and taking it would hide the escalation.
+    fake, ledger = FakeLabelStudio(), MemoryLedger()
+    client = cast(LabelStudioClient, fake)
+    first = push_escalations(client, ledger, 1, TAX, [esc("a", 0.5)])
+    fake.tasks[0]["annotations"].append({"id": 7, "was_cancelled": False, "result": []})
+    assert push_escalations(client, ledger, 1, TAX, [esc("a", 0.1, version="v2", action="close")]).kept == 1
+    again = push_escalations(client, ledger, 1, TAX, [esc("a", 0.6, version="v3")], adopt_existing=True)
+    assert (again.adopted, again.pushed) == (0, 1)
+    assert again.task_ids["a"] != first.task_ids["a"]
+    assert [len(t["annotations"]) for t in fake.tasks] == [1, 0]
+
+
 def test_a_label_outside_the_taxonomy_sends_nothing() -> None:
     fake = FakeLabelStudio()
     with pytest.raises(ValueError, match="not one of"):
