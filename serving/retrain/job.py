@@ -94,13 +94,13 @@ class RetrainJob:
 
         settings = self.settings
         self.on_stage("collecting")
-        collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit))
-        labels = collected.labels
-        window = settings.learner.audit.certify_window
         # One champion for the whole run: its certifying window is this run's floor, and the gate
         # re-certifies it on this run's audits (a promotion by hand meanwhile waits for the next run).
         champion_version = registry.champion_version(settings)
         floor = None if champion_version is None else certify_from(self._champion(champion_version))
+        collected = collect_labels(self.store, AuditPolicy.of(settings.learner.audit), floor=floor)
+        labels = collected.labels
+        window = settings.learner.audit.certify_window
         roles = loop.split_roles(
             [r.provenance for r in labels],
             [r.item_id for r in labels],

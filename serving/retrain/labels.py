@@ -154,7 +154,9 @@ class CollectedLabels:
     unreviewed_audits: int
 
 
-def collect_labels(store: Store, policy: AuditPolicy | None = None) -> CollectedLabels:
+def collect_labels(
+    store: Store, policy: AuditPolicy | None = None, *, floor: float | None = None
+) -> CollectedLabels:
     """Seed labels + current corrections (latest per item wins), each with its provenance, and the
     stream the audits were drawn from.
 
@@ -162,7 +164,9 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
     corrected item whose first routing drew it into the audit is an audit (its logged probability).
     An audit nobody has reviewed yet would bias the sample if it were simply left out (reviewers
     might skip the hard ones), so the stream is cut at the first routed audit still unreviewed:
-    routed items from that moment on, and the audits among them, wait for a later run.
+    routed items from that moment on, and the audits among them, wait for a later run. An audit
+    routed before ``floor`` (the champion's `learner.loop.split_roles` floor) never certifies again,
+    so unreviewed it holds nothing back: it only leaves the training labels.
     """
     policy = policy or AuditPolicy()
     watermark = correction_watermark(store)
@@ -189,7 +193,8 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
     # A seed item routed again (the same id) is no stream item: the seed stands for it in the stream, so
     # an audit draw at its routing cannot certify as a stream audit.
     audited = {i for i, r in routings.items() if r.audited and i not in seed_set}
-    pending = [routings[i].created_at for i in audited if i not in current]
+    waiting = [routings[i] for i in audited if i not in current]
+    pending = [r.created_at for r in waiting if floor is None or r.arrival >= floor]
     cutoff = min(pending) if pending else None
     texts = _texts(store, list(set(current) | set(routings)))
     for item_id, record in current.items():
@@ -221,5 +226,5 @@ def collect_labels(store: Store, policy: AuditPolicy | None = None) -> Collected
         if cutoff is None or routing.created_at < cutoff:
             stream.append(StreamItem(item_id, texts[item_id], routing.inclusion, routing.arrival))
     return CollectedLabels(
-        sorted(by_item.values(), key=lambda r: r.item_id), stream, watermark, cutoff, len(pending)
+        sorted(by_item.values(), key=lambda r: r.item_id), stream, watermark, cutoff, len(waiting)
     )

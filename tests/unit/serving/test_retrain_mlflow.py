@@ -318,3 +318,9 @@ def test_a_deleted_audit_review_never_lets_the_champion_be_certified_on_its_own_
     # Left to certify: the 7th audit only. The window alone would take the 4th to the 7th, three of
     # which trained v1, the champion the gate re-certifies on them.
     assert params["n_audits"] == "1", params
+    # An audit the champion trained on loses its review: it leaves training, and holds nothing back.
+    store.record_correction(correction(2, "routed-02", None, action="deleted", minute=31))
+    third = run_once(settings, store)
+    assert third.status != "failed", third.error
+    params = tracking.client(settings).get_run(third.mlflow_run_id or "").data.params
+    assert (params["n_audits"], params["unreviewed_audits"]) == ("1", "2"), params
