@@ -382,6 +382,16 @@ class RetrainJob:
             decision = GateDecision(False, champion_note)
         else:
             decision = gate(challenger, champion, audit_pi, settings.retrain)
+        moved = registry.champion_version(settings)
+        if decision.promote and moved != champion_version:
+            # An engineer promoted or rolled back meanwhile: this run was gated against another model.
+            was = "none" if champion_version is None else f"v{champion_version}"
+            decision = GateDecision(
+                False,
+                f"the champion moved during this run ({was} -> v{moved}), and this challenger was "
+                f"gated against {was}: not promoted (promote it by hand, or let the next run decide)",
+                decision.tests,
+            )
         for test in decision.tests:
             tracking.log_metrics(
                 settings,

@@ -324,3 +324,19 @@ def test_a_deleted_audit_review_never_lets_the_champion_be_certified_on_its_own_
     assert third.status != "failed", third.error
     params = tracking.client(settings).get_run(third.mlflow_run_id or "").data.params
     assert (params["n_audits"], params["unreviewed_audits"]) == ("1", "2"), params
+
+
+def test_a_champion_moved_by_hand_during_a_run_is_never_overwritten_by_it(tmp_path: Path) -> None:
+    settings, store = seeded(tmp_path)
+    assert run_once(settings, store).status == "promoted"  # v1
+    assert run_once(settings, store, shuffled_labels).status == "rejected"  # v2, a challenger
+
+    def rolled_forward_meanwhile(inputs: TrainingInputs) -> TrainingResult:
+        registry.set_alias(settings, "2")  # an engineer promotes v2 by hand while this run trains
+        return default_train(inputs)
+
+    record = run_once(settings, store, rolled_forward_meanwhile)
+    assert record.status == "rejected", record.error
+    assert "the champion moved during this run (v1 -> v2)" in (record.gate_reason or "")
+    assert registry.champion_version(settings) == "2"
+    store.close()
