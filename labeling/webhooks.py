@@ -338,8 +338,8 @@ def correction_from(
     category on a task that needs a senior reviewer, chosen by someone else -> proposed (with
     `is_senior`; None = no tiers). The author of a state is its ``updated_by``, the account Label
     Studio saw write it: a senior who edits a junior's annotation makes it the label, and
-    ``completed_by``, which a client may set to anyone's id when it creates an annotation, decides
-    only when Label Studio sent no ``updated_by``."""
+    ``completed_by``, which a client may set to anyone's id when it creates an annotation, names the
+    reviewer only when Label Studio sent no ``updated_by``, and never makes a senior's label."""
     data = task.data if task else {}
     meta = task.meta if task else {}
     item_id = meta.get("item_id", data.get("item_id"))
@@ -362,7 +362,9 @@ def correction_from(
             f"annotation {annotation.id}: label {raw_label!r} is not one of the taxonomy's "
             f"{len(taxonomy)} categories"
         )
-    elif is_senior is not None and meta.get(NEEDS_SENIOR) is True and not is_senior(author):
+    elif is_senior is not None and meta.get(NEEDS_SENIOR) is True and not is_senior(annotation.updated_by):
+        # Only who saved it counts here: without an updated_by (Label Studio's bulk paths, an import
+        # with annotations, predictions turned into annotations) nobody vouches for the category.
         action, label = "proposed", None
     return CorrectionEvent(
         action=action,

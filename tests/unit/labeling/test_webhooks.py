@@ -180,9 +180,14 @@ def test_on_a_task_that_needs_a_senior_only_a_seniors_category_is_the_label() ->
     assert junior.error is None
 
     senior = events_from(
-        parse_payload(_high_stakes(created(["Sports", "Running"], completed_by=5))), TAX, is_senior
+        parse_payload(_high_stakes(created(["Sports", "Running"], completed_by=5, updated_by=5))),
+        TAX,
+        is_senior,
     )
     assert (senior.action, senior.label) == ("created", "Sports > Running")  # type: ignore[union-attr]
+    # Without an updated_by (Label Studio's bulk imports) nobody vouches for it: a proposal.
+    unsaved = _high_stakes(created(["Sports", "Running"], completed_by=5))
+    assert events_from(parse_payload(unsaved), TAX, is_senior).action == "proposed"  # type: ignore[union-attr]
 
     # A senior's edit of the junior's annotation decides: the author of an update is its updated_by.
     edited = _high_stakes(created(["Sports", "Running"], updated_by=5))
