@@ -66,6 +66,7 @@ from learner.certify import GUARANTEES, certify_thresholds
 from learner.data import LabeledDataset, build_dataset, catalog_file, load_catalog
 from learner.gate import AuditScores, audit_scores
 from learner.loop import AuditPolicy, strata_of, training_config
+from learner.thresholds import certification_grid
 from learner.training import AuditDesign, TrainingResult, train_bundle
 from serving.retrain.gate import gate_policy
 
@@ -356,6 +357,7 @@ def guarantee_simulation(
         "train_labels": labels,
         "audits_expected": audits,
     }
+    grid = certification_grid(bundle.temperature, config.acceptance_score)  # production's candidates
     for guarantee in GUARANTEES:
         realised: list[float] = []
         coverage: list[float] = []
@@ -367,6 +369,7 @@ def guarantee_simulation(
                 strata[drawn],
                 conf,
                 strata,
+                candidates=grid,
                 guarantee=guarantee,
                 target=config.target_accuracy,
                 delta=config.delta,
