@@ -153,6 +153,10 @@ def certification_grid(temperature: float, score: str) -> NDArray[np.float64]:
     its value at 1, so on this grid each candidate accepts the same items whatever T is: what is
     tested depends on the head alone. The top-class probability is no function of its value at 1
     (a temperature can reorder items), so it keeps the fixed grid.
+
+    Exact up to float saturation: a score rounds to 1.0 once the gap exceeds ~37 T, so below T ~0.4
+    the strictest candidates (those above 1 - 1e-16 once mapped) merge at 1.0, which then accepts
+    more than its counterpart at T = 1. The walk starts far below them (a quarter of the audits).
     """
     grid = default_candidates()
     if score != "pairwise" or temperature == 1.0:
