@@ -539,13 +539,15 @@ class OutboxWorker:
         """Ask the thread to stop (a pass stops between two Label Studio changes) and wait up to
         `timeout` s; False if it is still running then (a Label Studio call that hangs)."""
         self._stop.set()
-        thread, self._thread = self._thread, None
+        thread = self._thread
         if thread is None:
             return True
         thread.join(timeout)
         if thread.is_alive():
+            # Kept: a `start` meanwhile must not run a second thread beside it.
             logger.warning("outbox: still running %.0f s after stop (a Label Studio call hangs)", timeout)
             return False
+        self._thread = None
         return True
 
     def _loop(self) -> None:
