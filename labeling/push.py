@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from labeling.client import LabelStudioClient
+from labeling.client import LabelStudioClient, LiveTask
 from labeling.config import Taxonomy, suggestions_data
 from labeling.reviewers import NEEDS_SENIOR, high_stakes
 
@@ -99,7 +99,13 @@ def similar_text(escalation: Escalation) -> str:
 
 # Why the ledger closes a task that someone deleted in Label Studio (its item then gets a new task).
 TASK_GONE = "deleted in Label Studio"
+AUTO_ACCEPTED = "auto-accepted by model"
 KEPT = "its task is kept: a reviewer annotated it"
+
+
+def closed_by_deleting(reason: str | None) -> bool:
+    """Whether a ledger close with this reason deleted the task from Label Studio (`_close`)."""
+    return reason is not None and reason.startswith(AUTO_ACCEPTED) and KEPT not in reason
 
 
 class PushLedger(Protocol):
@@ -328,8 +334,9 @@ def _close(
             ledger.record_closed(project_id, esc.model_version, [(esc.item_id, task_id, TASK_GONE)])
             report.skipped += 1
             continue
-        reason = f"auto-accepted by model {esc.model_version} at confidence {esc.confidence:.2f}"
-        if task.annotated:
+        reason = f"{AUTO_ACCEPTED} {esc.model_version} at confidence {esc.confidence:.2f}"
+        # Asked again right before deleting: a reviewer may have annotated it since the listing.
+        if task.annotated or LiveTask.of(client.get_task(task_id)).annotated:
             # Deleting the task would delete its annotations with it (Label Studio cascades), and
             # the next sync would record the reviewer's label as deleted: a person's work outranks
             # the model's auto-accept, so the task stays and only the ledger closes.

@@ -45,7 +45,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from labeling.config import Taxonomy
-from labeling.push import Escalation
+from labeling.push import Escalation, closed_by_deleting
 from labeling.webhooks import EPOCH, CorrectionEvent, DeletionEvent, utc
 
 logger = logging.getLogger(__name__)
@@ -553,6 +553,16 @@ class Store:
             latest = self._latest(annotation_id)
             if latest is not None and latest.action == "deleted":
                 continue
+            if event.source == "sync" and latest is not None and self._deleted_by_our_close(latest):
+                # The sync infers a deletion from a 404. Our own close deleted the task (and Label
+                # Studio its annotations with it) in the moment after a reviewer annotated it: the
+                # label we hold is that reviewer's, not something they took back.
+                logger.warning(
+                    "annotation %d: gone with task %s, which a close deleted; its label is kept",
+                    annotation_id,
+                    latest.task_id,
+                )
+                continue
             row = Correction(
                 action="deleted",
                 source=event.source,
@@ -573,6 +583,17 @@ class Store:
             )
             new += self._insert_once(row)
         return new
+
+    def _deleted_by_our_close(self, latest: Correction) -> bool:
+        if latest.task_id is None or latest.item_id is None:
+            return False
+        with self.session() as session:
+            reasons = session.scalars(
+                select(PushedTask.close_reason).where(
+                    PushedTask.task_id == latest.task_id, PushedTask.item_id == latest.item_id
+                )
+            ).all()
+        return any(closed_by_deleting(reason) for reason in reasons)
 
     def _latest(self, annotation_id: int) -> Correction | None:
         with self.session() as session:

@@ -42,6 +42,9 @@ class FakeLabelStudio:
         self._next_id += 1
         return self._next_id
 
+    def get_task(self, task_id: int) -> dict[str, Any]:
+        return self._task(task_id)
+
     def update_task(self, task_id: int, *, data: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         task = self._task(task_id)
         task["data"], task["meta"] = dict(data), dict(meta)

@@ -5,7 +5,7 @@ from typing import Any, cast
 
 import pytest
 
-from labeling.client import LabelStudioClient
+from labeling.client import LabelStudioClient, LiveTask
 from labeling.config import Taxonomy
 from labeling.push import Escalation, push_escalations, reason_text, sampling_score, top_candidates
 from tests.unit.labeling.fakes import FakeLabelStudio
@@ -132,6 +132,23 @@ def test_a_close_never_deletes_a_task_a_reviewer_annotated() -> None:
     assert fake.annotation_exists(7)
     assert "a reviewer annotated it" in ledger.closed[first.task_ids["a"]]
     assert "a reviewer annotated it" not in ledger.closed[first.task_ids["b"]]
+
+
+def test_a_close_asks_again_right_before_deleting() -> None:
+    # A reviewer annotates the task after the pass listed it as unannotated.
+    class ListedBeforeTheReview(FakeLabelStudio):
+        def live_tasks_of_items(self, project_id: int, item_ids: Sequence[str]) -> dict[str, list[LiveTask]]:
+            listed = super().live_tasks_of_items(project_id, item_ids)
+            for task in self.tasks:
+                task["annotations"].append({"id": 70 + task["id"], "was_cancelled": False, "result": []})
+            return listed
+
+    fake, ledger = ListedBeforeTheReview(), MemoryLedger()
+    client = cast(LabelStudioClient, fake)
+    push_escalations(client, ledger, 1, TAX, [esc("a", 0.5)])
+    report = push_escalations(client, ledger, 1, TAX, [esc("a", 0.1, version="v2", action="close")])
+    assert (report.kept, report.closed) == (1, 0)
+    assert len(fake.tasks) == 1
 
 
 def test_a_retried_push_never_adopts_a_kept_annotated_task() -> None:

@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 
 from labeling.config import Taxonomy
+from labeling.push import AUTO_ACCEPTED, KEPT
 from labeling.webhooks import CorrectionEvent, DeletionEvent
 from serving.store import Store
 
@@ -59,6 +60,23 @@ def test_deletion_recorded_once_and_hides_the_label(store: Store) -> None:
     assert store.history(1)[-1].item_id == "sku-1"
     assert store.current_labels() == {}
     assert store.annotation_versions(1) == {}
+
+
+def test_an_annotation_gone_with_a_task_our_close_deleted_keeps_its_label(store: Store) -> None:
+    # The outbox deleted the task of an auto-accepted item the moment after a reviewer annotated it;
+    # Label Studio deleted the annotation with it, and the sync then finds it gone (404).
+    store.record_pushed(1, "v1", [("sku-1", 10, 0.5), ("sku-2", 11, 0.5), ("sku-3", 12, 0.5)])
+    for n in (1, 2, 3):
+        store.record_correction(correction(n, task_id=9 + n))
+    store.record_closed(1, "v2", [("sku-1", 10, f"{AUTO_ACCEPTED} v2 at confidence 0.97")])
+    store.record_closed(1, "v2", [("sku-2", 11, f"{AUTO_ACCEPTED} v2 at confidence 0.97; {KEPT}")])
+    assert store.record_deletion(DeletionEvent((1, 2), 1, "sync")) == 1
+    assert [r.action for r in store.history(1)] == ["created"]
+    assert [r.action for r in store.history(2)] == ["created", "deleted"]  # its task was kept: someone else
+    # Label Studio reporting a deletion itself (a reviewer's) is always recorded.
+    assert store.record_deletion(DeletionEvent((1,), 1, "webhook")) == 1
+    assert store.record_deletion(DeletionEvent((3,), 1, "sync")) == 1  # never closed by us
+    assert set(store.current_labels()) == set()
 
 
 def test_cancelled_and_rejected_are_recorded_but_never_labels(store: Store) -> None:
