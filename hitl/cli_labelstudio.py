@@ -216,6 +216,9 @@ def bootstrap(
                 webhook_url=webhook_url(settings.serving.base_url),
                 webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
                 model_version=model_version,
+                record_taxonomy=lambda pid: store.save_project(
+                    pid, settings.labelstudio.project_title, None, tax
+                ),
             )
             store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, tax)
             store.close()
@@ -249,7 +252,8 @@ def sync(ctx: typer.Context) -> None:
     store = Store(settings.database_url)
     store.create_all()
     project_id = store.project_by_title(settings.labelstudio.project_title)
-    if project_id is None:
+    taxonomy = store.taxonomy(project_id) if project_id is not None else None
+    if project_id is None or taxonomy is None:
         store.close()
         raise _fail(LabelingError(f"project {settings.labelstudio.project_title!r} is not bootstrapped yet"))
     try:
@@ -259,7 +263,7 @@ def sync(ctx: typer.Context) -> None:
                 client,
                 store,
                 project_id,
-                store.taxonomy(project_id),
+                taxonomy,
                 progress=lambda n: progress.update(task, description=f"{n} annotations read"),
                 is_senior=senior_check(tiers_from(settings.labelstudio)),
             )
@@ -271,4 +275,10 @@ def sync(ctx: typer.Context) -> None:
     console.print(
         f"project {project_id}: {report.annotations_seen} annotations read, {report.recorded} recorded "
         f"({report.rejected} rejected), {report.deleted} deletions recorded"
+        + (
+            f"; {report.deferred} on needs-senior tasks left for the next sync (Label Studio's users "
+            "could not be read)"
+            if report.deferred
+            else ""
+        )
     )

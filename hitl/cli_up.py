@@ -346,6 +346,9 @@ def _up(
                 webhook_url=webhook_url(api),
                 webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
                 model_version=registry.version_label(settings, champion) if champion else None,
+                record_taxonomy=lambda pid: store.save_project(
+                    pid, settings.labelstudio.project_title, None, taxonomy
+                ),
             )
             try:
                 ml_id, _ = client.ensure_ml_backend(info.project_id, ml_backend_spec(settings.serving))

@@ -35,6 +35,29 @@ class LabelStudioApiError(LabelingError):
         super().__init__(f"Label Studio refused {operation} (HTTP {status}): {detail[:300]}")
 
 
+class ReviewerDirectoryUnavailable(LabelingError):
+    """Whether a reviewer is senior cannot be told: Label Studio's user directory cannot be read and
+    does not hold the user from an earlier read. Nothing is stored; the periodic sync tries again."""
+
+    def __init__(self, user_id: int, known_users: int) -> None:
+        self.user_id = user_id
+        super().__init__(
+            f"Label Studio's user directory cannot be read, and user {user_id} is not among the "
+            f"{known_users} users it held at its last read: whether they are a senior reviewer is unknown"
+        )
+
+
+class UnknownProjectError(LabelingError):
+    """An annotation of a project the store has not recorded: no taxonomy to judge its label by."""
+
+    def __init__(self, project_id: int | None) -> None:
+        self.project_id = project_id
+        super().__init__(
+            f"project {project_id} is not bootstrapped here: nothing recorded (the periodic sync records "
+            "its annotations once `hitl labelstudio bootstrap` has recorded the project)"
+        )
+
+
 class WebhookAuthError(LabelingError):
     """A webhook arrived without the shared secret, or with a wrong one."""
 

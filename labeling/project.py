@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from labeling.client import SAMPLING, WEBHOOK_PATH, LabelStudioClient, ProjectInfo
 from labeling.config import Taxonomy, build_label_config
 from labeling.webhooks import SECRET_HEADER
@@ -19,12 +21,18 @@ def bootstrap_project(
     webhook_url: str,
     webhook_secret: str,
     model_version: str | None = None,
+    record_taxonomy: Callable[[int], None] | None = None,
 ) -> ProjectInfo:
     """Create or update the project (config from `taxonomy`, uncertainty sampling) and its webhook.
 
     Running it again changes nothing but what differs; it never creates a second project or webhook.
     The ML backend is connected separately (`LabelStudioClient.ensure_ml_backend`), once the project is
     recorded: it needs the serving API up, and the project must not be lost when that API is down.
+
+    `record_taxonomy(project_id)` stores the taxonomy on our side before a reviewer can choose from it:
+    right after creating the project, and before changing its label config. The other way round, a
+    reviewer who chose a category the re-bootstrap just added was rejected by the old taxonomy, for
+    good (the sync never looks again at a state it holds).
     """
     label_config = build_label_config(taxonomy)
     project = client.find_project(title)
@@ -38,6 +46,8 @@ def bootstrap_project(
         if oldest is not None and int(oldest["id"]) != int(project["id"]):
             client.delete_project(int(project["id"]))
             project = oldest
+        if record_taxonomy is not None:
+            record_taxonomy(int(project["id"]))
     else:
         changes: dict[str, object] = {}
         if (project.get("label_config") or "").strip() != label_config.strip():
@@ -47,6 +57,8 @@ def bootstrap_project(
         if model_version and project.get("model_version") != model_version:
             changes["model_version"] = model_version
         if changes:
+            if "label_config" in changes and record_taxonomy is not None:
+                record_taxonomy(int(project["id"]))
             client.update_project(int(project["id"]), **changes)
             config_updated = "label_config" in changes
     project_id = int(project["id"])

@@ -8,7 +8,11 @@ a proposal (`labeling.webhooks.correction_from`) and the task is held open for a
 
 Label Studio's webhooks name the annotator by user id only, so the tiers keep Label Studio's id -> email
 directory, refreshed when it is older than ``refresh_s`` or when an unknown id shows up (at most every
-``min_refresh_s``, so a burst of annotations by a new user costs one lookup).
+``min_refresh_s``, so a burst of annotations by a new user costs one lookup). When the directory cannot be
+read, a known user keeps the tier last read, and whether an unknown one is senior is not guessed
+(`ReviewerDirectoryUnavailable`): the webhook answers 503 and stores nothing, and the periodic sync records
+the annotation once the directory answers. Guessing "junior" stored a senior's label as a proposal, and
+the sync never looks again at a state it holds.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from labeling.client import LabelStudioClient
-from labeling.exceptions import LabelingError
+from labeling.exceptions import LabelingError, ReviewerDirectoryUnavailable
 from labeling.settings import LabelStudioSettings
 from learner.pii import describe_error
 
@@ -53,20 +57,25 @@ class ReviewerTiers:
         self._clock = clock
         self._emails: dict[int, str] = {}
         self._loaded_at: float | None = None
+        self._last_read_failed = False
         self._lock = threading.Lock()
 
     def _load(self, now: float) -> None:
         try:
             emails = {int(uid): email.strip().lower() for uid, email in self._directory().items()}
-        except LabelingError as exc:  # keep what we knew; an unknown reviewer counts as junior meanwhile
+        except LabelingError as exc:  # keep what we knew; an unknown reviewer is not guessed meanwhile
+            self._last_read_failed = True
             logger.warning(
                 "reviewer tiers: Label Studio's user directory could not be read: %s", describe_error(exc)
             )
         else:
             self._emails = emails
+            self._last_read_failed = False
         self._loaded_at = now
 
     def email_of(self, user_id: int) -> str | None:
+        """The user's email; None for a user id the directory does not hold. Raises
+        `ReviewerDirectoryUnavailable` for an id it has not seen while it cannot be read."""
         with self._lock:
             now = self._clock()
             age = None if self._loaded_at is None else now - self._loaded_at
@@ -74,10 +83,13 @@ class ReviewerTiers:
             unknown = user_id not in self._emails and (age is None or age >= self._min_refresh_s)
             if stale or unknown:
                 self._load(now)
+            if user_id not in self._emails and self._last_read_failed:
+                raise ReviewerDirectoryUnavailable(user_id, len(self._emails))
             return self._emails.get(user_id)
 
     def is_senior(self, user_id: int | None) -> bool:
-        """True for a senior reviewer; False for anyone else, an unknown user id, or no user at all."""
+        """True for a senior reviewer; False for anyone else, a user id Label Studio does not know, or no
+        user at all. Raises `ReviewerDirectoryUnavailable` when it cannot tell (see the module)."""
         if user_id is None:
             return False
         email = self.email_of(user_id)

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
-from labeling.exceptions import LabelingError
+from labeling.exceptions import LabelingError, ReviewerDirectoryUnavailable
 from labeling.webhooks import (
     AnnotationPayload,
     CorrectionEvent,
@@ -51,6 +51,7 @@ class SyncReport:
     rejected: int = 0
     skipped_malformed: int = 0
     unseen_but_present: int = 0  # missed by this scan, still in Label Studio: not deleted
+    deferred: int = 0  # on a needs-senior task while Label Studio's users cannot be read: next sync
 
 
 def _with_prediction(task: dict[str, Any]) -> dict[str, Any]:
@@ -81,13 +82,14 @@ def sync_project(
     client: LabelStudioClient,
     sink: CorrectionSink,
     project_id: int,
-    taxonomy: Taxonomy | None,
+    taxonomy: Taxonomy,
     *,
     progress: Callable[[int], None] | None = None,
     is_senior: Callable[[int | None], bool] | None = None,
 ) -> SyncReport:
     """Record every annotation state the store lacks, and deletions of annotations gone from Label Studio
-    (with the same reviewer tiers as the webhooks: `is_senior`)."""
+    (with the same reviewer tiers as the webhooks: `is_senior`). A state whose reviewer tier cannot be
+    told now is left for the next sync (`SyncReport.deferred`), never stored as a guess."""
     report = SyncReport()
     known = {aid: utc(ts) for aid, ts in sink.annotation_versions(project_id).items()}
     present: set[int] = set()
@@ -121,15 +123,19 @@ def sync_project(
             previous = known.get(annotation.id)
             if previous is not None and previous == utc(annotation.updated_at):
                 continue
-            event = correction_from(
-                annotation,
-                task_model,
-                taxonomy,
-                updated=previous is not None,
-                source="sync",
-                project_id=project_id,
-                is_senior=is_senior,
-            )
+            try:
+                event = correction_from(
+                    annotation,
+                    task_model,
+                    taxonomy,
+                    updated=previous is not None,
+                    source="sync",
+                    project_id=project_id,
+                    is_senior=is_senior,
+                )
+            except ReviewerDirectoryUnavailable:
+                report.deferred += 1
+                continue
             if sink.record_correction(event):
                 report.recorded += 1
                 report.rejected += event.action == "rejected"
@@ -144,6 +150,12 @@ def sync_project(
     report.unseen_but_present = len(unseen) - len(gone)
     if gone:
         report.deleted = sink.record_deletion(DeletionEvent(gone, project_id, "sync"))
+    if report.deferred:
+        logger.warning(
+            "sync: %d annotation(s) on needs-senior tasks left for the next sync: Label Studio's users "
+            "cannot be read",
+            report.deferred,
+        )
     return report
 
 

@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from labeling.config import Taxonomy, label_from_result
-from labeling.exceptions import WebhookAuthError, WebhookPayloadError
+from labeling.exceptions import UnknownProjectError, WebhookAuthError, WebhookPayloadError
 from labeling.reviewers import NEEDS_SENIOR
 from learner.data import check_identifier, check_text
 
@@ -327,7 +327,7 @@ def _prediction_from(
 def correction_from(
     annotation: AnnotationPayload,
     task: TaskPayload | None,
-    taxonomy: Taxonomy | None,
+    taxonomy: Taxonomy,
     *,
     updated: bool,
     source: Source,
@@ -339,7 +339,10 @@ def correction_from(
     `is_senior`; None = no tiers). The author of a state is its ``updated_by``, the account Label
     Studio saw write it: a senior who edits a junior's annotation makes it the label, and
     ``completed_by``, which a client may set to anyone's id when it creates an annotation, names the
-    reviewer only when Label Studio sent no ``updated_by``, and never makes a senior's label."""
+    reviewer only when Label Studio sent no ``updated_by``, and never makes a senior's label.
+
+    Decides only what stays true: a project we do not know has no taxonomy to judge by (the caller
+    stores nothing then), and `is_senior` raises `ReviewerDirectoryUnavailable` rather than guess."""
     data = task.data if task else {}
     meta = task.meta if task else {}
     item_id = meta.get("item_id", data.get("item_id"))
@@ -353,9 +356,6 @@ def correction_from(
         action, label = "cancelled", None
     elif raw_label is None:
         action, label, error = "rejected", None, f"annotation {annotation.id}: no category was chosen"
-    elif taxonomy is None:
-        action, label = "rejected", None
-        error = f"annotation {annotation.id}: project {project_id} has no known taxonomy (bootstrap it first)"
     elif raw_label not in taxonomy:
         action, label = "rejected", None
         error = (
@@ -392,10 +392,13 @@ def events_from(
     taxonomy: Taxonomy | None,
     is_senior: Callable[[int | None], bool] | None = None,
 ) -> CorrectionEvent | DeletionEvent:
-    """The typed event for one webhook payload."""
+    """The typed event for one webhook payload (`taxonomy`: the project's, None for a project we do
+    not know, whose annotations raise `UnknownProjectError`: nothing to judge them by)."""
     project_id = payload.project.id if payload.project else None
     if isinstance(payload, AnnotationsDeletedPayload):
         return DeletionEvent(tuple(a.id for a in payload.annotations), project_id, "webhook")
+    if taxonomy is None:
+        raise UnknownProjectError(project_id if project_id is not None else payload.annotation.project)
     return correction_from(
         payload.annotation,
         payload.task,

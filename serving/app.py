@@ -45,12 +45,11 @@ def sync_known_project(
 ) -> None:
     """One reconciliation pass over the configured project (a no-op until it was bootstrapped)."""
     project_id = store.project_by_title(labelstudio.project_title)
-    if project_id is None:
+    taxonomy = store.taxonomy(project_id) if project_id is not None else None
+    if project_id is None or taxonomy is None:
         return
     with LabelStudioClient.from_settings(labelstudio) as client:
-        report = sync_project(
-            client, store, project_id, store.taxonomy(project_id), is_senior=senior_check(tiers)
-        )
+        report = sync_project(client, store, project_id, taxonomy, is_senior=senior_check(tiers))
     store.record_sync(project_id, report.recorded, report.deleted)
     if report.recorded or report.deleted:
         logger.info("sync: %d recorded, %d deleted", report.recorded, report.deleted)

@@ -1089,6 +1089,8 @@ class Store:
 
     # ---------------------------------------------------------------- projects
     def save_project(self, project_id: int, title: str, webhook_id: int | None, taxonomy: Taxonomy) -> None:
+        """Record the project and the taxonomy its labels are judged by (`webhook_id` None keeps the
+        webhook recorded before: a bootstrap records the taxonomy before it knows the webhook)."""
         with self.session() as session:
             row = session.get(LabelingProject, project_id)
             paths = [list(p) for p in taxonomy.paths]
@@ -1097,7 +1099,9 @@ class Store:
                     LabelingProject(project_id=project_id, title=title, webhook_id=webhook_id, taxonomy=paths)
                 )
             else:
-                row.title, row.webhook_id, row.taxonomy = title, webhook_id, paths
+                row.title, row.taxonomy = title, paths
+                if webhook_id is not None:
+                    row.webhook_id = webhook_id
 
     def taxonomy(self, project_id: int) -> Taxonomy | None:
         with self.session() as session:

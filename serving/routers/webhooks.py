@@ -15,7 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from labeling.client import WEBHOOK_PATH
-from labeling.exceptions import WebhookAuthError
+from labeling.exceptions import ReviewerDirectoryUnavailable, UnknownProjectError, WebhookAuthError
 from labeling.reviewers import ReviewerTiers, senior_check
 from labeling.webhooks import (
     SECRET_HEADER,
@@ -43,6 +43,11 @@ def _persist(store: Store, payload_event: CorrectionEvent | DeletionEvent) -> di
     return {"status": "stored" if stored else "duplicate", "action": payload_event.action}
 
 
+def _not_recorded(status: int, reason: str) -> JSONResponse:
+    headers = {"Retry-After": "30"} if status == 503 else None
+    return JSONResponse(status_code=status, content={"detail": reason, "recorded": False}, headers=headers)
+
+
 @router.post(
     WEBHOOK_PATH,
     openapi_extra={
@@ -65,8 +70,17 @@ async def label_studio_webhook(request: Request, store: StoreDep, settings: Sett
     project_id = project_id_of(payload)
     taxonomy = await run_in_threadpool(store.taxonomy, project_id) if project_id is not None else None
     tiers: ReviewerTiers | None = getattr(request.app.state, "reviewer_tiers", None)
-    # In the threadpool: an unknown reviewer id costs one look-up of Label Studio's users.
-    event = await run_in_threadpool(events_from, payload, taxonomy, senior_check(tiers))
+    try:
+        # In the threadpool: an unknown reviewer id costs one look-up of Label Studio's users.
+        event = await run_in_threadpool(events_from, payload, taxonomy, senior_check(tiers))
+    except UnknownProjectError as exc:
+        # Not yet ours (a bootstrap between creating the project and recording it), or never: a
+        # rejection stored now would stay, since the sync never looks again at a state it holds.
+        logger.info("webhook %s project=%s -> not recorded (unknown project)", payload.action, project_id)
+        return _not_recorded(409, str(exc))
+    except ReviewerDirectoryUnavailable as exc:
+        logger.warning("webhook %s project=%s -> not recorded: %s", payload.action, project_id, exc)
+        return _not_recorded(503, f"{exc}; nothing recorded (the periodic sync records it later)")
     outcome = await run_in_threadpool(_persist, store, event)
     # Log ids and outcome only: the payload carries the project's token.
     logger.info("webhook %s project=%s -> %s", payload.action, project_id, outcome["status"])

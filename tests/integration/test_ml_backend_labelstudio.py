@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import uvicorn
@@ -116,7 +117,7 @@ def test_bootstrap_connects_the_ml_backend_once_and_start_training_reaches_the_t
 
     password = settings.serving.ml_backend_password.get_secret_value()
     spec = MLBackendSpec(url=backend.url, user="labelstudio", password=password)
-    kwargs = {
+    kwargs: dict[str, Any] = {
         "title": "ML backend bootstrap",
         "webhook_url": "http://127.0.0.1:9/v1/webhooks/label-studio",
         "webhook_secret": "s3cret-for-this-test",

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from hitl.settings import LabelStudioSettings
-from labeling.exceptions import LabelStudioUnavailableError
+from labeling.exceptions import LabelStudioUnavailableError, ReviewerDirectoryUnavailable
 from labeling.reviewers import ReviewerTiers, high_stakes, tiers_from
 
 
@@ -69,15 +69,37 @@ def test_a_new_user_is_looked_up_at_most_every_min_refresh_and_all_after_refresh
     assert directory.calls == 3
 
 
-def test_when_label_studio_cannot_be_read_known_users_keep_their_tier() -> None:
+def test_when_label_studio_cannot_be_read_known_users_keep_their_tier_and_unknown_ones_are_not_guessed() -> (
+    None
+):
     clock = Clock()
-    directory = Directory({1: "head@shop.example"})
-    tiers = ReviewerTiers(["head@shop.example"], directory, clock=clock)
+    directory = Directory({1: "head@shop.example", 3: "junior@shop.example"})
+    tiers = ReviewerTiers(["head@shop.example", "new@shop.example"], directory, clock=clock)
     assert tiers.is_senior(1)
     directory.down = True
+    directory.users[2] = "new@shop.example"
     clock.now += 100
     assert tiers.is_senior(1)
-    assert not tiers.is_senior(2)
+    assert not tiers.is_senior(3)
+    assert not tiers.is_senior(None)
+    # Guessing "junior" here stored a senior's label as a proposal, for good.
+    with pytest.raises(ReviewerDirectoryUnavailable, match="user 2 is not among the 2 users"):
+        tiers.is_senior(2)
+    clock.now += 1  # within min_refresh_s: no new look-up, still unknown
+    with pytest.raises(ReviewerDirectoryUnavailable):
+        tiers.is_senior(2)
+    directory.down = False
+    clock.now += 5
+    assert tiers.is_senior(2)
+    assert not tiers.is_senior(99)  # read fine and not there: not a senior
+
+
+def test_a_directory_never_read_tells_nobody_apart() -> None:
+    directory = Directory({1: "head@shop.example"})
+    directory.down = True
+    tiers = ReviewerTiers(["head@shop.example"], directory, clock=Clock())
+    with pytest.raises(ReviewerDirectoryUnavailable, match="0 users"):
+        tiers.is_senior(1)
 
 
 def test_settings_name_seniors_by_email() -> None:

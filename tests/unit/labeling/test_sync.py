@@ -10,6 +10,7 @@ import pytest
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
+from labeling.exceptions import ReviewerDirectoryUnavailable
 from labeling.sync import PeriodicSync, sync_project
 from serving.store import Store
 from tests.unit.labeling.fakes import FakeLabelStudio
@@ -171,6 +172,41 @@ def test_an_annotation_a_junior_edited_is_a_proposal_even_when_a_senior_created_
     sync_project(cast(LabelStudioClient, fake), store, 1, TAX, is_senior=lambda user: user == 5)
     (row,) = store.history(11)
     assert (row.action, row.label, row.reviewer_id) == ("proposed", None, 2)
+
+
+def test_a_needs_senior_annotation_waits_for_a_readable_user_directory(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = FakeLabelStudio()
+    fake.tasks = [
+        {
+            "id": 1,
+            "data": {"item_id": "a"},
+            "meta": {"item_id": "a", "needs_senior": True},
+            "annotations": [annotation(11, "Shoes", "2025-01-01T10:00:00Z", completed_by=5, updated_by=5)],
+        },
+        {"id": 2, "data": {"item_id": "b"}, "annotations": [annotation(12, "Hats", "2025-01-01T10:00:00Z")]},
+    ]
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.create_all()
+    down = [True]
+
+    def is_senior(user: int | None) -> bool:
+        if down[0]:
+            raise ReviewerDirectoryUnavailable(user or 0, 0)
+        return user == 5
+
+    client = cast(LabelStudioClient, fake)
+    with caplog.at_level(logging.WARNING, logger="labeling.sync"):
+        report = sync_project(client, store, 1, TAX, is_senior=is_senior)
+    assert (report.recorded, report.deferred) == (1, 1)  # the other task does not wait
+    assert "1 annotation(s) on needs-senior tasks left for the next sync" in caplog.text
+    assert list(store.current_labels(project_id=1)) == ["b"]
+    down[0] = False
+    report = sync_project(client, store, 1, TAX, is_senior=is_senior)
+    assert (report.recorded, report.deferred) == (1, 0)
+    (row,) = store.history(11)
+    assert (row.action, row.label, row.reviewer_id) == ("created", "Shoes", 5)
 
 
 def test_periodic_sync_runs_until_stopped_and_says_when_a_sync_still_runs() -> None:

@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 
 from labeling.config import Taxonomy
-from labeling.exceptions import WebhookAuthError, WebhookPayloadError
+from labeling.exceptions import UnknownProjectError, WebhookAuthError, WebhookPayloadError
 from labeling.webhooks import (
     AnnotationsDeletedPayload,
     CorrectionEvent,
@@ -114,8 +114,9 @@ def test_update_cancel_and_rejection_rules() -> None:
 
     empty = events_from(parse_payload(created(None)), TAX)
     assert empty.action == "rejected"  # type: ignore[union-attr]
-    unknown_project = events_from(parse_payload(created(["Sports", "Running"])), None)
-    assert unknown_project.action == "rejected"  # type: ignore[union-attr]
+    # A project we have not recorded: nothing to judge by, so no decision (a stored rejection stays).
+    with pytest.raises(UnknownProjectError, match="project 1 is not bootstrapped here"):
+        events_from(parse_payload(created(["Sports", "Running"])), None)
 
 
 def test_deletion_payload() -> None:

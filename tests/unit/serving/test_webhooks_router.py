@@ -12,6 +12,8 @@ from pydantic import SecretStr
 
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.config import Taxonomy
+from labeling.exceptions import LabelStudioUnavailableError
+from labeling.reviewers import ReviewerTiers
 from labeling.webhooks import SECRET_HEADER
 from serving.app import create_app
 from serving.store import Store
@@ -114,6 +116,48 @@ def test_label_outside_taxonomy_is_rejected_with_a_clear_error_and_recorded(
     assert "'Garden > Hoses' is not one of the taxonomy's 2 categories" in answer.json()["detail"][0]["msg"]
     (row,) = store.corrections()
     assert (row.action, row.label, row.raw_label) == ("rejected", None, "Garden > Hoses")
+
+
+def test_an_unknown_project_is_409_and_nothing_is_stored(client: TestClient, store: Store) -> None:
+    # A bootstrap between creating the project and recording it: a rejection stored now would stay.
+    body = payload(["Sports", "Running"])
+    body["project"]["id"] = 2
+    answer = post(client, body)
+    assert answer.status_code == 409
+    assert answer.json()["recorded"] is False
+    assert "project 2 is not bootstrapped here" in answer.json()["detail"]
+    assert store.corrections() == []
+    store.save_project(2, "Products", 1, TAX)
+    assert post(client, body).json() == {"status": "stored", "action": "created"}
+
+
+def test_while_label_studio_users_cannot_be_read_a_needs_senior_label_is_503_and_not_stored(
+    client: TestClient, store: Store
+) -> None:
+    users = {5: "head@shop.example"}
+    down = [True]
+
+    def directory() -> dict[int, str]:
+        if down[0]:
+            raise LabelStudioUnavailableError("Label Studio at http://127.0.0.1:1 did not answer list users")
+        return dict(users)
+
+    client.app.state.reviewer_tiers = ReviewerTiers(  # type: ignore[attr-defined]
+        ["head@shop.example"], directory, min_refresh_s=0.0
+    )
+    body = payload(["Sports", "Running"])
+    body["task"]["meta"]["needs_senior"] = True
+    body["annotation"]["updated_by"] = 5
+    answer = post(client, body)
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "30"
+    assert answer.json()["recorded"] is False
+    assert "user 5 is not among the 0 users" in answer.json()["detail"]
+    assert store.corrections() == []  # before: stored as a proposal, which no sync looked at again
+    down[0] = False
+    assert post(client, body).json() == {"status": "stored", "action": "created"}
+    (row,) = store.corrections()
+    assert (row.action, row.label, row.reviewer_id) == ("created", "Sports > Running", 5)
 
 
 def test_deletion_is_recorded(client: TestClient, store: Store) -> None:
