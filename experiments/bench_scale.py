@@ -7,7 +7,11 @@
   `--seconds` -> predictions/s. The titles' embeddings are in the project's cache (as in production,
   where most traffic repeats items), so this measures the serving path, not the encoder.
 - **scoring**: `hitl score --engine local` and `--engine ray` (2 actors, a local cluster) over the
-  whole bigbasket catalog -> items/s, wall time, and whether both gave the same decisions.
+  whole bigbasket catalog -> items/s, wall time, peak resident memory of the `hitl score` process
+  (Ray: the driver), and whether both gave the same decisions.
+- **memory**: `hitl score --engine local` over bigbasket and over bigbasket repeated 4 times (ids
+  suffixed, same texts, so embeddings are cache hits) -> peak resident memory by catalog size: a
+  catalog streams from its file, so memory should not grow with it.
 - **sizing**: the per-core encoder rate from `experiments/results/bench_serving.json` (cold items,
   the cost that dominates a first backfill), and what 10M items take at it.
 
@@ -73,6 +77,31 @@ def _run(cmd: list[str], env: dict[str, str], timeout: float = 3600) -> str:
     return done.stdout
 
 
+def _run_peak(cmd: list[str], env: dict[str, str]) -> float:
+    """Run `cmd` as `_run` does; returns its peak resident memory in MB (wait4's ru_maxrss: the
+    process itself, not its children)."""
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-3000:]
+            raise SystemExit(f"{' '.join(cmd[:3])} failed ({process.returncode}):\n{tail}")
+    return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def _repeated_catalog(workdir: Path, times: int) -> Path:
+    """bigbasket `times` over, each copy's ids suffixed (same texts: the cached embeddings are hits)."""
+    path = workdir / f"bigbasket-x{times}.jsonl"
+    with CATALOG.open() as source, path.open("w") as out:
+        lines = [json.loads(line) for line in source if line.strip()]
+        for copy in range(times):
+            for record in lines:
+                out.write(json.dumps({**record, "id": f"{record['id']}~{copy}"}) + "\n")
+    return path
+
+
 def _titles() -> list[dict[str, Any]]:
     with CATALOG.open() as f:
         rows = [json.loads(line) for line in f]
@@ -131,15 +160,16 @@ def replicas(
     }
 
 
-def scoring(bundle: Path, workdir: Path, engine: str) -> dict[str, Any]:
+def scoring(bundle: Path, workdir: Path, engine: str, catalog: Path = CATALOG) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    state, out = workdir / f"score-{engine}", workdir / f"scored-{engine}"
+    name = f"{engine}-{catalog.stem}"
+    state, out = workdir / f"score-{name}", workdir / f"scored-{name}"
     _link_cache(state)
     env = _env(state, bundle)
-    cmd = [str(HITL), "score", "--catalog", str(CATALOG), "--out", str(out), "--engine", engine]
+    cmd = [str(HITL), "score", "--catalog", str(catalog), "--out", str(out), "--engine", engine]
     started = time.perf_counter()
-    _run(cmd + (["--ray-actors", "2"] if engine == "ray" else []), env)
+    peak = _run_peak(cmd + (["--ray-actors", "2"] if engine == "ray" else []), env)
     wall = time.perf_counter() - started
     rows = pq.read_table(sorted(out.glob("part-*.parquet")), columns=["id", "decision", "label"]).to_pylist()
     return {
@@ -147,6 +177,7 @@ def scoring(bundle: Path, workdir: Path, engine: str) -> dict[str, Any]:
         "items": len(rows),
         "wall_s": wall,
         "items_per_s": len(rows) / wall,
+        "peak_rss_mb": peak,
         "decisions": [(r["id"], r["decision"], r["label"]) for r in rows],
     }
 
@@ -157,7 +188,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right, memory) = plt.subplots(1, 3, figsize=(15, 4))
     reps = result["replicas"]
     left.bar([f"{r['workers']} replica{'s' if r['workers'] > 1 else ''}" for r in reps],
              [r["predictions_per_s"] for r in reps])  # fmt: skip
@@ -165,6 +196,11 @@ def plot(result: dict[str, Any], path: Path) -> None:
     sc = result["scoring"]
     right.bar([s["engine"] for s in sc], [s["items_per_s"] for s in sc])
     right.set_title(f"hitl score, bigbasket {sc[0]['items']} items (items/s)")
+    mem = result["score_memory"]
+    memory.plot([m["items"] for m in mem], [m["peak_rss_mb"] for m in mem], "o-")
+    memory.set_ylim(0, max(m["peak_rss_mb"] for m in mem) * 1.3)
+    memory.set_xlabel("catalog items")
+    memory.set_title("hitl score --engine local: peak memory (MB)")
     save_with_command(fig, path, f"{COMMAND}   cpu_count={result['cpu_count']}", footer=0.05)
 
 
@@ -185,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         items = _titles()
         reps = [replicas(bundle, workdir, n, args.seconds, items) for n in (1, 2)]
         scored = [scoring(bundle, workdir, engine) for engine in ("local", "ray")]
+        larger = scoring(bundle, workdir, "local", _repeated_catalog(workdir, 4))
     same = scored[0]["decisions"] == scored[1]["decisions"]
     serving = json.loads((REPO / "experiments" / "results" / "bench_serving.json").read_text())
     per_core = float(serving["raw_encoder_items_per_s"]) / int(serving["cpu_count"])
@@ -198,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
         "score_local_items_per_s": scored[0]["items_per_s"],
         "score_ray_items_per_s": scored[1]["items_per_s"],
         "ray_same_decisions_as_local": same,
+        "score_memory": [{"items": s["items"], "peak_rss_mb": s["peak_rss_mb"]} for s in (scored[0], larger)],
+        "score_peak_rss_growth_4x": larger["peak_rss_mb"] / scored[0]["peak_rss_mb"],
         "encoder_items_per_s_per_core": per_core,
         "hours_for_10m_items_per_core_cold": 10_000_000 / per_core / 3600,
         "gpu": None,

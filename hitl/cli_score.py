@@ -33,26 +33,22 @@ def score(
     ] = None,
     ray_actors: Annotated[int, typer.Option(min=1, max=1024, help="Ray actors, each holding the model")] = 2,
 ) -> None:
-    """Score every item of a catalog with the champion: decisions in the store and in Parquet."""
-    from learner.data import load_catalog
+    """Score every item of a catalog with the champion: decisions in the store and in Parquet. Items
+    need no category; the file is read twice (checked, then scored part by part), never held whole."""
     from learner.exceptions import LearnerError
     from serving.model import ModelHolder, ModelLoadError
-    from serving.schemas import ItemIn
-    from serving.scoring import RayScorer, ScoringError, score_catalog
+    from serving.scoring import RayScorer, ScoringError, catalog_items, catalog_outline, score_catalog
 
     settings = settings_from(ctx)
     if engine not in ENGINES:
         err_console.print(f"[red]unknown engine {engine!r}[/red]; one of: {', '.join(ENGINES)}")
         raise typer.Exit(2)
     try:
-        products = load_catalog(catalog).products
+        with console.status(f"checking {catalog.name}"):
+            outline = catalog_outline(catalog)
     except (LearnerError, OSError, ValueError) as exc:
         err_console.print(f"[red]cannot read {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
-    items = [
-        ItemIn(id=p.id, title=p.title, description=p.description or "", brand=p.brand, price=p.price)
-        for p in products
-    ]
     holder = ModelHolder(settings)
     try:
         resumed = _resumed_model(settings, holder, out)
@@ -74,12 +70,12 @@ def score(
             TimeElapsedColumn(),
             console=console,
         ) as progress:
-            task = progress.add_task("score", total=len(items))
+            task = progress.add_task("score", total=outline.count)
             report = score_catalog(
-                model, store, items, settings, out, part_size=part_size, scorer=scorer,
-                on_part=lambda n: progress.advance(task, n),
+                model, store, catalog_items(catalog), settings, out, outline=outline,
+                part_size=part_size, scorer=scorer, on_part=lambda n: progress.advance(task, n),
             )  # fmt: skip
-    except ScoringError as exc:
+    except (ScoringError, LearnerError) as exc:  # LearnerError: the file changed between readings
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     finally:

@@ -12,8 +12,9 @@ Everything here takes plain parameters: no settings object, no I/O beyond the ca
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import hashlib
 import json
 import logging
 import math
@@ -362,6 +363,41 @@ def load_catalog(
     CatalogError : strict and some record is bad, or the file itself is unreadable (not UTF-8, a CSV
         without the required columns).
     """
+    products: list[Product] = []
+    problems: list[RecordProblem] = []
+    repeats: list[RecordProblem] = []
+    for entry in iter_catalog(path, require_category=require_category):
+        if entry.product is not None:
+            products.append(entry.product)
+        elif entry.repeat:
+            repeats.append(RecordProblem(entry.line, entry.problem or ""))
+        else:
+            problems.append(RecordProblem(entry.line, entry.problem or ""))
+    file = str(Path(path))
+    if problems and strict:
+        raise CatalogError(file, problems)
+    if repeats:
+        logger.info("%s: skipped %d exact repeat record(s)", file, len(repeats))
+    return Catalog(path=file, products=products, problems=problems, repeats=repeats)
+
+
+@dataclass(frozen=True)
+class CatalogLine:
+    """One record of a catalog file as `iter_catalog` reads it: a product, or what is wrong with it."""
+
+    line: int  # 1-based; for CSV the line the record starts on
+    product: Product | None = None
+    problem: str | None = None
+    repeat: bool = False  # an exact repeat of an earlier record: skipped, not a problem
+
+
+def iter_catalog(path: str | os.PathLike[str], *, require_category: bool = True) -> Iterator[CatalogLine]:
+    """The records of a catalog file, one at a time, with the rules of `load_catalog`: memory holds one
+    record and, per id seen, its line and a digest (to tell an exact repeat from a conflicting
+    duplicate), so a catalog of millions of items streams (`hitl score`).
+
+    Raises FileNotFoundError, ValueError (format) and CatalogError (not UTF-8, a CSV without the
+    required columns) as `load_catalog` does, when the iteration reaches them."""
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix not in JSONL_SUFFIXES | CSV_SUFFIXES:
@@ -373,60 +409,56 @@ def load_catalog(
         raise FileNotFoundError(f"catalog file not found: {file}")
     if not file.is_file():
         raise ValueError(f"{file}: not a regular file")
-
-    raw = file.read_bytes()
-    try:
-        # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise CatalogError(str(file), [RecordProblem(line, f"not valid UTF-8 ({exc.reason})")]) from exc
-
-    records = _jsonl_records(content) if suffix in JSONL_SUFFIXES else _csv_records(content, str(file))
-
-    products: list[Product] = []
-    problems: list[RecordProblem] = []
-    repeats: list[RecordProblem] = []
-    first_seen: dict[str, tuple[int, Product]] = {}
+    lines = _decoded_lines(file)
+    records = _jsonl_records(lines) if suffix in JSONL_SUFFIXES else _csv_records(lines, str(file))
+    first_seen: dict[str, tuple[int, bytes]] = {}
     for line, record in records:
         if isinstance(record, str):  # the reader already knows what is wrong
-            problems.append(RecordProblem(line, record))
+            yield CatalogLine(line, problem=record)
             continue
         try:
             product = Product.model_validate(record)
         except ValidationError as exc:
-            problems.append(RecordProblem(line, _describe(exc)))
+            yield CatalogLine(line, problem=describe_invalid(exc))
             continue
+        digest = hashlib.blake2b(product.model_dump_json().encode(), digest_size=16).digest()
         if product.id in first_seen:
             first_line, first = first_seen[product.id]
-            if product == first:
-                repeats.append(RecordProblem(line, f"exact repeat of line {first_line} (id {product.id!r})"))
-            else:
-                problems.append(
-                    RecordProblem(line, f"duplicate id {product.id!r} (first at line {first_line})")
+            if digest == first:
+                yield CatalogLine(
+                    line, problem=f"exact repeat of line {first_line} (id {product.id!r})", repeat=True
                 )
+            else:
+                yield CatalogLine(line, problem=f"duplicate id {product.id!r} (first at line {first_line})")
             continue
-        first_seen[product.id] = (line, product)
+        first_seen[product.id] = (line, digest)
         if require_category and product.category is None:
-            problems.append(RecordProblem(line, f"no category (id {product.id!r} is unlabeled)"))
+            yield CatalogLine(line, problem=f"no category (id {product.id!r} is unlabeled)")
             continue
-        products.append(product)
+        yield CatalogLine(line, product=product)
 
-    if problems and strict:
-        raise CatalogError(str(file), problems)
-    if repeats:
-        logger.info("%s: skipped %d exact repeat record(s)", file, len(repeats))
-    return Catalog(path=str(file), products=products, problems=problems, repeats=repeats)
+
+def _decoded_lines(file: Path) -> Iterator[str]:
+    """The file's lines, ends kept, split at "\n" only (JSON text may hold a raw U+2028 or U+0085 in a
+    string, which str.splitlines() would take for line breaks), each decoded on its own so that a
+    byte that is not UTF-8 is reported on its line."""
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):  # spreadsheet exports often start with one
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                problem = RecordProblem(number, f"not valid UTF-8 ({exc.reason})")
+                raise CatalogError(str(file), [problem]) from exc
 
 
 # A reader yields (line, record) where record is a dict for Product, or a string: the reason it is bad.
 _Record = tuple[int, dict[str, Any] | str]
 
 
-def _jsonl_records(content: str) -> Iterator[_Record]:
-    # split("\n"), not splitlines(): JSON text may hold a raw U+2028 or U+0085 inside a string, which
-    # splitlines() would treat as line breaks, cutting records in two and shifting every line number.
-    for line, text in enumerate(content.split("\n"), start=1):
+def _jsonl_records(lines: Iterable[str]) -> Iterator[_Record]:
+    for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue  # blank lines (a trailing newline, a separator) are not records
         try:
@@ -441,9 +473,10 @@ def _jsonl_records(content: str) -> Iterator[_Record]:
         yield line, record
 
 
-def _csv_records(content: str, path: str) -> Iterator[_Record]:
-    # newline="" semantics: quoted cells may contain newlines, so line numbers come from the reader.
-    reader = csv.reader(io.StringIO(content, newline=""))
+def _csv_records(lines: Iterable[str], path: str) -> Iterator[_Record]:
+    # Lines keep their ends (newline="" semantics): quoted cells may contain newlines, so line numbers
+    # come from the reader.
+    reader = csv.reader(lines)
     try:
         header = [name.strip().lower() for name in next(reader)]
     except StopIteration:
@@ -490,7 +523,7 @@ def _csv_record(cells: dict[str, str]) -> dict[str, Any] | str:
     return record
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_invalid(exc: ValidationError) -> str:
     """One line per field: 'price: price must be finite, got nan'."""
     reasons = []
     for error in exc.errors():

@@ -6,6 +6,11 @@ process; `RayScorer` runs them on Ray Data actors (a local cluster, or an existi
 address), each holding the model. Recording is always here, in this process: the store and the outbox
 see one writer whatever the engine.
 
+A catalog file streams: `catalog_outline` reads it once to check every record and count them (nothing
+kept but the ids, to refuse a duplicate), `catalog_items` reads it again item by item, and the parts are
+cut as the items come, so memory holds a part at a time (a Ray window at a time with `RayScorer`), not
+the catalog. Items need no category: scoring is for the ones without.
+
 The catalog is cut into parts of `part_size` items; each part is scored, recorded in the store in one
 transaction (its escalations enqueued for Label Studio in the same transaction) and written as one Parquet
 file, `part-00000.parquet`, ...: decision, label, confidence, reasons, model version, prediction id. A
@@ -18,12 +23,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from labeling.settings import LabelStudioSettings
+from learner.data import Product, describe_invalid, iter_catalog
+from learner.exceptions import CatalogError, RecordProblem
 from learner.files import replaced_atomically
 from serving.model import LoadedModel, ModelHolder, record_version
 from serving.schemas import ItemIn
@@ -36,14 +46,85 @@ MANIFEST = "manifest.json"
 
 
 class ScoringError(ValueError):
-    """The output folder holds parts of another run (another catalog, part size or model)."""
+    """The output folder holds parts of another run (another catalog, part size or model), or the
+    catalog changed between its two readings."""
+
+
+@dataclass(frozen=True)
+class CatalogOutline:
+    """What names the items of a run in its manifest: how many, the first id and the last."""
+
+    count: int
+    first_id: str | None
+    last_id: str | None
+
+    @classmethod
+    def of(cls, items: Sequence[ItemIn]) -> CatalogOutline:
+        return cls(len(items), items[0].id if items else None, items[-1].id if items else None)
+
+
+def item_of(product: Product) -> ItemIn:
+    """A catalog record as the API takes it (its category, if any, is not an input)."""
+    return ItemIn(
+        id=product.id,
+        title=product.title,
+        description=product.description or "",
+        brand=product.brand,
+        price=product.price,
+    )
+
+
+def catalog_outline(path: Path) -> CatalogOutline:
+    """Read the catalog once: every record checked as a catalog record and as an API item (an id over
+    255 characters is a catalog id, not an item id), nothing kept. Raises `CatalogError` listing every
+    bad record with its line (exact repeats are skipped, as `load_catalog` does), and what
+    `learner.data.iter_catalog` raises for an unreadable file."""
+    problems: list[RecordProblem] = []
+    count, first, last = 0, None, None
+    for entry in iter_catalog(path, require_category=False):
+        if entry.product is None:
+            if not entry.repeat:
+                problems.append(RecordProblem(entry.line, entry.problem or ""))
+            continue
+        try:
+            item = item_of(entry.product)
+        except ValidationError as exc:
+            problems.append(RecordProblem(entry.line, describe_invalid(exc)))
+            continue
+        count += 1
+        first = first if first is not None else item.id
+        last = item.id
+    if problems:
+        raise CatalogError(str(path), problems)
+    return CatalogOutline(count, first, last)
+
+
+def catalog_items(path: Path) -> Iterator[ItemIn]:
+    """The catalog's items, read one at a time (after `catalog_outline` has checked them)."""
+    for entry in iter_catalog(path, require_category=False):
+        if entry.product is None:
+            if not entry.repeat:
+                raise ScoringError(f"{path} changed while it was scored: line {entry.line}: {entry.problem}")
+            continue
+        try:
+            yield item_of(entry.product)
+        except ValidationError as exc:
+            raise ScoringError(
+                f"{path} changed while it was scored: line {entry.line}: {describe_invalid(exc)}"
+            ) from None
+
+
+def _parts(items: Iterable[ItemIn], size: int) -> Iterator[list[ItemIn]]:
+    iterator = iter(items)
+    while part := list(islice(iterator, size)):
+        yield part
 
 
 class Scorer(Protocol):
     """Parts of items in; for each part, in order, one `Scored` per item, in order. Streaming the parts
     lets an engine keep its workers (and their loaded model) across parts."""
 
-    def stream(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]: ...
+    def stream(self, parts: Iterable[Sequence[ItemIn]]) -> Iterator[list[Scored]]: ...
 
 
 class LocalScorer:
@@ -55,7 +136,7 @@ class LocalScorer:
     def __call__(self, items: Sequence[ItemIn]) -> list[Scored]:
         return score_items(self.model, items, self.settings.routing, LoopPolicy.of(self.settings.learner))
 
-    def stream(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
+    def stream(self, parts: Iterable[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
         for part in parts:
             yield self(part)
 
@@ -127,11 +208,16 @@ class RayScorer:
         address: str | None = None,
         concurrency: int = 2,
         batch_size: int = 256,
+        window_items: int = 100_000,
     ) -> None:
         import ray
 
-        if concurrency < 1 or batch_size < 1:
-            raise ValueError(f"concurrency and batch_size must be >= 1, got {concurrency}, {batch_size}")
+        if min(concurrency, batch_size, window_items) < 1:
+            raise ValueError(
+                "concurrency, batch_size and window_items must be >= 1, got "
+                f"{concurrency}, {batch_size}, {window_items}"
+            )
+        self.window_items = window_items
         self._started = not ray.is_initialized()
         if self._started:
             ray.init(
@@ -148,9 +234,23 @@ class RayScorer:
             "version": model.version,
         }
 
-    def stream(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
-        """One Ray Data pipeline over every part, results in order (`preserve_order`), so the actors and
-        their model are started once; each part is handed back as soon as all its items are in."""
+    def stream(self, parts: Iterable[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
+        """The parts in windows of about `window_items` items, one Ray Data pipeline per window: memory
+        holds a window, not the catalog, and the actors (and their model) start once per window."""
+        window: list[Sequence[ItemIn]] = []
+        size = 0
+        for part in parts:
+            window.append(part)
+            size += len(part)
+            if size >= self.window_items:
+                yield from self._pipeline(window)
+                window, size = [], 0
+        if window:
+            yield from self._pipeline(window)
+
+    def _pipeline(self, parts: Sequence[Sequence[ItemIn]]) -> Iterator[list[Scored]]:
+        """One Ray Data pipeline over `parts`, results in order (`preserve_order`); each part is handed
+        back as soon as all its items are in."""
         import ray.data
 
         if not parts:
@@ -219,13 +319,13 @@ def started_with(out_dir: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
-def _check_manifest(out_dir: Path, items: Sequence[ItemIn], part_size: int, version: str) -> None:
+def _check_manifest(out_dir: Path, outline: CatalogOutline, part_size: int, version: str) -> None:
     """Resume only the same run: the parts are numbered by position, so they mean something only for the
     same items, part size and model."""
     wanted = {
-        "items": len(items),
-        "first_id": items[0].id if items else None,
-        "last_id": items[-1].id if items else None,
+        "items": outline.count,
+        "first_id": outline.first_id,
+        "last_id": outline.last_id,
         "part_size": part_size,
         "model_version": version,
     }
@@ -244,30 +344,52 @@ def _check_manifest(out_dir: Path, items: Sequence[ItemIn], part_size: int, vers
 def score_catalog(
     model: LoadedModel,
     store: Store,
-    items: Sequence[ItemIn],
+    items: Iterable[ItemIn],
     settings: AppSettings,
     out_dir: Path,
     *,
+    outline: CatalogOutline | None = None,
     part_size: int = 2048,
     scorer: Scorer | None = None,
     on_part: Callable[[int], None] | None = None,
 ) -> ScoreReport:
     """Score `items` in parts of `part_size` with `scorer` (default: in this process) and record them;
-    `on_part(n_items)` after each part (done or skipped)."""
+    `on_part(n_items)` after each part (done or skipped). `items` may stream (`catalog_items`); then
+    `outline` (`catalog_outline`) says what they are before they are read, and a stream that turns out
+    different (the file changed between the readings) raises `ScoringError` at its end."""
     if part_size < 1:
         raise ValueError(f"part_size must be >= 1, got {part_size}")
+    if outline is None:
+        if not isinstance(items, Sequence):
+            raise TypeError("score_catalog: streamed items need their outline (catalog_outline)")
+        outline = CatalogOutline.of(items)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_manifest(out_dir, items, part_size, model.version)
+    _check_manifest(out_dir, outline, part_size, model.version)
     record_version(store, model)
     scorer = scorer or LocalScorer(model, settings)
     hook = outbox_hook(settings.routing.high_value_price)
-    chunks = [items[start : start + part_size] for start in range(0, len(items), part_size)]
-    todo = [i for i in range(len(chunks)) if not part_path(out_dir, i).is_file()]
+    n_parts = -(-outline.count // part_size)
+    todo = [i for i in range(n_parts) if not part_path(out_dir, i).is_file()]
     if on_part is not None:  # the parts an earlier run finished count as progress at once
-        for i in sorted(set(range(len(chunks))).difference(todo)):
-            on_part(len(chunks[i]))
+        for i in sorted(set(range(n_parts)).difference(todo)):
+            on_part(min(part_size, outline.count - i * part_size))
+
+    def parts_to_do() -> Iterator[list[ItemIn]]:
+        wanted, seen, first, last = set(todo), 0, None, None
+        for index, part in enumerate(_parts(items, part_size)):
+            seen += len(part)
+            first, last = first if first is not None else part[0].id, part[-1].id
+            if index in wanted:
+                yield part
+        if CatalogOutline(seen, first, last) != outline:
+            raise ScoringError(
+                f"the catalog changed while it was scored: {seen} items from {first!r} to {last!r}, "
+                f"where its first reading had {outline.count} from {outline.first_id!r} to "
+                f"{outline.last_id!r}; score it again into a new --out folder"
+            )
+
     scored_items = escalated = 0
-    for index, scored in zip(todo, scorer.stream([chunks[i] for i in todo]), strict=True):
+    for index, scored in zip(todo, scorer.stream(parts_to_do()), strict=True):
         ids = store.record_predictions(
             model.version, new_predictions(scored), requested_by=SCORE_ACTOR, on_escalated=hook
         )
@@ -288,4 +410,4 @@ def score_catalog(
         escalated += sum(d == "escalated" for d in decisions)
         if on_part is not None:
             on_part(len(scored))
-    return ScoreReport(len(chunks), len(chunks) - len(todo), scored_items, escalated, model.version)
+    return ScoreReport(n_parts, n_parts - len(todo), scored_items, escalated, model.version)

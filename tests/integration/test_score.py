@@ -128,3 +128,28 @@ def test_a_run_resumed_after_a_promotion_goes_on_with_the_version_it_started_wit
     assert f"resuming with {started}" in again.stdout
     versions = {row["model_version"] for row in pq.read_table(sorted(out.glob("part-*.parquet"))).to_pylist()}
     assert versions == {started}  # every part from the model the run started with
+
+
+def test_new_items_without_a_category_are_scored_and_a_bad_record_is_named(
+    small_bundle_dir: Path, tmp_path: Path
+) -> None:
+    # Before: `hitl score` refused any item without a category, the very items it is for.
+    catalog, out, state = tmp_path / "new.jsonl", tmp_path / "scored", tmp_path / "state"
+    records = [
+        {"id": f"new-{i}", "title": p.title, "brand": p.brand}
+        for i, p in enumerate(generate_catalog(12, seed=13, n_categories=5))
+    ]
+    env = cli_env(state, HITL_SERVING__MODEL_SOURCE="bundle", HITL_SERVING__BUNDLE_PATH=str(small_bundle_dir))
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in [*records, {"id": "x", "title": ""}]))
+
+    refused = _score(env, catalog, out)
+    assert refused.returncode == 2
+    assert "1 bad record(s): line 13: title" in refused.stderr
+    assert not out.exists()
+
+    catalog.write_text("".join(json.dumps(r) + "\n" for r in records))
+    done = _score(env, catalog, out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "12 items scored in 2 parts" in done.stdout
+    rows = pq.read_table(sorted(out.glob("part-*.parquet"))).to_pylist()
+    assert [r["id"] for r in rows] == [r["id"] for r in records]

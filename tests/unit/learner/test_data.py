@@ -25,6 +25,7 @@ from learner.data import (
     catalog_name,
     group_split,
     item_text,
+    iter_catalog,
     label_of,
     load_catalog,
     normalize_title,
@@ -303,6 +304,22 @@ def test_file_level_errors_are_clear(tmp_path: Path) -> None:
     (tmp_path / "latin1.jsonl").write_bytes(json.dumps(record()).encode() + b"\n" + b'{"title": "Caf\xe9"}\n')
     with pytest.raises(CatalogError, match="line 2: not valid UTF-8"):
         load_catalog(tmp_path / "latin1.jsonl")
+
+
+def test_a_catalog_streams_one_record_at_a_time(tmp_path: Path) -> None:
+    path = tmp_path / "stream.jsonl"
+    lines = [json.dumps(record("a1")), json.dumps(record("a2", category=None)), json.dumps(record("a1"))]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b'{"title": "Caf\xe9"}\n')
+    records = iter_catalog(path, require_category=False)
+    first = next(records)  # read before the bad byte further down is reached
+    assert (first.line, first.product is not None) == (1, True)
+    second = next(records)
+    assert second.product is not None
+    assert second.product.category is None
+    repeat = next(records)
+    assert (repeat.line, repeat.repeat, repeat.product) == (3, True, None)
+    with pytest.raises(CatalogError, match="line 4: not valid UTF-8"):
+        next(records)
 
 
 def test_json_array_file_gets_a_hint(tmp_path: Path) -> None:
