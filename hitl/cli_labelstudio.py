@@ -216,8 +216,8 @@ def bootstrap(
                 webhook_url=webhook_url(settings.serving.base_url),
                 webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
                 model_version=model_version,
-                record_taxonomy=lambda pid: store.save_project(
-                    pid, settings.labelstudio.project_title, None, tax
+                record_taxonomy=lambda pid: store.widen_taxonomy(
+                    pid, settings.labelstudio.project_title, tax
                 ),
             )
             store.save_project(info.project_id, settings.labelstudio.project_title, info.webhook_id, tax)

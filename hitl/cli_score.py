@@ -45,7 +45,7 @@ def score(
         raise typer.Exit(2)
     try:
         with console.status(f"checking {catalog.name}"):
-            outline = catalog_outline(catalog)
+            outline = catalog_outline(catalog, part_size)
     except (LearnerError, OSError, ValueError) as exc:
         err_console.print(f"[red]cannot read {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -75,7 +75,7 @@ def score(
                 model, store, catalog_items(catalog), settings, out, outline=outline,
                 part_size=part_size, scorer=scorer, on_part=lambda n: progress.advance(task, n),
             )  # fmt: skip
-    except (ScoringError, LearnerError) as exc:  # LearnerError: the file changed between readings
+    except (ScoringError, LearnerError, OSError) as exc:  # the file changed, or went, between readings
         err_console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
     finally:

@@ -346,8 +346,8 @@ def _up(
                 webhook_url=webhook_url(api),
                 webhook_secret=settings.labelstudio.webhook_secret.get_secret_value(),
                 model_version=registry.version_label(settings, champion) if champion else None,
-                record_taxonomy=lambda pid: store.save_project(
-                    pid, settings.labelstudio.project_title, None, taxonomy
+                record_taxonomy=lambda pid: store.widen_taxonomy(
+                    pid, settings.labelstudio.project_title, taxonomy
                 ),
             )
             try:

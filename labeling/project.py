@@ -29,10 +29,11 @@ def bootstrap_project(
     The ML backend is connected separately (`LabelStudioClient.ensure_ml_backend`), once the project is
     recorded: it needs the serving API up, and the project must not be lost when that API is down.
 
-    `record_taxonomy(project_id)` stores the taxonomy on our side before a reviewer can choose from it:
-    right after creating the project, and before changing its label config. The other way round, a
-    reviewer who chose a category the re-bootstrap just added was rejected by the old taxonomy, for
-    good (the sync never looks again at a state it holds).
+    `record_taxonomy(project_id)` tells our side the taxonomy before a reviewer can choose from it:
+    right after creating the project, and before changing its label config (serving's store then
+    accepts the old and the new categories until the bootstrap has finished: `Store.widen_taxonomy`).
+    The other way round, a reviewer who chose a category the re-bootstrap just added was rejected by the
+    old taxonomy, for good (the sync never looks again at a state it holds).
     """
     label_config = build_label_config(taxonomy)
     project = client.find_project(title)

@@ -409,9 +409,13 @@ def iter_catalog(path: str | os.PathLike[str], *, require_category: bool = True)
         raise FileNotFoundError(f"catalog file not found: {file}")
     if not file.is_file():
         raise ValueError(f"{file}: not a regular file")
-    lines = _decoded_lines(file)
-    records = _jsonl_records(lines) if suffix in JSONL_SUFFIXES else _csv_records(lines, str(file))
-    first_seen: dict[str, tuple[int, bytes]] = {}
+    jsonl = suffix in JSONL_SUFFIXES
+    # CSV keeps the old universal newlines (a spreadsheet's "CSV (Macintosh)" ends lines with a bare CR);
+    # JSON Lines splits at "\n" only.
+    lines = _decoded_lines(file, bare_cr_ends_lines=not jsonl)
+    records = _jsonl_records(lines) if jsonl else _csv_records(lines, str(file))
+    # Per id: its line and a 64-bit digest of its record, packed in one int (~0.15 KB per id in all).
+    first_seen: dict[str, int] = {}
     for line, record in records:
         if isinstance(record, str):  # the reader already knows what is wrong
             yield CatalogLine(line, problem=record)
@@ -421,9 +425,9 @@ def iter_catalog(path: str | os.PathLike[str], *, require_category: bool = True)
         except ValidationError as exc:
             yield CatalogLine(line, problem=describe_invalid(exc))
             continue
-        digest = hashlib.blake2b(product.model_dump_json().encode(), digest_size=16).digest()
+        digest = int.from_bytes(hashlib.blake2b(product.model_dump_json().encode(), digest_size=8).digest())
         if product.id in first_seen:
-            first_line, first = first_seen[product.id]
+            first_line, first = first_seen[product.id] >> 64, first_seen[product.id] & _DIGEST_MASK
             if digest == first:
                 yield CatalogLine(
                     line, problem=f"exact repeat of line {first_line} (id {product.id!r})", repeat=True
@@ -431,26 +435,35 @@ def iter_catalog(path: str | os.PathLike[str], *, require_category: bool = True)
             else:
                 yield CatalogLine(line, problem=f"duplicate id {product.id!r} (first at line {first_line})")
             continue
-        first_seen[product.id] = (line, digest)
+        first_seen[product.id] = (line << 64) | digest
         if require_category and product.category is None:
             yield CatalogLine(line, problem=f"no category (id {product.id!r} is unlabeled)")
             continue
         yield CatalogLine(line, product=product)
 
 
-def _decoded_lines(file: Path) -> Iterator[str]:
-    """The file's lines, ends kept, split at "\n" only (JSON text may hold a raw U+2028 or U+0085 in a
-    string, which str.splitlines() would take for line breaks), each decoded on its own so that a
-    byte that is not UTF-8 is reported on its line."""
+_DIGEST_MASK = (1 << 64) - 1
+_BARE_CR = re.compile(rb"(?<=\r)(?!\n)")  # the place after a CR that no LF follows
+
+
+def _decoded_lines(file: Path, *, bare_cr_ends_lines: bool = False) -> Iterator[str]:
+    """The file's lines, ends kept, split at "\n" (JSON text may hold a raw U+2028 or U+0085 in a
+    string, which str.splitlines() would take for line breaks) and, with `bare_cr_ends_lines`, at a
+    CR alone; each decoded on its own, so that a byte that is not UTF-8 is reported on its line
+    (counted in "\n", as an editor shows it)."""
     with file.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(codecs.BOM_UTF8):  # spreadsheet exports often start with one
                 raw = raw[len(codecs.BOM_UTF8) :]
             try:
-                yield raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 problem = RecordProblem(number, f"not valid UTF-8 ({exc.reason})")
                 raise CatalogError(str(file), [problem]) from exc
+            if bare_cr_ends_lines and "\r" in text:
+                yield from (piece.decode("utf-8") for piece in _BARE_CR.split(raw) if piece)
+            else:
+                yield text
 
 
 # A reader yields (line, record) where record is a dict for Product, or a string: the reason it is bad.
@@ -477,15 +490,15 @@ def _csv_records(lines: Iterable[str], path: str) -> Iterator[_Record]:
     # Lines keep their ends (newline="" semantics): quoted cells may contain newlines, so line numbers
     # come from the reader.
     reader = csv.reader(lines)
-    try:
-        header = [name.strip().lower() for name in next(reader)]
-    except StopIteration:
+    first = next(_csv_rows(reader, path), None)
+    if first is None:
         return
+    header = [name.strip().lower() for name in first]
     missing = [name for name in CSV_REQUIRED_COLUMNS if name not in header]
     if missing:
         raise CatalogError(path, [RecordProblem(1, f"CSV header lacks column(s): {', '.join(missing)}")])
     line = reader.line_num + 1
-    for row in reader:
+    for row in _csv_rows(reader, path):
         start, line = line, reader.line_num + 1
         if not any(cell.strip() for cell in row):
             continue
@@ -494,6 +507,19 @@ def _csv_records(lines: Iterable[str], path: str) -> Iterator[_Record]:
             continue
         cells = dict(zip(header, row, strict=False))  # short rows: the absent trailing cells are empty
         yield start, _csv_record(cells)
+
+
+def _csv_rows(reader: Any, path: str) -> Iterator[list[str]]:
+    """`reader`'s rows; what the csv module cannot parse (a cell over its size limit) is a
+    CatalogError on its line, not a crash."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            raise CatalogError(path, [RecordProblem(reader.line_num, f"CSV: {exc}")]) from exc
+        yield row
 
 
 def _csv_record(cells: dict[str, str]) -> dict[str, Any] | str:

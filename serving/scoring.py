@@ -21,6 +21,7 @@ that part is then scored and stored again, like a client retrying a request.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -52,15 +53,38 @@ class ScoringError(ValueError):
 
 @dataclass(frozen=True)
 class CatalogOutline:
-    """What names the items of a run in its manifest: how many, the first id and the last."""
+    """What the items of a run are, before they are scored: how many, the first id and the last, and a
+    digest of each part of `part_size` items, so that a part read again is checked before it is scored
+    and a resumed run's manifest names its content, not only its length."""
 
     count: int
     first_id: str | None
     last_id: str | None
+    part_size: int
+    part_digests: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.blake2b("".join(self.part_digests).encode(), digest_size=16).hexdigest()
 
     @classmethod
-    def of(cls, items: Sequence[ItemIn]) -> CatalogOutline:
-        return cls(len(items), items[0].id if items else None, items[-1].id if items else None)
+    def of(cls, items: Iterable[ItemIn], part_size: int) -> CatalogOutline:
+        if part_size < 1:
+            raise ValueError(f"part_size must be >= 1, got {part_size}")
+        count, first, last, digests = 0, None, None, []
+        for part in _parts(items, part_size):
+            count += len(part)
+            first, last = first if first is not None else part[0].id, part[-1].id
+            digests.append(part_digest(part))
+        return cls(count, first, last, part_size, tuple(digests))
+
+
+def part_digest(items: Sequence[ItemIn]) -> str:
+    """A digest of a part's items, in order (each item as the API's JSON)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    for item in items:
+        hasher.update(hashlib.blake2b(item.model_dump_json().encode(), digest_size=16).digest())
+    return hasher.hexdigest()
 
 
 def item_of(product: Product) -> ItemIn:
@@ -74,29 +98,28 @@ def item_of(product: Product) -> ItemIn:
     )
 
 
-def catalog_outline(path: Path) -> CatalogOutline:
+def catalog_outline(path: Path, part_size: int) -> CatalogOutline:
     """Read the catalog once: every record checked as a catalog record and as an API item (an id over
-    255 characters is a catalog id, not an item id), nothing kept. Raises `CatalogError` listing every
-    bad record with its line (exact repeats are skipped, as `load_catalog` does), and what
-    `learner.data.iter_catalog` raises for an unreadable file."""
+    255 characters is a catalog id, not an item id); kept: the ids (to refuse a duplicate) and a digest
+    per part. Raises `CatalogError` listing every bad record with its line (exact repeats are skipped,
+    as `load_catalog` does), and what `learner.data.iter_catalog` raises for an unreadable file."""
     problems: list[RecordProblem] = []
-    count, first, last = 0, None, None
-    for entry in iter_catalog(path, require_category=False):
-        if entry.product is None:
-            if not entry.repeat:
-                problems.append(RecordProblem(entry.line, entry.problem or ""))
-            continue
-        try:
-            item = item_of(entry.product)
-        except ValidationError as exc:
-            problems.append(RecordProblem(entry.line, describe_invalid(exc)))
-            continue
-        count += 1
-        first = first if first is not None else item.id
-        last = item.id
+
+    def checked() -> Iterator[ItemIn]:
+        for entry in iter_catalog(path, require_category=False):
+            if entry.product is None:
+                if not entry.repeat:
+                    problems.append(RecordProblem(entry.line, entry.problem or ""))
+                continue
+            try:
+                yield item_of(entry.product)
+            except ValidationError as exc:
+                problems.append(RecordProblem(entry.line, describe_invalid(exc)))
+
+    outline = CatalogOutline.of(checked(), part_size)
     if problems:
         raise CatalogError(str(path), problems)
-    return CatalogOutline(count, first, last)
+    return outline
 
 
 def catalog_items(path: Path) -> Iterator[ItemIn]:
@@ -319,19 +342,30 @@ def started_with(out_dir: Path) -> str | None:
     return version if isinstance(version, str) else None
 
 
+def _changed(what: str) -> ScoringError:
+    return ScoringError(
+        f"the catalog changed while it was scored: {what} from its first reading (the parts before "
+        "matched it and are recorded); score the catalog again into a new --out folder"
+    )
+
+
 def _check_manifest(out_dir: Path, outline: CatalogOutline, part_size: int, version: str) -> None:
     """Resume only the same run: the parts are numbered by position, so they mean something only for the
-    same items, part size and model."""
+    same items (their digest), part size and model. (A manifest written before digests were kept is
+    compared on the rest.)"""
     wanted = {
         "items": outline.count,
         "first_id": outline.first_id,
         "last_id": outline.last_id,
         "part_size": part_size,
         "model_version": version,
+        "digest": outline.digest,
     }
     path = out_dir / MANIFEST
     if path.is_file():
         found = json.loads(path.read_text())
+        if "digest" not in found:
+            wanted.pop("digest")
         if found != wanted:
             differ = ", ".join(
                 f"{k} {found.get(k)!r} != {v!r}" for k, v in wanted.items() if found.get(k) != v
@@ -357,36 +391,35 @@ def score_catalog(
     `on_part(n_items)` after each part (done or skipped). `items` may stream (`catalog_items`); then
     `outline` (`catalog_outline`) says what they are before they are read, and a stream that turns out
     different (the file changed between the readings) raises `ScoringError` at its end."""
-    if part_size < 1:
-        raise ValueError(f"part_size must be >= 1, got {part_size}")
     if outline is None:
         if not isinstance(items, Sequence):
             raise TypeError("score_catalog: streamed items need their outline (catalog_outline)")
-        outline = CatalogOutline.of(items)
+        outline = CatalogOutline.of(items, part_size)
+    if outline.part_size != part_size:
+        raise ValueError(f"the outline was cut in parts of {outline.part_size} items, not {part_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_manifest(out_dir, outline, part_size, model.version)
     record_version(store, model)
     scorer = scorer or LocalScorer(model, settings)
     hook = outbox_hook(settings.routing.high_value_price)
-    n_parts = -(-outline.count // part_size)
+    n_parts = len(outline.part_digests)
     todo = [i for i in range(n_parts) if not part_path(out_dir, i).is_file()]
     if on_part is not None:  # the parts an earlier run finished count as progress at once
         for i in sorted(set(range(n_parts)).difference(todo)):
             on_part(min(part_size, outline.count - i * part_size))
 
     def parts_to_do() -> Iterator[list[ItemIn]]:
-        wanted, seen, first, last = set(todo), 0, None, None
+        # Each part is checked against the first reading before it is scored, so a catalog that
+        # changed between the readings records nothing that was not in the first.
+        wanted, parts = set(todo), 0
         for index, part in enumerate(_parts(items, part_size)):
-            seen += len(part)
-            first, last = first if first is not None else part[0].id, part[-1].id
+            parts += 1
+            if index >= n_parts or part_digest(part) != outline.part_digests[index]:
+                raise _changed(f"part {index} (from item {index * part_size + 1}) differs")
             if index in wanted:
                 yield part
-        if CatalogOutline(seen, first, last) != outline:
-            raise ScoringError(
-                f"the catalog changed while it was scored: {seen} items from {first!r} to {last!r}, "
-                f"where its first reading had {outline.count} from {outline.first_id!r} to "
-                f"{outline.last_id!r}; score it again into a new --out folder"
-            )
+        if parts != n_parts:
+            raise _changed(f"it has {parts} parts of {part_size} items, not {n_parts}")
 
     scored_items = escalated = 0
     for index, scored in zip(todo, scorer.stream(parts_to_do()), strict=True):

@@ -1100,6 +1100,7 @@ class Store:
                 )
             else:
                 row.title, row.taxonomy = title, paths
+                row.updated_at = _now()  # set even when nothing else changed: `project_by_title` reads it
                 if webhook_id is not None:
                     row.webhook_id = webhook_id
 
@@ -1108,10 +1109,33 @@ class Store:
             row = session.get(LabelingProject, project_id)
             return Taxonomy.from_paths(row.taxonomy) if row is not None else None
 
+    def widen_taxonomy(self, project_id: int, title: str, taxonomy: Taxonomy) -> None:
+        """Judge labels by the recorded taxonomy and `taxonomy` together: a bootstrap calls this before
+        it changes Label Studio's label config (`labeling.project.bootstrap_project`), since a reviewer
+        may choose from either until the change lands, and from the old one if it fails. Its
+        `save_project` then narrows it to `taxonomy`. (Two taxonomies where a leaf of one is a parent in
+        the other cannot be one: `taxonomy` alone then.)"""
+        recorded = self.taxonomy(project_id)
+        widened = taxonomy
+        if recorded is not None:
+            try:
+                widened = Taxonomy.from_paths([*recorded.paths, *taxonomy.paths])
+            except ValueError:
+                logger.warning(
+                    "project %d: the old and the new taxonomy cannot be judged by together; the new one "
+                    "applies from now",
+                    project_id,
+                )
+        self.save_project(project_id, title, None, widened)
+
     def project_by_title(self, title: str) -> int | None:
+        """The project a bootstrap recorded last under `title`: one deleted in Label Studio and created
+        again under the same title leaves its old row (its sync runs point at it), which is not it."""
         with self.session() as session:
             return session.scalars(
-                select(LabelingProject.project_id).where(LabelingProject.title == title)
+                select(LabelingProject.project_id)
+                .where(LabelingProject.title == title)
+                .order_by(LabelingProject.updated_at.desc(), LabelingProject.project_id.desc())
             ).first()
 
     def record_sync(self, project_id: int, recorded: int, deleted: int) -> None:

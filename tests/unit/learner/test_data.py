@@ -601,3 +601,21 @@ def test_catalogs_are_named_by_their_folder_when_every_file_is_products_jsonl(tm
     assert catalog_name(tmp_path / "shoes.jsonl") == "shoes"
     assert catalog_name(Path("shoes.csv")) == "shoes"
     assert catalog_name(Path("products.jsonl")) == "products"  # no folder to name it by
+
+
+def test_csv_lines_may_end_in_a_bare_cr_and_what_csv_cannot_parse_is_a_problem_on_its_line(
+    tmp_path: Path,
+) -> None:
+    mac = tmp_path / "mac.csv"  # a spreadsheet's "CSV (Macintosh)"
+    mac.write_bytes(b"id,title,category\r1,Apple,Food > Fruit\r2,Pear,Food > Fruit\r")
+    assert [p.id for p in load_catalog(mac).products] == ["1", "2"]
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_bytes(b"id,title,category\n1,Apple,Food > Fruit\r\n2,Pe\rar,Food > Fruit\n3,Fig,Food\n")
+    catalog = load_catalog(mixed, strict=False)  # a bare CR in a cell ends the line, as it always did
+    assert [p.id for p in catalog.products] == ["1", "3"]
+    assert [p.line for p in catalog.problems] == [3, 4]
+
+    huge = tmp_path / "huge.csv"
+    huge.write_text(f'id,title,description\n1,Kettle,"{"x" * 200_000}"\n', encoding="utf-8")
+    with pytest.raises(CatalogError, match="line 2: CSV: field larger than field limit"):
+        load_catalog(huge)

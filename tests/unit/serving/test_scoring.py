@@ -89,14 +89,21 @@ def _unlabelled(n: int, seed: int = 5) -> list[dict[str, Any]]:
 def test_the_outline_checks_every_record_and_welcomes_items_without_a_category(tmp_path: Path) -> None:
     records = _unlabelled(4)
     good = _write_jsonl(tmp_path / "new.jsonl", [*records, records[1]])  # an exact repeat is skipped
-    assert catalog_outline(good) == CatalogOutline(4, "new-0", "new-3")
+    outline = catalog_outline(good, 3)
+    assert (outline.count, outline.first_id, outline.last_id, len(outline.part_digests)) == (
+        4,
+        "new-0",
+        "new-3",
+        2,
+    )
+    assert outline == CatalogOutline.of([ItemIn.model_validate(r) for r in records], 3)
 
     bad = _write_jsonl(
         tmp_path / "bad.jsonl",
         [records[0], {**records[1], "price": -2}, {**records[2], "title": " "}, {**records[0], "title": "x"}],
     )
     with pytest.raises(CatalogError) as caught:
-        catalog_outline(bad)
+        catalog_outline(bad, 10)
     assert [p.line for p in caught.value.problems] == [2, 3, 4]
     assert "duplicate id 'new-0' (first at line 1)" in str(caught.value)
 
@@ -120,7 +127,7 @@ def test_a_catalog_file_is_scored_part_by_part_as_it_is_read(
     try:
         holder.refresh()
         model = holder.require()
-        outline = catalog_outline(catalog)
+        outline = catalog_outline(catalog, 10)
         out = tmp_path / "scored"
         report = score_catalog(
             model, store, items(), settings, out, outline=outline, part_size=10,
@@ -132,11 +139,32 @@ def test_a_catalog_file_is_scored_part_by_part_as_it_is_read(
         with store.session() as session:
             assert session.scalar(select(func.count()).select_from(Prediction)) == 25
 
-        # The file changes before a resumed run: its second reading no longer matches the first.
+        # The file changes between the two readings of a resumed run: the changed part is refused
+        # before it is scored, and nothing of it is recorded.
         part_path(out, 2).unlink()
-        _write_jsonl(catalog, _unlabelled(26))
-        with pytest.raises(ScoringError, match="changed while it was scored: 26 items"):
+        first = _unlabelled(25)
+        _write_jsonl(catalog, [*first, {"id": "new-25", "title": "Kettle"}])
+        with pytest.raises(
+            ScoringError, match=r"changed while it was scored: part 2 \(from item 21\) differs"
+        ):
             score_catalog(model, store, catalog_items(catalog), settings, out, outline=outline, part_size=10)
+        assert not part_path(out, 2).exists()
+        _write_jsonl(catalog, [*first[:24], {**first[24], "title": "Kettle"}])  # one title differs
+        with pytest.raises(ScoringError, match=r"part 2 .* differs"):
+            score_catalog(model, store, catalog_items(catalog), settings, out, outline=outline, part_size=10)
+        with store.session() as session:
+            assert session.scalar(select(func.count()).select_from(Prediction)) == 25
+        # A resumed run of the changed file is refused by its manifest: the content differs.
+        with pytest.raises(ScoringError, match=r"holds the parts of another run .*digest"):
+            score_catalog(
+                model,
+                store,
+                catalog_items(catalog),
+                settings,
+                out,
+                outline=catalog_outline(catalog, 10),
+                part_size=10,
+            )
         with pytest.raises(TypeError, match="need their outline"):
             score_catalog(model, store, catalog_items(catalog), settings, out, part_size=10)
     finally:

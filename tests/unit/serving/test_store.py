@@ -103,6 +103,28 @@ def test_project_taxonomy_round_trip(store: Store) -> None:
     assert store.taxonomy(5) == tax
     assert store.taxonomy(6) is None
     assert store.project_by_title("Products") == 5
+    # The project was deleted in Label Studio and bootstrapped again under the same title: the store
+    # follows the new one (before, it went on with the first row, and every push went to the deleted one).
+    store.save_project(3, "Products", 11, tax)
+    assert store.project_by_title("Products") == 3
+    store.save_project(5, "Products", None, tax)  # and back, when a bootstrap records 5 again
+    assert store.project_by_title("Products") == 5
+
+
+def test_a_bootstrap_widens_the_taxonomy_until_label_studio_has_the_new_one(store: Store) -> None:
+    old, new = Taxonomy.from_paths(["Shoes", "Hats"]), Taxonomy.from_paths(["Shoes", "Caps"])
+    store.save_project(5, "Products", 9, old)
+    store.widen_taxonomy(5, "Products", new)  # before the label config changes in Label Studio
+    widened = store.taxonomy(5)
+    assert widened is not None
+    assert widened.labels == ("Caps", "Hats", "Shoes")  # "Hats" still offered; "Caps" offered soon
+    store.save_project(5, "Products", None, new)  # the bootstrap finished
+    assert store.taxonomy(5) == new
+    assert store.project_by_title("Products") == 5
+    store.widen_taxonomy(5, "Products", Taxonomy.from_paths(["Shoes > Trail"]))  # cannot be one
+    assert store.taxonomy(5) == Taxonomy.from_paths(["Shoes > Trail"])
+    store.widen_taxonomy(6, "Other", new)  # a new project: its first taxonomy
+    assert store.taxonomy(6) == new
 
 
 def test_champion_moves_are_audited_and_filterable_by_kind(store: Store) -> None:
