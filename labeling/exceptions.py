@@ -36,14 +36,15 @@ class LabelStudioApiError(LabelingError):
 
 
 class ReviewerDirectoryUnavailable(LabelingError):
-    """Whether a reviewer is senior cannot be told: Label Studio's user directory cannot be read and
-    does not hold the user from an earlier read. Nothing is stored; the periodic sync tries again."""
+    """Whether a reviewer is senior cannot be told now: Label Studio's user directory does not hold the
+    user, and it cannot be read again (it fails, or it was read a moment ago, maybe before the user
+    existed). Nothing is stored; the periodic sync tries again."""
 
-    def __init__(self, user_id: int, known_users: int) -> None:
+    def __init__(self, user_id: int, known_users: int, why: str = "cannot be read") -> None:
         self.user_id = user_id
         super().__init__(
-            f"Label Studio's user directory cannot be read, and user {user_id} is not among the "
-            f"{known_users} users it held at its last read: whether they are a senior reviewer is unknown"
+            f"Label Studio's user directory {why}, and user {user_id} is not among the {known_users} "
+            "users it held at its last read: whether they are a senior reviewer is unknown"
         )
 
 

@@ -9,7 +9,8 @@ a proposal (`labeling.webhooks.correction_from`) and the task is held open for a
 Label Studio's webhooks name the annotator by user id only, so the tiers keep Label Studio's id -> email
 directory, refreshed when it is older than ``refresh_s`` or when an unknown id shows up (at most every
 ``min_refresh_s``, so a burst of annotations by a new user costs one lookup). When the directory cannot be
-read, a known user keeps the tier last read, and whether an unknown one is senior is not guessed
+read (or was read a moment ago, perhaps before a new user existed), a known user keeps the tier last read,
+and whether an unknown one is senior is not guessed
 (`ReviewerDirectoryUnavailable`): the webhook answers 503 and stores nothing, and the periodic sync records
 the annotation once the directory answers. Guessing "junior" stored a senior's label as a proposal, and
 the sync never looks again at a state it holds.
@@ -74,17 +75,23 @@ class ReviewerTiers:
         self._loaded_at = now
 
     def email_of(self, user_id: int) -> str | None:
-        """The user's email; None for a user id the directory does not hold. Raises
-        `ReviewerDirectoryUnavailable` for an id it has not seen while it cannot be read."""
+        """The user's email; None for a user id that a read made for this look-up does not hold. Raises
+        `ReviewerDirectoryUnavailable` for an id it has not seen when it cannot read the directory now:
+        the read fails, or the last one is younger than ``min_refresh_s`` and may predate the user."""
         with self._lock:
             now = self._clock()
             age = None if self._loaded_at is None else now - self._loaded_at
             stale = age is None or age >= self._refresh_s
-            unknown = user_id not in self._emails and (age is None or age >= self._min_refresh_s)
-            if stale or unknown:
+            unknown = user_id not in self._emails
+            read_now = stale or (unknown and (age is None or age >= self._min_refresh_s))
+            if read_now:
                 self._load(now)
-            if user_id not in self._emails and self._last_read_failed:
-                raise ReviewerDirectoryUnavailable(user_id, len(self._emails))
+            if user_id not in self._emails:
+                if self._last_read_failed:
+                    raise ReviewerDirectoryUnavailable(user_id, len(self._emails))
+                if not read_now:
+                    why = f"was read {age or 0.0:.1f} s ago (at most every {self._min_refresh_s:g} s)"
+                    raise ReviewerDirectoryUnavailable(user_id, len(self._emails), why)
             return self._emails.get(user_id)
 
     def is_senior(self, user_id: int | None) -> bool:
