@@ -75,6 +75,11 @@ def _load(
         )
     except (LearnerError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
+    # Unlabelled items cannot be simulated and are left out quietly; a bad record is said, with where.
+    bad = [p for p in loaded.problems if not p.reason.startswith("no category")]
+    if bad:
+        shown = "; ".join(str(p) for p in bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
+        console.print(f"[yellow]{catalog}: {len(bad)} bad record(s) left out:[/yellow] {shown}")
     console.print(
         f"{catalog}: {len(data)} items, {len(data.classes)} classes at level {settings.learner.label_level}"
     )

@@ -92,7 +92,8 @@ def list_(
 
 @app.command()
 def revoke(
-    ctx: typer.Context, key_id: Annotated[int, typer.Argument(help="the key's id (see `list`)")]
+    ctx: typer.Context,
+    key_id: Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="the key's id (see `list`)")],
 ) -> None:
     """Revoke a key: its next request gets 401."""
     with _store(ctx) as store:

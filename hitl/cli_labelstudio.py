@@ -45,14 +45,15 @@ def _spinner() -> Progress:
 def load_taxonomy(path: Path) -> Taxonomy:
     """A taxonomy file: JSON or YAML list of paths (strings or lists), else one `A > B` path per line."""
     if not path.is_file():
-        raise LabelingError(f"taxonomy file not found: {path}")
+        what = "is a directory, not a file" if path.is_dir() else "not found"
+        raise LabelingError(f"taxonomy file {what}: {path}")
     structured = path.suffix in (".json", ".yaml", ".yml")
     entries: Any
     try:
         text = path.read_text(encoding="utf-8")
         if structured:
             entries = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError, yaml.YAMLError) as exc:  # JSONDecodeError too
         # The parser's own words name the line and column; a taxonomy holds no secrets.
         raise LabelingError(f"{path}: not readable as {path.suffix.lstrip('.') or 'text'}: {exc}") from None
     if not structured:

@@ -35,7 +35,7 @@ def _settings(ctx: typer.Context) -> Settings:
 def generate(
     out: Annotated[Path, typer.Option(help="JSONL file to write")],
     n_items: Annotated[int, typer.Option("--n", min=1, help="number of products")] = 2000,
-    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="random seed")] = 0,
 ) -> None:
     """Write a seeded synthetic catalog (about 20 categories) for offline demos and tests."""
     from learner.synthetic import generate_catalog, write_catalog

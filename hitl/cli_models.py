@@ -16,6 +16,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from hitl.settings import Settings
+from learner.pii import mask_credentials
 
 models_app = typer.Typer(help="Registered model versions: list, promote, roll back.", no_args_is_help=True)
 console = Console()
@@ -42,14 +43,20 @@ def _client(ctx: typer.Context, url: str | None, api_key: str | None) -> httpx.C
         err_console.print("[red]an API key is needed:[/red] --api-key or $HITL_API_KEY (role ml_engineer)")
         raise typer.Exit(2)
     base = url or _settings(ctx).serving.base_url
-    return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=30.0)
+    try:
+        return httpx.Client(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=30.0)
+    except httpx.InvalidURL as exc:
+        err_console.print(f"[red]not a usable URL:[/red] {mask_credentials(base)} ({exc})")
+        raise typer.Exit(2) from None
 
 
 def _call(client: httpx.Client, method: str, path: str, **kwargs: Any) -> Any:
     try:
         answer = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        err_console.print(f"[red]cannot reach {client.base_url}:[/red] {type(exc).__name__}")
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        err_console.print(
+            f"[red]cannot reach {mask_credentials(str(client.base_url))}:[/red] {type(exc).__name__}"
+        )
         raise typer.Exit(1) from exc
     if answer.status_code >= 400:
         detail = (

@@ -49,6 +49,9 @@ def score(
     except (LearnerError, OSError, ValueError) as exc:
         err_console.print(f"[red]cannot read {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
+    if outline.count == 0:
+        err_console.print(f"[red]{catalog} holds no items to score[/red]")
+        raise typer.Exit(2)
     holder = ModelHolder(settings)
     try:
         resumed = _resumed_model(settings, holder, out)

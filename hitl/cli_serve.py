@@ -129,8 +129,15 @@ def register(
     promote: Annotated[bool, typer.Option(help="point the served alias (champion) at it")] = True,
 ) -> None:
     """Log a bundle to the MLflow registry as a new version (and make it the champion)."""
+    from learner.bundle import ModelBundle
+    from learner.exceptions import BundleFormatError
     from serving import registry
 
     settings = _settings(ctx)
+    try:  # what the server would load, checked before it can become the champion
+        ModelBundle.load(bundle, device="cpu")
+    except (BundleFormatError, ValueError) as exc:
+        console.print(f"[red]{bundle} is not a model bundle that loads:[/red] {exc}; nothing registered")
+        raise typer.Exit(2) from None
     version = registry.log_bundle(settings, bundle, alias=settings.serving.model_alias if promote else None)
     typer.echo(registry.version_label(settings, version))

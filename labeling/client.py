@@ -18,6 +18,7 @@ import httpx
 
 from labeling.exceptions import LabelingError, LabelStudioApiError, LabelStudioUnavailableError
 from labeling.settings import LabelStudioSettings
+from learner.pii import mask_credentials
 
 WEBHOOK_PATH = "/v1/webhooks/label-studio"
 WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
@@ -138,7 +139,8 @@ class LabelStudioClient:
             answer = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise LabelStudioUnavailableError(
-                f"Label Studio at {self.base_url} did not answer {operation}: {type(exc).__name__}"
+                f"Label Studio at {mask_credentials(self.base_url)} did not answer {operation}: "
+                f"{type(exc).__name__}"
             ) from None
         if answer.status_code >= 400:
             raise LabelStudioApiError(operation, answer.status_code, answer.text)

@@ -181,7 +181,10 @@ class Product(BaseModel):
         # producer is broken, so only real numbers pass. CSV cells are parsed before they get here.
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"price must be a number or null, got {type(value).__name__} {value!r}")
-        price = float(value)
+        try:
+            price = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise ValueError("price must be finite, got an integer too large for a number") from None
         if not math.isfinite(price):
             raise ValueError(f"price must be finite, got {price}")
         if price < 0:
@@ -479,6 +482,12 @@ def _jsonl_records(lines: Iterable[str]) -> Iterator[_Record]:
         except json.JSONDecodeError as exc:
             hint = " (a JSON array file? expected one object per line)" if text.strip() == "[" else ""
             yield line, f"invalid JSON: {exc.msg} at column {exc.colno}{hint}"
+            continue
+        except RecursionError:
+            yield line, "invalid JSON: nested too deeply"
+            continue
+        except ValueError as exc:  # an integer longer than Python converts (4,300 digits)
+            yield line, f"invalid JSON: {exc}"
             continue
         if not isinstance(record, dict):
             yield line, f"record is a JSON {type(record).__name__}, not an object"

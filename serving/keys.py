@@ -22,6 +22,7 @@ from enum import StrEnum
 from sqlalchemy import DateTime, Integer, String, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
+from learner.data import check_identifier
 from learner.pii import mask_pii
 from serving.store import Base, Store
 
@@ -122,6 +123,9 @@ def _clean_name(name: str) -> str:
     cleaned = name.strip()
     if not cleaned or len(cleaned) > MAX_NAME_LENGTH:
         raise ValueError(f"a key name must have 1 to {MAX_NAME_LENGTH} characters")
+    # Printed in `hitl keys list`, the audit trail and logs: a newline or an escape sequence there
+    # would forge rows or recolour a terminal.
+    cleaned = check_identifier(cleaned, "a key name")
     # A key's name is stored on every prediction it makes and names the actor in the audit trail and
     # MLflow: a person's e-mail or phone number there is masked like any other free text.
     return mask_pii(cleaned)

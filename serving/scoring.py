@@ -363,7 +363,14 @@ def _check_manifest(out_dir: Path, outline: CatalogOutline, part_size: int, vers
     }
     path = out_dir / MANIFEST
     if path.is_file():
-        found = json.loads(path.read_text())
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+            raise ScoringError(
+                f"{path} is not a manifest of `hitl score` ({exc}); use a new --out folder"
+            ) from None
+        if not isinstance(found, dict):
+            raise ScoringError(f"{path} is not a manifest of `hitl score`; use a new --out folder")
         if "digest" not in found:
             wanted.pop("digest")
         if found != wanted:

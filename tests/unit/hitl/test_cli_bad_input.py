@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_score, cli_serve
+from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_models, cli_score, cli_serve
 from hitl.settings import ServingSettings, Settings
 from learner.synthetic import generate_catalog, write_catalog
 
@@ -138,3 +138,110 @@ def test_serve_refuses_dev_placeholder_secrets_on_a_public_address(tmp_path: Pat
     result = CliRunner().invoke(cli_serve.app, ["--host", "0.0.0.0", "--port", "1"], obj=settings(tmp_path))
     refused(result, 2, "refusing to serve on '0.0.0.0'", "labelstudio.webhook_secret", "127.0.0.1")
     assert "hitl-dev" not in result.output
+
+
+def test_register_refuses_a_folder_that_is_no_bundle_before_it_can_become_the_champion(
+    tmp_path: Path,
+) -> None:
+    empty = tmp_path / "adir"
+    empty.mkdir()
+    conf = settings(tmp_path)
+    result = CliRunner().invoke(cli_serve.app, ["register", str(empty)], obj=conf)
+    refused(result, 2, "is not a model bundle that loads", "missing manifest.json", "nothing registered")
+    assert not any(conf.state_dir.rglob("*.db")), "MLflow was never touched"
+
+
+def test_catalog_lines_that_break_parsers_are_bad_records_on_their_line(tmp_path: Path) -> None:
+    catalog = tmp_path / "odd.jsonl"
+    catalog.write_text(
+        '{"id": "a", "title": "T", "price": ' + "9" * 400 + "}\n"
+        + '{"id": "b", "title": "T", "category": ' + "[" * 100_000 + "]" * 100_000 + "}\n"
+        + '{"id": "c", "title": "T", "price": ' + "9" * 5000 + "}\n",
+        encoding="utf-8",
+    )  # fmt: skip
+    result = CliRunner().invoke(cli_learner.catalog_app, ["validate", str(catalog)])
+    refused(
+        result,
+        1,
+        "0 good record(s), 3 bad",
+        ":1: price: price must be finite",
+        ":2: invalid JSON: nested too deeply",
+        ":3: invalid JSON",
+    )
+
+
+def test_key_names_and_ids_out_of_range_are_refused(tmp_path: Path) -> None:
+    conf = settings(tmp_path)
+    invoke = CliRunner().invoke
+    refused(
+        invoke(cli_keys.app, ["create", "--role", "admin", "--name", "a\nb\x1b[31mRED"], obj=conf),
+        2,
+        "control or format character",
+    )
+    refused(invoke(cli_keys.app, ["revoke", "9" * 26], obj=conf), 2, "Invalid value")
+    refused(
+        invoke(cli_learner.catalog_app, ["generate", "--out", str(tmp_path / "c.jsonl"), "--seed", "-5"]), 2
+    )
+
+
+def test_a_taxonomy_of_the_wrong_shape_is_a_clear_error(tmp_path: Path) -> None:
+    from hitl.cli_labelstudio import load_taxonomy
+    from labeling.exceptions import LabelingError
+
+    for name, text, reason in [
+        ("int.json", "[3]", "a category path is a string or a list of names, not int"),
+        ("mixed.json", '[["A", 3]]', "a category path holds names"),
+        ("deep.json", "[" * 100_000 + "]" * 100_000, "not readable as json"),
+    ]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(LabelingError, match=reason):
+            load_taxonomy(tmp_path / name)
+    with pytest.raises(LabelingError, match="is a directory, not a file"):
+        load_taxonomy(tmp_path)
+
+
+def test_models_urls_are_checked_and_their_passwords_never_printed(tmp_path: Path) -> None:
+    invoke, conf = CliRunner().invoke, settings(tmp_path)
+    refused(
+        invoke(cli_models.models_app, ["list", "--api-key", "k", "--url", "http://[::1"], obj=conf),
+        2,
+        "not a usable URL",
+    )
+    result = invoke(
+        cli_models.models_app,
+        ["list", "--api-key", "k", "--url", "http://user:pw-s3cret@127.0.0.1:1/"],
+        obj=conf,
+    )
+    refused(result, 1, "cannot reach")
+    assert "s3cret" not in result.output
+
+
+def test_score_refuses_an_empty_catalog_and_a_folder_with_a_broken_manifest(
+    tmp_path: Path, small_bundle_dir: Path
+) -> None:
+    score = typer.Typer()
+    score.command()(cli_score.score)
+    conf = settings(tmp_path)
+    conf = conf.model_copy(
+        update={
+            "serving": conf.serving.model_copy(
+                update={"model_source": "bundle", "bundle_path": small_bundle_dir}
+            )
+        }
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "scored"
+    refused(
+        CliRunner().invoke(score, ["--catalog", str(empty), "--out", str(out)], obj=conf), 2, "holds no items"
+    )
+    assert not out.exists()
+    good = tmp_path / "c.jsonl"
+    write_catalog(generate_catalog(5, seed=0), good)
+    out.mkdir()
+    (out / "manifest.json").write_text("{oops")
+    refused(
+        CliRunner().invoke(score, ["--catalog", str(good), "--out", str(out)], obj=conf),
+        2,
+        "is not a manifest of `hitl score`",
+    )
