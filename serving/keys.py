@@ -119,7 +119,8 @@ class ApiKeyInfo:
         )
 
 
-def _clean_name(name: str) -> str:
+def clean_key_name(name: str) -> str:
+    """`name` stripped and checked (ValueError saying why), personal data masked."""
     cleaned = name.strip()
     if not cleaned or len(cleaned) > MAX_NAME_LENGTH:
         raise ValueError(f"a key name must have 1 to {MAX_NAME_LENGTH} characters")
@@ -133,7 +134,7 @@ def _clean_name(name: str) -> str:
 
 def create_key(store: Store, name: str, role: Role | str) -> tuple[int, str]:
     """Issue a key; returns `(key_id, plaintext)`. The plaintext cannot be recovered later."""
-    checked_role, checked_name = parse_role(role), _clean_name(name)
+    checked_role, checked_name = parse_role(role), clean_key_name(name)
     plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
     row = ApiKey(
         name=checked_name,
@@ -206,6 +207,7 @@ __all__ = [
     "UnknownRoleError",
     "active_admin_count",
     "authenticate",
+    "clean_key_name",
     "create_key",
     "get_key",
     "list_keys",

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serving import keys
 from serving.deps import RowIdPath, StoreDep
@@ -31,6 +31,11 @@ class ApiKeyCreate(BaseModel):
         description="who or what uses the key, e.g. 'catalog-ingest'",
     )
     role: Role
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return keys.clean_key_name(value)  # the CLI's rules: no control characters, PII masked
 
 
 class ApiKeyPublic(BaseModel):

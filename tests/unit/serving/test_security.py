@@ -189,6 +189,9 @@ def test_keys_router_validates_and_is_admin_only(client: TestClient, store: Stor
     auth = {"Authorization": f"Bearer {admin}"}
     assert client.post("/v1/keys", json={"name": "x", "role": "root"}, headers=auth).status_code == 422
     assert client.post("/v1/keys", json={"name": " ", "role": "service"}, headers=auth).status_code == 422
+    forged = client.post("/v1/keys", json={"name": "a\nb\x1b[31m", "role": "service"}, headers=auth)
+    assert forged.status_code == 422  # a newline or an escape would forge rows in `hitl keys list`
+    assert "control or format character" in forged.text
     assert (
         client.post(
             "/v1/keys", json={"name": "x", "role": "service", "key": "mine"}, headers=auth
