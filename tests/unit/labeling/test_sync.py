@@ -156,17 +156,20 @@ def test_an_annotation_a_scan_missed_is_not_taken_for_deleted(tmp_path: Path) ->
     assert [r.action for r in store.history(30)] == ["created", "deleted"]
 
 
+def needs_senior_task(annotated_by: dict[str, int]) -> dict[str, Any]:
+    """Task 1 (item "a"), escalated as high-stakes, with annotation 11 ("Shoes") by `annotated_by`."""
+    return {
+        "id": 1,
+        "data": {"item_id": "a"},
+        "meta": {"item_id": "a", "needs_senior": True},
+        "annotations": [annotation(11, "Shoes", "2025-01-01T10:00:00Z", **annotated_by)],
+    }
+
+
 def test_an_annotation_a_junior_edited_is_a_proposal_even_when_a_senior_created_it(tmp_path: Path) -> None:
     # Both webhooks were missed: the sync sees the annotation for the first time, already edited.
     fake = FakeLabelStudio()
-    fake.tasks = [
-        {
-            "id": 1,
-            "data": {"item_id": "a"},
-            "meta": {"item_id": "a", "needs_senior": True},
-            "annotations": [annotation(11, "Shoes", "2025-01-01T10:00:00Z", completed_by=5, updated_by=2)],
-        }
-    ]
+    fake.tasks = [needs_senior_task({"completed_by": 5, "updated_by": 2})]
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     store.create_all()
     sync_project(cast(LabelStudioClient, fake), store, 1, TAX, is_senior=lambda user: user == 5)
@@ -179,12 +182,7 @@ def test_a_needs_senior_annotation_waits_for_a_readable_user_directory(
 ) -> None:
     fake = FakeLabelStudio()
     fake.tasks = [
-        {
-            "id": 1,
-            "data": {"item_id": "a"},
-            "meta": {"item_id": "a", "needs_senior": True},
-            "annotations": [annotation(11, "Shoes", "2025-01-01T10:00:00Z", completed_by=5, updated_by=5)],
-        },
+        needs_senior_task({"completed_by": 5, "updated_by": 5}),
         {"id": 2, "data": {"item_id": "b"}, "annotations": [annotation(12, "Hats", "2025-01-01T10:00:00Z")]},
     ]
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
