@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from hitl.context import database_error, open_store, settings_from
+from hitl.context import database_error, missing_sqlite_file, open_store, settings_from
 from serving import db
 
 app = typer.Typer(help="The serving database's schema: upgrade it, keeping every row.", no_args_is_help=True)
@@ -43,7 +43,15 @@ def current(
     database_url: Annotated[str | None, typer.Option(help="default: serving.database_url")] = None,
 ) -> None:
     """Print the database's schema revision and the newest one this release has."""
-    store = open_store(database_url or settings_from(ctx).database_url)
+    url = database_url or settings_from(ctx).database_url
+    try:
+        missing = missing_sqlite_file(url)
+    except ArgumentError:
+        missing = None  # open_store says what is wrong with the URL
+    if missing is not None:  # reading a revision must not create the database (and its folders)
+        err_console.print(f"[red]no database at {missing}[/red] (`hitl db upgrade` creates it)")
+        raise typer.Exit(1)
+    store = open_store(url)
     try:
         revision = db.current_revision(store.engine)
     except SQLAlchemyError as exc:

@@ -58,9 +58,19 @@ def load_embedder(settings: Settings) -> Any:
 
 
 def _load(
-    settings: Settings, catalog: Path, min_class_size: int | None, threads: int, *, streamed: bool = True
+    settings: Settings,
+    catalog: Path,
+    min_class_size: int | None,
+    threads: int,
+    *,
+    out: Path | None,
+    streamed: bool = True,
 ) -> tuple[LabeledDataset, NDArray[np.float32], str]:
+    """The catalog as a dataset and its embeddings; what is wrong with it or with `out` said first."""
     import torch
+
+    if out is not None and out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; it names a folder for the runs")
 
     from learner.data import build_dataset, load_catalog
     from learner.exceptions import LearnerError
@@ -404,7 +414,7 @@ def simulate(
         limit=limit,
         audit_share=audit_share,
     )
-    data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
+    data, x, encoder_id = _load(settings, catalog, min_class_size, threads, out=out)
     extra = {"catalog": catalog.name, "encoder_id": encoder_id, "n_items": len(data)}
     from learner.data import catalog_name
 
@@ -475,7 +485,7 @@ def compare(
         limit=limit,
         audit_share=audit_share,
     )
-    data, x, encoder_id = _load(settings, catalog, min_class_size, threads)
+    data, x, encoder_id = _load(settings, catalog, min_class_size, threads, out=out)
     from learner.data import catalog_name
 
     out = out or settings.state_dir / "experiments" / catalog_name(catalog)
@@ -510,7 +520,7 @@ def guarantee(
     _check_catalog(catalog)
     training = _training(settings, target, delta)
     config = GuaranteeConfig(splits=splits, train_size=train_size, training=training)
-    data, x, _ = _load(settings, catalog, min_class_size, threads, streamed=False)
+    data, x, _ = _load(settings, catalog, min_class_size, threads, out=out, streamed=False)
     from learner.data import catalog_name
 
     out = out or settings.state_dir / "experiments" / catalog_name(catalog)

@@ -109,6 +109,14 @@ def train(
         err_console.print(f"[red]catalog {catalog}:[/red] {exc}")
         raise typer.Exit(2) from exc
     target_dir = out or settings.models_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    if target_dir.exists() and not target_dir.is_dir():  # said now, not after the training
+        err_console.print(f"[red]--out {target_dir} is a file; it names the bundle's folder[/red]")
+        raise typer.Exit(2)
+    try:
+        target_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err_console.print(f"[red]cannot write the bundle under {target_dir.parent}:[/red] {exc}")
+        raise typer.Exit(2) from None
     # A tuned encoder is written beside the target first: a failed or interrupted run leaves the
     # target as it was (an existing bundle's encoder must not change under its manifest).
     staged_encoder = target_dir.with_name(f".{target_dir.name}.{TUNED_ENCODER_DIR}.partial")

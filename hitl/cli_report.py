@@ -19,9 +19,9 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.console import Console
-from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
-from hitl.context import settings_from
+from hitl.context import database_error, missing_sqlite_file, settings_from
 from hitl.settings import Settings
 from serving import kpis
 from serving.store import Store
@@ -273,29 +273,26 @@ def render_html(board: kpis.DashboardKpis, charts: dict[str, Path], settings: Se
 
 def write_report(settings: Settings, out: Path, *, now: datetime | None = None) -> dict[str, Path]:
     """Compute the KPIs from the database in `settings` and write the report into `out`."""
-    url = make_url(settings.database_url)
-    database = url.database or ""
-    if (
-        url.get_backend_name() == "sqlite"
-        and database not in ("", ":memory:")
-        and not Path(database).is_file()
-    ):
+    missing = missing_sqlite_file(settings.database_url)
+    if missing is not None:
         raise ReportError(
-            f"no database at {url.database}: start the serving app (`hitl serve` or `make up`) first, "
+            f"no database at {missing}: start the serving app (`hitl serve` or `make up`) first, "
             "or point serving.database_url at it"
         )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ReportError(f"cannot create {out}: {exc.strerror}") from exc
     import serving.sessions  # noqa: F401  (its session table is part of the schema)
 
     store = Store(settings.database_url)
     try:
         store.create_all()  # a database from an older version may lack a table; adding one changes no data
         board = kpis.dashboard(store, settings, now)
+    except SQLAlchemyError as exc:  # unreachable, or a file that is no database; the URL is never said
+        raise ReportError(f"could not read the database: {database_error(exc)}") from None
     finally:
         store.close()
+    try:  # only once there is something to write: a failed report leaves no empty folder
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot create {out}: {exc.strerror}") from exc
     files = {"kpis.json": out / "kpis.json"}
     files["kpis.json"].write_text(board.model_dump_json(indent=2) + "\n", encoding="utf-8")
     charts = _charts(board, out)

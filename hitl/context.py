@@ -23,6 +23,24 @@ def settings_from(ctx: typer.Context) -> Settings:
     return settings
 
 
+def missing_sqlite_file(database_url: str) -> str | None:
+    """The file a SQLite URL names when it does not exist (a command that only reads must not create
+    it, as opening the store would), else None. Raises sqlalchemy's ArgumentError for a malformed URL."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database_url)
+    database = url.database or ""
+    if (
+        url.get_backend_name() == "sqlite"
+        and database not in ("", ":memory:")
+        and not Path(database).is_file()
+    ):
+        return database
+    return None
+
+
 def database_error(exc: Exception) -> str:
     """A database error in one line: its type and the driver's first line (no URL, no statement)."""
     return f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc).splitlines()[0]}"

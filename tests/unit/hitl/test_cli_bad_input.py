@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner, Result
 
-from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_models, cli_score, cli_serve
+from hitl import cli, cli_db, cli_demo, cli_keys, cli_learner, cli_models, cli_report, cli_score, cli_serve
 from hitl.settings import ServingSettings, Settings
 from learner.synthetic import generate_catalog, write_catalog
 
@@ -245,3 +245,38 @@ def test_score_refuses_an_empty_catalog_and_a_folder_with_a_broken_manifest(
         2,
         "is not a manifest of `hitl score`",
     )
+
+
+def test_reading_commands_never_create_a_database_and_say_why_they_cannot_read(tmp_path: Path) -> None:
+    missing = tmp_path / "typo" / "sub" / "x.db"
+    result = CliRunner().invoke(
+        cli_db.app, ["current", "--database-url", f"sqlite:///{missing}"], obj=settings(tmp_path)
+    )
+    refused(result, 1, "no database at", "hitl db upgrade")
+    assert not (tmp_path / "typo").exists()
+    out = tmp_path / "report"
+    unreachable = settings(tmp_path, "postgresql+psycopg://user:pw-s3cret@127.0.0.1:1/hitl")
+    report = typer.Typer()
+    report.command()(cli_report.report)
+    result = CliRunner().invoke(report, ["--out", str(out)], obj=unreachable)
+    refused(result, 1, "could not read the database")
+    assert "s3cret" not in result.output
+    assert not out.exists(), "a failed report leaves no empty folder"
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    catalog = tmp_path / "c.jsonl"
+    write_catalog(generate_catalog(600, seed=0), catalog)
+    a_file = tmp_path / "taken.jsonl"
+    a_file.write_text("keep me")
+    conf = settings(tmp_path)
+    train = CliRunner().invoke(
+        cli_learner.learner_app, ["--catalog", str(catalog), "--out", str(a_file)], obj=conf
+    )
+    refused(train, 2, "is a file; it names the bundle's folder")
+    cli._register()
+    simulate = CliRunner().invoke(
+        cli.app, ["simulate", "--catalog", str(catalog), "--out", str(a_file), "--no-mlflow"]
+    )
+    refused(simulate, 2, "is a file; it names a folder for the runs")
+    assert a_file.read_text() == "keep me"
