@@ -77,7 +77,9 @@ def _load(
 
     torch.set_num_threads(threads)
     try:
-        loaded = load_catalog(catalog, strict=False)
+        # Unlabelled items cannot be simulated: `build_dataset` leaves them out, so `problems` holds
+        # only records that are bad.
+        loaded = load_catalog(catalog, require_category=False, strict=False)
         data = build_dataset(
             loaded.products,
             level=settings.learner.label_level,
@@ -85,8 +87,7 @@ def _load(
         )
     except (LearnerError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    # Unlabelled items cannot be simulated and are left out quietly; a bad record is said, with where.
-    bad = [p for p in loaded.problems if not p.reason.startswith("no category")]
+    bad = loaded.problems
     if bad:
         shown = "; ".join(str(p) for p in bad[:3]) + (f" (+{len(bad) - 3} more)" if len(bad) > 3 else "")
         console.print(f"[yellow]{catalog}: {len(bad)} bad record(s) left out:[/yellow] {shown}")

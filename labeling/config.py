@@ -25,7 +25,7 @@ def _split(path: Sequence[str] | str) -> tuple[str, ...]:
     parts = path.split(SEPARATOR) if isinstance(path, str) else list(path)
     if not all(isinstance(p, str) for p in parts):
         raise ValueError(f"a category path holds names (strings), got {path!r:.80}")
-    cleaned = tuple(str(p).strip() for p in parts)
+    cleaned = tuple(p.strip() for p in parts)
     if not cleaned or any(not p for p in cleaned):
         raise ValueError(f"empty category name in path {path!r}")
     return cleaned

@@ -104,19 +104,7 @@ def catalog_outline(path: Path, part_size: int) -> CatalogOutline:
     per part. Raises `CatalogError` listing every bad record with its line (exact repeats are skipped,
     as `load_catalog` does), and what `learner.data.iter_catalog` raises for an unreadable file."""
     problems: list[RecordProblem] = []
-
-    def checked() -> Iterator[ItemIn]:
-        for entry in iter_catalog(path, require_category=False):
-            if entry.product is None:
-                if not entry.repeat:
-                    problems.append(RecordProblem(entry.line, entry.problem or ""))
-                continue
-            try:
-                yield item_of(entry.product)
-            except ValidationError as exc:
-                problems.append(RecordProblem(entry.line, describe_invalid(exc)))
-
-    outline = CatalogOutline.of(checked(), part_size)
+    outline = CatalogOutline.of(_items(path, problems.append), part_size)
     if problems:
         raise CatalogError(str(path), problems)
     return outline
@@ -124,17 +112,26 @@ def catalog_outline(path: Path, part_size: int) -> CatalogOutline:
 
 def catalog_items(path: Path) -> Iterator[ItemIn]:
     """The catalog's items, read one at a time (after `catalog_outline` has checked them)."""
+
+    def changed(problem: RecordProblem) -> None:
+        raise ScoringError(f"{path} changed while it was scored: {problem}")
+
+    return _items(path, changed)
+
+
+def _items(path: Path, bad: Callable[[RecordProblem], None]) -> Iterator[ItemIn]:
+    """The catalog's records as API items; each bad one goes to `bad` (exact repeats are skipped)."""
     for entry in iter_catalog(path, require_category=False):
         if entry.product is None:
             if not entry.repeat:
-                raise ScoringError(f"{path} changed while it was scored: line {entry.line}: {entry.problem}")
+                bad(RecordProblem(entry.line, entry.problem or ""))
             continue
         try:
-            yield item_of(entry.product)
+            item = item_of(entry.product)
         except ValidationError as exc:
-            raise ScoringError(
-                f"{path} changed while it was scored: line {entry.line}: {describe_invalid(exc)}"
-            ) from None
+            bad(RecordProblem(entry.line, describe_invalid(exc)))
+            continue
+        yield item
 
 
 def _parts(items: Iterable[ItemIn], size: int) -> Iterator[list[ItemIn]]:
@@ -396,8 +393,8 @@ def score_catalog(
 ) -> ScoreReport:
     """Score `items` in parts of `part_size` with `scorer` (default: in this process) and record them;
     `on_part(n_items)` after each part (done or skipped). `items` may stream (`catalog_items`); then
-    `outline` (`catalog_outline`) says what they are before they are read, and a stream that turns out
-    different (the file changed between the readings) raises `ScoringError` at its end."""
+    `outline` (`catalog_outline`) says what they are before they are read, and a part that turns out
+    different (the file changed between the readings) raises `ScoringError` before it is scored."""
     if outline is None:
         if not isinstance(items, Sequence):
             raise TypeError("score_catalog: streamed items need their outline (catalog_outline)")
