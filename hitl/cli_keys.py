@@ -97,8 +97,13 @@ def revoke(
 ) -> None:
     """Revoke a key: its next request gets 401."""
     with _store(ctx) as store:
+        before = keys.get_key(store, key_id)
         info = keys.revoke_key(store, key_id)
     if info is None:
         err_console.print(f"[red]error:[/red] no key {key_id}")
         raise typer.Exit(1)
+    if before is not None and not before.active:  # idempotent, but say so: nothing changed
+        when = _when(info.revoked_at)
+        err_console.print(f"key {info.id} ({info.role.value}, {info.name!r}) was already revoked at {when}")
+        return
     err_console.print(f"revoked key {info.id} ({info.role.value}, {info.name!r})")

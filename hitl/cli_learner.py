@@ -36,12 +36,16 @@ def generate(
     out: Annotated[Path, typer.Option(help="JSONL file to write")],
     n_items: Annotated[int, typer.Option("--n", min=1, help="number of products")] = 2000,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="random seed")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing file at --out")] = False,
 ) -> None:
     """Write a seeded synthetic catalog (about 20 categories) for offline demos and tests."""
     from learner.synthetic import generate_catalog, write_catalog
 
     if out.is_dir():
         err_console.print(f"[red]{out} is a directory; --out names the .jsonl file to write[/red]")
+        raise typer.Exit(2)
+    if out.exists() and not overwrite:
+        err_console.print(f"[red]{out} exists; pass --overwrite to replace it[/red]")
         raise typer.Exit(2)
     products = generate_catalog(n_items, seed=seed)
     try:
@@ -83,6 +87,7 @@ def train(
         Path | None, typer.Option(help="bundle directory (default: <state_dir>/models/<timestamp>)")
     ] = None,
     limit: Annotated[int | None, typer.Option(min=10, help="use only the first N labelled items")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace a bundle already at --out")] = False,
 ) -> None:
     """Train a bundle (head, temperature, and one threshold certified on the calibration split under
     `learner.guarantee`) and report test metrics."""
@@ -111,6 +116,11 @@ def train(
     target_dir = out or settings.models_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     if target_dir.exists() and not target_dir.is_dir():  # said now, not after the training
         err_console.print(f"[red]--out {target_dir} is a file; it names the bundle's folder[/red]")
+        raise typer.Exit(2)
+    if target_dir.is_dir() and any(target_dir.iterdir()) and not overwrite:  # said before the training
+        err_console.print(
+            f"[red]--out {target_dir} is not empty; pass --overwrite to replace the bundle there[/red]"
+        )
         raise typer.Exit(2)
     try:
         target_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -144,7 +144,11 @@ def load_settings(config: Path | str | None = None, **overrides: Any) -> Setting
         _check_yaml(path)
 
     class _FromFile(Settings):
-        model_config = SettingsConfigDict(yaml_file=path)
+        # The title names the sources in validation errors (instead of this class's name).
+        model_config = SettingsConfigDict(
+            yaml_file=path,
+            title=f"settings ({path} and HITL_* variables)" if path else "settings (HITL_* variables)",
+        )
 
     try:
         from_sources = _FromFile(**overrides)

@@ -575,7 +575,7 @@ def write_catalog(products: Iterable[Product], path: str | os.PathLike[str]) -> 
     """
     file = Path(path)
     if file.suffix.lower() not in JSONL_SUFFIXES:
-        raise ValueError(f"{file}: write_catalog writes JSON Lines; use a .jsonl suffix")
+        raise ValueError(f"{file}: catalogs are written as JSON Lines; use a .jsonl suffix")
     file.parent.mkdir(parents=True, exist_ok=True)
     with replaced_atomically(file) as partial, partial.open("w", encoding="utf-8", newline="\n") as out:
         for product in products:

@@ -114,6 +114,17 @@ class AuditPolicy:
         drawn: NDArray[np.bool_] = u < pi
         return pi, drawn
 
+    def escalation_share(self, stream_confidence: ArrayLike, band_low: float, accepted_share: float) -> float:
+        """The share of a stream a model escalates when it auto-accepts its ``accepted_share`` most
+        confident items: everything else, plus the spot checks the audit draw takes from those (business
+        rules, which depend on prices and brands, are not counted)."""
+        conf = np.sort(np.asarray(stream_confidence, dtype=np.float64))[::-1]
+        if conf.size == 0:
+            return 1.0
+        accepted = conf[: round(min(max(accepted_share, 0.0), 1.0) * conf.size)]
+        kept = float((1.0 - self.inclusion(accepted, band_low)).sum())
+        return 1.0 - kept / conf.size
+
     def seed_audit(self, item_ids: Sequence[str]) -> NDArray[np.bool_]:
         """Seed labels that audit instead of train: a uniform share ``seed_share``, by id hash."""
         return np.array([unit_draw(self.seed, f"seed:{i}") < self.seed_share for i in item_ids], dtype=bool)

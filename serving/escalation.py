@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 
 from serving.store import Prediction, Store, store_time
 
@@ -58,6 +58,52 @@ def first_pass() -> ColumnElement[bool]:
     return or_(Prediction.requested_by.is_(None), Prediction.requested_by != RESCORE_ACTOR)
 
 
+@dataclass(frozen=True)
+class FirstRouting:
+    """An item's first routed prediction (re-scores excluded): the audit draw happens there, so it is
+    the prediction an audit or spot check measures, whatever later predictions of the item say."""
+
+    created_at: datetime
+    inclusion: float | None  # the audit draw's probability (None: routed without an audit policy)
+    audited: bool
+    # The prediction's id: routing order without ties (rows of one batch can share a timestamp).
+    arrival: float
+    model_version: str
+    label: str
+    decision: str
+    reasons: tuple[str, ...]
+
+
+def first_routings(store: Store) -> dict[str, FirstRouting]:
+    """item id -> its first routed prediction."""
+    from serving.routing import AUDIT_REASONS
+
+    first = (
+        select(func.min(Prediction.id).label("first_id")).where(first_pass()).group_by(Prediction.item_id)
+    ).subquery()
+    query = select(
+        Prediction.item_id,
+        Prediction.created_at,
+        Prediction.audit_probability,
+        Prediction.reasons,
+        Prediction.id,
+        Prediction.model_version,
+        Prediction.label,
+        Prediction.decision,
+    ).join(first, Prediction.id == first.c.first_id)
+    out: dict[str, FirstRouting] = {}
+    with store.session() as session:
+        for item_id, created, inclusion, listed, prediction_id, version, label, decision in session.execute(
+            query
+        ):
+            reasons = tuple(listed or ())
+            audited = inclusion is not None and bool(AUDIT_REASONS.intersection(reasons))
+            out[item_id] = FirstRouting(
+                created, inclusion, audited, float(prediction_id), version, label, decision, reasons
+            )
+    return out
+
+
 @dataclass
 class _Tally:
     predicted: int = 0
@@ -67,17 +113,37 @@ class _Tally:
     last_seen: float = -math.inf
 
 
+def window_start(moment: datetime, window_s: int) -> datetime:
+    """The start of the UTC-aligned window of `window_s` seconds that holds `moment` (naive = UTC), as the
+    store keeps times; a moment at the calendar's edges is kept as it is (`store_time`)."""
+    at = store_time(moment)
+    try:
+        epoch = at.replace(tzinfo=UTC).timestamp()
+        return datetime.fromtimestamp(math.floor(epoch / window_s) * window_s, UTC).replace(tzinfo=None)
+    except (OverflowError, ValueError, OSError):
+        return at
+
+
 def escalation_windows(
-    store: Store, *, window_s: int, since: datetime | None = None, model_version: str | None = None
+    store: Store,
+    *,
+    window_s: int,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    model_version: str | None = None,
 ) -> list[EscalationWindow]:
-    """Per model version and time window of `window_s` seconds (UTC-aligned), oldest first."""
+    """Per model version and time window of `window_s` seconds (UTC-aligned), oldest first. `since`
+    starts at the beginning of its window, so the first window is whole, as every later one is;
+    `until` (exclusive) ends the last one."""
     if window_s < 1:
         raise ValueError(f"window_s must be >= 1 second, got {window_s}")
     query = select(
         Prediction.model_version, Prediction.decision, Prediction.reasons, Prediction.created_at
     ).where(first_pass())
     if since is not None:
-        query = query.where(Prediction.created_at >= store_time(since))
+        query = query.where(Prediction.created_at >= window_start(since, window_s))
+    if until is not None:
+        query = query.where(Prediction.created_at < store_time(until))
     if model_version is not None:
         query = query.where(Prediction.model_version == model_version)
     tallies: dict[tuple[str, int], _Tally] = {}

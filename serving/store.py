@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,18 +31,20 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
     case,
     create_engine,
     event,
     exists,
     func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, aliased, mapped_column, sessionmaker
 
 from labeling.config import Taxonomy
 from labeling.push import Escalation, closed_by_deleting
@@ -849,12 +851,27 @@ class Store:
         self, *, limit: int = 100, offset: int = 0, reason: str | None = None
     ) -> list[OpenEscalation]:
         """Items whose newest prediction was escalated and that no reviewer has labelled since,
-        most useful (highest priority) first."""
+        most useful (highest priority) first. A label later deleted, cancelled or rejected is no label:
+        the task is back in the reviewers' queue (`current_labels` reads the states the same way)."""
         newest = select(func.max(Prediction.id).label("last_id")).group_by(Prediction.item_id).subquery()
+        later = aliased(Correction)
+        withdrawn = exists().where(  # a later state of the same annotation that is no label (`STATE_ORDER`)
+            later.annotation_id == Correction.annotation_id,
+            later.action.not_in(("created", "updated")),
+            or_(
+                later.updated_at > Correction.updated_at,
+                and_(
+                    later.updated_at == Correction.updated_at,
+                    or_(later.action.in_(("deleted", "cancelled", "rejected")), later.id > Correction.id),
+                ),
+            ),
+        )
         reviewed = exists().where(
             Correction.item_id == Prediction.item_id,
             Correction.action.in_(("created", "updated")),
+            Correction.label.is_not(None),
             Correction.received_at >= Prediction.created_at,
+            ~withdrawn,
         )
         query = (
             select(Prediction, Item.title, Item.brand, Item.price)
@@ -882,6 +899,34 @@ class Store:
                 out.append(OpenEscalation(PredictionRecord.of(p), title, brand, price))
                 if len(out) >= limit:
                     break
+        return out
+
+    def waiting_since(
+        self, item_ids: Sequence[str], reviewed_at: Mapping[str, datetime]
+    ) -> dict[str, datetime]:
+        """item id -> when it started waiting for a reviewer: the first of the escalated predictions
+        that end its history (after ``reviewed_at``, its last usable review), so a promotion's re-score
+        or a caller's repeated request does not make an old escalation look new."""
+        out: dict[str, datetime] = {}
+        ids = list(item_ids)
+        with self.session() as session:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                query = (
+                    select(Prediction.item_id, Prediction.created_at, Prediction.decision)
+                    .where(Prediction.item_id.in_(chunk))
+                    .order_by(Prediction.item_id, Prediction.id.desc())
+                )
+                ended: set[str] = set()
+                for item_id, created, decision in session.execute(query):
+                    if item_id in ended:
+                        continue
+                    created = created.replace(tzinfo=UTC)
+                    since = reviewed_at.get(item_id)
+                    if decision != "escalated" or (since is not None and created < since):
+                        ended.add(item_id)
+                        continue
+                    out[item_id] = created
         return out
 
     def audit_trail(

@@ -13,9 +13,16 @@ Definitions (the tests recompute them with plain SQL, so they are spelled out):
 - *an item's prediction*: its newest first-pass prediction. *An item's review*: its newest usable
   correction (`Store.current_labels`: created/updated, not later deleted/cancelled/rejected). A reviewed
   item is *corrected* when the reviewer's label differs from the item's prediction.
-- *spot-check accuracy*: among items whose prediction was escalated ONLY for `spot_check` (would-be
-  auto-accepts sampled for review) and that were reviewed, the share the reviewer confirmed; with an exact
-  (Clopper-Pearson) interval at the learner's 1 - delta level, against `learner.target_accuracy`.
+- *spot-check accuracy*: among items whose FIRST routing (`serving.escalation.first_routings`, where the
+  audit draw happens) was escalated ONLY for `spot_check` (would-be auto-accepts sampled for review) and
+  that were reviewed, the share the reviewer confirmed of that prediction, attributed to its model
+  version; with an exact (Clopper-Pearson) interval at the learner's 1 - delta level, against
+  `learner.target_accuracy`. Spot checks drawn with different inclusion probabilities are weighted by
+  how many would-be auto-accepts each probability stands for (`serving.kpis.spot_checks`).
+- *audit backlog*: items drawn into the audit sample at their first routing with no usable review.
+- *queue*: open escalations (`Store.open_escalations`: a label later deleted, cancelled or rejected
+  reopens an item), aged from when each started waiting (`Store.waiting_since`), not from a promotion's
+  re-score.
 - *reviews*: correction states with action created/updated (an edit is a second review).
 - *segments*: items by predicted category, price band and brand; per segment the escalation rate and
   the correction rate; a segment whose correction rate differs from the rest of the items is flagged by a

@@ -55,13 +55,14 @@ def dashboard(store: Store, settings: AppSettings, now: datetime | None = None) 
     at = now_utc(now)
     escalation_kpis = escalation(store, settings.dashboard)
     review_kpis = reviews(store)
-    items = item_views(store)
+    reviews_now = store.current_labels()
+    items = item_views(store, reviews_now)
     return DashboardKpis(
         generated_at=at,
         empty=empty_states(store, escalation_kpis, review_kpis),
         escalation=escalation_kpis,
-        spot_checks=spot_checks(store, settings.learner, items),
-        queue=queue(store, at),
+        spot_checks=spot_checks(store, settings.learner, reviews_now),
+        queue=queue(store, at, reviews_now),
         reviews=review_kpis,
         throughput=throughput(store, settings.dashboard, at),
         cost=cost(store, settings.dashboard, escalation_kpis.rate),

@@ -68,7 +68,7 @@ class ItemView:
         return self.review is not None and self.review.label != self.label
 
 
-def item_views(store: Store) -> list[ItemView]:
+def item_views(store: Store, reviews: dict[str, CorrectionRecord] | None = None) -> list[ItemView]:
     newest = (
         select(func.max(Prediction.id).label("last_id"))
         .where(first_pass())
@@ -89,7 +89,8 @@ def item_views(store: Store) -> list[ItemView]:
         .join(Item, Item.id == Prediction.item_id)
         .order_by(Prediction.item_id)
     )
-    reviews = store.current_labels()
+    if reviews is None:
+        reviews = store.current_labels()
     with store.session() as session:
         rows = session.execute(query).all()
     return [

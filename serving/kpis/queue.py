@@ -9,7 +9,7 @@ from datetime import datetime
 
 from serving.kpis.common import now_utc
 from serving.kpis.schemas import QueueKpis
-from serving.store import Store
+from serving.store import CorrectionRecord, Store
 
 QUEUE_AGE_BUCKETS: tuple[tuple[str, float], ...] = (
     ("< 1 h", 3600.0),
@@ -19,10 +19,20 @@ QUEUE_AGE_BUCKETS: tuple[tuple[str, float], ...] = (
 )
 
 
-def queue(store: Store, now: datetime | None = None) -> QueueKpis:
+def queue(
+    store: Store, now: datetime | None = None, reviews: dict[str, CorrectionRecord] | None = None
+) -> QueueKpis:
+    """Open escalations, aged from when each item started waiting (`Store.waiting_since`)."""
     at = now_utc(now)
     opens = store.open_escalations(limit=2**31 - 1)
-    ages = [max(0.0, (at - o.prediction.created_at).total_seconds()) for o in opens]
+    current = reviews if reviews is not None else store.current_labels()
+    since = store.waiting_since(
+        [o.prediction.item_id for o in opens], {i: r.received_at for i, r in current.items()}
+    )
+    ages = [
+        max(0.0, (at - since.get(o.prediction.item_id, o.prediction.created_at)).total_seconds())
+        for o in opens
+    ]
     by_age = {name: 0 for name, _ in QUEUE_AGE_BUCKETS}
     for age in ages:
         name = next(name for name, upper in QUEUE_AGE_BUCKETS if age < upper)

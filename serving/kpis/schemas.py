@@ -57,14 +57,16 @@ class SpotCheckVersion(BaseModel):
     correct: int
     accuracy: float | None
     interval: Interval | None
+    strata: int = 1  # inclusion probabilities its spot checks were drawn with (`serving.kpis.spot_checks`)
 
 
 class SpotCheckKpis(BaseModel):
-    sampled: int
+    sampled: int  # would-be auto-accepts drawn for review at their first routing
     reviewed: int
-    correct: int
+    correct: int  # reviewed ones the reviewer confirmed (a count; `accuracy` weighs the strata)
     accuracy: float | None
     interval: Interval | None
+    strata: int = 1
     target: float
     status: TargetStatus
     by_version: list[SpotCheckVersion]

@@ -35,7 +35,6 @@ from serving.retrain.labels import (
     collect_labels,
     correction_watermark,
     count_new_corrections,
-    first_routings,
     seed_count,
 )
 from serving.retrain.promotion import Promoter, PromotionReport, rescore_open_escalations
@@ -74,7 +73,6 @@ __all__ = [
     "count_new_corrections",
     "create_tables",
     "default_train",
-    "first_routings",
     "gate",
     "holdout_report",
     "rescore_open_escalations",

@@ -365,7 +365,12 @@ class RetrainJob:
             # Weighted by 1 / inclusion probability: estimates over the stream, not over the audits.
             "accuracy": float((weights * challenger.correct).sum() / weights.sum()),
             "auto_accept_coverage": float(certificate.get("stream_accepted_share", 0.0)),
-            "projected_escalation_rate": 1.0 - float(certificate.get("stream_accepted_share", 0.0)),
+            # What the new thresholds and the audit draw escalate of the stream (rules not counted).
+            "projected_escalation_rate": AuditPolicy.of(settings.learner.audit).escalation_share(
+                result.evidence.stream_confidence,
+                float(bundle.metadata.get("audit_band_low", 0.0)),
+                float(certificate.get("stream_accepted_share", 0.0)),
+            ),
             "certified_error_bound": certificate.get("error_bound"),
         }
         if champion is not None:

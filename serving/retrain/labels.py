@@ -11,13 +11,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from learner.data import Product, item_text
 from learner.loop import AuditPolicy, Provenance
-from serving.escalation import first_pass
+from serving.escalation import first_routings
 from serving.retrain.tables import (
     USABLE_ACTIONS,
     SeedLabel,
     _now,
 )
-from serving.store import Correction, Item, Prediction, Store
+from serving.store import Correction, Item, Store
 
 # Seed labels and seed stream items arrive before anything routed (`learner.loop.split_roles`).
 SEED_ARRIVAL = float("-inf")
@@ -96,41 +96,6 @@ def count_new_corrections(store: Store, after_id: int) -> int:
             )
             or 0
         )
-
-
-@dataclass(frozen=True)
-class FirstRouting:
-    """An item's first routed prediction: when, and whether (with what probability) it was audited."""
-
-    created_at: datetime
-    inclusion: float | None
-    audited: bool
-    # The prediction's id: routing order without ties (rows of one batch can share a timestamp).
-    arrival: float
-
-
-def first_routings(store: Store) -> dict[str, FirstRouting]:
-    """item id -> its first routed prediction (re-scores excluded): the audit draw happens there."""
-    from serving.routing import AUDIT_REASONS
-
-    query = (
-        select(
-            Prediction.item_id,
-            Prediction.created_at,
-            Prediction.audit_probability,
-            Prediction.reasons,
-            Prediction.id,
-        )
-        .where(first_pass())
-        .order_by(Prediction.id)
-    )
-    out: dict[str, FirstRouting] = {}
-    with store.session() as session:
-        for item_id, created, inclusion, reasons, prediction_id in session.execute(query).all():
-            if item_id not in out:
-                audited = inclusion is not None and bool(AUDIT_REASONS.intersection(reasons or []))
-                out[item_id] = FirstRouting(created, inclusion, audited, float(prediction_id))
-    return out
 
 
 def _texts(store: Store, ids: Sequence[str]) -> dict[str, str]:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from learner.bundle import ModelBundle
 from learner.features import NgramMemo
 from learner.pii import describe_error
-from serving.escalation import escalation_windows
+from serving.escalation import escalation_windows, window_start
 from serving.leader import LeaderLock, leader_lock
 from serving.model import ModelHolder
 from serving.retrain.job import RetrainJob, staging_dir
@@ -95,6 +95,7 @@ class RetrainWorker:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_escalation_log = time.monotonic()
+        self._escalation_logged_until = datetime.min.replace(tzinfo=UTC)  # closed windows logged before it
         # Among replicas sharing the database, only the holder of this lock runs queued retrains.
         self.leader = leader or leader_lock(store.engine, "retrain", settings.state_dir)
 
@@ -325,11 +326,15 @@ class RetrainWorker:
 
         self._last_escalation_log = time.monotonic()
         window = self.settings.dashboard.window_s
-        since = datetime.now(UTC) - timedelta(seconds=window * 24)
+        # Only windows that have closed, each once: MLflow keeps every value logged at a step and shows
+        # the largest as the latest, so an open window's partial rates would stand for its final one.
+        until = window_start(datetime.now(UTC), window).replace(tzinfo=UTC)
+        since = max(until - timedelta(seconds=window * 24), self._escalation_logged_until)
         try:
-            windows = escalation_windows(self.store, window_s=window, since=since)
+            windows = escalation_windows(self.store, window_s=window, since=since, until=until)
             if windows:
                 tracking.log_escalation_windows(self.settings, windows)
+            self._escalation_logged_until = until
         except Exception as exc:
             logger.warning("could not log escalation rates: %s", type(exc).__name__)
 

@@ -40,6 +40,13 @@ def test_generate_names_what_is_wrong_with_out(tmp_path: Path) -> None:
     a_file = tmp_path / "f.jsonl"
     a_file.write_text("")
     refused(
+        invoke(cli_learner.catalog_app, ["generate", "--out", str(a_file), "--n", "5"]), 2, "pass --overwrite"
+    )
+    assert a_file.read_text() == ""
+    replaced = invoke(cli_learner.catalog_app, ["generate", "--out", str(a_file), "--n", "5", "--overwrite"])
+    assert replaced.exit_code == 0
+    assert len(a_file.read_text().splitlines()) == 5
+    refused(
         invoke(cli_learner.catalog_app, ["generate", "--out", str(a_file / "c.jsonl"), "--n", "5"]),
         2,
         "cannot write",

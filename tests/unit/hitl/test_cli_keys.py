@@ -66,6 +66,9 @@ def test_revoke_then_the_key_fails_and_unknown_id_exits_1(tmp_path: Path) -> Non
     revoked = CliRunner().invoke(cli_keys.app, ["revoke", "1"], obj=conf)
     assert revoked.exit_code == 0
     assert "revoked key 1" in revoked.stderr
+    again = CliRunner().invoke(cli_keys.app, ["revoke", "1"], obj=conf)
+    assert again.exit_code == 0
+    assert "was already revoked at" in again.stderr
     store = Store(conf.database_url)
     try:
         assert authenticate(store, plaintext) is None

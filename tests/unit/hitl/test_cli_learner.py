@@ -84,9 +84,16 @@ def test_a_failed_fine_tune_leaves_the_bundle_at_out_as_it_was(
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr("learner.finetune.FineTuneClassifier.fit", out_of_memory)
-    failed = invoke(
+    kept = invoke(
         cli_learner.learner_app,
         ["--catalog", str(catalog), "--out", str(out)],
+        obj=settings(tmp_path, finetune=False),
+    )
+    assert kept.exit_code == 2
+    assert "pass --overwrite" in " ".join(kept.output.split())
+    failed = invoke(
+        cli_learner.learner_app,
+        ["--catalog", str(catalog), "--out", str(out), "--overwrite"],
         obj=settings(tmp_path, finetune=True),
     )
     assert failed.exit_code == 1

@@ -72,8 +72,9 @@ def test_an_unparsable_environment_section_is_a_clear_error(monkeypatch: pytest.
 def test_unknown_or_invalid_keys_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("learner:\n  target_accuracy: 1.5\n")
-    with pytest.raises(ValidationError, match="target_accuracy"):
+    with pytest.raises(ValidationError, match="target_accuracy") as refused:
         load_settings(config)
+    assert f"settings ({config} and HITL_* variables)" in str(refused.value)  # the sources, not a class
     config.write_text("learner:\n  audit:\n    certify_window: -1\n")
     with pytest.raises(ValidationError, match="certify_window"):
         load_settings(config)

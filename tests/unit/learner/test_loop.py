@@ -149,3 +149,14 @@ def test_a_model_is_certified_over_the_stream_items_it_was_not_trained_on() -> N
     keep = certification_stream(["seed-1", "seed-audit", "routed-1", "routed-2"], {"seed-1", "routed-2"})
     assert keep.tolist() == [False, True, True, False]
     assert certification_stream([], set()).shape == (0,)
+
+
+def test_escalation_share_counts_the_spot_checks_taken_from_the_auto_accepts() -> None:
+    policy = AuditPolicy(rate=0.1, outside_factor=0.5)
+    conf = np.array([0.99, 0.98, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    # The 4 most confident are accepted; 3 lie in the band (rate 0.1), one outside it (0.05).
+    assert policy.escalation_share(conf, band_low=0.85, accepted_share=0.4) == pytest.approx(
+        1 - (3 * 0.9 + 0.95) / 10
+    )
+    assert policy.escalation_share(conf, band_low=0.85, accepted_share=0.0) == 1.0
+    assert policy.escalation_share([], band_low=0.85, accepted_share=0.5) == 1.0

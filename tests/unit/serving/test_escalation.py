@@ -14,7 +14,7 @@ from sqlalchemy import update
 from hitl.settings import LabelStudioSettings, MlflowSettings, RetrainSettings, ServingSettings, Settings
 from serving import kpis, tracking
 from serving.app import create_app
-from serving.escalation import RESCORE_ACTOR, combine, escalation_windows, over_time, per_version
+from serving.escalation import RESCORE_ACTOR, combine, escalation_windows, over_time, per_version, window_start
 from serving.keys import create_key
 from serving.store import Prediction, Store
 from tests.unit.serving.retrain_support import predicted
@@ -153,3 +153,45 @@ def test_out_of_range_query_and_path_values_are_4xx_not_500(settings: Settings, 
             assert "less than or equal" in answer.text or "greater than or equal" in answer.text
         refused = api.delete("/v1/keys/99999999999999999999", headers=admin)
         assert refused.status_code == 422
+
+
+def test_since_starts_at_its_window_and_until_ends_before_it(store: Store) -> None:
+    def windows(**bounds: datetime) -> list[tuple[float, int]]:
+        return [(w.window_start, w.predicted) for w in escalation_windows(store, window_s=HOUR, **bounds)]
+
+    half_past = T0 + timedelta(minutes=30)
+    assert windows(since=half_past) == windows()  # the first window is whole, not its last half
+    assert sum(n for _, n in windows(since=half_past)) == 8
+    assert windows(since=T0 + timedelta(hours=1, minutes=59), until=T0 + timedelta(hours=2)) == [
+        (T0.timestamp() + HOUR, 1),
+        (T0.timestamp() + HOUR, 1),
+    ]
+    assert window_start(datetime(1, 1, 1), HOUR) == datetime(1, 1, 1)  # the calendar's edge is kept
+
+
+def test_the_worker_logs_each_closed_window_once_and_never_an_open_one(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.retrain import RetrainWorker
+
+    db = Store(settings.database_url)
+    db.create_all()
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    for item, at in (("old", hour - timedelta(minutes=90)), ("new", hour + timedelta(seconds=1))):
+        predicted(db, "esc-model:v1", item, f"title {item}", escalated=True, reasons=["below_threshold"])
+        with db.session() as session:
+            session.execute(
+                update(Prediction).where(Prediction.item_id == item).values(created_at=at.replace(tzinfo=None))
+            )
+    logged: list[list[float]] = []
+    monkeypatch.setattr(
+        tracking, "log_escalation_windows", lambda _s, ws: logged.append([w.window_start for w in ws]) or len(ws)
+    )
+    worker = RetrainWorker(settings, db, None, auto=False)
+    try:
+        worker._log_escalation()
+        worker._log_escalation()
+    finally:
+        worker.stop()
+        db.close()
+    assert logged == [[(hour - timedelta(hours=2)).timestamp()]]  # the window of "old"; "new" is still open

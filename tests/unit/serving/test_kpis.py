@@ -262,3 +262,87 @@ def test_price_bands(price: float | None, band: str) -> None:
 def test_price_bands_must_be_positive_and_ascending(bands: list[float]) -> None:
     with pytest.raises(ValidationError, match="strictly ascending"):
         DashboardSettings(price_bands=bands)
+
+
+def _state(store: Store, action: str, annotation: int, item_id: str, label: str | None, at: datetime) -> None:
+    store.record_correction(
+        CorrectionEvent(
+            action=action,
+            annotation_id=annotation,
+            task_id=annotation,
+            project_id=1,
+            item_id=item_id,
+            label=label,
+            raw_label=None,
+            reviewer_id=1,
+            created_at=at,
+            updated_at=at,
+            lead_time=1.0,
+            was_cancelled=False,
+            predicted_label=None,
+            model_version=None,
+            model_score=None,
+            source="webhook",
+        )
+    )
+
+
+def test_a_spot_check_counts_for_the_prediction_that_drew_it(store: Store, settings: Settings) -> None:
+    t0 = NOW - timedelta(hours=3)
+    _predict(store, "m:v1", [_row("a", "X", "escalated", ["spot_check"], audit_probability=0.1)], t0)
+    _review(store, 1, "a", "Z", "X", t0 + timedelta(minutes=5), 5.0)  # v1 was wrong
+    # v2 trained on that label, predicts Z and draws the item again: it must not count, for v2 or for v1.
+    _predict(store, "m:v2", [_row("a", "Z", "escalated", ["spot_check"], audit_probability=0.1)], NOW)
+    spot = kpis.dashboard(store, settings, NOW).spot_checks
+    assert (spot.sampled, spot.reviewed, spot.correct, spot.accuracy) == (1, 1, 0, 0.0)
+    assert [(v.model_version, v.reviewed, v.correct) for v in spot.by_version] == [("m:v1", 1, 0)]
+    assert (spot.audits, spot.audit_backlog) == (1, 0)
+
+
+def test_spot_check_accuracy_weighs_strata_drawn_with_unequal_probabilities(
+    store: Store, settings: Settings
+) -> None:
+    # In the band (probability 0.5): 4 would-be auto-accepts, 2 drawn, both right. Outside it (0.1):
+    # 6, 1 drawn and wrong. Post-stratified: (4 * 1 + 6 * 0) / 10 = 0.4, not the audits' 2 / 3.
+    rows = [_row(f"in{i}", "A", "auto_accepted", ["above_threshold"], audit_probability=0.5) for i in range(2)]
+    rows += [_row(f"in-s{i}", "A", "escalated", ["spot_check"], audit_probability=0.5) for i in range(2)]
+    rows += [_row(f"out{i}", "A", "auto_accepted", ["above_threshold"], audit_probability=0.1) for i in range(5)]
+    rows += [_row("out-s", "A", "escalated", ["spot_check"], audit_probability=0.1)]
+    _predict(store, "m:v1", rows, NOW - timedelta(hours=1))
+    for n, item in enumerate(["in-s0", "in-s1"]):
+        _review(store, n + 1, item, "A", "A", NOW, 1.0)
+    _review(store, 3, "out-s", "B", "A", NOW, 1.0)
+    spot = kpis.spot_checks(store, settings.learner)
+    assert (spot.sampled, spot.reviewed, spot.correct, spot.strata) == (3, 3, 2, 2)
+    assert spot.accuracy == pytest.approx(0.4)
+    assert spot.interval is not None
+    # Each stratum at 1 - 0.05 / 2, weighted by its share: 0.4 * [0.158, 1] + 0.6 * [0, 0.987].
+    inside = kpis.clopper_pearson(2, 2, 0.975)
+    outside = kpis.clopper_pearson(0, 1, 0.975)
+    assert spot.interval.low == pytest.approx(0.4 * inside.low + 0.6 * outside.low)
+    assert spot.interval.high == pytest.approx(0.4 * inside.high + 0.6 * outside.high)
+    assert spot.interval.confidence == pytest.approx(0.95)
+
+
+def test_the_queue_holds_items_whose_review_was_withdrawn_and_ages_from_the_escalation(
+    store: Store, settings: Settings
+) -> None:
+    t0 = NOW - timedelta(days=3)
+    _predict(store, "m:v1", [_row("a", "A", "escalated", ["below_threshold"])], t0)
+    _predict(store, "m:v1", [_row("b", "A", "escalated", ["below_threshold"])], t0)
+    _state(store, "created", 1, "b", "B", t0 + timedelta(hours=1))
+    _state(store, "deleted", 1, "b", None, t0 + timedelta(hours=2))  # b is back in Label Studio's queue
+    # A promotion re-scores both: still escalated, and no younger for it.
+    _predict(
+        store,
+        "m:v2",
+        [_row("a", "A", "escalated", ["below_threshold"]), _row("b", "A", "escalated", ["below_threshold"])],
+        NOW - timedelta(hours=1),
+        requested_by=RESCORE_ACTOR,
+    )
+    queue = kpis.dashboard(store, settings, NOW).queue
+    assert queue.open == 2
+    assert queue.oldest_age_s == pytest.approx(3 * 86400.0)
+    assert queue.by_age == {"< 1 h": 0, "1-24 h": 0, "1-7 d": 2, ">= 7 d": 0}
+    _state(store, "created", 2, "a", "A", NOW)
+    assert [o.prediction.item_id for o in store.open_escalations()] == ["b"]
