@@ -58,8 +58,9 @@ def create(
         except ValueError as exc:
             err_console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
+    stored_name = keys.clean_key_name(name)  # as `hitl keys list` will show it: personal data masked
     err_console.print(
-        f"created key {key_id} ({checked.value}, {name.strip()!r}); it is shown once, store it now:"
+        f"created key {key_id} ({checked.value}, {stored_name!r}); it is shown once, store it now:"
     )
     # Plain print: no wrapping or markup may alter the key.
     typer.echo(plaintext)

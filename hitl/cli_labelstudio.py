@@ -21,6 +21,7 @@ from labeling.project import bootstrap_project, webhook_url
 from labeling.reviewers import senior_check, tiers_from
 from labeling.server import LabelStudioServer
 from labeling.sync import sync_project
+from learner.pii import mask_credentials
 from serving.routers.ml_backend import ml_backend_spec
 from serving.store import Store
 
@@ -86,7 +87,8 @@ def start(ctx: typer.Context) -> None:
     """Install if needed, start Label Studio on its configured host/port, and wait until healthy."""
     settings = settings_from(ctx)
     if settings.labelstudio.url:
-        console.print(f"Using the external Label Studio at {settings.labelstudio.base_url}: nothing to start")
+        shown = mask_credentials(settings.labelstudio.base_url)
+        console.print(f"Using the external Label Studio at {shown}: nothing to start")
         return
     server = _server(settings)
     started = time.monotonic()
@@ -126,7 +128,8 @@ def status(ctx: typer.Context) -> None:
             except LabelingError as exc:
                 raise _fail(exc) from None
         console.print(
-            f"external Label Studio at {settings.labelstudio.base_url}: reachable as {me.get('email')}"
+            f"external Label Studio at {mask_credentials(settings.labelstudio.base_url)}: "
+            f"reachable as {me.get('email')}"
         )
         _print_ml_backend(settings)
         _print_tiers(settings)

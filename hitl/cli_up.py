@@ -213,7 +213,7 @@ def _up(
 
     # 1. Label Studio
     if settings.labelstudio.url:
-        console.print(f"Label Studio: external, {settings.labelstudio.base_url}")
+        console.print(f"Label Studio: external, {mask_credentials(settings.labelstudio.base_url)}")
     else:
         server = LabelStudioServer(settings.labelstudio, settings.state_dir)
         was_running = server.status().running
@@ -404,7 +404,7 @@ def _summary(settings: Settings, keys: dict[str, str], state: dict[str, Any]) ->
     ls = settings.labelstudio
     project = state.get("project_id")
     console.rule("[bold]hitl is up")
-    console.print(f"Label Studio  {ls.base_url}/projects/{project or ''}")
+    console.print(f"Label Studio  {mask_credentials(ls.base_url)}/projects/{project or ''}")
     if settings.dev_mode and not ls.url:
         # The shipped dev login of the local Label Studio: printed so a person can sign in at once.
         console.print(f"   login      {ls.username} / {ls.password.get_secret_value()}  (local dev login)")

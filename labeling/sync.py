@@ -177,8 +177,9 @@ class PeriodicSync:
                 self._job()
             except LabelingError as exc:
                 logger.warning("periodic Label Studio sync failed: %s", describe_error(exc))
-            except Exception:  # keep the loop alive; the next run retries
-                logger.exception("periodic Label Studio sync crashed")
+            except Exception as exc:  # keep the loop alive; the next run retries
+                # No traceback: its messages can quote item text or URLs. The masked error names the cause.
+                logger.error("periodic Label Studio sync crashed: %s", describe_error(exc))
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Ask the thread to stop and wait up to `timeout` s; False if a sync is still running then."""

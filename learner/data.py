@@ -72,6 +72,13 @@ MAX_ID_LENGTH = 255
 _UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
 
 
+def _quoted(value: Any, limit: int = 40) -> str:
+    """A bad value as a problem message quotes it: personal data masked (messages reach terminals and
+    logs), cut to ``limit`` characters."""
+    text = mask_pii(str(value))
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
 def check_text(value: str, name: str) -> str:
     """``value`` unchanged, or ValueError naming ``name`` when it cannot be stored as UTF-8 (a lone
     surrogate such as ``"\\ud800"``: JSON allows it, every database and encoder downstream refuses it)
@@ -180,7 +187,7 @@ class Product(BaseModel):
         # Pydantic's lax mode would turn True into 1.0 and "12" into 12.0; in a JSON record both mean the
         # producer is broken, so only real numbers pass. CSV cells are parsed before they get here.
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"price must be a number or null, got {type(value).__name__} {value!r}")
+            raise ValueError(f"price must be a number or null, got {type(value).__name__} {_quoted(value)}")
         try:
             price = float(value)
         except OverflowError:  # an integer of hundreds of digits
@@ -543,7 +550,7 @@ def _csv_record(cells: dict[str, str]) -> dict[str, Any] | str:
         try:
             record["price"] = float(price)
         except ValueError:
-            return f"price: {price!r} is not a number"
+            return f"price: {_quoted(price)} is not a number"
 
     category = cells.get("category", "").strip()
     if not category:

@@ -65,6 +65,16 @@ def _error(error: Any) -> dict[str, Any]:
     }
 
 
+# Methods a client can send are any token: the metrics label and the access log get the standard ones
+# as they are and "OTHER" for the rest, so made-up methods cannot grow /metrics without bound.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_of(scope: Scope) -> str:
+    method = str(scope.get("method", ""))
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
 class LatencyMiddleware:
     """Records every HTTP request's duration by method, route template and status (plain ASGI: cheap),
     and logs it to ``serving.access`` (`hitl serve` turns uvicorn's own access log off: it logs raw
@@ -91,10 +101,10 @@ class LatencyMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = route_of(scope)
-            self.metrics.request_latency.labels(scope["method"], route, str(status_code)).observe(elapsed)
+            route, method = route_of(scope), method_of(scope)
+            self.metrics.request_latency.labels(method, route, str(status_code)).observe(elapsed)
             # The access log: the route template, never the raw path or query (ids, reasons).
-            access_logger.info("%s %s %d %.1f ms", scope["method"], route, status_code, elapsed * 1000)
+            access_logger.info("%s %s %d %.1f ms", method, route, status_code, elapsed * 1000)
 
 
 class InternalErrorGuard:
@@ -113,7 +123,7 @@ class InternalErrorGuard:
         try:
             await self.app(scope, receive, send)
         except Exception as exc:
-            logger.error("unhandled %s in %s %s", type(exc).__name__, scope["method"], route_of(scope))
+            logger.error("unhandled %s in %s %s", type(exc).__name__, method_of(scope), route_of(scope))
             try:
                 await JSONResponse(status_code=500, content={"detail": "internal error"})(
                     scope, receive, send

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Path, Query, Request
+from pydantic import AfterValidator
 
+from learner.data import check_text
 from serving.model import ModelHolder
 from serving.prometheus import ServingMetrics
 from serving.settings import AppSettings
@@ -57,3 +59,12 @@ MetricsDep = Annotated[ServingMetrics, Depends(_metrics)]
 # and is refused as such (422) before it reaches a database driver that cannot bind it.
 MAX_ROW_ID = 2**31 - 1
 RowIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+
+# Strings looked up in the store: a NUL or a lone surrogate is refused (422) here, because PostgreSQL
+# cannot even compare text holding one, and would answer 500.
+_Storable = AfterValidator(lambda value: check_text(value, "the value"))
+ItemIdPath = Annotated[str, Path(min_length=1, max_length=255, description="an item id"), _Storable]
+ItemIdQuery = Annotated[str | None, Query(min_length=1, max_length=255, description="an item id"), _Storable]
+ModelVersionQuery = Annotated[
+    str | None, Query(min_length=1, max_length=255, description="a model version, e.g. 'name:v3'"), _Storable
+]

@@ -75,22 +75,26 @@ class FirstRouting:
 
 
 def first_routings(store: Store) -> dict[str, FirstRouting]:
-    """item id -> its first routed prediction."""
+    """item id -> its first routed prediction, in routing order."""
     from serving.routing import AUDIT_REASONS
 
     first = (
         select(func.min(Prediction.id).label("first_id")).where(first_pass()).group_by(Prediction.item_id)
     ).subquery()
-    query = select(
-        Prediction.item_id,
-        Prediction.created_at,
-        Prediction.audit_probability,
-        Prediction.reasons,
-        Prediction.id,
-        Prediction.model_version,
-        Prediction.label,
-        Prediction.decision,
-    ).join(first, Prediction.id == first.c.first_id)
+    query = (
+        select(
+            Prediction.item_id,
+            Prediction.created_at,
+            Prediction.audit_probability,
+            Prediction.reasons,
+            Prediction.id,
+            Prediction.model_version,
+            Prediction.label,
+            Prediction.decision,
+        )
+        .join(first, Prediction.id == first.c.first_id)
+        .order_by(Prediction.id)
+    )  # routing order
     out: dict[str, FirstRouting] = {}
     with store.session() as session:
         for item_id, created, inclusion, listed, prediction_id, version, label, decision in session.execute(

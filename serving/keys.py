@@ -128,8 +128,15 @@ def clean_key_name(name: str) -> str:
     # would forge rows or recolour a terminal.
     cleaned = check_identifier(cleaned, "a key name")
     # A key's name is stored on every prediction it makes and names the actor in the audit trail and
-    # MLflow: a person's e-mail or phone number there is masked like any other free text.
-    return mask_pii(cleaned)
+    # MLflow: a person's e-mail or phone number there is masked like any other free text. The stored
+    # name is the masked one, so the limit applies to it too (a mask can be longer than what it hides).
+    masked = mask_pii(cleaned)
+    if len(masked) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"a key name must have 1 to {MAX_NAME_LENGTH} characters once personal data in it is masked "
+            f"({len(masked)})"
+        )
+    return masked
 
 
 def create_key(store: Store, name: str, role: Role | str) -> tuple[int, str]:

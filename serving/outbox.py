@@ -216,8 +216,12 @@ def _with_similar(
 ) -> list[_Due]:
     try:
         filled = fill([e.escalation for e in entries])
-    except Exception:  # a task without similar items beats a task not delivered
-        logger.exception("outbox: similar labelled items could not be found; pushing without them")
+    except Exception as exc:  # a task without similar items beats a task not delivered
+        # No traceback: its frames' messages can quote item text. The masked error names the cause.
+        logger.error(
+            "outbox: similar labelled items could not be found (%s); pushing without them",
+            describe_error(exc),
+        )
         return entries
     return [_Due(e.id, e.attempts, esc) for e, esc in zip(entries, filled, strict=True)]
 

@@ -77,7 +77,10 @@ class Promoter:
         swapped = False
         model: LoadedModel | None = None
         if self.holder is not None:
-            swapped = self.holder.refresh()
+            try:
+                swapped = self.holder.refresh()
+            except Exception as exc:  # the move is recorded; serving picks the version up on a later refresh
+                logger.error("the new champion %s could not be loaded yet: %s", label, describe_error(exc))
             current = self.holder.current
             model = current if current is not None and current.version == label else None
         ls_updated = self._update_labelstudio(label)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 
-from serving.deps import StoreDep
+from serving.deps import MAX_ROW_ID, ItemIdQuery, StoreDep
 from serving.routers.convert import audit_out
 from serving.schemas import AuditTrailOut
 from serving.security import Principal, Role, require_roles
@@ -19,12 +19,12 @@ router = APIRouter(prefix="/v1", tags=["audit"])
 async def audit_trail(
     store: StoreDep,
     _: Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))],
-    item: Annotated[str | None, Query(min_length=1, max_length=255, description="an item id")] = None,
+    item: ItemIdQuery = None,
     kind: Annotated[
         Literal["model_decision", "review", "model_event"] | None,
         Query(description="only events of this kind (model_event: champion moves)"),
     ] = None,
-    after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditTrailOut:
     """Model decisions, reviews and champion moves, oldest first; page with `after_id`."""

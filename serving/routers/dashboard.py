@@ -129,7 +129,10 @@ async def login(request: Request, store: StoreDep, settings: SettingsDep) -> Res
         return _login_page(
             f"the form is larger than {MAX_FORM_BYTES} bytes", status.HTTP_413_CONTENT_TOO_LARGE
         )
-    fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    try:
+        fields = parse_qs(body.decode("utf-8", errors="replace"), max_num_fields=10)
+    except ValueError:  # more fields than the form has
+        return _login_page("the form has too many fields", status.HTTP_400_BAD_REQUEST)
     key = (fields.get("api_key") or [""])[0].strip()
     if not key:
         return _login_page("enter an API key", status.HTTP_400_BAD_REQUEST)

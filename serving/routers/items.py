@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, HTTPException, status
 from fastapi.concurrency import run_in_threadpool
 
-from serving.deps import StoreDep
+from serving.deps import ItemIdPath, StoreDep
 from serving.routers.convert import audit_out, correction_out, prediction_out
 from serving.schemas import ItemHistoryOut, ItemOut
 from serving.security import Principal, Role, require_roles
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["items"])
     responses={status.HTTP_404_NOT_FOUND: {"description": "no such item"}},
 )
 async def item_history(
-    item_id: Annotated[str, Path(min_length=1, max_length=255)],
+    item_id: ItemIdPath,
     store: StoreDep,
     # Item text, reviewer ids and the item's audit events: for the roles that work on items.
     _: Annotated[Principal, Depends(require_roles(Role.MERCHANDISER, Role.ML_ENGINEER))],

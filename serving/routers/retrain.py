@@ -19,8 +19,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, sta
 from fastapi.concurrency import run_in_threadpool
 from pydantic import AfterValidator, BaseModel, Field
 
-from learner.pii import mask_pii
-from serving.deps import RowIdPath, SettingsDep, StoreDep
+from learner.data import check_text
+from learner.pii import describe_error, mask_pii
+from serving.deps import ModelVersionQuery, RowIdPath, SettingsDep, StoreDep
 from serving.escalation import EscalationWindow, escalation_windows, per_version
 from serving.retrain import RetrainWorker, RunRecord
 from serving.security import Principal, Role, require_roles
@@ -33,7 +34,7 @@ ReaderDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.PR
 ReasonQuery = Annotated[
     str | None,
     Query(min_length=1, max_length=500, description="why (kept in the audit trail; personal data masked)"),
-    AfterValidator(lambda value: None if value is None else mask_pii(value)),
+    AfterValidator(lambda value: None if value is None else mask_pii(check_text(value, "reason"))),
 ]
 
 # MLflow's own spelling of a version: digits, no leading zero. "03" would be audited as a version that
@@ -46,7 +47,7 @@ VersionPath = Annotated[
 
 
 class RetrainRequest(BaseModel):
-    reason: Annotated[str, AfterValidator(mask_pii)] = Field(
+    reason: Annotated[str, AfterValidator(lambda value: mask_pii(check_text(value, "reason")))] = Field(
         "api", min_length=1, max_length=200, description="why (kept in the audit trail; personal data masked)"
     )
 
@@ -202,13 +203,17 @@ async def _move_champion(
     settings = request.app.state.settings
 
     def move() -> PromotionOut:
-        from serving import tracking
+        from serving import registry, tracking
 
         try:
             tracking.client(settings).get_model_version(settings.mlflow.registered_model, version)
         except Exception as exc:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND, detail=f"no registered version {version!r}"
+            if registry.is_absent(exc):
+                raise HTTPException(
+                    status.HTTP_404_NOT_FOUND, detail=f"no registered version {version!r}"
+                ) from exc
+            raise registry.RegistryUnavailableError(
+                f"the model registry did not answer: {describe_error(exc)}"
             ) from exc
         report = worker.promoter.promote(
             version,
@@ -263,7 +268,7 @@ async def escalation(
     _: ReaderDep,
     window_s: Annotated[int | None, Query(ge=60, le=30 * 86400)] = None,
     since: datetime | None = None,
-    model_version: str | None = None,
+    model_version: ModelVersionQuery = None,
 ) -> EscalationRateOut:
     """Escalated / predicted per model version and time window (re-scores after a promotion excluded)."""
     window = window_s or settings.dashboard.window_s

@@ -619,3 +619,14 @@ def test_csv_lines_may_end_in_a_bare_cr_and_what_csv_cannot_parse_is_a_problem_o
     huge.write_text(f'id,title,description\n1,Kettle,"{"x" * 200_000}"\n', encoding="utf-8")
     with pytest.raises(CatalogError, match="line 2: CSV: field larger than field limit"):
         load_catalog(huge)
+
+
+def test_a_bad_price_is_quoted_with_personal_data_masked(tmp_path: Path) -> None:
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text('{"id": "a", "title": "Mug", "price": "call jane.doe@example.com", "category": ["A"]}\n')
+    csv_file = tmp_path / "c.csv"
+    csv_file.write_text("id,title,price,category\nb,Kettle,ask jane.doe@example.com,A\n")
+    for path in (jsonl, csv_file):
+        (problem,) = load_catalog(path, strict=False).problems
+        assert "jane.doe@example.com" not in problem.reason
+        assert "[EMAIL]" in problem.reason

@@ -101,3 +101,39 @@ def test_personal_data_stored_before_masking_is_masked_by_the_upgrade(tmp_path: 
     assert [tuple(r) for r in rows] == [("a", "Mug, mail [EMAIL]", "call [PHONE]"), ("b", "Plain kettle", "")]
     assert "jane@example.com" not in payload
     assert "[EMAIL]" in payload
+
+
+def test_key_names_and_retrain_reasons_stored_before_masking_are_masked_by_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'names.db'}"
+    engine = create_engine(url)
+    name = "jane.doe@example.com"
+    with engine.begin() as connection:
+        command.upgrade(db._config(connection), "0005")
+        for statement in (
+            "INSERT INTO api_keys (id, name, role, display_prefix, key_hash, created_at) VALUES "
+            f"(1, '{name}', 'service', 'hitl_ab', 'h1', '2026-01-01'), "
+            "(2, 'ingest', 'service', 'hitl_cd', 'h2', '2026-01-01')",
+            "INSERT INTO items (id, title, description, first_seen_at, updated_at) VALUES "
+            "('a', 'Mug', '', '2026-01-01', '2026-01-01')",
+            "INSERT INTO model_versions (version, source, encoder_id, n_labels, details, first_loaded_at) "
+            "VALUES ('m:v1', 't', 't', 1, '{}', '2026-01-01')",
+            "INSERT INTO predictions (item_id, model_version, label, confidence, top_k, decision, reasons, "
+            "priority, requested_by, created_at) VALUES "
+            f"('a', 'm:v1', 'A', 0.9, '[]', 'escalated', '[]', 0.5, '{name}', '2026-01-01'), "
+            "('a', 'm:v1', 'A', 0.9, '[]', 'escalated', '[]', 0.5, 'ingest', '2026-01-01')",
+            "INSERT INTO retrain_runs (status, stage, reasons, created_at, promoted, metrics) VALUES "
+            f"('promoted', 'done', '[\"api:{name}:nightly\", \"corrections:200\"]', '2026-01-01', 1, '{{}}')",
+        ):
+            connection.execute(text(statement))
+    Store(url).create_all()
+    with engine.connect() as connection:
+        names = connection.execute(text("SELECT name FROM api_keys ORDER BY id")).scalars().all()
+        actors = connection.execute(text("SELECT requested_by FROM predictions ORDER BY id")).scalars().all()
+        reasons = connection.scalar(text("SELECT reasons FROM retrain_runs"))
+    assert names == ["[EMAIL]", "ingest"]
+    assert actors == ["[EMAIL]", "ingest"]
+    assert name not in reasons
+    assert "api:[EMAIL]:nightly" in reasons
+    assert "corrections:200" in reasons

@@ -14,7 +14,15 @@ from sqlalchemy import update
 from hitl.settings import LabelStudioSettings, MlflowSettings, RetrainSettings, ServingSettings, Settings
 from serving import kpis, tracking
 from serving.app import create_app
-from serving.escalation import RESCORE_ACTOR, combine, escalation_windows, over_time, per_version, window_start
+from serving.escalation import (
+    RESCORE_ACTOR,
+    EscalationWindow,
+    combine,
+    escalation_windows,
+    over_time,
+    per_version,
+    window_start,
+)
 from serving.keys import create_key
 from serving.store import Prediction, Store
 from tests.unit.serving.retrain_support import predicted
@@ -156,8 +164,9 @@ def test_out_of_range_query_and_path_values_are_4xx_not_500(settings: Settings, 
 
 
 def test_since_starts_at_its_window_and_until_ends_before_it(store: Store) -> None:
-    def windows(**bounds: datetime) -> list[tuple[float, int]]:
-        return [(w.window_start, w.predicted) for w in escalation_windows(store, window_s=HOUR, **bounds)]
+    def windows(since: datetime | None = None, until: datetime | None = None) -> list[tuple[float, int]]:
+        found = escalation_windows(store, window_s=HOUR, since=since, until=until)
+        return [(w.window_start, w.predicted) for w in found]
 
     half_past = T0 + timedelta(minutes=30)
     assert windows(since=half_past) == windows()  # the first window is whole, not its last half
@@ -181,12 +190,17 @@ def test_the_worker_logs_each_closed_window_once_and_never_an_open_one(
         predicted(db, "esc-model:v1", item, f"title {item}", escalated=True, reasons=["below_threshold"])
         with db.session() as session:
             session.execute(
-                update(Prediction).where(Prediction.item_id == item).values(created_at=at.replace(tzinfo=None))
+                update(Prediction)
+                .where(Prediction.item_id == item)
+                .values(created_at=at.replace(tzinfo=None))
             )
     logged: list[list[float]] = []
-    monkeypatch.setattr(
-        tracking, "log_escalation_windows", lambda _s, ws: logged.append([w.window_start for w in ws]) or len(ws)
-    )
+
+    def log(_: Settings, windows: list[EscalationWindow]) -> int:
+        logged.append([w.window_start for w in windows])
+        return len(windows)
+
+    monkeypatch.setattr(tracking, "log_escalation_windows", log)
     worker = RetrainWorker(settings, db, None, auto=False)
     try:
         worker._log_escalation()

@@ -14,7 +14,7 @@ from sqlalchemy import update
 
 import serving.sessions  # noqa: F401  (registers the dashboard's session table)
 from hitl.settings import DashboardSettings, Settings
-from labeling.webhooks import CorrectionEvent
+from labeling.webhooks import CorrectionEvent, DeletionEvent
 from serving import kpis
 from serving.retrain import RESCORE_ACTOR
 from serving.store import NewPrediction, Prediction, Store
@@ -264,10 +264,10 @@ def test_price_bands_must_be_positive_and_ascending(bands: list[float]) -> None:
         DashboardSettings(price_bands=bands)
 
 
-def _state(store: Store, action: str, annotation: int, item_id: str, label: str | None, at: datetime) -> None:
+def _state(store: Store, annotation: int, item_id: str, label: str, at: datetime) -> None:
     store.record_correction(
         CorrectionEvent(
-            action=action,
+            action="created",
             annotation_id=annotation,
             task_id=annotation,
             project_id=1,
@@ -304,9 +304,13 @@ def test_spot_check_accuracy_weighs_strata_drawn_with_unequal_probabilities(
 ) -> None:
     # In the band (probability 0.5): 4 would-be auto-accepts, 2 drawn, both right. Outside it (0.1):
     # 6, 1 drawn and wrong. Post-stratified: (4 * 1 + 6 * 0) / 10 = 0.4, not the audits' 2 / 3.
-    rows = [_row(f"in{i}", "A", "auto_accepted", ["above_threshold"], audit_probability=0.5) for i in range(2)]
+    rows = [
+        _row(f"in{i}", "A", "auto_accepted", ["above_threshold"], audit_probability=0.5) for i in range(2)
+    ]
     rows += [_row(f"in-s{i}", "A", "escalated", ["spot_check"], audit_probability=0.5) for i in range(2)]
-    rows += [_row(f"out{i}", "A", "auto_accepted", ["above_threshold"], audit_probability=0.1) for i in range(5)]
+    rows += [
+        _row(f"out{i}", "A", "auto_accepted", ["above_threshold"], audit_probability=0.1) for i in range(5)
+    ]
     rows += [_row("out-s", "A", "escalated", ["spot_check"], audit_probability=0.1)]
     _predict(store, "m:v1", rows, NOW - timedelta(hours=1))
     for n, item in enumerate(["in-s0", "in-s1"]):
@@ -330,8 +334,8 @@ def test_the_queue_holds_items_whose_review_was_withdrawn_and_ages_from_the_esca
     t0 = NOW - timedelta(days=3)
     _predict(store, "m:v1", [_row("a", "A", "escalated", ["below_threshold"])], t0)
     _predict(store, "m:v1", [_row("b", "A", "escalated", ["below_threshold"])], t0)
-    _state(store, "created", 1, "b", "B", t0 + timedelta(hours=1))
-    _state(store, "deleted", 1, "b", None, t0 + timedelta(hours=2))  # b is back in Label Studio's queue
+    _state(store, 1, "b", "B", t0 + timedelta(hours=1))
+    store.record_deletion(DeletionEvent((1,), 1, "webhook"))  # b is back in Label Studio's queue
     # A promotion re-scores both: still escalated, and no younger for it.
     _predict(
         store,
@@ -344,5 +348,5 @@ def test_the_queue_holds_items_whose_review_was_withdrawn_and_ages_from_the_esca
     assert queue.open == 2
     assert queue.oldest_age_s == pytest.approx(3 * 86400.0)
     assert queue.by_age == {"< 1 h": 0, "1-24 h": 0, "1-7 d": 2, ">= 7 d": 0}
-    _state(store, "created", 2, "a", "A", NOW)
+    _state(store, 2, "a", "A", NOW)
     assert [o.prediction.item_id for o in store.open_escalations()] == ["b"]

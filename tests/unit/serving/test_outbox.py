@@ -408,3 +408,20 @@ def test_two_replicas_that_read_the_same_due_rows_deliver_each_once(tmp_path: Pa
         taken_by_first = first._claim(session, read_by_first, clock.now)
     assert len(taken_by_second) == 3
     assert taken_by_first == []  # its claim finds them no longer due
+
+
+def test_similar_items_that_cannot_be_found_leave_the_tasks_as_they_were_and_log_no_item_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from serving.outbox import _Due, _with_similar
+
+    def broken(escalations: Sequence[Escalation]) -> list[Escalation]:
+        raise ValueError(f"no neighbours for {escalations[0].title!r} sent by jane.doe@example.com")
+
+    entries = [_Due(1, 0, _esc(1))]
+    with caplog.at_level("ERROR", logger="serving.outbox"):
+        assert _with_similar(broken, entries) == entries
+    assert "pushing without them" in caplog.text
+    assert "ValueError" in caplog.text
+    assert "jane.doe@example.com" not in caplog.text
+    assert "Traceback" not in caplog.text

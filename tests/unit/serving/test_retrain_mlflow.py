@@ -340,3 +340,23 @@ def test_a_champion_moved_by_hand_during_a_run_is_never_overwritten_by_it(tmp_pa
     assert "the champion moved during this run (v1 -> v2)" in (record.gate_reason or "")
     assert registry.champion_version(settings) == "2"
     store.close()
+
+
+def test_a_promotion_whose_model_cannot_load_yet_is_still_recorded_and_answers(
+    fresh: tuple[Settings, Store],
+) -> None:
+    # The alias moved and the audit trail says so before the holder refreshes: a refresh that fails
+    # (here: a holder told to serve a bundle it was not given) must not turn the move into an error.
+    from serving.model import ModelHolder
+
+    settings, store = fresh
+    assert run_once(settings, store).status == "promoted"
+    misconfigured = settings.model_copy(
+        update={
+            "serving": settings.serving.model_copy(update={"model_source": "bundle", "bundle_path": None})
+        }
+    )
+    report = Promoter(settings, store, ModelHolder(misconfigured)).promote("1", reason="again", actor="t")
+    assert report.swapped is False
+    assert registry.champion_version(settings) == "1"
+    assert [e.action for e in store.audit_trail(kind="model_event")][-1] == "promoted"
