@@ -371,7 +371,12 @@ class RetrainJob:
                 float(bundle.metadata.get("audit_band_low", 0.0)),
                 float(certificate.get("stream_accepted_share", 0.0)),
             ),
-            "certified_error_bound": certificate.get("error_bound"),
+            # high_probability: an upper confidence bound; expected: the conformal estimate it selects on.
+            (
+                "certified_error_bound"
+                if settings.learner.guarantee == "high_probability"
+                else "certified_error_estimate"
+            ): certificate.get("error_bound"),
         }
         if champion is not None:
             metrics.update(

@@ -105,6 +105,10 @@ def test_first_run_is_promoted_with_metrics_and_plots(
     ):
         assert key in run.data.metrics, key
     assert run.data.metrics["accuracy"] > 0.8
+    # The default statement is `expected`: its figure is the conformal estimate, not a bound.
+    assert settings.learner.guarantee == "expected"
+    assert "certified_error_estimate" in run.data.metrics
+    assert "certified_error_bound" not in run.data.metrics
     assert run.data.params["n_labels"] == "500"
     plots = {a.path for a in client.list_artifacts(record.mlflow_run_id, "plots")}
     assert plots == {"plots/confusion_matrix.png", "plots/reliability_diagram.png", "plots/risk_coverage.png"}
