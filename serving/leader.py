@@ -90,6 +90,9 @@ class PostgresLeaderLock:
             return False
         try:  # a leader whose connection broke (database restart, network) is no longer the leader
             self._connection.execute(text("SELECT 1"))
+            # Ended at once: a connection left "idle in transaction" is what a server's
+            # idle_in_transaction_session_timeout kills, and the lock would go with it.
+            self._connection.commit()
         except DBAPIError:
             logger.warning("leader lock %d: its connection broke; leadership lost", self.key)
             self._drop()

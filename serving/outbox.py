@@ -47,12 +47,14 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    exists,
     func,
+    or_,
     select,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, aliased, mapped_column
 
 from labeling.client import LabelStudioClient
 from labeling.config import Taxonomy
@@ -105,7 +107,9 @@ class OutboxEntry(Base):
 def enqueue_escalations(session: Session, escalations: Sequence[Escalation], model_version: str) -> int:
     """Add the escalations of one prediction run to `session` (no commit); returns how many are new.
 
-    An (item, model version) already in the outbox, or repeated in `escalations`, is skipped. On SQLite
+    An (item, model version) already in the outbox, or repeated in `escalations`, is skipped, unless
+    another version's entry for the item came after it (the champion was rolled back to this version):
+    that entry is made pending again with the new decision, and delivered like a new one. On SQLite
     and PostgreSQL the insert is also `ON CONFLICT DO NOTHING`, so a concurrent transaction enqueueing the
     same item cannot make the caller's commit fail.
     """
@@ -118,19 +122,48 @@ def enqueue_escalations(session: Session, escalations: Sequence[Escalation], mod
     for esc in escalations:
         if esc.item_id not in fresh or esc.priority > fresh[esc.item_id].priority:
             fresh[esc.item_id] = esc
+    now = _now()
+    revived: dict[str, Escalation] = {}
     ids = list(fresh)
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        for known in session.scalars(
-            select(OutboxEntry.item_id).where(
+        other = aliased(OutboxEntry)
+        followed = exists().where(
+            other.item_id == OutboxEntry.item_id,
+            other.model_version != OutboxEntry.model_version,
+            or_(
+                other.created_at > OutboxEntry.created_at,
+                and_(other.created_at == OutboxEntry.created_at, other.id > OutboxEntry.id),
+            ),
+        )
+        known = session.execute(
+            select(OutboxEntry.item_id, OutboxEntry.id, followed).where(
                 OutboxEntry.model_version == model_version, OutboxEntry.item_id.in_(chunk)
             )
-        ).all():
-            fresh.pop(known, None)
-    if not fresh:
+        ).all()
+        for item_id, entry_id, was_followed in known:
+            esc = fresh.pop(item_id)
+            if was_followed:
+                # This version's entry was followed by another version's (a rollback to it): its task
+                # must move back, so the entry is delivered again with the new decision.
+                revived[item_id] = esc
+                session.execute(
+                    update(OutboxEntry)
+                    .where(OutboxEntry.id == entry_id)
+                    .values(
+                        status=PENDING,
+                        priority=esc.priority,
+                        payload=esc.model_dump(mode="json"),
+                        attempts=0,
+                        next_attempt_at=now,
+                        last_error=None,
+                        delivered_at=None,
+                        created_at=now,  # the item's newest entry again
+                    )
+                )
+    if not fresh and not revived:
         return 0
-    now = _now()
-    ids = list(fresh)
+    ids = list(fresh) + list(revived)
     for start in range(0, len(ids), 500):
         # One task per item: only the newest decision about an item is delivered.
         session.execute(
@@ -155,6 +188,8 @@ def enqueue_escalations(session: Session, escalations: Sequence[Escalation], mod
         }
         for esc in fresh.values()
     ]
+    if not rows:
+        return len(revived)
     dialect = session.get_bind().dialect.name
     if dialect in ("sqlite", "postgresql"):
         insert = sqlite.insert if dialect == "sqlite" else postgresql.insert
@@ -165,7 +200,7 @@ def enqueue_escalations(session: Session, escalations: Sequence[Escalation], mod
             session.execute(statement, rows[start : start + 500])
     else:
         session.add_all(OutboxEntry(**row) for row in rows)
-    return len(rows)
+    return len(rows) + len(revived)
 
 
 def backoff_delay(attempts: int, base_s: float, cap_s: float, rng: random.Random) -> float:

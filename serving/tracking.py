@@ -85,7 +85,11 @@ def start_run(settings: AppSettings, *, run_name: str, trigger: str, params: Map
         experiment_id(settings), run_name=run_name, tags={KIND_TAG: "retrain", TRIGGER_TAG: trigger[:250]}
     )
     run_id = str(run.info.run_id)
-    log_params(settings, run_id, params)
+    try:
+        log_params(settings, run_id, params)
+    except Exception:  # a run nobody will finish must not stay RUNNING
+        mlflow_client.set_terminated(run_id, status="FAILED")
+        raise
     return run_id
 
 

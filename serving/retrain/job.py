@@ -155,10 +155,11 @@ class RetrainJob:
         )
         outcome["mlflow_run_id"] = run_id
         self.mlflow_run_id = run_id
-        self.on_record(mlflow_run_id=run_id)
         staging = staging_dir(settings, run_id)
         pool = EmbedderPool([self.embedder], load=self.embedder_for or self._cached_embedder)
         try:
+            # Inside the try: a store that cannot record the run id must not leave the run RUNNING.
+            self.on_record(mlflow_run_id=run_id)
             return self._run(
                 run_id,
                 _Split(train, audits, stream, fresh, roles.cutoff, champion_version),
@@ -392,16 +393,7 @@ class RetrainJob:
             decision = GateDecision(False, champion_note)
         else:
             decision = gate(challenger, champion, audit_pi, settings.retrain)
-        moved = registry.champion_version(settings)
-        if decision.promote and moved != champion_version:
-            # An engineer promoted or rolled back meanwhile: this run was gated against another model.
-            was = "none" if champion_version is None else f"v{champion_version}"
-            decision = GateDecision(
-                False,
-                f"the champion moved during this run ({was} -> v{moved}), and this challenger was "
-                f"gated against {was}: not promoted (promote it by hand, or let the next run decide)",
-                decision.tests,
-            )
+        decision = _unless_moved(decision, champion_version, registry.champion_version(settings))
         for test in decision.tests:
             tracking.log_metrics(
                 settings,
@@ -437,6 +429,19 @@ class RetrainJob:
         # Once the alias has moved, the run's outcome is decided: what follows is bookkeeping, and a
         # failing MLflow call there must not mark a promoted run FAILED (best effort, logged).
         if decision.promote:
+            # Registering takes seconds to minutes (a tuned encoder): an engineer's promotion or
+            # rollback in that time must not be overridden by this run.
+            decision = _unless_moved(decision, champion_version, registry.champion_version(settings))
+            if not decision.promote:
+                outcome["gate_reason"] = decision.reason
+                _best_effort(
+                    "tag the version as not promoted",
+                    tracking.set_version_tags,
+                    settings,
+                    version,
+                    {"hitl.gate": "rejected", "hitl.gate_reason": decision.reason[:5000]},
+                )
+        if decision.promote:
             self.on_stage("promoting")
             report = self.promoter.promote(
                 version, reason=f"gate: {decision.reason}", actor=f"retrain:{trigger}"
@@ -463,7 +468,7 @@ class RetrainJob:
             lambda: tracking.client(settings).set_tag(run_id, "hitl.gate_reason", decision.reason[:5000]),
         )
 
-        self.on_stage("artifacts")
+        _best_effort("record the artifacts stage", self.on_stage, "artifacts")
         try:
             index = {c: i for i, c in enumerate(bundle.labels)}
             known = np.array([label in index for label in y_audit], dtype=bool)
@@ -536,6 +541,20 @@ def certify_from(bundle: ModelBundle) -> float | None:
     None for a bundle that certified on every audit, or one from before this was recorded."""
     value = bundle.metadata.get(CERTIFY_FROM)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _unless_moved(decision: GateDecision, gated_against: str | None, champion: str | None) -> GateDecision:
+    """`decision`, or a refusal when the champion is no longer the one the challenger was gated against
+    (an engineer promoted or rolled back meanwhile)."""
+    if not decision.promote or champion == gated_against:
+        return decision
+    was = "none" if gated_against is None else f"v{gated_against}"
+    return GateDecision(
+        False,
+        f"the champion moved during this run ({was} -> v{champion}), and this challenger was "
+        f"gated against {was}: not promoted (promote it by hand, or let the next run decide)",
+        decision.tests,
+    )
 
 
 def _best_effort(what: str, call: Callable[..., Any], *args: Any) -> None:

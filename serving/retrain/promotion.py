@@ -67,13 +67,20 @@ class Promoter:
         except Exception as exc:  # tags are informative only
             logger.warning("could not tag version %s: %s", version, type(exc).__name__)
         label = registry.version_label(self.settings, version)
-        self.store.record_model_event(
-            action=action,
-            version=label,
-            actor=actor,
-            reason=reason,
-            previous=None if previous is None else registry.version_label(self.settings, previous),
-        )
+        # The alias has moved: the promotion has happened, and nothing after this line may undo that
+        # or report it as failed. What fails from here is logged (and retried where it can be).
+        try:
+            self.store.record_model_event(
+                action=action,
+                version=label,
+                actor=actor,
+                reason=reason,
+                previous=None if previous is None else registry.version_label(self.settings, previous),
+            )
+        except Exception as exc:
+            logger.error(
+                "promoted %s, but the audit trail could not record it: %s", label, describe_error(exc)
+            )
         swapped = False
         model: LoadedModel | None = None
         if self.holder is not None:
@@ -107,12 +114,12 @@ class Promoter:
         return PromotionReport(version, swapped, ls_updated, resolved, reprioritized)
 
     def _update_labelstudio(self, label: str) -> bool:
-        project_id = self.store.project_by_title(self.settings.labelstudio.project_title)
-        if project_id is None:
-            return False
         from labeling.client import LabelStudioClient
 
         try:
+            project_id = self.store.project_by_title(self.settings.labelstudio.project_title)
+            if project_id is None:
+                return False
             with LabelStudioClient.from_settings(self.settings.labelstudio) as client:
                 client.set_model_version(project_id, label)
         except Exception as exc:  # Label Studio down, or no task of this version yet: retried later

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from learner.bundle import ModelBundle
 from learner.features import NgramMemo
@@ -107,8 +107,22 @@ class RetrainWorker:
             queued = session.scalars(
                 select(RetrainRun).where(RetrainRun.status == QUEUED).order_by(RetrainRun.id)
             ).first()
-            if queued is not None:
-                queued.reasons = [*queued.reasons, reason]
+            # Conditional: another replica's leader may claim that run between this read and this
+            # write, and a reason folded into a run already running would be lost.
+            coalesced = queued is not None and (
+                getattr(
+                    session.execute(
+                        update(RetrainRun)
+                        .where(RetrainRun.id == queued.id, RetrainRun.status == QUEUED)
+                        .values(reasons=[*queued.reasons, reason])
+                        .execution_options(synchronize_session=False)
+                    ),
+                    "rowcount",
+                    0,
+                )
+                == 1
+            )
+            if queued is not None and coalesced:
                 result = TriggerResult(queued.id, "coalesced")
             else:
                 row = RetrainRun(status=QUEUED, stage="queued", reasons=[reason], created_at=_now())
@@ -230,9 +244,21 @@ class RetrainWorker:
             ).first()
             if row is None:
                 return None
-            row.status, row.stage, row.started_at = RUNNING, "starting", _now()
-            row.correction_watermark = correction_watermark(self.store)
-            return row.id, list(row.reasons)
+            done = session.execute(
+                update(RetrainRun)
+                .where(RetrainRun.id == row.id, RetrainRun.status == QUEUED)
+                .values(
+                    status=RUNNING,
+                    stage="starting",
+                    started_at=_now(),
+                    correction_watermark=correction_watermark(self.store),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(done, "rowcount", 0) != 1:  # claimed by another leader between the read and the update
+                return None
+            reasons = session.scalar(select(RetrainRun.reasons).where(RetrainRun.id == row.id))
+            return row.id, list(reasons or [])
 
     def _update(self, run_id: int, **values: Any) -> None:
         with self.store.session() as session:

@@ -45,6 +45,29 @@ def test_one_leader_and_another_takes_over_when_its_connection_dies(postgres_url
         engine_b.dispose()
 
 
+def test_a_leader_checking_its_lock_leaves_no_transaction_open(postgres_url: str) -> None:
+    # A connection "idle in transaction" is what idle_in_transaction_session_timeout kills: the lock
+    # would go with it while the leader is mid-run.
+    engine = create_engine(postgres_url)
+    lock = PostgresLeaderLock(engine, "retrain-idle")
+    try:
+        assert lock.try_acquire()
+        assert lock.held
+        assert lock._connection is not None
+        pid = lock._connection.execute(text("SELECT pg_backend_pid()")).scalar()
+        lock._connection.commit()
+        assert lock.held
+        assert not lock._connection.in_transaction()
+        with create_engine(postgres_url, isolation_level="AUTOCOMMIT").connect() as admin:
+            state = admin.execute(
+                text("SELECT state FROM pg_stat_activity WHERE pid = :p"), {"p": pid}
+            ).scalar()
+        assert state == "idle"
+    finally:
+        lock.release()
+        engine.dispose()
+
+
 def test_concurrent_outbox_passes_claim_disjoint_entries(postgres_url: str, tmp_path: Path) -> None:
     settings = Settings(
         state_dir=tmp_path,

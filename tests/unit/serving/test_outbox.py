@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from hitl.settings import LabelStudioSettings, ServingSettings, Settings
 from labeling.config import Taxonomy
@@ -129,6 +129,28 @@ def test_enqueue_is_idempotent_per_item_and_version_and_a_newer_version_supersed
     assert "v2" in (rows[0].last_error or "")
     assert all(r.attempts == 0 for r in rows)
     assert Escalation.model_validate(rows[2].payload) == _esc(2)
+
+
+def test_a_rollback_delivers_the_older_versions_decision_again(tmp_path: Path) -> None:
+    # v1 escalated item-1 and its task was delivered; v2 re-scored it (pending); the champion is then
+    # rolled back to v1, whose re-score must move the task back instead of being skipped as known.
+    store = _store(tmp_path)
+    assert _enqueue(store, [_esc(1)]) == 1
+    with store.session() as session:
+        session.execute(update(OutboxEntry).values(status="delivered", attempts=1, task_id=41))
+    assert _enqueue(store, [_esc(1, "v2")], "v2") == 1
+    assert _enqueue(store, [_esc(1, priority=0.8)], "v1") == 1
+    v1, v2 = _entries(store)
+    assert (v1.model_version, v1.status, v1.attempts, v1.priority, v1.task_id) == (
+        "v1",
+        "pending",
+        0,
+        0.8,
+        41,
+    )
+    assert Escalation.model_validate(v1.payload).priority == 0.8
+    assert (v2.model_version, v2.status) == ("v2", "superseded")
+    assert _enqueue(store, [_esc(1)], "v1") == 0  # once it is the newest again, a repeat is skipped
 
 
 def _enqueue_then_fail(store: Store) -> None:

@@ -162,3 +162,38 @@ def test_a_worker_still_training_after_its_stop_keeps_the_lead_until_its_run_end
         second.stop()
         store.close()
         second.store.close()
+
+
+def test_a_trigger_never_folds_into_a_run_another_replica_claimed_meanwhile(tmp_path: Path) -> None:
+    from sqlalchemy import event, update
+
+    settings = retrain_settings(tmp_path)
+    store = Store(settings.database_url)
+    store.create_all()
+    worker = RetrainWorker(settings, store, embedder=BowEmbedder(), auto=False)
+    first = worker.trigger("corrections:200")
+    other = Store(settings.database_url)  # another replica's leader, claiming right after the read
+
+    claimed_once: list[bool] = []
+
+    def claim_after_the_read(conn: object, cursor: object, statement: str, *args: object) -> None:
+        read = statement.lstrip().upper().startswith("SELECT") and "retrain_runs" in statement
+        if read and not claimed_once:
+            claimed_once.append(True)
+            with other.session() as session:
+                session.execute(update(RetrainRun).values(status=RUNNING))
+
+    event.listen(store.engine, "after_cursor_execute", claim_after_the_read)
+    try:
+        second = worker.trigger("api:nightly")
+    finally:
+        event.remove(store.engine, "after_cursor_execute", claim_after_the_read)
+        worker.stop()
+        other.close()
+    assert claimed_once
+    assert second.status == "queued"
+    assert second.run_id != first.run_id
+    claimed = worker.get(first.run_id)
+    assert claimed is not None
+    assert claimed.reasons == ["corrections:200"]  # the claimed run was not changed behind its back
+    store.close()

@@ -346,6 +346,28 @@ def test_a_champion_moved_by_hand_during_a_run_is_never_overwritten_by_it(tmp_pa
     store.close()
 
 
+def test_a_champion_moved_by_hand_while_the_run_registers_is_never_overwritten_by_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, store = seeded(tmp_path)
+    assert run_once(settings, store).status == "promoted"  # v1
+    assert run_once(settings, store, shuffled_labels).status == "rejected"  # v2, a challenger
+    register = tracking.log_model_version
+
+    def rolled_forward_while_registering(*args: Any, **kwargs: Any) -> str:
+        registry.set_alias(settings, "2")  # after the gate, before the promotion
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(tracking, "log_model_version", rolled_forward_while_registering)
+    record = run_once(settings, store)
+    assert record.status == "rejected", record.error
+    assert "the champion moved during this run (v1 -> v2)" in (record.gate_reason or "")
+    assert registry.champion_version(settings) == "2"
+    version = tracking.client(settings).get_model_version(settings.mlflow.registered_model, "3")
+    assert version.tags["hitl.gate"] == "rejected"
+    store.close()
+
+
 def test_a_promotion_whose_model_cannot_load_yet_is_still_recorded_and_answers(
     fresh: tuple[Settings, Store],
 ) -> None:
@@ -364,3 +386,23 @@ def test_a_promotion_whose_model_cannot_load_yet_is_still_recorded_and_answers(
     assert report.swapped is False
     assert registry.champion_version(settings) == "1"
     assert [e.action for e in store.audit_trail(kind="model_event")][-1] == "promoted"
+
+
+def test_a_run_whose_id_cannot_be_recorded_is_not_left_running_in_mlflow(
+    fresh: tuple[Settings, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, store = fresh
+    update = RetrainWorker._update
+    refused: list[str] = []
+
+    def store_refuses_the_run_id(self: RetrainWorker, run_id: int, **values: Any) -> None:
+        if set(values) == {"mlflow_run_id"} and not refused:  # the first write of the id, once
+            refused.append(values["mlflow_run_id"])
+            raise RuntimeError("database is locked")
+        update(self, run_id, **values)
+
+    monkeypatch.setattr(RetrainWorker, "_update", store_refuses_the_run_id)
+    assert run_once(settings, store).status == "failed"
+    (run,) = tracking.client(settings).search_runs([tracking.experiment_id(settings)])
+    assert run.info.run_id == refused[0]
+    assert run.info.status == "FAILED"
