@@ -34,6 +34,12 @@ WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELE
 # item is always served first, across batches, whatever the strategy that computed the priority; and we
 # keep the project's `model_version` equal to the promoted model so the ordering never falls back to random.
 SAMPLING = "Uncertainty sampling"
+# Queue settings every project of ours has (set at creation, restored by a bootstrap): a skipped task
+# comes back to the reviewer who skipped it, after the rest of their queue (Label Studio's default
+# hands it to *other* reviewers only, so with one merchandiser a skipped audit left the queue for good);
+# and a submission with no category chosen is refused in the editor (Label Studio would count it as
+# finishing the task, while it is no label).
+QUEUE_SETTINGS: dict[str, object] = {"skip_queue": "REQUEUE_FOR_ME", "enable_empty_annotation": False}
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,7 @@ class LabelStudioClient:
             "sampling": SAMPLING,
             "show_skip_button": True,
             "maximum_annotations": 1,
+            **QUEUE_SETTINGS,
         }
         if model_version:
             body["model_version"] = model_version

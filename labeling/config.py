@@ -28,6 +28,11 @@ def _split(path: Sequence[str] | str) -> tuple[str, ...]:
     cleaned = tuple(p.strip() for p in parts)
     if not cleaned or any(not p for p in cleaned):
         raise ValueError(f"empty category name in path {path!r}")
+    for name in cleaned:
+        # Labels are the names joined by the separator: a name holding it could never be read back,
+        # and every review of it would be rejected.
+        if SEPARATOR in name:
+            raise ValueError(f"category name {name!r:.80} holds the level separator {SEPARATOR!r}")
     return cleaned
 
 

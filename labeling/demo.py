@@ -103,6 +103,9 @@ class SimulatedMerchandiser:
         self.truth = truth
         self.noise = noise
         self._rng = random.Random(seed)
+        # Skipped tasks come back to the reviewer who skipped them once the rest of the queue is done
+        # (`labeling.client.QUEUE_SETTINGS`): served one again, this reviewer's queue is done.
+        self._skipped: set[int] = set()
 
     def _answer(self, truth: str, suggested: list[str]) -> str:
         if self._rng.random() >= self.noise:
@@ -119,6 +122,8 @@ class SimulatedMerchandiser:
         if task is None:
             return None
         task_id = int(task["id"])
+        if task_id in self._skipped:
+            return None
         data: Mapping[str, Any] = task["data"] if isinstance(task.get("data"), dict) else {}
         item_id = str(data.get("item_id", ""))
         suggested = _suggested(data)
@@ -135,6 +140,7 @@ class SimulatedMerchandiser:
             reason=str(data.get("reason", "")),
         )
         if truth is None or truth not in self.taxonomy:
+            self._skipped.add(task_id)
             return seen if self._submit(task_id, [], cancelled=True) else replace(seen, gone=True)
         label = self._answer(truth, suggested)
         one_click = label in suggested

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from labeling.client import SAMPLING, WEBHOOK_PATH, LabelStudioClient, ProjectInfo
+from labeling.client import QUEUE_SETTINGS, SAMPLING, WEBHOOK_PATH, LabelStudioClient, ProjectInfo
 from labeling.config import Taxonomy, build_label_config
 from labeling.webhooks import SECRET_HEADER
 
@@ -55,6 +55,7 @@ def bootstrap_project(
             changes["label_config"] = label_config
         if project.get("sampling") != SAMPLING:
             changes["sampling"] = SAMPLING
+        changes.update({k: v for k, v in QUEUE_SETTINGS.items() if project.get(k) != v})
         if model_version and project.get("model_version") != model_version:
             changes["model_version"] = model_version
         if changes:

@@ -111,7 +111,9 @@ def closed_by_deleting(reason: str | None) -> bool:
 class PushLedger(Protocol):
     """Remembers what was pushed: one task per item, and what each model version added to it."""
 
-    def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]: ...
+    def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]:
+        """Items whose task last got this version's decision (pushing it again would change nothing)."""
+        ...
 
     def open_task_ids(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
         """The task of each item that still has one in the project (not closed)."""

@@ -32,7 +32,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -230,6 +230,13 @@ class _Due:
     id: int
     attempts: int
     escalation: Escalation
+    # Claimed by an earlier pass that never marked it (a crash, or a pass outliving its claim): its
+    # import may have landed, so it is looked for before importing it again.
+    claimed_before: bool = False
+
+    @property
+    def retried(self) -> bool:
+        return self.attempts > 0 or self.claimed_before
 
 
 def _short(exc: BaseException) -> str:
@@ -258,7 +265,7 @@ def _with_similar(
             describe_error(exc),
         )
         return entries
-    return [_Due(e.id, e.attempts, esc) for e, esc in zip(entries, filled, strict=True)]
+    return [replace(e, escalation=esc) for e, esc in zip(entries, filled, strict=True)]
 
 
 class OutboxWorker:
@@ -424,7 +431,9 @@ class OutboxWorker:
                 .execution_options(synchronize_session=False)
             )
             if getattr(won, "rowcount", 0) == 1:
-                taken.append(_Due(row.id, row.attempts, Escalation.model_validate(row.payload)))
+                # A claim moves next_attempt_at past created_at, which an unclaimed entry never has.
+                before = row.next_attempt_at > row.created_at
+                taken.append(_Due(row.id, row.attempts, Escalation.model_validate(row.payload), before))
         return taken
 
     def _deliver(
@@ -449,7 +458,7 @@ class OutboxWorker:
                 senior_review=bool(self.settings.labelstudio.senior_reviewers),
                 # A retried entry's earlier import may have landed though its answer was lost (a
                 # timeout): find its task instead of importing a second one.
-                adopt_existing=any(d.attempts > 0 for d in chunk),
+                adopt_existing=any(d.retried for d in chunk),
                 should_stop=self._stop.is_set,
             )
         except Exception as exc:  # any failure keeps the entries; only the kind decides retry vs dead

@@ -985,30 +985,70 @@ class Store:
 
     # ------------------------------------------------------------ pushed tasks
     def pushed_item_ids(self, model_version: str, item_ids: Sequence[str]) -> set[str]:
+        """Items whose task last got `model_version`'s decision: pushing it again changes nothing. An
+        item pushed for this version and then for another (the champion was rolled back to it) needs it
+        again."""
         found: set[str] = set()
         ids = list(dict.fromkeys(item_ids))
         with self.session() as session:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
-                found.update(
-                    session.scalars(
-                        select(PushedTask.item_id).where(
-                            PushedTask.model_version == model_version, PushedTask.item_id.in_(chunk)
-                        )
-                    ).all()
-                )
+                rows = session.execute(
+                    select(PushedTask.item_id, PushedTask.model_version)
+                    .where(PushedTask.item_id.in_(chunk))
+                    .order_by(PushedTask.pushed_at, PushedTask.id)
+                ).all()
+                latest = {item: version for item, version in rows}
+                found.update(item for item, version in latest.items() if version == model_version)
         return found
 
     def record_pushed(
         self, project_id: int, model_version: str, rows: Sequence[tuple[str, int, float]]
     ) -> None:
+        """One ledger row per item and version (recording one twice raises `IntegrityError`: two
+        deliveries of one decision). A version pushed again after another version's push (the champion
+        was rolled back to it) has its row moved to the task it is on now, as the item's newest."""
+        now = _now()
         with self.session() as session:
-            session.add_all(
-                PushedTask(
-                    item_id=i, model_version=model_version, project_id=project_id, task_id=t, priority=p
+            for item_id, task_id, priority in rows:
+                mine = aliased(PushedTask)
+                followed = exists().where(
+                    PushedTask.item_id == item_id,
+                    PushedTask.model_version != model_version,
+                    or_(
+                        PushedTask.pushed_at > mine.pushed_at,
+                        and_(PushedTask.pushed_at == mine.pushed_at, PushedTask.id > mine.id),
+                    ),
                 )
-                for i, t, p in rows
-            )
+                row_id = session.scalar(
+                    select(mine.id).where(
+                        mine.item_id == item_id, mine.model_version == model_version, followed
+                    )
+                )
+                if row_id is not None:
+                    session.execute(
+                        update(PushedTask)
+                        .where(PushedTask.id == row_id)
+                        .values(
+                            project_id=project_id,
+                            task_id=task_id,
+                            priority=priority,
+                            pushed_at=now,
+                            closed_at=None,
+                            close_reason=None,
+                        )
+                    )
+                else:
+                    session.add(
+                        PushedTask(
+                            item_id=item_id,
+                            model_version=model_version,
+                            project_id=project_id,
+                            task_id=task_id,
+                            priority=priority,
+                            pushed_at=now,
+                        )
+                    )
 
     def open_task_ids(self, project_id: int, item_ids: Sequence[str]) -> dict[str, int]:
         """The newest task of each item in the project that has not been closed."""
@@ -1023,7 +1063,7 @@ class Store:
                         PushedTask.item_id.in_(ids[start : start + 500]),
                         PushedTask.closed_at.is_(None),
                     )
-                    .order_by(PushedTask.id)
+                    .order_by(PushedTask.pushed_at, PushedTask.id)
                 ).all()
                 found.update({item: task for item, task in rows})
         return found

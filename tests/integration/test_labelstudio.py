@@ -78,7 +78,10 @@ def test_bootstrap_twice_gives_one_project_and_one_webhook(
     assert len(hooks) == 1
     assert sorted(hooks[0]["actions"]) == ["ANNOTATIONS_DELETED", "ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
     assert hooks[0]["headers"] == {SECRET_HEADER: settings.labelstudio.webhook_secret.get_secret_value()}
-    assert ls_client.get_project(project_id)["sampling"] == "Uncertainty sampling"
+    project = ls_client.get_project(project_id)
+    assert project["sampling"] == "Uncertainty sampling"
+    # A skipped task comes back to whoever skipped it; an empty submission is refused.
+    assert (project["skip_queue"], project["enable_empty_annotation"]) == ("REQUEUE_FOR_ME", False)
 
 
 def test_push_50_read_back_never_twice_and_most_useful_first(

@@ -73,3 +73,11 @@ def test_a_category_chosen_in_the_taxonomy_wins_over_the_preselected_suggestion(
     both = tax.result_for("A > x", suggested=True) + tax.result_for("B > y")
     assert label_from_result(both) == "B > y"
     assert label_from_result(list(reversed(both))) == "B > y"
+
+
+def test_a_category_name_holding_the_separator_is_refused() -> None:
+    # As a list path it was accepted and shown, but "Cables > 2m" reads back as two levels: every
+    # review of it was rejected and every escalation to it dead.
+    with pytest.raises(ValueError, match="holds the level separator"):
+        Taxonomy.from_paths([["Cables > 2m"], ["Cables > 5m"]])
+    assert "Cables >2m" in Taxonomy.from_paths([["Cables >2m"]])  # no separator: one name

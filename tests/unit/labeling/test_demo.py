@@ -118,6 +118,21 @@ def test_an_item_without_known_truth_is_skipped_not_labelled() -> None:
     assert queue.annotations == [(1, [], True)], "Label Studio's Skip: a cancelled annotation"
 
 
+def test_a_skipped_task_served_again_means_the_queue_is_done_for_this_reviewer() -> None:
+    class RequeueForMe(FakeQueue):  # the project's skip_queue: skipped tasks come back last
+        def next_task(self, project_id: int) -> dict[str, Any] | None:
+            done = {task_id for task_id, _, cancelled in self.annotations if not cancelled}
+            return next((t for t in self.tasks.values() if t["id"] not in done), None)
+
+    queue = RequeueForMe([task(1, "unknown", ["Home > Decor"])])
+    merchandiser = SimulatedMerchandiser(queue, 7, TAXONOMY, {})
+    first = merchandiser.review_next()
+    assert first is not None
+    assert first.skipped
+    assert merchandiser.review_next() is None
+    assert len(queue.annotations) == 1, "skipped once, not again and again"
+
+
 def test_a_task_that_vanished_while_open_is_reported_gone_and_the_queue_moves_on() -> None:
     queue = FakeQueue([task(1, "a", ["Home > Decor"]), task(2, "b", ["Home > Decor"])], vanish={1})
     merchandiser = SimulatedMerchandiser(queue, 7, TAXONOMY, {"a": "Home > Decor", "b": "Home > Decor"})

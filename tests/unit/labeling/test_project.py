@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from labeling.client import SAMPLING, LabelStudioClient
+from labeling.client import QUEUE_SETTINGS, SAMPLING, LabelStudioClient
 from labeling.config import Taxonomy, build_label_config
 from labeling.project import bootstrap_project
 
@@ -22,7 +22,7 @@ class ProjectsApi:
 
     def create_project(self, title: str, label_config: str, *, model_version: str | None) -> dict[str, Any]:
         self.calls.append("create")
-        self.project = {"id": 4, "label_config": label_config, "sampling": SAMPLING}
+        self.project = {"id": 4, "label_config": label_config, "sampling": SAMPLING, **QUEUE_SETTINGS}
         return dict(self.project)
 
     def update_project(self, project_id: int, **changes: Any) -> None:
@@ -63,3 +63,17 @@ def test_the_taxonomy_is_recorded_before_a_reviewer_can_choose_from_it() -> None
     api.calls.clear()
     bootstrap(api, NEW, model_version="v2")  # no config change: nothing to record first
     assert api.calls == ["update:model_version", "webhook"]
+
+
+def test_a_project_made_before_the_queue_settings_gets_them() -> None:
+    api = ProjectsApi()
+    bootstrap(api, OLD)
+    assert api.project is not None
+    api.project.update(
+        skip_queue="REQUEUE_FOR_OTHERS", enable_empty_annotation=True
+    )  # Label Studio's defaults
+    api.calls.clear()
+    bootstrap(api, OLD)
+    assert api.calls == ["update:enable_empty_annotation,skip_queue", "webhook"]
+    assert api.project["skip_queue"] == "REQUEUE_FOR_ME"
+    assert api.project["enable_empty_annotation"] is False

@@ -199,6 +199,30 @@ def test_an_import_whose_answer_was_lost_is_adopted_not_imported_twice(tmp_path:
     assert {r.status for r in rows} == {"delivered"}
 
 
+def test_an_import_whose_pass_died_is_adopted_not_imported_twice(tmp_path: Path) -> None:
+    # The process died after the import landed and before the entries were marked: they are due again
+    # once the claim runs out, with no failed attempt on record.
+    store, settings, clock = _store(tmp_path), _settings(tmp_path), Clock()
+    _enqueue(store, [_esc(i, priority=i / 10) for i in range(1, 4)])
+
+    class DiesAfterImport(FlakyLabelStudio):
+        def import_tasks(self, project_id: int, tasks: Sequence[Mapping[str, Any]]) -> list[int]:
+            super().import_tasks(project_id, tasks)
+            raise KeyboardInterrupt  # the process is killed here
+
+    dying = DiesAfterImport()
+    with pytest.raises(KeyboardInterrupt):
+        _worker(store, settings, dying, clock).run_once()
+    assert len(dying.imported) == 3
+    assert {r.attempts for r in _entries(store)} == {0}
+    clock.now += timedelta(seconds=settings.serving.outbox_claim_s + 1)
+    restarted = FlakyLabelStudio()
+    restarted.imported = dying.imported  # the same Label Studio
+    report = _worker(store, settings, restarted, clock).run_once()
+    assert report.delivered == 3
+    assert len(restarted.imported) == 3, "the tasks were found, not imported a second time"
+
+
 def test_failures_back_off_then_deliver_exactly_once(tmp_path: Path) -> None:
     store, settings, clock = _store(tmp_path), _settings(tmp_path), Clock()
     _enqueue(store, [_esc(i, priority=i / 10) for i in range(1, 4)])

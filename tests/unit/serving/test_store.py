@@ -96,6 +96,21 @@ def test_pushed_tasks_unique_per_item_and_version(store: Store) -> None:
         store.record_pushed(1, "v1", [("a", 102, 0.9)])
 
 
+@pytest.mark.every_database
+def test_a_rollback_pushes_the_older_version_to_an_item_again(store: Store) -> None:
+    store.record_pushed(1, "v1", [("a", 100, 0.9)])
+    store.record_pushed(1, "v2", [("a", 100, 0.8)])  # the next champion's decision on the same task
+    assert store.pushed_item_ids("v1", ["a"]) == set()  # rolled back to v1: its decision must go again
+    assert store.pushed_item_ids("v2", ["a"]) == {"a"}
+    store.record_closed(1, "v2", [("a", 100, "auto-accepted")])
+    store.record_pushed(1, "v1", [("a", 105, 0.7)])  # a new task for it
+    assert store.pushed_item_ids("v1", ["a"]) == {"a"}
+    assert store.pushed_item_ids("v2", ["a"]) == set()
+    assert store.open_task_ids(1, ["a"]) == {"a": 105}
+    with pytest.raises(IntegrityError, match=r"(?i)unique"):  # v1 is the newest again: a repeat is refused
+        store.record_pushed(1, "v1", [("a", 106, 0.7)])
+
+
 def test_project_taxonomy_round_trip(store: Store) -> None:
     tax = Taxonomy.from_paths(["A > x", "B > y"])
     store.save_project(5, "Products", 9, tax)
@@ -173,7 +188,8 @@ def test_one_open_task_per_item_until_it_is_closed_with_a_reason_in_the_audit_tr
     assert store.open_task_ids(8, ["a"]) == {}  # another project
     store.record_closed(7, "v2", [("a", 101, "auto-accepted by model v2 at confidence 0.97")])
     assert store.open_task_ids(7, ["a", "b"]) == {"b": 102}
-    assert store.pushed_item_ids("v1", ["a"]) == {"a"}  # the ledger keeps what was pushed
+    # The ledger says which version's decision the task got last (v1's was replaced by v2's).
+    assert (store.pushed_item_ids("v1", ["a"]), store.pushed_item_ids("v2", ["a"])) == (set(), {"a"})
     events = store.audit_trail(item_id="a", kind="labelstudio_task")
     assert [(e.action, e.before, e.actor) for e in events] == [("task_closed", "101", "model:v2")]
     assert events[0].details["reason"].startswith("auto-accepted by model v2")
