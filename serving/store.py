@@ -1135,8 +1135,11 @@ class Store:
         for state in latest.values():
             if state.task_id is not None:
                 by_task.setdefault((state.task_id, state.item_id), []).append(state)
-        held = {
-            (int(m.details.get("task_id", -1)), m.item_id): m.action == HELD
+        held: dict[tuple[int, str | None], tuple[bool, int]] = {
+            (int(m.details.get("task_id", -1)), m.item_id): (
+                m.action == HELD,
+                int(m.details.get("overlap") or 0),
+            )
             for m in marks
             if m.details.get("project_id") == project_id
         }
@@ -1146,7 +1149,14 @@ class Store:
         ):
             labelled = any(s.action in ("created", "updated") for s in task_states)
             hold = not labelled and any(s.action == "proposed" for s in task_states)
-            if hold != held.get((task_id, item_id), False):
+            was_held, overlap = held.get((task_id, item_id), (False, 0))
+            # Held for one more annotator, and another junior took that place: Label Studio counts the
+            # task done and it leaves every queue, the seniors' too. Held again, for one more.
+            annotators = {
+                s.reviewer_id for s in task_states if s.action in ("proposed", "created", "updated")
+            }
+            outgrown = hold and was_held and len(annotators) >= overlap
+            if hold != was_held or outgrown:
                 changes.append(SeniorHold(task_id=task_id, item_id=item_id, hold=hold))
         return changes
 

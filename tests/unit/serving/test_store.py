@@ -207,8 +207,12 @@ def test_a_task_with_only_proposals_is_held_for_a_senior_until_a_label_releases_
     store.record_hold(1, hold, overlap=2)
     assert store.senior_holds(1) == []  # recorded: nothing to change until the next state
 
-    # A second junior's proposal keeps it held; a senior's label releases it.
+    # A second junior took the place held for a senior (overlap 2, two annotators: Label Studio counts
+    # the task done): held again, for one more.
     store.record_correction(replace(proposal, annotation_id=2, reviewer_id=3))
+    (again,) = store.senior_holds(1)
+    assert (again.task_id, again.hold) == (40, True)
+    store.record_hold(1, again, overlap=3)
     assert store.senior_holds(1) == []
     label = correction(3, label="Boots", task_id=40, item_id="sku-x", updated_at=T0 + timedelta(minutes=1))
     store.record_correction(label)
@@ -222,6 +226,7 @@ def test_a_task_with_only_proposals_is_held_for_a_senior_until_a_label_releases_
         ("review", "proposed", "Shoes"),
         ("labelstudio_task", HELD, None),
         ("review", "proposed", "Shoes"),
+        ("labelstudio_task", HELD, None),
         ("review", "corrected", "Boots"),
         ("labelstudio_task", RELEASED, None),
     ]
