@@ -215,11 +215,21 @@ class RetrainWorker:
         if not self.leader.try_acquire():
             return False
         orphaned: list[str] = []
-        with self.store.session() as session:
-            for row in session.scalars(select(RetrainRun).where(RetrainRun.status == RUNNING)).all():
-                row.status, row.error, row.finished_at = FAILED, "interrupted (the server stopped)", _now()
-                if row.mlflow_run_id:
-                    orphaned.append(row.mlflow_run_id)
+        try:
+            with self.store.session() as session:
+                for row in session.scalars(select(RetrainRun).where(RetrainRun.status == RUNNING)).all():
+                    row.status, row.error, row.finished_at = (
+                        FAILED,
+                        "interrupted (the server stopped)",
+                        _now(),
+                    )
+                    if row.mlflow_run_id:
+                        orphaned.append(row.mlflow_run_id)
+        except Exception:
+            # Leading without this cleanup would leave those runs "running" (and `hitl retrain` waiting)
+            # for as long as this replica leads: let go, and take the lead with the cleanup next time.
+            self.leader.release()
+            raise
         for mlflow_run_id in orphaned:  # else they stay RUNNING in MLflow forever
             self._end_orphan(mlflow_run_id)
             # A killed run leaves its staged bundle (with a tuned encoder, ~90 MB) behind.

@@ -197,3 +197,31 @@ def test_a_trigger_never_folds_into_a_run_another_replica_claimed_meanwhile(tmp_
     assert claimed is not None
     assert claimed.reasons == ["corrections:200"]  # the claimed run was not changed behind its back
     store.close()
+
+
+def test_a_leader_that_cannot_fail_the_orphaned_runs_lets_go_and_cleans_up_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = retrain_settings(tmp_path)
+    store = Store(settings.database_url)
+    store.create_all()
+    with store.session() as session:
+        session.add(RetrainRun(status=RUNNING, stage="training", reasons=["before a crash"]))
+    worker = RetrainWorker(settings, store, embedder=BowEmbedder(), auto=False)
+    session = store.session
+
+    def locked() -> object:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(store, "session", locked)
+    try:
+        with pytest.raises(RuntimeError, match="locked"):
+            worker._lead()
+        assert not worker.leader.held, "no leading with runs left 'running'"
+        monkeypatch.setattr(store, "session", session)
+        assert worker._lead()
+        (run,) = worker.runs()
+        assert (run.status, run.error) == (FAILED, "interrupted (the server stopped)")
+    finally:
+        worker.stop()
+        store.close()
