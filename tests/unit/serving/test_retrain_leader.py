@@ -205,8 +205,8 @@ def test_a_leader_that_cannot_fail_the_orphaned_runs_lets_go_and_cleans_up_next_
     settings = retrain_settings(tmp_path)
     store = Store(settings.database_url)
     store.create_all()
-    with store.session() as session:
-        session.add(RetrainRun(status=RUNNING, stage="training", reasons=["before a crash"]))
+    with store.session() as db:
+        db.add(RetrainRun(status=RUNNING, stage="training", reasons=["before a crash"]))
     worker = RetrainWorker(settings, store, embedder=BowEmbedder(), auto=False)
     session = store.session
 
