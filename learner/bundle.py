@@ -15,10 +15,12 @@ half-written bundle has no manifest and is rejected as incomplete.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -39,6 +41,14 @@ BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 HEAD_WEIGHTS_NAME = "head.npz"
 BUNDLE_REF_PREFIX = "bundle:"
+
+
+def _bundled_subfolder(encoder_ref: str) -> str:
+    """The folder a ``bundle:<subdir>`` encoder_ref names, checked to lie inside the bundle."""
+    sub = encoder_ref[len(BUNDLE_REF_PREFIX) :]
+    if not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
+        raise BundleFormatError(f"encoder_ref {encoder_ref!r} must name a subfolder of the bundle")
+    return sub
 
 
 def _sha256(path: Path) -> str:
@@ -191,11 +201,7 @@ class ModelBundle:
         files: dict[str, str] = {}
 
         if self.encoder_ref.startswith(BUNDLE_REF_PREFIX):
-            sub = self.encoder_ref[len(BUNDLE_REF_PREFIX) :]
-            if not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
-                raise BundleFormatError(
-                    f"encoder_ref {self.encoder_ref!r} must name a subfolder of the bundle"
-                )
+            sub = _bundled_subfolder(self.encoder_ref)
             dest = target / sub
             if not dest.is_dir():
                 origin = self.source_dir / sub if self.source_dir is not None else None
@@ -203,14 +209,18 @@ class ModelBundle:
                     raise BundleFormatError(
                         f"encoder_ref {self.encoder_ref!r}: no encoder folder at {str(dest)!r} to bundle"
                     )
-                shutil.copytree(origin, dest)
+                # Copied beside, then renamed: an interrupted copy never passes for the encoder.
+                partial = dest.with_name(f".{dest.name}.partial")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(origin, partial)
+                partial.rename(dest)
 
         state = self.head.get_state()
         tensors: dict[str, NDArray[Any]] = state["tensors"]
-        head_path = target / HEAD_WEIGHTS_NAME
-        with replaced_atomically(head_path) as tmp, tmp.open("wb") as out:
-            np.savez(out, allow_pickle=False, **tensors)
-        files[HEAD_WEIGHTS_NAME] = _sha256(head_path)
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **tensors)
+        head_bytes = buffer.getvalue()
+        files[HEAD_WEIGHTS_NAME] = hashlib.sha256(head_bytes).hexdigest()
 
         meta = {"n_labels": len(self.labels), **self.metadata}
         meta.setdefault("package_version", _package_version())
@@ -233,7 +243,11 @@ class ModelBundle:
             "files": files,
             "metadata": _jsonable(meta),
         }
+        # Serialised before anything is written: a manifest that cannot be written (metadata no JSON
+        # can hold) leaves a bundle already in `directory` as it was.
         text = json.dumps(manifest, indent=2, allow_nan=False, ensure_ascii=False)
+        with replaced_atomically(target / HEAD_WEIGHTS_NAME) as tmp:
+            tmp.write_bytes(head_bytes)
         with replaced_atomically(target / MANIFEST_NAME) as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")
         return target
@@ -275,6 +289,13 @@ class ModelBundle:
 
         try:
             files: dict[str, str] = manifest["files"]
+            if not isinstance(files, dict) or HEAD_WEIGHTS_NAME not in files:
+                raise BundleFormatError(f"{manifest_path} is corrupt: 'files' must list {HEAD_WEIGHTS_NAME}")
+            for name in files:  # all checked before any is read
+                if Path(name).is_absolute() or ".." in Path(name).parts:
+                    raise BundleFormatError(
+                        f"{manifest_path} is corrupt: {name!r} is not a file of the bundle"
+                    )
             for name, expected in files.items():
                 path = source / name
                 if not path.is_file():
@@ -290,7 +311,7 @@ class ModelBundle:
             try:
                 with np.load(source / HEAD_WEIGHTS_NAME, allow_pickle=False) as npz:
                     tensors = {name: npz[name] for name in head_info["tensors"]}
-            except (OSError, ValueError, KeyError) as exc:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
                 raise BundleFormatError(f"{source / HEAD_WEIGHTS_NAME} is corrupt: {exc}") from exc
             head = TorchHeadClassifier.from_state(
                 {
@@ -316,11 +337,14 @@ class ModelBundle:
             )
         except BundleFormatError:
             raise
-        except (KeyError, TypeError, ValueError) as exc:
+        # RuntimeError: torch refusing the head's shapes (a tampered n_features asks for terabytes).
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
             raise BundleFormatError(
                 f"{manifest_path} is corrupt or inconsistent: {type(exc).__name__}: {exc}"
             ) from exc
 
+        if bundle.encoder_ref.startswith(BUNDLE_REF_PREFIX):
+            _bundled_subfolder(bundle.encoder_ref)  # never a folder outside the bundle
         if (
             bundle.encoder_ref.startswith(BUNDLE_REF_PREFIX)
             and not Path(bundle.resolve_encoder_ref()).is_dir()

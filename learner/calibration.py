@@ -133,7 +133,10 @@ def softmax(logits: ArrayLike, temperature: float = 1.0) -> NDArray[np.float64]:
     """
     if not (np.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    z = _check_logits(logits) / temperature
+    with np.errstate(over="ignore"):
+        z = _check_logits(logits) / temperature
+    if not np.all(np.isfinite(z)):  # 1e308 / 0.5: finite logits, an infinite ratio
+        raise ValueError(f"logits / temperature overflow at temperature {temperature:g}")
     z -= z.max(axis=1, keepdims=True)
     e = np.exp(z)
     out: NDArray[np.float64] = e / e.sum(axis=1, keepdims=True)

@@ -57,7 +57,7 @@ from learner.thresholds import (
     ClassThresholds,
     acceptance_confidence,
     check_acceptance_score,
-    default_candidates,
+    check_candidates,
 )
 
 Guarantee = Literal["high_probability", "expected"]
@@ -189,9 +189,7 @@ def evidence_of(
         raise CertificationError(
             f"audit strata {missing} have no stream items: the stream must include the audits"
         )
-    grid = (
-        default_candidates() if candidates is None else np.unique(np.asarray(candidates, float))[::-1].copy()
-    )
+    grid = check_candidates(candidates)
     pred = np.argmax(p, axis=1)
     return Evidence(
         confidence=acceptance_confidence(p, options.score),

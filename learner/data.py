@@ -216,9 +216,14 @@ class Product(BaseModel):
         for position, level in enumerate(value, start=1):
             if not isinstance(level, str):
                 raise ValueError(f"category level {position} is {type(level).__name__}, not a string")
-            level = level.strip()
+            level = check_text(level, f"category level {position}").strip()
             if not level:
                 raise ValueError(f"category level {position} is empty")
+            if LABEL_SEPARATOR in level:  # labels join the levels with it: it could not be read back
+                raise ValueError(
+                    f"category level {position} holds the level separator {LABEL_SEPARATOR!r}; "
+                    "give each level as its own list item"
+                )
             if level.casefold() == UNLABELED_MARKER:
                 break
             levels.append(level)
@@ -560,6 +565,8 @@ def _csv_record(cells: dict[str, str]) -> dict[str, Any] | str:
             record["category"] = json.loads(category)
         except json.JSONDecodeError as exc:
             return f"category: invalid JSON list ({exc.msg})"
+        except (ValueError, RecursionError):  # a number of thousands of digits, nesting beyond any list
+            return "category: not a JSON list of names (too deeply nested, or a number too long)"
     else:
         record["category"] = [level.strip() for level in category.split(LABEL_SEPARATOR.strip())]
     return record
@@ -708,7 +715,9 @@ def build_dataset(products: Iterable[Product], *, level: int, min_class_size: in
         labels=_object_array([label for _, label in kept]),
         prices=np.array([np.nan if p.price is None else p.price for p, _ in kept], dtype=np.float64),
         brands=_object_array([p.brand for p, _ in kept]),
-        groups=_object_array([normalize_title(p.title) for p, _ in kept]),
+        # A title of emoji or punctuation only has no key: its own group, not one with every such title
+        # (no title key holds a colon).
+        groups=_object_array([normalize_title(p.title) or f"id:{p.id}" for p, _ in kept]),
         dropped_classes=dropped,
         n_unlabeled=n_unlabeled,
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -76,8 +77,13 @@ def _luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _ascii_digits(text: str) -> str:
+    """Any script's decimal digits ("٤١١١", "４１５") as ASCII ones: the checks below read ASCII."""
+    return text if text.isascii() else "".join(str(unicodedata.digit(ch)) for ch in text)
+
+
 def _groups(run: str) -> list[_Group]:
-    return [_Group(m.start(), m.end(), m.group()) for m in _DIGIT_GROUP.finditer(run)]
+    return [_Group(m.start(), m.end(), _ascii_digits(m.group())) for m in _DIGIT_GROUP.finditer(run)]
 
 
 def _is_card(window: list[_Group], run: str) -> bool:

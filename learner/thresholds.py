@@ -192,7 +192,9 @@ def _check_level(value: float, name: str) -> None:
         raise ValueError(f"{name} must be a number strictly between 0 and 1, got {value!r}")
 
 
-def _check_candidates(candidates: ArrayLike | None) -> NDArray[np.float64]:
+def check_candidates(candidates: ArrayLike | None) -> NDArray[np.float64]:
+    """The candidate thresholds, strictest first (`default_candidates` for None); ValueError for an
+    empty grid or one holding NaN or infinities."""
     if candidates is None:
         return default_candidates()
     c = np.asarray(candidates, dtype=np.float64)
@@ -284,7 +286,7 @@ def fit_class_thresholds(
     _check_level(delta, "delta")
     if isinstance(min_samples, bool) or not isinstance(min_samples, int | np.integer) or min_samples < 1:
         raise ValueError(f"min_samples must be a positive integer, got {min_samples!r}")
-    grid = _check_candidates(candidates)
+    grid = check_candidates(candidates)
     eps = 1.0 - float(target)
     n_min = min_accepted_to_pass(target, delta)
     n_classes = p.shape[1]
@@ -453,7 +455,7 @@ def fit_pooled_thresholds(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not 0.0 <= start_share < 1.0:
         raise ValueError(f"start_share must be in [0, 1), got {start_share!r}")
-    grid = _check_candidates(candidates)
+    grid = check_candidates(candidates)
     eps = 1.0 - float(target)
     n_classes = p.shape[1]
     pred = np.argmax(p, axis=1)

@@ -299,7 +299,10 @@ def train_bundle(
     if x_test is not None and y_test is not None and len(y_test) > 0:
         y_idx = label_indices(y_test, classes)
         seen = y_idx >= 0
-        report = evaluate(bundle.predict_proba(x_test[seen]), y_idx[seen], thresholds, config.target_accuracy)
+        if seen.any():  # a test split of classes the head never saw has nothing to report on
+            report = evaluate(
+                bundle.predict_proba(x_test[seen]), y_idx[seen], thresholds, config.target_accuracy
+            )
     return TrainingResult(
         bundle=bundle,
         ece_before=float(ece_before),

@@ -234,8 +234,23 @@ class RetrainWorker:
             self._end_orphan(mlflow_run_id)
             # A killed run leaves its staged bundle (with a tuned encoder, ~90 MB) behind.
             shutil.rmtree(staging_dir(self.settings, mlflow_run_id), ignore_errors=True)
+        self._resume_labelstudio_version()
         logger.info("this replica runs the retrain worker (leader)")
         return True
+
+    def _resume_labelstudio_version(self) -> None:
+        """A new leader makes sure Label Studio shows the champion's version: a promotion whose update
+        of it failed was retried only by the process that made it (a restart, or a promotion by hand
+        on another replica, left Label Studio on the old version)."""
+        from serving import registry
+
+        try:
+            champion = registry.champion_version(self.settings)
+        except Exception as exc:  # the registry is down: the next promotion sets it
+            logger.warning("could not read the champion to update Label Studio: %s", describe_error(exc))
+            return
+        if champion is not None and self.promoter.pending_labelstudio is None:
+            self.promoter.pending_labelstudio = registry.version_label(self.settings, champion)
 
     def _end_orphan(self, mlflow_run_id: str) -> None:
         from serving import tracking

@@ -152,6 +152,57 @@ def test_corrupt_files(bundle: ModelBundle, tmp_path: Path) -> None:
         ModelBundle.load(tmp_path)
 
 
+def test_a_save_that_fails_leaves_the_bundle_already_there_as_it_was(
+    bundle: ModelBundle, tmp_path: Path
+) -> None:
+    bundle.save(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    bundle.metadata["not_json"] = {1, 2}  # a set: no manifest can hold it
+    with pytest.raises(TypeError):
+        bundle.save(tmp_path)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    ModelBundle.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        (["head.npz"], "must list head.npz"),
+        ({}, "must list head.npz"),
+        ({"head.npz": "0" * 64, "/etc/hostname": "0" * 64}, "not a file of the bundle"),
+        ({"head.npz": "0" * 64, "../x": "0" * 64}, "not a file of the bundle"),
+    ],
+)
+def test_a_manifest_whose_files_are_malformed_is_refused(
+    bundle: ModelBundle, tmp_path: Path, files: object, reason: str
+) -> None:
+    bundle.save(tmp_path)
+    _edit_manifest(tmp_path, files=files)
+    with pytest.raises(BundleFormatError, match=reason):
+        ModelBundle.load(tmp_path)
+
+
+def test_tampered_contents_are_refused_not_crashed_on(bundle: ModelBundle, tmp_path: Path) -> None:
+    import hashlib
+
+    bundle.save(tmp_path)
+    weights = tmp_path / HEAD_WEIGHTS_NAME
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated, with a manifest that agrees
+    _edit_manifest(tmp_path, files={HEAD_WEIGHTS_NAME: hashlib.sha256(weights.read_bytes()).hexdigest()})
+    with pytest.raises(BundleFormatError, match=r"head\.npz is corrupt"):
+        ModelBundle.load(tmp_path)
+    bundle.save(tmp_path)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    manifest["head"]["n_features"] = 10**13
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(BundleFormatError, match="inconsistent"):
+        ModelBundle.load(tmp_path)
+    bundle.save(tmp_path)
+    _edit_manifest(tmp_path, encoder_ref="bundle:../..")
+    with pytest.raises(BundleFormatError, match="must name a subfolder"):
+        ModelBundle.load(tmp_path)
+
+
 def test_inconsistent_manifest(bundle: ModelBundle, tmp_path: Path) -> None:
     bundle.save(tmp_path)
     _edit_manifest(tmp_path, labels=LABELS[:2])

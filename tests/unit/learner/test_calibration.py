@@ -223,3 +223,11 @@ def test_check_labels() -> None:
         check_labels(["a", "b"], 2, 3)
     with pytest.raises(ValueError, match=r"outside \[0, 3\); first is -1 at position 1"):
         check_labels([0, -1], 2, 3)
+
+
+@pytest.mark.parametrize(("logits", "temperature"), [([[1e308, 0.0]], 0.5), ([[3.0, 1.0]], 1e-320)])
+def test_softmax_refuses_a_temperature_that_overflows_the_logits(
+    logits: list[list[float]], temperature: float
+) -> None:
+    with pytest.raises(ValueError, match="overflow"):
+        softmax(logits, temperature)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
@@ -337,3 +339,13 @@ def test_both_guarantees_hold_on_the_design_production_certifies_on() -> None:
     violations = sum(e > 1 - TARGET for e, _ in high)
     # 3 binomial standard errors of a share delta over STREAMS draws (~0.038), as above.
     assert violations / STREAMS <= DELTA + 3 * np.sqrt(DELTA * (1 - DELTA) / STREAMS)
+
+
+@pytest.mark.parametrize("candidates", [[], [0.9, float("nan")], [[0.9, 0.5]]])
+def test_a_malformed_candidate_grid_is_refused_with_a_reason(candidates: list[Any]) -> None:
+    conf = np.full(10, 0.9)
+    strata = np.zeros(10, dtype=np.int64)
+    with pytest.raises(ValueError, match="non-empty 1-D array of finite numbers"):
+        certify_thresholds(
+            two_class(conf), np.zeros(10, dtype=np.int64), strata, conf, strata, candidates=candidates
+        )

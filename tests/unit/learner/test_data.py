@@ -630,3 +630,41 @@ def test_a_bad_price_is_quoted_with_personal_data_masked(tmp_path: Path) -> None
         (problem,) = load_catalog(path, strict=False).problems
         assert "jane.doe@example.com" not in problem.reason
         assert "[EMAIL]" in problem.reason
+
+
+def test_category_levels_are_checked_like_every_other_text(tmp_path: Path) -> None:
+    jsonl = tmp_path / "c.jsonl"
+    lines = [
+        {"id": "a", "title": "Mug", "category": ["Home", "Cables > 2m"]},
+        {"id": "b", "title": "Kettle", "category": ["Home", "A\u0000B"]},
+        {"id": "c", "title": "Lamp", "category": ["Home", "Lights"]},
+    ]
+    jsonl.write_text(
+        "\n".join(json.dumps(line) for line in lines)
+        + '\n{"id": "d", "title": "x", "category": ["B\\ud800"]}\n'
+    )
+    catalog = load_catalog(jsonl, strict=False)
+    assert [p.id for p in catalog.products] == ["c"]
+    reasons = {problem.line: problem.reason for problem in catalog.problems}
+    assert "level separator" in reasons[1]
+    assert "NUL" in reasons[2]
+    assert "surrogate" in reasons[4]
+
+
+def test_a_csv_category_cell_json_cannot_read_is_a_problem_on_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.csv"
+    rows = ["id,title,category", "a,Mug,Home > Mugs", f'b,Kettle,"[{"1" * 5000}]"', f"c,Lamp,{'[' * 100_000}"]
+    path.write_text("\n".join(rows) + "\n")
+    catalog = load_catalog(path, strict=False)
+    assert [p.id for p in catalog.products] == ["a"]
+    assert [problem.line for problem in catalog.problems] == [3, 4]
+    assert all("not a JSON list" in problem.reason for problem in catalog.problems)
+
+
+def test_titles_without_letters_or_digits_are_each_their_own_group() -> None:
+    products = [
+        Product(id=f"p{i}", title=t, category=["A" if i % 2 else "B"])
+        for i, t in enumerate(["🎉", "!!!", "★", "Mug"] * 5)
+    ]
+    dataset = build_dataset(products, level=1, min_class_size=1)
+    assert len(set(dataset.groups)) == 16  # 15 keyless titles apart, the 5 "Mug" together

@@ -237,3 +237,17 @@ def test_describe_error_names_the_type_and_masks_secrets_and_personal_data() -> 
     assert describe_error(exc) == "RuntimeError: upload to https://[SECRET]@store.corp/b failed for [EMAIL]"
     assert describe_error(KeyError()) == "KeyError"
     assert len(describe_error(ValueError("x" * 5000), 300)) == 300
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("card ٤١١١١١١١١١١١١١١١", "card [CARD]"),  # Arabic-Indic digits
+        ("card ４１１１ １１１１ １１１１ １１１１", "card [CARD]"),  # full-width
+        ("tel ４１５-５５５-２６７１", "tel [PHONE]"),
+        ("call +४४ २० ७९४६ ०९५८", "call [PHONE]"),  # Devanagari
+        ("SKU ١٢٣٤٥٦٧٨٩٠١", "SKU ١٢٣٤٥٦٧٨٩٠١"),  # a bare run stays a code, as in ASCII
+    ],
+)
+def test_numbers_in_any_script_are_masked_as_their_ascii_forms_are(text: str, expected: str) -> None:
+    assert mask_pii(text) == expected

@@ -79,3 +79,23 @@ def test_what_a_certificate_accepts_does_not_depend_on_the_temperature_fitted_on
         np.testing.assert_array_equal(mask, accepted[1.0], err_msg=f"temperature {temperature}")
     # The top-class probability is no monotone map of its value at temperature 1: its grid stays fixed.
     np.testing.assert_array_equal(certification_grid(2.0, "top_probability"), default_candidates())
+
+
+def test_a_test_split_of_classes_the_head_never_saw_gives_no_report_not_a_crash() -> None:
+    rng = np.random.default_rng(0)
+    y_idx = np.repeat(np.arange(2), 60)
+    x = ((np.eye(2, 8) * 3.0)[y_idx] + rng.standard_normal((120, 8))).astype(np.float32)
+    y = [str(v) for v in y_idx]
+    config = training_config(LearnerSettings(device="cpu", features="embedding"), device="cpu")
+    result = train_bundle(
+        x[::2],
+        y[::2],
+        x[1::2],
+        y[1::2],
+        config=config,
+        encoder_ref="t",
+        encoder_id="t",
+        x_test=x[:3],
+        y_test=["z"] * 3,
+    )
+    assert result.test_report is None

@@ -406,3 +406,16 @@ def test_a_run_whose_id_cannot_be_recorded_is_not_left_running_in_mlflow(
     (run,) = tracking.client(settings).search_runs([tracking.experiment_id(settings)])
     assert run.info.run_id == refused[0]
     assert run.info.status == "FAILED"
+
+
+def test_a_new_leader_sets_label_studio_to_the_champions_version(fresh: tuple[Settings, Store]) -> None:
+    # A promotion whose Label Studio update failed was retried only by the process that made it.
+    settings, store = fresh
+    assert run_once(settings, store).status == "promoted"
+    worker = RetrainWorker(settings, store, embedder=BowEmbedder(), auto=False)
+    try:
+        assert worker.promoter.pending_labelstudio is None
+        assert worker._lead()
+        assert worker.promoter.pending_labelstudio == registry.version_label(settings, "1")
+    finally:
+        worker.stop()
