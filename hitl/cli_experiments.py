@@ -225,7 +225,8 @@ AuditOpt = Annotated[
     typer.Option(
         "--audit-share",
         help="expected share of each round's review budget spent on audits (drawn at routing time, "
-        "denser in the confidence band; the most recent learner.audit.certify_window of them certify, "
+        "by learner.audit's design, uniform by default; the most recent learner.audit.certify_window "
+        "of them certify, "
         "older ones train)",
     ),
 ]

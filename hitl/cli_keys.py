@@ -96,7 +96,7 @@ def revoke(
     ctx: typer.Context,
     key_id: Annotated[int, typer.Argument(min=1, max=2**31 - 1, help="the key's id (see `list`)")],
 ) -> None:
-    """Revoke a key: its next request gets 401."""
+    """Revoke a key: it gets 401 within serving.key_cache_ttl_s (5 s) on running servers."""
     with _store(ctx) as store:
         before = keys.get_key(store, key_id)
         info = keys.revoke_key(store, key_id)
