@@ -39,10 +39,45 @@ class Promoter:
         # Label Studio refuses a model_version no task has predictions of yet (400): retried by the
         # worker until the outbox has pushed escalations of the new version.
         self.pending_labelstudio: str | None = None
+        # A champion whose open escalations were not re-scored yet (it could not be loaded, or the
+        # re-scoring failed): done by the worker once the holder serves it.
+        self.pending_rescore: str | None = None
 
     def retry_labelstudio(self) -> bool:
         pending = self.pending_labelstudio
         return pending is not None and self._update_labelstudio(pending)
+
+    def retry_rescore(self) -> tuple[int, int] | None:
+        """Re-score open escalations for a promotion that could not, once the holder serves its model;
+        None when there is nothing to do yet."""
+        pending = self.pending_rescore
+        current = self.holder.current if self.holder is not None else None
+        if pending is None or current is None:
+            return None
+        if current.version != pending:  # another champion since, or not loaded yet (the poll loads it)
+            self.pending_rescore = pending if self.holder is not None and self._champion_is(pending) else None
+            return None
+        self.pending_rescore = None
+        return self._rescore(current)
+
+    def _champion_is(self, label: str) -> bool:
+        from serving import registry
+
+        try:
+            champion = registry.champion_version(self.settings)
+        except Exception:  # unknown now: keep it pending
+            return True
+        return champion is not None and registry.version_label(self.settings, champion) == label
+
+    def _rescore(self, model: LoadedModel) -> tuple[int, int]:
+        try:
+            return rescore_open_escalations(
+                self.store, model, self.settings, auto_resolve=self.settings.retrain.auto_resolve_on_promotion
+            )
+        except Exception as exc:
+            self.pending_rescore = model.version
+            logger.error("re-scoring open escalations failed, retried later: %s", describe_error(exc))
+            return 0, 0
 
     def promote(self, version: str, *, reason: str, actor: str, action: str = "promoted") -> PromotionReport:
         """Make `version` the champion. `action` names the move in the audit trail: `promoted` (the
@@ -93,15 +128,10 @@ class Promoter:
         ls_updated = self._update_labelstudio(label)
         resolved = reprioritized = 0
         if model is not None:
-            try:
-                resolved, reprioritized = rescore_open_escalations(
-                    self.store,
-                    model,
-                    self.settings,
-                    auto_resolve=self.settings.retrain.auto_resolve_on_promotion,
-                )
-            except Exception as exc:
-                logger.error("re-scoring open escalations failed: %s", describe_error(exc))
+            self.pending_rescore = None
+            resolved, reprioritized = self._rescore(model)
+        elif self.holder is not None:
+            self.pending_rescore = label
         logger.info(
             "promoted %s (%s): swapped=%s, Label Studio=%s, auto-resolved %d, re-prioritized %d",
             label,

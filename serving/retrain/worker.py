@@ -198,6 +198,7 @@ class RetrainWorker:
                 try:
                     if self._lead() and not self.run_next():
                         self.promoter.retry_labelstudio()
+                        self.promoter.retry_rescore()
                         self._maybe_auto_trigger()
                         self._maybe_log_escalation()
                 except Exception as exc:  # keep the worker alive; the run row says what failed

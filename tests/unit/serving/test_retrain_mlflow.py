@@ -382,10 +382,15 @@ def test_a_promotion_whose_model_cannot_load_yet_is_still_recorded_and_answers(
             "serving": settings.serving.model_copy(update={"model_source": "bundle", "bundle_path": None})
         }
     )
-    report = Promoter(settings, store, ModelHolder(misconfigured)).promote("1", reason="again", actor="t")
+    promoter = Promoter(settings, store, ModelHolder(misconfigured))
+    report = promoter.promote("1", reason="again", actor="t")
     assert report.swapped is False
     assert registry.champion_version(settings) == "1"
     assert [e.action for e in store.audit_trail(kind="model_event")][-1] == "promoted"
+    # Its open escalations are re-scored once the holder serves it, not never.
+    assert promoter.pending_rescore == registry.version_label(settings, "1")
+    assert promoter.retry_rescore() is None
+    assert promoter.pending_rescore == registry.version_label(settings, "1")
 
 
 def test_a_run_whose_id_cannot_be_recorded_is_not_left_running_in_mlflow(

@@ -104,3 +104,26 @@ def test_without_auto_resolve_everything_stays_in_review_reprioritised(
     assert {o.prediction.item_id for o in store.open_escalations(limit=1000)} == {
         o.prediction.item_id for o in opens
     }
+
+
+def test_a_promotion_that_could_not_rescore_does_it_once_the_holder_serves_the_champion(
+    small_bundle_dir: Path, embedding_dir: Path, minilm_encoder: HFEncoder, store: Store
+) -> None:
+    from serving.retrain.promotion import Promoter
+
+    settings = served_settings(small_bundle_dir, embedding_dir)
+    with served_app(settings, store, minilm_encoder) as (client, holder):
+        assert holder.current is not None
+        served = holder.current
+        holder.swap(_with_threshold(served, "v-strict", np.inf))
+        assert client.post("/v1/predict", json={"items": catalog_items(20, seed=5)}).status_code == 200
+        opens = store.open_escalations(limit=1000)
+        promoter = Promoter(settings, store, holder)
+        promoter.pending_rescore = LENIENT  # promoted while its model could not be loaded
+        champion = _with_threshold(served, LENIENT, 0.0)
+        record_version(store, champion)
+        holder.swap(champion)  # a later refresh loaded it
+        resolved, reprioritized = promoter.retry_rescore() or (-1, -1)
+        assert resolved + reprioritized == len(opens) > 0
+        assert promoter.pending_rescore is None
+        assert promoter.retry_rescore() is None  # done once
