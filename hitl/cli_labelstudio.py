@@ -11,8 +11,9 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy.exc import SQLAlchemyError
 
-from hitl.context import settings_from
+from hitl.context import missing_sqlite_file, settings_from
 from hitl.settings import Settings
 from labeling.client import ML_BACKEND_STATES, LabelStudioClient
 from labeling.config import Taxonomy
@@ -189,6 +190,26 @@ def _print_tiers(settings: Settings) -> None:
     if missing:
         line += f"; {len(missing)} not a Label Studio user yet: {', '.join(missing)}"
     console.print(line)
+    held = _held_for_senior(settings)
+    if held:
+        # Label All Tasks never serves a reviewer a task they annotated or skipped before: a senior in
+        # that case opens these from the Data Manager.
+        shown = ", ".join(str(t) for t in held[:20]) + (" ..." if len(held) > 20 else "")
+        console.print(f"  {len(held)} task(s) wait for a senior reviewer: {shown}")
+
+
+def _held_for_senior(settings: Settings) -> list[int]:
+    if missing_sqlite_file(settings.database_url):  # nothing recorded yet; a status creates nothing
+        return []
+    store = Store(settings.database_url)
+    try:
+        project_id = store.project_by_title(settings.labelstudio.project_title)
+        return [] if project_id is None else store.held_for_senior(project_id)
+    except SQLAlchemyError as exc:  # a database the app has not set up: nothing held there
+        err_console.print(f"senior holds could not be read: {type(exc).__name__}")
+        return []
+    finally:
+        store.close()
 
 
 @app.command()

@@ -1160,6 +1160,21 @@ class Store:
                 changes.append(SeniorHold(task_id=task_id, item_id=item_id, hold=hold))
         return changes
 
+    def held_for_senior(self, project_id: int) -> list[int]:
+        """Task ids held open for a senior reviewer now (their last hold mark is a hold), oldest first."""
+        with self.session() as session:
+            marks = session.scalars(
+                select(AuditEvent)
+                .where(AuditEvent.kind == TASK_EVENT, AuditEvent.action.in_((HELD, RELEASED)))
+                .order_by(AuditEvent.id)
+            ).all()
+            last = {
+                (int(m.details.get("task_id", -1)), m.item_id): m.action == HELD
+                for m in marks
+                if m.details.get("project_id") == project_id
+            }
+        return [task_id for (task_id, _), held in last.items() if held]
+
     def record_hold(self, project_id: int, change: SeniorHold, overlap: int) -> None:
         """The audit trail's record that a task was held for (or released by) a senior reviewer."""
         with self.session() as session:

@@ -98,16 +98,3 @@ def test_create_says_the_name_as_it_is_stored_with_personal_data_masked(tmp_path
     assert "jane.doe@example.com" not in result.output
     assert "'[EMAIL] laptop'" in result.stderr
     assert "jane.doe" not in CliRunner().invoke(cli_keys.app, ["list"], obj=conf).stdout
-
-
-def test_the_external_label_studio_url_is_said_without_its_password(tmp_path: Path) -> None:
-    from hitl import cli_labelstudio
-    from hitl.settings import LabelStudioSettings
-
-    conf = Settings(
-        state_dir=tmp_path, labelstudio=LabelStudioSettings(url="https://ops:s3cret@ls.example.com")
-    )
-    result = CliRunner().invoke(cli_labelstudio.app, ["start"], obj=conf)
-    assert result.exit_code == 0, result.output
-    assert "ls.example.com" in result.output
-    assert "s3cret" not in result.output

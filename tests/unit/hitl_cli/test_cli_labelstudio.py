@@ -55,3 +55,34 @@ def test_a_taxonomy_file_its_parser_cannot_read_is_a_labeling_error(
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(LabelingError, match="not readable as"):
         cli_labelstudio.load_taxonomy(path)
+
+
+def test_the_external_label_studio_url_is_said_without_its_password(tmp_path: Path) -> None:
+    conf = Settings(
+        state_dir=tmp_path, labelstudio=LabelStudioSettings(url="https://ops:s3cret@ls.example.com")
+    )
+    result = CliRunner().invoke(cli_labelstudio.app, ["start"], obj=conf)
+    assert result.exit_code == 0, result.output
+    assert "ls.example.com" in result.output
+    assert "s3cret" not in result.output
+
+
+def test_status_lists_the_tasks_waiting_for_a_senior_without_creating_a_database(tmp_path: Path) -> None:
+    from hitl.cli_labelstudio import _held_for_senior
+    from hitl.settings import ServingSettings
+    from labeling.config import Taxonomy
+    from serving.store import SeniorHold, Store
+
+    conf = settings(tmp_path).model_copy(
+        update={"serving": ServingSettings(database_url=f"sqlite:///{tmp_path / 'k.db'}")}
+    )
+    assert _held_for_senior(conf) == []
+    assert not (tmp_path / "k.db").exists(), "a status creates no database"
+    store = Store(conf.database_url)
+    store.create_all()
+    store.save_project(3, conf.labelstudio.project_title, None, Taxonomy.from_paths(["A > x"]))
+    store.record_hold(3, SeniorHold(task_id=40, item_id="sku-x", hold=True), overlap=2)
+    store.record_hold(3, SeniorHold(task_id=41, item_id="sku-y", hold=True), overlap=2)
+    store.record_hold(3, SeniorHold(task_id=41, item_id="sku-y", hold=False), overlap=1)
+    store.close()
+    assert _held_for_senior(conf) == [40]

@@ -214,12 +214,14 @@ def test_a_task_with_only_proposals_is_held_for_a_senior_until_a_label_releases_
     assert (again.task_id, again.hold) == (40, True)
     store.record_hold(1, again, overlap=3)
     assert store.senior_holds(1) == []
+    assert store.held_for_senior(1) == [40]  # what `hitl labelstudio status` lists for the seniors
     label = correction(3, label="Boots", task_id=40, item_id="sku-x", updated_at=T0 + timedelta(minutes=1))
     store.record_correction(label)
     (release,) = store.senior_holds(1)
     assert (release.task_id, release.hold) == (40, False)
     store.record_hold(1, release, overlap=3)
     assert store.senior_holds(1) == []
+    assert store.held_for_senior(1) == []
     assert store.current_labels()["sku-x"].label == "Boots"
     trail = store.audit_trail(item_id="sku-x")
     assert [(a.kind, a.action, a.after) for a in trail] == [
