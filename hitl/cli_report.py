@@ -295,7 +295,15 @@ def write_report(settings: Settings, out: Path, *, now: datetime | None = None) 
         raise ReportError(f"cannot create {out}: {exc.strerror}") from exc
     files = {"kpis.json": out / "kpis.json"}
     files["kpis.json"].write_text(board.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    charts = _charts(board, out)
+    import matplotlib
+
+    # Brands and categories are anyone's text: "$...$" in one would be read as a formula (a crash on
+    # "$\\foo$", garbled "$5 off $10").
+    with matplotlib.rc_context({"text.parse_math": False}):
+        try:
+            charts = _charts(board, out)
+        except (ValueError, OSError) as exc:
+            raise ReportError(f"could not draw the charts: {type(exc).__name__}: {exc}") from exc
     files.update({f"{name}.png": path for name, path in charts.items()})
     files["report.html"] = out / "report.html"
     files["report.html"].write_text(render_html(board, charts, settings), encoding="utf-8")

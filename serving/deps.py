@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, cast
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Query, Request, Response
 from pydantic import AfterValidator
 
 from learner.data import check_text
@@ -68,3 +68,10 @@ ItemIdQuery = Annotated[str | None, Query(min_length=1, max_length=255, descript
 ModelVersionQuery = Annotated[
     str | None, Query(min_length=1, max_length=255, description="a model version, e.g. 'name:v3'"), _Storable
 ]
+
+
+def not_stored(response: Response) -> None:
+    """For answers holding brands, key names or reasons: no browser or proxy keeps a copy."""
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Vary"] = "Cookie, Authorization"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from learner.loop import STRATUM_DIGITS, describe_guarantee
 from learner.settings import LearnerSettings
@@ -42,6 +43,15 @@ class _Estimate:
     accuracy: float | None
     interval: Interval | None
     strata: int
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "reviewed": self.reviewed,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "interval": self.interval,
+            "strata": self.strata,
+        }
 
 
 def _would_be_auto_accept(routing: FirstRouting) -> bool:
@@ -116,23 +126,10 @@ def spot_checks(
         audit_backlog=audits - audits_reviewed,
         guarantee=describe_guarantee(learner.guarantee, learner.target_accuracy, learner.delta),
         sampled=sampled,
-        reviewed=overall.reviewed,
-        correct=overall.correct,
-        accuracy=overall.accuracy,
-        interval=overall.interval,
-        strata=overall.strata,
+        **overall.fields(),
         target=learner.target_accuracy,
         status=target_status(overall.interval, learner.target_accuracy),
         by_version=[
-            SpotCheckVersion(
-                model_version=v,
-                reviewed=e.reviewed,
-                correct=e.correct,
-                accuracy=e.accuracy,
-                interval=e.interval,
-                strata=e.strata,
-            )
-            for v, e in versions.items()
-            if e.reviewed
+            SpotCheckVersion(model_version=v, **e.fields()) for v, e in versions.items() if e.reviewed
         ],
     )

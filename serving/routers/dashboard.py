@@ -51,6 +51,7 @@ PAGE_HEADERS = {
     # to other sites.
     "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",  # frame-ancestors 'none' for browsers that do not read CSP
 }
 
 

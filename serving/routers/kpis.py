@@ -23,11 +23,11 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from serving import kpis
-from serving.deps import SettingsDep, StoreDep
+from serving.deps import SettingsDep, StoreDep, not_stored
 from serving.security import Principal
 from serving.sessions import require_dashboard_roles
 
-router = APIRouter(prefix="/v1/metrics", tags=["metrics"])
+router = APIRouter(prefix="/v1/metrics", tags=["metrics"], dependencies=[Depends(not_stored)])
 
 ViewerDep = Annotated[Principal, Depends(require_dashboard_roles())]
 

@@ -21,7 +21,7 @@ from pydantic import AfterValidator, BaseModel, Field
 
 from learner.data import check_text
 from learner.pii import describe_error, mask_pii
-from serving.deps import ModelVersionQuery, RowIdPath, SettingsDep, StoreDep
+from serving.deps import ModelVersionQuery, RowIdPath, SettingsDep, StoreDep, not_stored
 from serving.escalation import EscalationWindow, escalation_windows, per_version
 from serving.retrain import RetrainWorker, RunRecord
 from serving.security import Principal, Role, require_roles
@@ -261,7 +261,7 @@ def _rate_out(window: EscalationWindow) -> EscalationRateWindowOut:
     )
 
 
-@router.get("/metrics/escalation", response_model=EscalationRateOut)
+@router.get("/metrics/escalation", response_model=EscalationRateOut, dependencies=[Depends(not_stored)])
 async def escalation(
     store: StoreDep,
     settings: SettingsDep,

@@ -289,7 +289,7 @@
     table($("table-segments"), [["dimension"], ["segment"], ["items", true], ["escalation rate", true],
       ["reviewed", true], ["correction rate", true], ["rest", true], ["adj. p", true], ["flag"]],
     d.segments.segments.map((s) => [s.dimension, s.segment, s.items, pct(s.escalation_rate), s.reviewed,
-      pct(s.correction_rate), pct(s.rest_correction_rate), s.p_adjusted === null ? "not tested" : num(s.p_adjusted, 4),
+      pct(s.correction_rate), pct(s.rest_correction_rate), s.p_adjusted === null ? "not tested" : Number(s.p_adjusted).toPrecision(4),
       s.flagged ? `${s.direction} error rate` : ""]),
     (r) => (d.segments.segments[r].flagged ? "flagged" : ""));
 

@@ -79,3 +79,22 @@ def test_report_without_a_database_is_a_clear_error(tmp_path: Path) -> None:
     assert code == 1
     assert "no database at" in stderr
     assert not (tmp_path / "r.db").exists()  # the report never creates one
+
+
+def test_a_brand_that_looks_like_a_formula_is_drawn_as_text(tmp_path: Path) -> None:
+    from sqlalchemy import update
+
+    from serving.store import Item
+
+    settings = _settings(tmp_path)
+    store = Store(settings.database_url)
+    store.create_all()
+    seed(store)
+    with store.session() as session:  # anyone who can submit items names the brands
+        session.execute(update(Item).where(Item.brand == BIASED_BRAND).values(brand="Deal $\\foo$"))
+    store.close()
+    out = tmp_path / "report"
+    code, stderr = _invoke(settings, out)
+    assert code == 0, stderr  # was a matplotlib ParseFatalException and a traceback
+    assert "Deal $\\foo$" in (out / "report.html").read_text()
+    assert (out / "segments.png").read_bytes().startswith(PNG_MAGIC)

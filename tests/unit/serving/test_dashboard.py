@@ -110,7 +110,15 @@ def test_the_json_metrics_take_a_header_key_or_the_cookie_and_nothing_else(dash:
     owner = {"X-API-Key": dash.keys[Role.PRODUCT_OWNER][1]}
     for path in ("escalation-summary", "spot-checks", "queue", "reviews", "throughput", "cost", "segments",
                  "model-timeline"):  # fmt: skip
-        assert dash.client.get(f"/v1/metrics/{path}", headers=owner).status_code == 200, path
+        answer = dash.client.get(f"/v1/metrics/{path}", headers=owner)
+        assert answer.status_code == 200, path
+        # Brands, key names and reasons: never kept by a browser or a proxy.
+        assert (answer.headers["Cache-Control"], answer.headers["X-Content-Type-Options"]) == (
+            "no-store",
+            "nosniff",
+        )
+    escalation = dash.client.get("/v1/metrics/escalation", headers=owner)
+    assert escalation.headers["Cache-Control"] == "no-store"
 
 
 def test_logout_and_key_revocation_end_the_session(dash: Dashboard) -> None:
@@ -146,7 +154,9 @@ def test_an_expired_session_is_refused(dash: Dashboard) -> None:
 
 def test_the_page_and_its_assets_are_served_by_the_app(dash: Dashboard) -> None:
     client = _login(dash, Role.PRODUCT_OWNER)
-    page = client.get("/dashboard").text
+    answer = client.get("/dashboard")
+    assert answer.headers["X-Frame-Options"] == "DENY"
+    page = answer.text
     assert 'src="/static/dashboard.js"' in page
     assert "http://" not in page
     assert "https://" not in page  # no CDN

@@ -264,29 +264,6 @@ def test_price_bands_must_be_positive_and_ascending(bands: list[float]) -> None:
         DashboardSettings(price_bands=bands)
 
 
-def _state(store: Store, annotation: int, item_id: str, label: str, at: datetime) -> None:
-    store.record_correction(
-        CorrectionEvent(
-            action="created",
-            annotation_id=annotation,
-            task_id=annotation,
-            project_id=1,
-            item_id=item_id,
-            label=label,
-            raw_label=None,
-            reviewer_id=1,
-            created_at=at,
-            updated_at=at,
-            lead_time=1.0,
-            was_cancelled=False,
-            predicted_label=None,
-            model_version=None,
-            model_score=None,
-            source="webhook",
-        )
-    )
-
-
 def test_a_spot_check_counts_for_the_prediction_that_drew_it(store: Store, settings: Settings) -> None:
     t0 = NOW - timedelta(hours=3)
     _predict(store, "m:v1", [_row("a", "X", "escalated", ["spot_check"], audit_probability=0.1)], t0)
@@ -334,7 +311,7 @@ def test_the_queue_holds_items_whose_review_was_withdrawn_and_ages_from_the_esca
     t0 = NOW - timedelta(days=3)
     _predict(store, "m:v1", [_row("a", "A", "escalated", ["below_threshold"])], t0)
     _predict(store, "m:v1", [_row("b", "A", "escalated", ["below_threshold"])], t0)
-    _state(store, 1, "b", "B", t0 + timedelta(hours=1))
+    _review(store, 1, "b", "B", "A", t0 + timedelta(hours=1), 1.0)
     store.record_deletion(DeletionEvent((1,), 1, "webhook"))  # b is back in Label Studio's queue
     # A promotion re-scores both: still escalated, and no younger for it.
     _predict(
@@ -348,5 +325,5 @@ def test_the_queue_holds_items_whose_review_was_withdrawn_and_ages_from_the_esca
     assert queue.open == 2
     assert queue.oldest_age_s == pytest.approx(3 * 86400.0)
     assert queue.by_age == {"< 1 h": 0, "1-24 h": 0, "1-7 d": 2, ">= 7 d": 0}
-    _state(store, 2, "a", "A", NOW)
+    _review(store, 2, "a", "A", "A", NOW, 1.0)
     assert [o.prediction.item_id for o in store.open_escalations()] == ["b"]
