@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hitl.context import open_store, settings_from
 from hitl.settings import Settings
+from learner.pii import describe_error
 
 if TYPE_CHECKING:
     from serving.model import ModelHolder
@@ -62,9 +63,16 @@ def score(
         err_console.print(f"[red]no model to score with:[/red] {exc}")
         raise typer.Exit(1) from exc
     store = open_store(settings.database_url, create=True)
-    scorer = (
-        RayScorer(model, settings, address=ray_address, concurrency=ray_actors) if engine == "ray" else None
-    )
+    try:
+        scorer = (
+            RayScorer(model, settings, address=ray_address, concurrency=ray_actors)
+            if engine == "ray"
+            else None
+        )
+    except (OSError, RuntimeError, ValueError) as exc:  # no cluster at --ray-address (ConnectionError), ...
+        store.close()
+        err_console.print(f"[red]cannot start the Ray engine:[/red] {describe_error(exc)}")
+        raise typer.Exit(2) from None
     try:
         with Progress(
             TextColumn(f"scoring {catalog.name} with {model.version} ({engine})"),

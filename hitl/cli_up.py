@@ -10,6 +10,7 @@ Every step is skipped when already done (state under ``<state_dir>/up``), so re-
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,6 +39,7 @@ from hitl.up_state import (
     up_dir_of,
     write_json,
 )
+from learner.files import replaced_atomically
 from learner.pii import describe_error, mask_credentials
 
 console = Console()
@@ -87,18 +89,43 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _recorded(pid_file: Path, marker: str) -> int | None:
-    """The PID in `pid_file` when that process is alive and its command line contains `marker`."""
+def _started_mark(pid: int) -> str | None:
+    """Which process `pid` is: this boot's id and the process's start time (clock ticks since boot),
+    which a later process given the same PID cannot share; None where /proc does not tell."""
     try:
-        pid = int(pid_file.read_text().strip())
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        # The command name (field 2) may hold spaces and parentheses: the fields after its ")" count.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
+def _recorded(pid_file: Path, marker: str) -> int | None:
+    """The PID in `pid_file` when it is still the process `up` started: alive, its command line holding
+    `marker`, and (where /proc tells) the same start mark, so a stale file after a crash or reboot never
+    names an unrelated process that was given the same PID."""
+    try:
+        pid_text, _, mark = pid_file.read_text().strip().partition(" ")
+        pid = int(pid_text)
     except (OSError, ValueError):
         return None
-    return pid if _alive(pid) and marker in _cmdline(pid) else None
+    if not _alive(pid) or marker not in _cmdline(pid):
+        return None
+    if mark and _started_mark(pid) not in (None, mark):
+        return None
+    return pid
+
+
+def _record_pid(pid_file: Path, pid: int) -> None:
+    mark = _started_mark(pid)
+    with replaced_atomically(pid_file) as tmp:
+        tmp.write_text(f"{pid} {mark}\n" if mark else f"{pid}\n")
 
 
 def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2.0).status_code == 200
+    try:  # loopback: never through a configured HTTP proxy
+        return httpx.get(url, timeout=2.0, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -116,7 +143,7 @@ def _spawn(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    pid_file.write_text(f"{proc.pid}\n")
+    _record_pid(pid_file, proc.pid)
     started = time.monotonic()
     deadline = started + 180
     while time.monotonic() < deadline:
@@ -151,12 +178,22 @@ def _stop_pid(pid_file: Path, marker: str, grace_s: float = 20.0) -> bool:
     if pid is None:
         pid_file.unlink(missing_ok=True)
         return False
-    os.killpg(pid, signal.SIGTERM) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and _alive(pid):
-        time.sleep(0.2)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
+    try:
+        group = os.getpgid(pid) == pid  # `_spawn` made it a session leader: its children go with it
+        os.killpg(pid, signal.SIGTERM) if group else os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.2)
+        if group:  # whatever of the group is left (mlflow's uvicorn child outlives its parent)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        elif _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended by itself meanwhile
+        pass
+    except PermissionError as exc:  # not ours to stop after all: said, and the other services go on
+        err_console.print(f"[yellow]could not stop PID {pid} ({marker}): {exc.strerror}[/yellow]")
+        return False
     pid_file.unlink(missing_ok=True)
     return True
 

@@ -21,10 +21,12 @@ that part is then scored and stored again, like a client retrying a request.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -375,8 +377,9 @@ def _check_manifest(out_dir: Path, outline: CatalogOutline, part_size: int, vers
                 f"{k} {found.get(k)!r} != {v!r}" for k, v in wanted.items() if found.get(k) != v
             )
             raise ScoringError(f"{out_dir} holds the parts of another run ({differ}); use a new --out folder")
-    else:
-        path.write_text(json.dumps(wanted, indent=2))
+    else:  # whole or not at all: a half-written manifest would refuse this folder for good
+        with replaced_atomically(path) as tmp:
+            tmp.write_text(json.dumps(wanted, indent=2))
 
 
 def score_catalog(
@@ -402,6 +405,37 @@ def score_catalog(
     if outline.part_size != part_size:
         raise ValueError(f"the outline was cut in parts of {outline.part_size} items, not {part_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    with _only_run(out_dir):
+        return _score_parts(model, store, items, settings, out_dir, outline, part_size, scorer, on_part)
+
+
+@contextmanager
+def _only_run(out_dir: Path) -> Iterator[None]:
+    """Hold `out_dir` for this run: two runs into one folder would both score and record every part."""
+    with (out_dir / ".lock").open("a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ScoringError(
+                f"another `hitl score` is writing into {out_dir}; wait for it, or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _score_parts(
+    model: LoadedModel,
+    store: Store,
+    items: Iterable[ItemIn],
+    settings: AppSettings,
+    out_dir: Path,
+    outline: CatalogOutline,
+    part_size: int,
+    scorer: Scorer | None,
+    on_part: Callable[[int], None] | None,
+) -> ScoreReport:
     _check_manifest(out_dir, outline, part_size, model.version)
     record_version(store, model)
     scorer = scorer or LocalScorer(model, settings)

@@ -252,6 +252,17 @@ def test_score_refuses_an_empty_catalog_and_a_folder_with_a_broken_manifest(
         2,
         "is not a manifest of `hitl score`",
     )
+    no_cluster = [
+        "--catalog",
+        str(good),
+        "--out",
+        str(tmp_path / "ray"),
+        "--engine",
+        "ray",
+        "--ray-address",
+        "auto",
+    ]
+    refused(CliRunner().invoke(score, no_cluster, obj=conf), 2, "cannot start the Ray engine", "running Ray")
 
 
 def test_reading_commands_never_create_a_database_and_say_why_they_cannot_read(tmp_path: Path) -> None:

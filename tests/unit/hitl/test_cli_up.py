@@ -52,3 +52,25 @@ def test_an_unreadable_or_dead_pid_file_names_nothing(tmp_path: Path) -> None:
     gone.wait()
     pid_file.write_text(str(gone.pid))
     assert _recorded(pid_file, "python") is None
+
+
+def test_a_stale_pid_file_never_names_a_later_process_that_looks_like_ours(tmp_path: Path) -> None:
+    from hitl.cli_up import _record_pid, _started_mark
+
+    pid_file = tmp_path / "serving.pid"
+    ours = _sleeper()
+    _record_pid(pid_file, ours.pid)
+    assert _recorded(pid_file, "time.sleep") == ours.pid
+    mark = _started_mark(ours.pid)
+    assert mark is not None
+    assert mark in pid_file.read_text()
+    # The same PID, the same kind of command line, started at another moment (the PID reused after a
+    # crash or a reboot): the mark tells it apart, and it is left alone.
+    pid_file.write_text(f"{ours.pid} {mark.rsplit(':', 1)[0]}:1\n")
+    try:
+        assert _recorded(pid_file, "time.sleep") is None
+        assert _stop_pid(pid_file, "time.sleep", grace_s=1) is False
+        assert ours.poll() is None, "a process up did not start was stopped"
+    finally:
+        ours.kill()
+        ours.wait()

@@ -194,3 +194,20 @@ def test_ray_scores_a_stream_in_windows_of_parts() -> None:
     assert pulled == [10, 10, 10]  # a window of >= 25 items, not the whole stream, was read
     assert len(list(stream)) == 4
     assert windows == [[10, 10, 10], [10, 3]]
+
+
+def test_two_runs_never_write_into_one_folder_at_once(tmp_path: Path) -> None:
+    import fcntl
+
+    from serving.scoring import ScoringError, _only_run
+
+    with (
+        _only_run(tmp_path),
+        pytest.raises(ScoringError, match="another `hitl score` is writing"),
+        _only_run(tmp_path),
+    ):
+        pass
+    with _only_run(tmp_path):  # free again once the first run ended
+        pass
+    with (tmp_path / ".lock").open("a") as handle:  # and held the way another process would hold it
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
