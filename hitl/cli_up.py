@@ -25,6 +25,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from hitl.cli_demo import STREAM_PROGRESS
 from hitl.settings import Settings, load_settings
 from hitl.up_state import (
     KEYS_FILE,
@@ -195,6 +196,33 @@ def _stop_pid(pid_file: Path, marker: str, grace_s: float = 20.0) -> bool:
         err_console.print(f"[yellow]could not stop PID {pid} ({marker}): {exc.strerror}[/yellow]")
         return False
     pid_file.unlink(missing_ok=True)
+    return True
+
+
+def _start_stream(up_dir: Path, env: dict[str, str], items_per_s: float) -> bool:
+    """Start `hitl demo stream` in the background unless it runs already or has streamed every item (it
+    would exit at once, which `_spawn` reads as a failure); True when this call started it."""
+    stream_pid_file = up_dir / "stream.pid"
+    progress = read_json(up_dir / STREAM_PROGRESS)  # `hitl demo stream`'s record of how far it got
+    streamed, total = int(progress.get("streamed", 0)), int(progress.get("total", 0))
+    if _recorded(stream_pid_file, STREAM_MARKER):
+        console.print("[green]✓[/green] the item stream is already running")
+        return False
+    if total and streamed >= total:
+        console.print(f"[green]✓[/green] the item stream has finished ({streamed} items)")
+        return False
+    _spawn(
+        [str(Path(sys.executable).parent / "hitl"), "demo", "stream"],
+        env=env,
+        log=up_dir / "stream.log",
+        pid_file=stream_pid_file,
+        health=None,
+        what="the item stream",
+    )
+    console.print(
+        f"[green]✓[/green] new items stream to /v1/predict at {items_per_s:g}/s "
+        f"(log: {up_dir / 'stream.log'})"
+    )
     return True
 
 
@@ -403,22 +431,8 @@ def _up(
         keys = _keys(store, up_dir)
 
         # 7. The stream of new items, in the background at demo.stream_items_per_s
-        stream_pid_file = up_dir / "stream.pid"
-        if _recorded(stream_pid_file, STREAM_MARKER):
-            console.print("[green]✓[/green] the item stream is already running")
-        else:
-            _spawn(
-                [str(Path(sys.executable).parent / "hitl"), "demo", "stream"],
-                env=env,
-                log=up_dir / "stream.log",
-                pid_file=stream_pid_file,
-                health=None,
-                what="the item stream",
-            )
-            started["stream"] = True
-        console.print(
-            f"[green]✓[/green] new items stream to /v1/predict at {settings.demo.stream_items_per_s:g}/s "
-            f"(log: {up_dir / 'stream.log'})"
+        started["stream"] = _start_stream(up_dir, env, settings.demo.stream_items_per_s) or started.get(
+            "stream", False
         )
     finally:
         store.close()

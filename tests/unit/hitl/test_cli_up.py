@@ -74,3 +74,14 @@ def test_a_stale_pid_file_never_names_a_later_process_that_looks_like_ours(tmp_p
     finally:
         ours.kill()
         ours.wait()
+
+
+def test_a_finished_stream_is_not_started_again(tmp_path: Path) -> None:
+    # `hitl demo stream` with nothing left exits at once, which `_spawn` reads as a failure: a re-run of
+    # `make up` after the stream finished failed.
+    from hitl.cli_up import _start_stream
+
+    (tmp_path / "stream.json").write_text('{"streamed": 7700, "total": 7700}')
+    assert _start_stream(tmp_path, {}, 2.0) is False
+    assert not (tmp_path / "stream.pid").exists()
+    assert not (tmp_path / "stream.log").exists()
