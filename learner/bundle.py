@@ -43,10 +43,15 @@ HEAD_WEIGHTS_NAME = "head.npz"
 BUNDLE_REF_PREFIX = "bundle:"
 
 
+def _inside(name: str) -> bool:
+    """Whether a name from a manifest stays inside the bundle's folder."""
+    return bool(name) and not Path(name).is_absolute() and ".." not in Path(name).parts
+
+
 def _bundled_subfolder(encoder_ref: str) -> str:
     """The folder a ``bundle:<subdir>`` encoder_ref names, checked to lie inside the bundle."""
     sub = encoder_ref[len(BUNDLE_REF_PREFIX) :]
-    if not sub or Path(sub).is_absolute() or ".." in Path(sub).parts:
+    if not _inside(sub):
         raise BundleFormatError(f"encoder_ref {encoder_ref!r} must name a subfolder of the bundle")
     return sub
 
@@ -292,7 +297,7 @@ class ModelBundle:
             if not isinstance(files, dict) or HEAD_WEIGHTS_NAME not in files:
                 raise BundleFormatError(f"{manifest_path} is corrupt: 'files' must list {HEAD_WEIGHTS_NAME}")
             for name in files:  # all checked before any is read
-                if Path(name).is_absolute() or ".." in Path(name).parts:
+                if not _inside(name):
                     raise BundleFormatError(
                         f"{manifest_path} is corrupt: {name!r} is not a file of the bundle"
                     )
@@ -344,13 +349,9 @@ class ModelBundle:
             ) from exc
 
         if bundle.encoder_ref.startswith(BUNDLE_REF_PREFIX):
-            _bundled_subfolder(bundle.encoder_ref)  # never a folder outside the bundle
-        if (
-            bundle.encoder_ref.startswith(BUNDLE_REF_PREFIX)
-            and not Path(bundle.resolve_encoder_ref()).is_dir()
-        ):
-            raise BundleFormatError(
-                f"model bundle {str(source)!r} is incomplete: missing encoder folder "
-                f"{bundle.encoder_ref[len(BUNDLE_REF_PREFIX) :]!r}"
-            )
+            sub = _bundled_subfolder(bundle.encoder_ref)  # never a folder outside the bundle
+            if not Path(bundle.resolve_encoder_ref()).is_dir():
+                raise BundleFormatError(
+                    f"model bundle {str(source)!r} is incomplete: missing encoder folder {sub!r}"
+                )
         return bundle

@@ -62,7 +62,7 @@ from labeling.exceptions import LabelingError, LabelStudioApiError
 from labeling.push import Escalation, push_escalations
 from learner.pii import describe_error
 from serving.settings import AppSettings
-from serving.store import Base, PushedTask, Store
+from serving.store import Base, PushedTask, Store, changed_one
 
 logger = logging.getLogger(__name__)
 
@@ -430,7 +430,7 @@ class OutboxWorker:
                 .values(next_attempt_at=lease_until)
                 .execution_options(synchronize_session=False)
             )
-            if getattr(won, "rowcount", 0) == 1:
+            if changed_one(won):
                 # A claim moves next_attempt_at past created_at, which an unclaimed entry never has.
                 before = row.next_attempt_at > row.created_at
                 taken.append(_Due(row.id, row.attempts, Escalation.model_validate(row.payload), before))

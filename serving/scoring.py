@@ -21,7 +21,6 @@ that part is then scored and stored again, like a client retrying a request.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -38,6 +37,7 @@ from labeling.settings import LabelStudioSettings
 from learner.data import Product, describe_invalid, iter_catalog
 from learner.exceptions import CatalogError, RecordProblem
 from learner.files import replaced_atomically
+from serving.leader import FileLeaderLock
 from serving.model import LoadedModel, ModelHolder, record_version
 from serving.schemas import ItemIn
 from serving.service import LoopPolicy, Scored, new_predictions, outbox_hook, score_items
@@ -412,17 +412,15 @@ def score_catalog(
 @contextmanager
 def _only_run(out_dir: Path) -> Iterator[None]:
     """Hold `out_dir` for this run: two runs into one folder would both score and record every part."""
-    with (out_dir / ".lock").open("a") as handle:
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ScoringError(
-                f"another `hitl score` is writing into {out_dir}; wait for it, or use another --out"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    lock = FileLeaderLock(out_dir / ".lock")
+    if not lock.try_acquire():
+        raise ScoringError(
+            f"another `hitl score` is writing into {out_dir}; wait for it, or use another --out"
+        )
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _score_parts(

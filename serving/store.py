@@ -69,6 +69,12 @@ def store_time(moment: datetime) -> datetime:
         return datetime.min if moment.year == datetime.min.year else datetime.max
 
 
+def changed_one(result: object) -> bool:
+    """Whether a conditional UPDATE changed exactly one row: the claim or the change was this caller's
+    (SQLAlchemy's `Result` types do not all declare `rowcount`)."""
+    return getattr(result, "rowcount", 0) == 1
+
+
 def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
@@ -1123,11 +1129,7 @@ class Store:
                 .where(Correction.project_id == project_id, Correction.task_id.in_(task_ids))
                 .order_by(*STATE_ORDER)
             ).all()
-            marks = session.scalars(
-                select(AuditEvent)
-                .where(AuditEvent.kind == TASK_EVENT, AuditEvent.action.in_((HELD, RELEASED)))
-                .order_by(AuditEvent.id)
-            ).all()
+        held = self._hold_marks(project_id)
         latest: dict[tuple[int | None, str | None, int], Correction] = {}
         for state in states:
             latest[(state.task_id, state.item_id, state.annotation_id)] = state
@@ -1135,14 +1137,6 @@ class Store:
         for state in latest.values():
             if state.task_id is not None:
                 by_task.setdefault((state.task_id, state.item_id), []).append(state)
-        held: dict[tuple[int, str | None], tuple[bool, int]] = {
-            (int(m.details.get("task_id", -1)), m.item_id): (
-                m.action == HELD,
-                int(m.details.get("overlap") or 0),
-            )
-            for m in marks
-            if m.details.get("project_id") == project_id
-        }
         changes: list[SeniorHold] = []
         for (task_id, item_id), task_states in sorted(
             by_task.items(), key=lambda kv: (kv[0][0], kv[0][1] or "")
@@ -1162,18 +1156,24 @@ class Store:
 
     def held_for_senior(self, project_id: int) -> list[int]:
         """Task ids held open for a senior reviewer now (their last hold mark is a hold), oldest first."""
+        return [task_id for (task_id, _), (held, _) in self._hold_marks(project_id).items() if held]
+
+    def _hold_marks(self, project_id: int) -> dict[tuple[int, str | None], tuple[bool, int]]:
+        """(task id, item id) -> (held, the overlap it was held with), from the last hold mark of each."""
         with self.session() as session:
             marks = session.scalars(
                 select(AuditEvent)
                 .where(AuditEvent.kind == TASK_EVENT, AuditEvent.action.in_((HELD, RELEASED)))
                 .order_by(AuditEvent.id)
             ).all()
-            last = {
-                (int(m.details.get("task_id", -1)), m.item_id): m.action == HELD
+            return {
+                (int(m.details.get("task_id", -1)), m.item_id): (
+                    m.action == HELD,
+                    int(m.details.get("overlap") or 0),
+                )
                 for m in marks
                 if m.details.get("project_id") == project_id
             }
-        return [task_id for (task_id, _), held in last.items() if held]
 
     def record_hold(self, project_id: int, change: SeniorHold, overlap: int) -> None:
         """The audit trail's record that a task was held for (or released by) a senior reviewer."""

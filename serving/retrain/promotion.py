@@ -55,7 +55,7 @@ class Promoter:
         if pending is None or current is None:
             return None
         if current.version != pending:  # another champion since, or not loaded yet (the poll loads it)
-            self.pending_rescore = pending if self.holder is not None and self._champion_is(pending) else None
+            self.pending_rescore = pending if self._champion_is(pending) else None
             return None
         self.pending_rescore = None
         return self._rescore(current)

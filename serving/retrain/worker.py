@@ -43,7 +43,7 @@ from serving.retrain.training import (
     default_train,
 )
 from serving.settings import AppSettings
-from serving.store import Store
+from serving.store import Store, changed_one
 
 logger = logging.getLogger(__name__)
 
@@ -109,20 +109,14 @@ class RetrainWorker:
             ).first()
             # Conditional: another replica's leader may claim that run between this read and this
             # write, and a reason folded into a run already running would be lost.
-            coalesced = queued is not None and (
-                getattr(
-                    session.execute(
-                        update(RetrainRun)
-                        .where(RetrainRun.id == queued.id, RetrainRun.status == QUEUED)
-                        .values(reasons=[*queued.reasons, reason])
-                        .execution_options(synchronize_session=False)
-                    ),
-                    "rowcount",
-                    0,
+            if queued is not None and changed_one(
+                session.execute(
+                    update(RetrainRun)
+                    .where(RetrainRun.id == queued.id, RetrainRun.status == QUEUED)
+                    .values(reasons=[*queued.reasons, reason])
+                    .execution_options(synchronize_session=False)
                 )
-                == 1
-            )
-            if queued is not None and coalesced:
+            ):
                 result = TriggerResult(queued.id, "coalesced")
             else:
                 row = RetrainRun(status=QUEUED, stage="queued", reasons=[reason], created_at=_now())
@@ -281,7 +275,7 @@ class RetrainWorker:
                 )
                 .execution_options(synchronize_session=False)
             )
-            if getattr(done, "rowcount", 0) != 1:  # claimed by another leader between the read and the update
+            if not changed_one(done):  # claimed by another leader between the read and the update
                 return None
             reasons = session.scalar(select(RetrainRun.reasons).where(RetrainRun.id == row.id))
             return row.id, list(reasons or [])

@@ -30,11 +30,18 @@ router = APIRouter(prefix="/v1", tags=["retrain"])
 
 EngineerDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER))]
 ReaderDep = Annotated[Principal, Depends(require_roles(Role.ML_ENGINEER, Role.PRODUCT_OWNER))]
-# Free text that reaches the audit trail, MLflow tags and logs: personal data masked on the way in.
+
+
+def _storable_reason(value: str) -> str:
+    """Free text that reaches the audit trail, MLflow tags and logs: refused when no database can store
+    it (a NUL), personal data masked on the way in."""
+    return mask_pii(check_text(value, "reason"))
+
+
 ReasonQuery = Annotated[
     str | None,
     Query(min_length=1, max_length=500, description="why (kept in the audit trail; personal data masked)"),
-    AfterValidator(lambda value: None if value is None else mask_pii(check_text(value, "reason"))),
+    AfterValidator(lambda value: None if value is None else _storable_reason(value)),
 ]
 
 # MLflow's own spelling of a version: digits, no leading zero. "03" would be audited as a version that
@@ -47,7 +54,7 @@ VersionPath = Annotated[
 
 
 class RetrainRequest(BaseModel):
-    reason: Annotated[str, AfterValidator(lambda value: mask_pii(check_text(value, "reason")))] = Field(
+    reason: Annotated[str, AfterValidator(_storable_reason)] = Field(
         "api", min_length=1, max_length=200, description="why (kept in the audit trail; personal data masked)"
     )
 
